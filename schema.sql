@@ -1,0 +1,62 @@
+-- wxauth's database schema, applied by version.
+--
+-- Each section below starts with a `-- version: N` line and upgrades a database from version N-1
+-- to N. store.rs applies, in one transaction each, every section above the database's
+-- `PRAGMA user_version`, then sets user_version to N. Released sections are never edited: a
+-- change is a new section at the end.
+
+-- version: 1
+
+-- Small facts about this database: the generated JWT secret, the schema's creation time.
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+) STRICT;
+
+-- One row per person. Field names and meanings follow the original backend's user model, so the
+-- account object keeps its shape; times are Unix seconds (UTC). A WeChat identity is (appid,
+-- openid): one deployment could serve several mini-programs.
+CREATE TABLE accounts (
+    id                     INTEGER PRIMARY KEY AUTOINCREMENT,
+    username               TEXT NOT NULL CHECK (length(username) BETWEEN 1 AND 150),
+    phone                  TEXT CHECK (length(phone) <= 20),
+    is_register            INTEGER NOT NULL DEFAULT 0 CHECK (is_register IN (0, 1)),
+    is_staff               INTEGER NOT NULL DEFAULT 0 CHECK (is_staff IN (0, 1)),
+    is_superuser           INTEGER NOT NULL DEFAULT 0 CHECK (is_superuser IN (0, 1)),
+    flag                   INTEGER NOT NULL DEFAULT 1,
+    avatar                 TEXT CHECK (length(avatar) <= 512),
+    avatar_thumb           TEXT CHECK (length(avatar_thumb) <= 512),
+    birthday               TEXT CHECK (birthday IS NULL OR birthday GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]'),
+    address                TEXT CHECK (length(address) <= 256),
+    member_score           INTEGER NOT NULL DEFAULT 0,
+    credit_score           INTEGER NOT NULL DEFAULT 0,
+    wx_appid               TEXT NOT NULL CHECK (length(wx_appid) BETWEEN 1 AND 64),
+    wx_openid              TEXT NOT NULL CHECK (length(wx_openid) BETWEEN 1 AND 64),
+    wx_unionid             TEXT CHECK (length(wx_unionid) <= 64),
+    wx_nickname            TEXT CHECK (length(wx_nickname) <= 64),
+    wx_gender              INTEGER NOT NULL DEFAULT 0 CHECK (wx_gender IN (0, 1, 2)),
+    wx_avatar              TEXT CHECK (length(wx_avatar) <= 512),
+    wx_country             TEXT CHECK (length(wx_country) <= 64),
+    wx_province            TEXT CHECK (length(wx_province) <= 64),
+    wx_city                TEXT CHECK (length(wx_city) <= 64),
+    last_ip                TEXT CHECK (length(last_ip) <= 45),
+    join_ip                TEXT CHECK (length(join_ip) <= 45),
+    love_help_num          INTEGER NOT NULL DEFAULT 0,
+    bring_love_concern_num INTEGER NOT NULL DEFAULT 0,
+    last_login             INTEGER,
+    date_joined            INTEGER NOT NULL
+) STRICT;
+
+-- One account per WeChat identity, enforced here rather than by check-then-insert.
+CREATE UNIQUE INDEX accounts_wechat_identity ON accounts (wx_appid, wx_openid);
+
+-- The latest jscode2session answer per WeChat identity. The session_key never leaves the server
+-- (unless expose_session_key); `created_at` drives the `recent_code` openid login policy.
+CREATE TABLE wechat_sessions (
+    appid       TEXT NOT NULL,
+    openid      TEXT NOT NULL,
+    unionid     TEXT,
+    session_key TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (appid, openid)
+) STRICT, WITHOUT ROWID;

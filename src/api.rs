@@ -1,0 +1,533 @@
+//! The WX_AUTH endpoints, one function each: typed input in, typed output or `Error` out. No HTTP
+//! here: the router parses requests and writes responses, and `Ctx` brings everything else, `now`
+//! included, so a handler can be called from a test without a socket.
+//!
+//! Every handler validates its whole input before it calls WeChat or writes anything, so bad input
+//! leaves nothing half-written. Reads use the worker's connection; writes go through the writer
+//! and are durable before the handler answers, except login bookkeeping (`last_login`, `last_ip`),
+//! whose answer shows the new values while the write completes in the background.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use rusqlite::Connection;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::codes::{Exchange, RecentCodes};
+use crate::config::{Config, OpenidLogin};
+use crate::error::Error;
+use crate::jwt;
+use crate::ratelimit::RateLimiter;
+use crate::store::{self, Account, Profile, Registration, WechatSession, Writer};
+use crate::wechat::{CodeSession, WeChat};
+use crate::wxcrypt;
+
+/// Longest openid or unionid accepted (WeChat's are 28 characters).
+const MAX_OPENID: usize = 64;
+/// Longest `wx.login` or phone code accepted (WeChat's are 32 characters).
+const MAX_CODE: usize = 256;
+/// Length limits that match the CHECK constraints in schema.sql.
+const MAX_NICKNAME: usize = 64;
+const MAX_AVATAR: usize = 512;
+const MAX_REGION: usize = 64;
+/// Longest base64 encrypted phone payload accepted (WeChat's are about 200 characters).
+const MAX_ENCRYPTED: usize = 4096;
+const MAX_SESSION_KEY: usize = 64;
+
+/// The JWT secrets: the current one signs; all of them verify.
+pub(crate) struct Keys {
+    current: Vec<u8>,
+    current_kid: String,
+}
+
+impl Keys {
+    pub(crate) fn new(secret: &str) -> Keys {
+        Keys { current: secret.as_bytes().to_vec(), current_kid: jwt::key_id(secret.as_bytes()) }
+    }
+}
+
+/// Everything a handler may use besides its input.
+pub(crate) struct Ctx<'a> {
+    pub(crate) config: &'a Config,
+    /// The worker's read connection.
+    pub(crate) db: &'a Connection,
+    pub(crate) writer: &'a Writer,
+    pub(crate) wechat: &'a WeChat,
+    pub(crate) codes: &'a RecentCodes,
+    pub(crate) limiter: &'a RateLimiter,
+    pub(crate) keys: &'a Keys,
+    /// The client's address (the peer, or `X-Forwarded-For` from a trusted proxy).
+    pub(crate) client: IpAddr,
+    pub(crate) now: i64,
+}
+
+/// The answer of `login` and `register`.
+#[derive(Debug, Serialize)]
+pub(crate) struct SessionAnswer {
+    pub(crate) account: Account,
+    pub(crate) token: String,
+}
+
+/// The answer of `get_openid_by_code`.
+#[derive(Debug, Serialize)]
+pub(crate) struct OpenidAnswer {
+    pub(crate) openid: String,
+    pub(crate) is_registered: bool,
+    pub(crate) account: Option<Account>,
+    pub(crate) token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) unionid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) session_key: Option<String>,
+}
+
+/// The answer of `is_openid_registered`.
+#[derive(Debug, Serialize)]
+pub(crate) struct RegisteredAnswer {
+    pub(crate) is_registered: bool,
+}
+
+impl Ctx<'_> {
+    fn appid(&self) -> &str {
+        self.wechat.appid()
+    }
+
+    fn client_ip(&self) -> String {
+        self.client.to_string()
+    }
+
+    /// Spends one of this client's rate-limited requests.
+    fn rate_limit(&self) -> Result<(), Error> {
+        self.limiter
+            .check(self.client, Instant::now())
+            .map_err(|retry_after| Error::RateLimited { retry_after })
+    }
+
+    fn issue_token(&self, account: &Account) -> String {
+        let claims = jwt::Claims {
+            iss: self.config.jwt.issuer.clone(),
+            aud: self.config.jwt.audience.clone(),
+            sub: account.id.to_string(),
+            iat: self.now,
+            exp: self.now + self.config.jwt.lifetime as i64,
+            nbf: None,
+            nickname: account.wx_nickname.clone(),
+            scopes: vec!["open".into()],
+        };
+        jwt::sign(&claims, &self.keys.current, None)
+    }
+
+    /// The account a token in an `Authorization` header names.
+    fn account_from_token(&self, header: &str) -> Result<Account, Error> {
+        let token = bearer_token(header).ok_or(Error::TokenInvalid)?;
+        let expect = jwt::Expect {
+            issuer: &self.config.jwt.issuer,
+            audience: &self.config.jwt.audience,
+            leeway: self.config.jwt.leeway as i64,
+            now: self.now,
+        };
+        let claims = jwt::verify(token, &[(&self.keys.current_kid, &self.keys.current)], &expect)
+            .map_err(|error| match error {
+            jwt::JwtError::Expired => Error::TokenExpired,
+            jwt::JwtError::Invalid => Error::TokenInvalid,
+        })?;
+        let id: i64 = claims.sub.parse().map_err(|_| Error::TokenInvalid)?;
+        store::account_by_id(self.db, id)?.ok_or(Error::TokenInvalid)
+    }
+
+    /// The account of a valid token, if one is given. A bad token is an error only when there is
+    /// no openid to fall back on.
+    fn token_account(
+        &self,
+        authorization: Option<&str>,
+        has_openid: bool,
+    ) -> Result<Option<Account>, Error> {
+        match authorization.map(|header| self.account_from_token(header)) {
+            None => Ok(None),
+            Some(Ok(account)) => Ok(Some(account)),
+            Some(Err(error)) if !has_openid => Err(error),
+            Some(Err(_)) => Ok(None),
+        }
+    }
+
+    /// Applies the openid login policy to a request that names an account by openid alone.
+    fn check_openid_login(&self, openid: &str, session_key: Option<&str>) -> Result<(), Error> {
+        let policy = self.config.openid_login;
+        if policy == OpenidLogin::Open {
+            return Ok(());
+        }
+        if policy == OpenidLogin::Off {
+            return Err(Error::OpenidLoginRefused);
+        }
+        let session = store::wechat_session(self.db, self.appid(), openid)?;
+        let allowed = match (policy, session) {
+            (OpenidLogin::RecentCode, Some(session)) => {
+                self.now <= session.created_at + self.config.openid_login_window as i64
+            }
+            (OpenidLogin::SessionKey, Some(session)) => {
+                session_key.is_some_and(|given| same_secret(given, &session.session_key))
+            }
+            _ => false,
+        };
+        if allowed { Ok(()) } else { Err(Error::OpenidLoginRefused) }
+    }
+
+    /// Exchanges a `wx.login` code (once; a repeat gets the first answer) and records the session
+    /// server-side. Returns the session and whether WeChat was asked just now.
+    fn exchange_code(&self, code: &str) -> Result<CodeSession, Error> {
+        let exchange = self.codes.exchange(code, self.now, || self.wechat.code_to_session(code))?;
+        match exchange {
+            Exchange::Repeat(session) => Ok(session),
+            Exchange::Fresh(session) => {
+                let (appid, openid) = (self.appid().to_string(), session.openid.clone());
+                let record = WechatSession {
+                    unionid: session.unionid.clone(),
+                    session_key: session.session_key.clone(),
+                    created_at: self.now,
+                };
+                self.writer.run(move |connection| {
+                    store::save_wechat_session(connection, &appid, &openid, &record)
+                })?;
+                Ok(session)
+            }
+        }
+    }
+
+    /// Sets the login bookkeeping on `account` as the answer shows it, and queues its write.
+    fn note_login(&self, mut account: Account) -> Account {
+        let (id, ip, now) = (account.id, self.client_ip(), self.now);
+        account.last_login = Some(now);
+        account.last_ip = Some(ip.clone());
+        self.writer.submit("login bookkeeping", move |connection| {
+            store::touch_login(connection, id, &ip, now)
+        });
+        account
+    }
+}
+
+/// `GET get_openid_by_code?code=…`
+pub(crate) fn get_openid_by_code(ctx: &Ctx, code: Option<&str>) -> Result<OpenidAnswer, Error> {
+    let code = required(code, "code")?;
+    check_code(code, "code")?;
+    ctx.rate_limit()?;
+    let session = ctx.exchange_code(code)?;
+    let account = store::account_by_openid(ctx.db, ctx.appid(), &session.openid)?;
+    Ok(OpenidAnswer {
+        is_registered: account.as_ref().is_some_and(|account| account.is_register),
+        token: account.as_ref().map(|account| ctx.issue_token(account)),
+        account,
+        openid: session.openid,
+        unionid: session.unionid,
+        session_key: ctx.config.expose_session_key.then_some(session.session_key),
+    })
+}
+
+/// `GET is_openid_registered?openid=…`
+pub(crate) fn is_openid_registered(
+    ctx: &Ctx,
+    openid: Option<&str>,
+) -> Result<RegisteredAnswer, Error> {
+    let openid = required(openid, "openid")?;
+    check_openid(openid)?;
+    let is_registered = store::is_registered(ctx.db, ctx.appid(), openid)?.unwrap_or(false);
+    Ok(RegisteredAnswer { is_registered })
+}
+
+/// `POST login`: by token, else by openid under the openid login policy.
+pub(crate) fn login(
+    ctx: &Ctx,
+    authorization: Option<&str>,
+    body: &Map<String, Value>,
+) -> Result<SessionAnswer, Error> {
+    let openid = optional_openid(body)?;
+    let session_key = text(body, "session_key", MAX_SESSION_KEY)?;
+    let profile = Profile {
+        wx_nickname: text(body, "wx_nickname", MAX_NICKNAME)?,
+        wx_avatar: text(body, "wx_avatar", MAX_AVATAR)?,
+        wx_gender: gender(body, "wx_gender")?,
+        wx_country: text(body, "wx_country", MAX_REGION)?,
+        wx_province: text(body, "wx_province", MAX_REGION)?,
+        wx_city: text(body, "wx_city", MAX_REGION)?,
+        phone: phone(body, "phone")?,
+    };
+    if let Some(account) = ctx.token_account(authorization, openid.is_some())? {
+        let account = ctx.note_login(account);
+        let token = ctx.issue_token(&account);
+        return Ok(SessionAnswer { account, token });
+    }
+    let openid = openid.ok_or(Error::NotAuthenticated)?;
+    ctx.check_openid_login(&openid, session_key.as_deref())?;
+    ctx.rate_limit()?;
+    let (appid, ip, now) = (ctx.appid().to_string(), ctx.client_ip(), ctx.now);
+    let account = ctx.writer.run(move |connection| {
+        let id = store::ensure_account(connection, &appid, &openid, &ip, now)?;
+        store::update_profile(connection, id, &profile)?;
+        store::touch_login(connection, id, &ip, now)?;
+        store::account_by_id(connection, id)?
+            .ok_or_else(|| Error::Internal("account vanished".into()))
+    })?;
+    let token = ctx.issue_token(&account);
+    Ok(SessionAnswer { account, token })
+}
+
+/// Where a registration's phone number comes from.
+enum PhoneSource {
+    Typed(String),
+    Encrypted { data: String, iv: String },
+    Code(String),
+}
+
+/// `POST register`: a phone (typed, legacy encrypted, or phone code) onto the account named by a
+/// token or, under the openid login policy, by openid.
+pub(crate) fn register(
+    ctx: &Ctx,
+    authorization: Option<&str>,
+    body: &Map<String, Value>,
+) -> Result<SessionAnswer, Error> {
+    let openid = optional_openid(body)?;
+    let client_session_key = text(body, "session_key", MAX_SESSION_KEY)?;
+    let code = text(body, "code", MAX_CODE)?;
+    if let Some(code) = &code {
+        check_code(code, "code")?;
+    }
+    let source = if let Some(phone) = phone(body, "phone")? {
+        PhoneSource::Typed(phone)
+    } else if let Some(data) = text(body, "encrypted_phone", MAX_ENCRYPTED)? {
+        let iv = text(body, "iv", MAX_SESSION_KEY)?.ok_or(Error::MissingParameter("iv"))?;
+        PhoneSource::Encrypted { data, iv }
+    } else if let Some(phone_code) = text(body, "phone_code", MAX_CODE)? {
+        check_code(&phone_code, "phone_code")?;
+        PhoneSource::Code(phone_code)
+    } else {
+        return Err(Error::MissingParameter("phone"));
+    };
+    let wx_nickname = text(body, "nickname", MAX_NICKNAME)?;
+    let birthday = text(body, "birthday", 10)?;
+    if birthday.as_deref().is_some_and(|birthday| !crate::time::is_valid_date(birthday)) {
+        return Err(Error::InvalidParameter("birthday 须为存在的日期 yyyy-mm-dd".into()));
+    }
+    let wx_gender = gender(body, "gender")?;
+
+    let token_account = ctx.token_account(authorization, openid.is_some())?;
+    let openid = match (&token_account, openid) {
+        (Some(account), Some(openid)) if account.wx_openid != openid => {
+            return Err(Error::InvalidParameter("openid 与 token 的账号不符".into()));
+        }
+        (Some(account), _) => account.wx_openid.clone(),
+        (None, Some(openid)) => openid,
+        (None, None) => return Err(Error::NotAuthenticated),
+    };
+    ctx.rate_limit()?;
+    if let (PhoneSource::Encrypted { .. }, Some(code)) = (&source, &code) {
+        // A fresh wx.login code refreshes the session_key the data was encrypted with.
+        let session = ctx.exchange_code(code)?;
+        if session.openid != openid {
+            return Err(Error::InvalidParameter("code 不属于该 openid 的用户".into()));
+        }
+    }
+    if token_account.is_none() {
+        ctx.check_openid_login(&openid, client_session_key.as_deref())?;
+    }
+    let phone = match source {
+        PhoneSource::Typed(phone) => phone,
+        PhoneSource::Encrypted { data, iv } => {
+            let session = store::wechat_session(ctx.db, ctx.appid(), &openid)?
+                .ok_or(Error::SessionExpired)?;
+            if client_session_key.is_some_and(|given| !same_secret(&given, &session.session_key)) {
+                return Err(Error::SessionExpired);
+            }
+            let info = wxcrypt::decrypt_phone(&session.session_key, &iv, &data, ctx.appid())?;
+            normalize_phone(&info.phone_number)
+                .ok_or_else(|| Error::InvalidParameter("解密得到的手机号格式不正确".into()))?
+        }
+        PhoneSource::Code(phone_code) => {
+            let number = ctx.wechat.phone_number(&phone_code)?;
+            if number.watermark_appid != ctx.appid() {
+                return Err(Error::WatermarkMismatch);
+            }
+            normalize_phone(&number.phone_number)
+                .ok_or_else(|| Error::InvalidParameter("微信返回的手机号格式不正确".into()))?
+        }
+    };
+    let registration =
+        Registration { phone, username: openid.clone(), wx_nickname, birthday, wx_gender };
+    let (appid, ip, now) = (ctx.appid().to_string(), ctx.client_ip(), ctx.now);
+    let known_id = token_account.map(|account| account.id);
+    let account = ctx.writer.run(move |connection| {
+        let id = match known_id {
+            Some(id) => id,
+            None => store::ensure_account(connection, &appid, &openid, &ip, now)?,
+        };
+        store::register(connection, id, &registration)?;
+        store::touch_login(connection, id, &ip, now)?;
+        store::account_by_id(connection, id)?
+            .ok_or_else(|| Error::Internal("account vanished".into()))
+    })?;
+    let token = ctx.issue_token(&account);
+    Ok(SessionAnswer { account, token })
+}
+
+/// The token of `Authorization: jwt|JWT|Bearer <token>` (scheme case-insensitive, one space).
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    let known = scheme.eq_ignore_ascii_case("jwt") || scheme.eq_ignore_ascii_case("bearer");
+    (known && !token.is_empty() && !token.contains(' ')).then_some(token)
+}
+
+/// Compares two secrets in time independent of where they differ.
+fn same_secret(given: &str, expected: &str) -> bool {
+    let (given, expected) = (given.as_bytes(), expected.as_bytes());
+    given.len() == expected.len()
+        && given.iter().zip(expected).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0
+}
+
+fn required<'a>(value: Option<&'a str>, name: &'static str) -> Result<&'a str, Error> {
+    value.filter(|value| !value.is_empty()).ok_or(Error::MissingParameter(name))
+}
+
+/// A code from the WeChat client: printable ASCII without spaces, of sane length.
+fn check_code(code: &str, name: &str) -> Result<(), Error> {
+    let plain = code.len() <= MAX_CODE && code.bytes().all(|byte| byte.is_ascii_graphic());
+    if plain { Ok(()) } else { Err(Error::InvalidParameter(format!("{name} 格式不正确"))) }
+}
+
+/// An openid: letters, digits, `-` and `_`, at most 64.
+fn check_openid(openid: &str) -> Result<(), Error> {
+    let plain = openid.len() <= MAX_OPENID
+        && openid.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
+    if plain { Ok(()) } else { Err(Error::InvalidParameter("openid 格式不正确".into())) }
+}
+
+fn optional_openid(body: &Map<String, Value>) -> Result<Option<String>, Error> {
+    let openid = text(body, "openid", MAX_OPENID)?;
+    if let Some(openid) = &openid {
+        check_openid(openid)?;
+    }
+    Ok(openid)
+}
+
+/// A string field: absent, null and "" are `None`; anything but a string is refused, as is text
+/// longer than `max` characters or with control characters.
+fn text(body: &Map<String, Value>, key: &'static str, max: usize) -> Result<Option<String>, Error> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) if text.is_empty() => Ok(None),
+        Some(Value::String(text)) => {
+            if text.chars().count() > max {
+                Err(Error::InvalidParameter(format!("{key} 过长 (最多 {max} 个字符)")))
+            } else if text.chars().any(char::is_control) {
+                Err(Error::InvalidParameter(format!("{key} 含有控制字符")))
+            } else {
+                Ok(Some(text.clone()))
+            }
+        }
+        Some(_) => Err(Error::InvalidParameter(format!("{key} 须为字符串"))),
+    }
+}
+
+/// A gender: 0 unknown, 1 male, 2 female; as a number or a numeric string (form bodies).
+fn gender(body: &Map<String, Value>, key: &'static str) -> Result<Option<i64>, Error> {
+    let value = match body.get(key) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(text)) if text.is_empty() => return Ok(None),
+        Some(Value::Number(number)) => number.as_i64(),
+        Some(Value::String(text)) => text.parse().ok(),
+        Some(_) => None,
+    };
+    match value {
+        Some(gender @ 0..=2) => Ok(Some(gender)),
+        _ => Err(Error::InvalidParameter(format!("{key} 须为 0, 1 或 2"))),
+    }
+}
+
+/// A typed phone number, normalised; numbers are accepted as JSON numbers too.
+fn phone(body: &Map<String, Value>, key: &'static str) -> Result<Option<String>, Error> {
+    let raw = match body.get(key) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(text)) if text.is_empty() => return Ok(None),
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Number(number)) if number.is_u64() => number.to_string(),
+        Some(_) => return Err(Error::InvalidParameter(format!("{key} 须为字符串"))),
+    };
+    normalize_phone(&raw)
+        .map(Some)
+        .ok_or_else(|| Error::InvalidParameter(format!("{key} 不是有效的手机号")))
+}
+
+/// Removes spaces and dashes; the rest must be digits with an optional leading `+`, 5 to 20
+/// characters in all.
+fn normalize_phone(raw: &str) -> Option<String> {
+    if raw.len() > 64 {
+        return None;
+    }
+    let phone: String =
+        raw.chars().filter(|character| *character != ' ' && *character != '-').collect();
+    let digits = phone.strip_prefix('+').unwrap_or(&phone);
+    let valid = (5..=20).contains(&phone.len())
+        && !digits.is_empty()
+        && digits.bytes().all(|byte| byte.is_ascii_digit());
+    valid.then_some(phone)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phones_are_normalised_or_refused() {
+        assert_eq!(normalize_phone("138 0013-8000").as_deref(), Some("13800138000"));
+        assert_eq!(normalize_phone("+86 138 0013 8000").as_deref(), Some("+8613800138000"));
+        assert_eq!(normalize_phone("12345").as_deref(), Some("12345"));
+        for bad in [
+            "1234",
+            "+123",
+            "abc12345",
+            "1380013800O",
+            "++8613800138000",
+            "123456789012345678901",
+            "1+3800138000",
+            "",
+        ] {
+            assert_eq!(normalize_phone(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn authorization_schemes() {
+        assert_eq!(bearer_token("jwt abc"), Some("abc"));
+        assert_eq!(bearer_token("JWT abc"), Some("abc"));
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bEaReR abc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("jwt  abc"), None);
+        assert_eq!(bearer_token("jwt"), None);
+        assert_eq!(bearer_token("jwtabc"), None);
+    }
+
+    #[test]
+    fn field_types_are_checked() {
+        let body: Map<String, Value> = serde_json::from_str(
+            r#"{"a": "x", "b": 3, "g1": 1, "g2": "2", "g3": 3, "g4": "male", "p": 13800138000, "e": ""}"#,
+        )
+        .unwrap();
+        assert_eq!(text(&body, "a", 5).unwrap().as_deref(), Some("x"));
+        assert!(text(&body, "b", 5).is_err());
+        assert_eq!(text(&body, "e", 5).unwrap(), None);
+        assert_eq!(text(&body, "missing", 5).unwrap(), None);
+        assert!(text(&body, "a", 0).is_err());
+        assert_eq!(gender(&body, "g1").unwrap(), Some(1));
+        assert_eq!(gender(&body, "g2").unwrap(), Some(2));
+        assert!(gender(&body, "g3").is_err());
+        assert!(gender(&body, "g4").is_err());
+        assert_eq!(phone(&body, "p").unwrap().as_deref(), Some("13800138000"));
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret("abc", "abc"));
+        assert!(!same_secret("abc", "abd"));
+        assert!(!same_secret("abc", "abcd"));
+        assert!(!same_secret("", "a"));
+    }
+}

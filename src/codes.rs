@@ -1,0 +1,161 @@
+//! Recently exchanged `wx.login` codes, so that the same code arriving twice within its life (a
+//! retried request, a double tap) gets the first answer again instead of WeChat's 40163.
+//!
+//! Codes are credentials: only their SHA-256 is kept, in memory, for five minutes (a code's life at
+//! WeChat). A second request for a code whose exchange is still in flight waits for that exchange
+//! rather than racing it to WeChat.
+
+use std::collections::HashMap;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::Error;
+use crate::wechat::CodeSession;
+
+/// How long a code's answer is remembered: WeChat's codes live five minutes.
+const CODE_LIFE: i64 = 300;
+
+/// Entries above which expired ones are swept on insert.
+const SWEEP_ABOVE: usize = 10_000;
+
+/// How long a repeated code waits for the first exchange before giving up.
+const WAIT_FOR_FIRST: Duration = Duration::from_secs(30);
+
+enum Entry {
+    Pending,
+    Done { session: CodeSession, expires: i64 },
+}
+
+/// How a code was answered.
+pub(crate) enum Exchange {
+    /// WeChat answered this request.
+    Fresh(CodeSession),
+    /// The code was exchanged before; this is that answer again.
+    Repeat(CodeSession),
+}
+
+#[derive(Default)]
+pub(crate) struct RecentCodes {
+    entries: Mutex<HashMap<[u8; 32], Entry>>,
+    settled: Condvar,
+}
+
+impl RecentCodes {
+    /// Answers `code` from memory, or by running `exchange` (the call to WeChat) exactly once.
+    pub(crate) fn exchange(
+        &self,
+        code: &str,
+        now: i64,
+        exchange: impl FnOnce() -> Result<CodeSession, Error>,
+    ) -> Result<Exchange, Error> {
+        let key: [u8; 32] = Sha256::digest(code.as_bytes()).into();
+        let mut entries = self.lock();
+        loop {
+            match entries.get(&key) {
+                Some(Entry::Done { session, expires }) if *expires > now => {
+                    return Ok(Exchange::Repeat(session.clone()));
+                }
+                Some(Entry::Pending) => {
+                    let (guard, waited) = self
+                        .settled
+                        .wait_timeout(entries, WAIT_FOR_FIRST)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    entries = guard;
+                    if waited.timed_out() && matches!(entries.get(&key), Some(Entry::Pending)) {
+                        return Err(Error::WechatUnavailable {
+                            api: "jscode2session",
+                            reason: "the first exchange of this code is still in flight".into(),
+                        });
+                    }
+                }
+                _ => break,
+            }
+        }
+        if entries.len() > SWEEP_ABOVE {
+            entries.retain(|_, entry| match entry {
+                Entry::Pending => true,
+                Entry::Done { expires, .. } => *expires > now,
+            });
+        }
+        entries.insert(key, Entry::Pending);
+        drop(entries);
+
+        let result = exchange();
+        let mut entries = self.lock();
+        match &result {
+            Ok(session) => {
+                entries.insert(
+                    key,
+                    Entry::Done { session: session.clone(), expires: now + CODE_LIFE },
+                );
+            }
+            Err(_) => {
+                entries.remove(&key);
+            }
+        }
+        drop(entries);
+        self.settled.notify_all();
+        result.map(Exchange::Fresh)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Entry>> {
+        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(openid: &str) -> CodeSession {
+        CodeSession { openid: openid.into(), unionid: None, session_key: "key".into() }
+    }
+
+    #[test]
+    fn a_repeated_code_gets_the_first_answer_until_it_expires() {
+        let codes = RecentCodes::default();
+        let first = codes.exchange("code-1", 1000, || Ok(session("a"))).unwrap();
+        assert!(matches!(first, Exchange::Fresh(ref s) if s.openid == "a"));
+        let again =
+            codes.exchange("code-1", 1100, || panic!("must not call WeChat again")).unwrap();
+        assert!(matches!(again, Exchange::Repeat(ref s) if s.openid == "a"));
+        let later = codes.exchange("code-1", 1000 + CODE_LIFE, || Err(Error::WechatCodeUsed));
+        assert!(matches!(later, Err(Error::WechatCodeUsed)));
+    }
+
+    #[test]
+    fn a_failed_exchange_is_not_remembered() {
+        let codes = RecentCodes::default();
+        assert!(codes.exchange("code-2", 1000, || Err(Error::WechatCodeInvalid)).is_err());
+        let retried = codes.exchange("code-2", 1001, || Ok(session("b"))).unwrap();
+        assert!(matches!(retried, Exchange::Fresh(_)));
+    }
+
+    #[test]
+    fn concurrent_requests_for_one_code_call_wechat_once() {
+        let codes = std::sync::Arc::new(RecentCodes::default());
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (codes, calls) = (codes.clone(), calls.clone());
+                std::thread::spawn(move || {
+                    codes
+                        .exchange("code-3", 1000, || {
+                            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            std::thread::sleep(Duration::from_millis(50));
+                            Ok(session("c"))
+                        })
+                        .map(|exchange| match exchange {
+                            Exchange::Fresh(s) | Exchange::Repeat(s) => s.openid,
+                        })
+                })
+            })
+            .collect();
+        for thread in threads {
+            assert_eq!(thread.join().unwrap().unwrap(), "c");
+        }
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+}

@@ -1,0 +1,572 @@
+//! `Config`: the effective configuration, from `wxauth.toml` (or built-in defaults) overridden by
+//! `WXAUTH_*` environment variables, validated before anything starts.
+//!
+//! Every key of the file has exactly one environment variable, `WXAUTH_` + section + key in upper
+//! case (`[wechat] appid` is `WXAUTH_WECHAT_APPID`, top-level `listen` is `WXAUTH_LISTEN`), derived
+//! from the keys themselves so the two can never drift apart. Unknown keys, in the file or the
+//! environment, are errors naming the key. `Debug` never shows a secret. This module does no I/O
+//! beyond reading the file it is given and the environment.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+/// Who may log in with a bare openid (see README, "openid login policy").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum OpenidLogin {
+    /// Only if `get_openid_by_code` returned this openid within `openid_login_window`.
+    RecentCode,
+    /// Only with the matching `session_key` in the body.
+    SessionKey,
+    /// Always (the original backend's behaviour).
+    Open,
+    /// Never: tokens only.
+    Off,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Config {
+    /// Address to listen on; port 0 picks a free one.
+    pub(crate) listen: String,
+    /// Path of the SQLite database file.
+    pub(crate) database: String,
+    /// Worker threads answering requests.
+    pub(crate) workers: usize,
+    /// URL prefix of the API, with leading and trailing slash.
+    pub(crate) prefix: String,
+    /// The openid login policy.
+    pub(crate) openid_login: OpenidLogin,
+    /// Seconds after `get_openid_by_code` during which `recent_code` allows an openid login.
+    pub(crate) openid_login_window: u64,
+    /// Return the session_key to the client (the original did; WeChat's rules say never).
+    pub(crate) expose_session_key: bool,
+    /// Peers whose `X-Forwarded-For` is believed (the reverse proxy in front of wxauth).
+    pub(crate) trusted_proxies: Vec<String>,
+    /// Largest accepted request body, in bytes.
+    pub(crate) max_body_bytes: usize,
+    pub(crate) wechat: WechatConfig,
+    pub(crate) jwt: JwtConfig,
+    pub(crate) rate_limit: RateLimitConfig,
+    pub(crate) demo: DemoConfig,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct WechatConfig {
+    /// The mini-program's appid; empty together with `secret` means demo mode.
+    pub(crate) appid: String,
+    /// The mini-program's app secret.
+    pub(crate) secret: String,
+    /// Where WeChat's API lives.
+    pub(crate) base_url: String,
+    /// Connect timeout for calls to WeChat, milliseconds.
+    pub(crate) connect_timeout_ms: u64,
+    /// Whole-call timeout for calls to WeChat, milliseconds.
+    pub(crate) timeout_ms: u64,
+    /// Calls to WeChat allowed in flight at once; more fail fast with `wechat_unavailable`.
+    pub(crate) max_in_flight: usize,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct JwtConfig {
+    /// HMAC key (its UTF-8 bytes), at least 32 bytes; empty: generated once and kept in the database.
+    pub(crate) secret: String,
+    /// `iss` claim written and required.
+    pub(crate) issuer: String,
+    /// `aud` claim written and required.
+    pub(crate) audience: String,
+    /// Token lifetime, seconds.
+    pub(crate) lifetime: u64,
+    /// Clock leeway for `exp`/`nbf`/`iat`, seconds.
+    pub(crate) leeway: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RateLimitConfig {
+    /// Limit WeChat-bound and account-creating requests per client address.
+    pub(crate) enabled: bool,
+    /// Requests a client may make at once.
+    pub(crate) burst: u32,
+    /// Requests a second a client may make after the burst.
+    pub(crate) per_second: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct DemoConfig {
+    /// Where demo mode serves the built-in fake WeChat.
+    pub(crate) fake_listen: String,
+}
+
+/// The smallest JWT secret accepted, in bytes (RFC 7518 §3.2: a key as long as the hash).
+pub(crate) const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// The appid the fake WeChat and demo mode use.
+pub(crate) const DEMO_APPID: &str = "wxdemo";
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8000".into(),
+            database: "wxauth.db".into(),
+            workers: 8,
+            prefix: "/miniprog/wx_auth/".into(),
+            openid_login: OpenidLogin::RecentCode,
+            openid_login_window: 600,
+            expose_session_key: false,
+            trusted_proxies: Vec::new(),
+            max_body_bytes: 64 * 1024,
+            wechat: WechatConfig::default(),
+            jwt: JwtConfig::default(),
+            rate_limit: RateLimitConfig::default(),
+            demo: DemoConfig::default(),
+        }
+    }
+}
+
+impl Default for WechatConfig {
+    fn default() -> Self {
+        WechatConfig {
+            appid: String::new(),
+            secret: String::new(),
+            base_url: "https://api.weixin.qq.com".into(),
+            connect_timeout_ms: 2_000,
+            timeout_ms: 5_000,
+            max_in_flight: 64,
+        }
+    }
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            secret: String::new(),
+            issuer: "wxauth".into(),
+            audience: "miniprog".into(),
+            lifetime: 7 * 24 * 3600,
+            leeway: 60,
+        }
+    }
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig { enabled: true, burst: 60, per_second: 10 }
+    }
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        DemoConfig { fake_listen: "127.0.0.1:0".into() }
+    }
+}
+
+impl Config {
+    /// Demo mode: no WeChat credentials configured, so wxauth serves its own fake WeChat.
+    pub(crate) fn demo_mode(&self) -> bool {
+        self.wechat.appid.is_empty() && self.wechat.secret.is_empty()
+    }
+
+    /// Parsed trusted proxy addresses (validated in `parse`).
+    pub(crate) fn trusted_proxy_addrs(&self) -> Vec<IpAddr> {
+        self.trusted_proxies.iter().filter_map(|text| text.parse().ok()).collect()
+    }
+
+    /// The configuration shown by `Debug`, as TOML with secrets replaced.
+    fn redacted(&self) -> Config {
+        let mut shown = self.clone();
+        for secret in [&mut shown.wechat.secret, &mut shown.jwt.secret] {
+            if !secret.is_empty() {
+                *secret = "<redacted>".into();
+            }
+        }
+        shown
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match toml::to_string(&self.redacted()) {
+            Ok(text) => f.write_str(&text),
+            Err(_) => f.write_str("<config>"),
+        }
+    }
+}
+
+impl fmt::Debug for WechatConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WechatConfig")
+            .field("appid", &self.appid)
+            .field("secret", &redact(&self.secret))
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtConfig")
+            .field("secret", &redact(&self.secret))
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+fn redact(secret: &str) -> &'static str {
+    if secret.is_empty() { "<unset>" } else { "<redacted>" }
+}
+
+/// Reads the configuration: the file at `path` if given (it must exist), else `./wxauth.toml` if
+/// present, else the defaults; then the environment; then validation.
+pub(crate) fn load(path: Option<&str>) -> Result<Config, String> {
+    let text = match path {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|error| format!("cannot read config file {path}: {error}"))?,
+        None => match std::fs::read_to_string("wxauth.toml") {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(error) => return Err(format!("cannot read config file wxauth.toml: {error}")),
+        },
+    };
+    let environment: BTreeMap<String, String> =
+        std::env::vars().filter(|(name, _)| name.starts_with("WXAUTH_")).collect();
+    parse(&text, &environment)
+}
+
+/// Parses TOML text, applies `WXAUTH_*` overrides from `environment`, and validates.
+pub(crate) fn parse(text: &str, environment: &BTreeMap<String, String>) -> Result<Config, String> {
+    let mut table: toml::Table =
+        toml::from_str(text).map_err(|error| format!("config file: {}", error.message()))?;
+    let defaults = toml::Table::try_from(Config::default())
+        .map_err(|error| format!("config defaults: {error}"))?;
+    check_keys(&table, &defaults, "")?;
+    apply_environment(&mut table, &defaults, environment)?;
+    let config: Config = toml::Value::Table(table.clone()).try_into().map_err(
+        |error: toml::de::Error| match blame(&table) {
+            Some(key) => format!("config: `{key}`: {}", error.message()),
+            None => format!("config: {}", error.message()),
+        },
+    )?;
+    validate(&config)?;
+    Ok(config)
+}
+
+/// Rejects keys the defaults do not have, naming them (serde would too, but without the section).
+fn check_keys(table: &toml::Table, defaults: &toml::Table, section: &str) -> Result<(), String> {
+    for (key, value) in table {
+        let name = if section.is_empty() { key.clone() } else { format!("{section}.{key}") };
+        match (defaults.get(key), value) {
+            (None, _) => return Err(format!("config: unknown key `{name}`")),
+            (Some(toml::Value::Table(inner_defaults)), toml::Value::Table(inner)) => {
+                check_keys(inner, inner_defaults, &name)?
+            }
+            (Some(toml::Value::Table(_)), _) => {
+                return Err(format!("config: `{name}` must be a table ([{name}])"));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The key whose value does not fit its type: each key is tried alone on top of the defaults.
+/// (A `toml::Value` carries no positions, so serde's own error cannot name it.)
+fn blame(table: &toml::Table) -> Option<String> {
+    let fits = |alone: toml::Table| toml::Value::Table(alone).try_into::<Config>().is_ok();
+    for (key, value) in table {
+        match value {
+            toml::Value::Table(section) => {
+                for (inner_key, inner_value) in section {
+                    let inner = toml::Table::from_iter([(inner_key.clone(), inner_value.clone())]);
+                    let alone = toml::Table::from_iter([(key.clone(), toml::Value::Table(inner))]);
+                    if !fits(alone) {
+                        return Some(format!("{key}.{inner_key}"));
+                    }
+                }
+            }
+            _ => {
+                if !fits(toml::Table::from_iter([(key.clone(), value.clone())])) {
+                    return Some(key.clone());
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The environment variable for a key path: `WXAUTH_` + parts joined by `_`, upper case.
+pub(crate) fn env_name(path: &[&str]) -> String {
+    format!("WXAUTH_{}", path.join("_").to_uppercase())
+}
+
+/// Variables that name something other than a config key.
+const OTHER_VARIABLES: &[&str] = &["WXAUTH_CONFIG", "WXAUTH_LOG"];
+
+fn apply_environment(
+    table: &mut toml::Table,
+    defaults: &toml::Table,
+    environment: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    let mut known = Vec::new();
+    for (key, default) in defaults {
+        match default {
+            toml::Value::Table(section_defaults) => {
+                for (inner_key, inner_default) in section_defaults {
+                    let name = env_name(&[key, inner_key]);
+                    if let Some(text) = environment.get(&name) {
+                        let value = env_value(&name, text, inner_default)?;
+                        let section = table
+                            .entry(key.clone())
+                            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                        if let toml::Value::Table(section) = section {
+                            section.insert(inner_key.clone(), value);
+                        }
+                    }
+                    known.push(name);
+                }
+            }
+            _ => {
+                let name = env_name(&[key]);
+                if let Some(text) = environment.get(&name) {
+                    table.insert(key.clone(), env_value(&name, text, default)?);
+                }
+                known.push(name);
+            }
+        }
+    }
+    for name in environment.keys() {
+        if !known.contains(name) && !OTHER_VARIABLES.contains(&name.as_str()) {
+            return Err(format!("environment: unknown variable {name}"));
+        }
+    }
+    Ok(())
+}
+
+/// Reads an environment variable as the type of the key's default.
+fn env_value(name: &str, text: &str, default: &toml::Value) -> Result<toml::Value, String> {
+    let text = text.trim();
+    Ok(match default {
+        toml::Value::Boolean(_) => match text.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => toml::Value::Boolean(true),
+            "false" | "0" | "no" | "off" => toml::Value::Boolean(false),
+            _ => return Err(format!("environment: {name} must be true or false")),
+        },
+        toml::Value::Integer(_) => toml::Value::Integer(
+            text.parse().map_err(|_| format!("environment: {name} must be a whole number"))?,
+        ),
+        toml::Value::Array(_) => toml::Value::Array(
+            text.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| toml::Value::String(item.into()))
+                .collect(),
+        ),
+        _ => toml::Value::String(text.into()),
+    })
+}
+
+fn validate(config: &Config) -> Result<(), String> {
+    config.listen.parse::<SocketAddr>().map_err(|_| {
+        format!("listen: `{}` is not an address like 127.0.0.1:8000", config.listen)
+    })?;
+    if config.database.trim().is_empty() {
+        return Err("database: must name a file".into());
+    }
+    if !(1..=256).contains(&config.workers) {
+        return Err("workers: must be between 1 and 256".into());
+    }
+    let prefix = &config.prefix;
+    if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix.contains(['?', '#', ' ']) {
+        return Err(format!("prefix: `{prefix}` must start and end with `/`"));
+    }
+    if config.openid_login == OpenidLogin::SessionKey && !config.expose_session_key {
+        return Err(
+            "openid_login: \"session_key\" needs expose_session_key = true (clients cannot send a key they never get)"
+                .into(),
+        );
+    }
+    if config.openid_login_window == 0 {
+        return Err("openid_login_window: must be at least 1 second".into());
+    }
+    for proxy in &config.trusted_proxies {
+        proxy
+            .parse::<IpAddr>()
+            .map_err(|_| format!("trusted_proxies: `{proxy}` is not an IP address"))?;
+    }
+    if config.max_body_bytes < 1024 {
+        return Err("max_body_bytes: must be at least 1024".into());
+    }
+    let wechat = &config.wechat;
+    if wechat.appid.is_empty() != wechat.secret.is_empty() {
+        return Err(
+            "wechat: set both appid and secret (or neither, for demo mode with the fake WeChat)"
+                .into(),
+        );
+    }
+    if !wechat.base_url.starts_with("http://") && !wechat.base_url.starts_with("https://") {
+        return Err("wechat.base_url: must start with http:// or https://".into());
+    }
+    if wechat.connect_timeout_ms == 0 || wechat.timeout_ms == 0 {
+        return Err("wechat: timeouts must be at least 1 ms".into());
+    }
+    if wechat.max_in_flight == 0 {
+        return Err("wechat.max_in_flight: must be at least 1".into());
+    }
+    let jwt = &config.jwt;
+    if !jwt.secret.is_empty() && jwt.secret.len() < MIN_JWT_SECRET_BYTES {
+        return Err(format!(
+            "jwt.secret: must be at least {MIN_JWT_SECRET_BYTES} bytes (it is {}); generate one with \
+             `openssl rand -hex 32`, or leave it empty to have wxauth generate and keep one",
+            jwt.secret.len()
+        ));
+    }
+    if jwt.issuer.is_empty() || jwt.audience.is_empty() {
+        return Err("jwt: issuer and audience must not be empty".into());
+    }
+    if jwt.lifetime == 0 {
+        return Err("jwt.lifetime: must be at least 1 second".into());
+    }
+    if config.rate_limit.enabled
+        && (config.rate_limit.burst == 0 || config.rate_limit.per_second == 0)
+    {
+        return Err("rate_limit: burst and per_second must be at least 1 when enabled".into());
+    }
+    config.demo.fake_listen.parse::<SocketAddr>().map_err(|_| {
+        format!("demo.fake_listen: `{}` is not an address", config.demo.fake_listen)
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect()
+    }
+
+    #[test]
+    fn empty_file_gives_defaults_in_demo_mode() {
+        let config = parse("", &env(&[])).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:8000");
+        assert_eq!(config.prefix, "/miniprog/wx_auth/");
+        assert_eq!(config.openid_login, OpenidLogin::RecentCode);
+        assert!(config.rate_limit.enabled);
+        assert!(config.demo_mode());
+    }
+
+    #[test]
+    fn the_reference_config_in_the_repo_parses() {
+        let text = include_str!("../wxauth.toml");
+        let config = parse(text, &env(&[])).unwrap();
+        assert!(config.demo_mode());
+    }
+
+    #[test]
+    fn file_values_are_read() {
+        let text = r#"
+            listen = "0.0.0.0:9000"
+            openid_login = "session_key"
+            expose_session_key = true
+            [wechat]
+            appid = "wx123"
+            secret = "s3cr3t"
+            [jwt]
+            lifetime = 3600
+        "#;
+        let config = parse(text, &env(&[])).unwrap();
+        assert_eq!(config.listen, "0.0.0.0:9000");
+        assert_eq!(config.openid_login, OpenidLogin::SessionKey);
+        assert_eq!(config.jwt.lifetime, 3600);
+        assert!(!config.demo_mode());
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let text = "workers = 2\n[wechat]\nappid = \"wxfile\"\nsecret = \"file\"\n";
+        let config = parse(
+            text,
+            &env(&[
+                ("WXAUTH_WORKERS", "3"),
+                ("WXAUTH_WECHAT_APPID", "wxenv"),
+                ("WXAUTH_RATE_LIMIT_ENABLED", "false"),
+                ("WXAUTH_TRUSTED_PROXIES", "127.0.0.1, ::1"),
+                ("WXAUTH_OPENID_LOGIN", "off"),
+                ("WXAUTH_EXPOSE_SESSION_KEY", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.workers, 3);
+        assert_eq!(config.wechat.appid, "wxenv");
+        assert_eq!(config.wechat.secret, "file");
+        assert!(!config.rate_limit.enabled);
+        assert_eq!(config.trusted_proxies, vec!["127.0.0.1", "::1"]);
+        assert_eq!(config.openid_login, OpenidLogin::Off);
+        assert!(config.expose_session_key);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let error = parse("lsten = \"x\"", &env(&[])).unwrap_err();
+        assert!(error.contains("`lsten`"), "{error}");
+        let error = parse("[wechat]\nappid_ = \"x\"", &env(&[])).unwrap_err();
+        assert!(error.contains("`wechat.appid_`"), "{error}");
+        let error = parse("", &env(&[("WXAUTH_WECHAT_APID", "x")])).unwrap_err();
+        assert!(error.contains("WXAUTH_WECHAT_APID"), "{error}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_key() {
+        for (text, key) in [
+            ("listen = \"nowhere\"", "listen"),
+            ("workers = 0", "workers"),
+            ("prefix = \"api\"", "prefix"),
+            ("openid_login = \"sometimes\"", "openid_login"),
+            ("trusted_proxies = [\"proxy\"]", "trusted_proxies"),
+            ("[wechat]\nappid = \"wx1\"", "wechat"),
+            ("[wechat]\nbase_url = \"ftp://x\"", "wechat.base_url"),
+            ("[jwt]\nsecret = \"short\"", "jwt.secret"),
+        ] {
+            let error = parse(text, &env(&[])).unwrap_err();
+            assert!(error.contains(key), "{text}: {error}");
+        }
+        let error = parse("workers = \"many\"", &env(&[])).unwrap_err();
+        assert!(error.contains("`workers`"), "{error}");
+        let error = parse("[jwt]\nleeway = -1", &env(&[])).unwrap_err();
+        assert!(error.contains("`jwt.leeway`"), "{error}");
+        let error = parse("", &env(&[("WXAUTH_WORKERS", "many")])).unwrap_err();
+        assert!(error.contains("WXAUTH_WORKERS"), "{error}");
+    }
+
+    #[test]
+    fn short_jwt_secret_says_how_to_make_one() {
+        let error = parse("", &env(&[("WXAUTH_JWT_SECRET", "tooshort")])).unwrap_err();
+        assert!(error.contains("openssl rand"), "{error}");
+        assert!(!error.contains("tooshort"), "the secret itself must not be echoed: {error}");
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let config = parse(
+            "",
+            &env(&[
+                ("WXAUTH_WECHAT_APPID", "wxvisible"),
+                ("WXAUTH_WECHAT_SECRET", "appsecret-value"),
+                ("WXAUTH_JWT_SECRET", "jwt-secret-value-that-is-long-enough-0123"),
+            ]),
+        )
+        .unwrap();
+        let shown = format!("{config:?} {:?} {:?}", config.wechat, config.jwt);
+        assert!(shown.contains("wxvisible"));
+        assert!(!shown.contains("appsecret-value"), "{shown}");
+        assert!(!shown.contains("jwt-secret-value"), "{shown}");
+        assert!(shown.contains("<redacted>"));
+    }
+}

@@ -1,0 +1,203 @@
+//! The one error type of the crate, and everything a client may learn from it.
+//!
+//! Each variant maps to a stable machine name (`error` in the envelope), a numeric `code` that is
+//! never reused, an HTTP status, and a short Chinese `detail` for end users. `Display` is the log
+//! text: it may say more than the client sees (a WeChat errcode, a database message) but never a
+//! secret, a session_key, a token or a full `wx.login` code. Only the router turns an `Error` into
+//! a response.
+
+use std::fmt;
+
+use crate::wxcrypt::DecryptError;
+
+#[derive(Debug)]
+pub(crate) enum Error {
+    /// A required field or query parameter is absent or empty; names the field.
+    MissingParameter(&'static str),
+    /// A field is malformed; the message names the field and is safe to show to the client.
+    InvalidParameter(String),
+    /// WeChat errcode 40029: the code is expired, reused, wrong, or another appid's.
+    WechatCodeInvalid,
+    /// WeChat errcode 40163: the code was already used.
+    WechatCodeUsed,
+    /// WeChat errcode 45011: WeChat's frequency limit for this user.
+    WechatRateLimited,
+    /// WeChat errcode 40226: the user is blocked by WeChat's risk control.
+    WechatUserBlocked,
+    /// Any other WeChat errcode; errcode and errmsg go to the log only.
+    Wechat { api: &'static str, errcode: i64, errmsg: String },
+    /// WeChat could not be reached, answered garbage, was busy, or too many calls are in flight.
+    WechatUnavailable { api: &'static str, reason: String },
+    /// Neither a valid token nor a usable openid.
+    NotAuthenticated,
+    /// The JWT failed a check other than expiry or revocation.
+    TokenInvalid,
+    /// The JWT's `exp` has passed (beyond the leeway).
+    TokenExpired,
+    /// Logging in with a bare openid is not allowed by the configured policy.
+    OpenidLoginRefused,
+    /// No usable server-side session_key for this openid.
+    SessionExpired,
+    /// Encrypted data did not decrypt with the session_key.
+    DecryptFailed(DecryptError),
+    /// Decrypted data names another appid in its watermark.
+    WatermarkMismatch,
+    /// The request body is larger than the configured limit.
+    BodyTooLarge { limit: usize },
+    /// Too many requests from this client; retry after this many seconds.
+    RateLimited { retry_after: u64 },
+    /// No such path.
+    NotFound,
+    /// The path exists but not with this method; the methods it takes.
+    MethodNotAllowed(&'static str),
+    /// A bug or an environment failure on our side; the text is for the log only.
+    Internal(String),
+}
+
+impl Error {
+    /// The HTTP status of the response.
+    pub(crate) fn status(&self) -> u16 {
+        match self {
+            Error::BodyTooLarge { .. } => 413,
+            Error::RateLimited { .. } => 429,
+            Error::NotFound => 404,
+            Error::MethodNotAllowed(_) => 405,
+            Error::WechatUnavailable { .. } => 502,
+            Error::Internal(_) => 500,
+            _ => 403,
+        }
+    }
+
+    /// The numeric `code` of the envelope; listed in README, never reused.
+    pub(crate) fn code(&self) -> u32 {
+        match self {
+            Error::MissingParameter(_) => 1001,
+            Error::InvalidParameter(_) => 1002,
+            Error::WechatCodeInvalid => 2001,
+            Error::WechatCodeUsed => 2002,
+            Error::WechatRateLimited => 2003,
+            Error::WechatUserBlocked => 2004,
+            Error::Wechat { .. } => 2005,
+            Error::WechatUnavailable { .. } => 2006,
+            Error::NotAuthenticated => 3001,
+            Error::TokenInvalid => 3002,
+            Error::TokenExpired => 3003,
+            Error::OpenidLoginRefused => 3005,
+            Error::SessionExpired => 3006,
+            Error::DecryptFailed(_) => 3007,
+            Error::WatermarkMismatch => 3008,
+            Error::BodyTooLarge { .. } => 4013,
+            Error::RateLimited { .. } => 4029,
+            Error::NotFound => 4004,
+            Error::MethodNotAllowed(_) => 4005,
+            Error::Internal(_) => 5000,
+        }
+    }
+
+    /// The stable machine-readable name (`error` in the envelope).
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Error::MissingParameter(_) => "missing_parameter",
+            Error::InvalidParameter(_) => "invalid_parameter",
+            Error::WechatCodeInvalid => "wechat_code_invalid",
+            Error::WechatCodeUsed => "wechat_code_used",
+            Error::WechatRateLimited => "wechat_rate_limited",
+            Error::WechatUserBlocked => "wechat_user_blocked",
+            Error::Wechat { .. } => "wechat_error",
+            Error::WechatUnavailable { .. } => "wechat_unavailable",
+            Error::NotAuthenticated => "not_authenticated",
+            Error::TokenInvalid => "token_invalid",
+            Error::TokenExpired => "token_expired",
+            Error::OpenidLoginRefused => "openid_login_refused",
+            Error::SessionExpired => "session_expired",
+            Error::DecryptFailed(_) => "decrypt_failed",
+            Error::WatermarkMismatch => "watermark_mismatch",
+            Error::BodyTooLarge { .. } => "body_too_large",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::NotFound => "not_found",
+            Error::MethodNotAllowed(_) => "method_not_allowed",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    /// The human message for the client, in Chinese as the original backend's. It says nothing
+    /// internal: no database text, no WeChat errmsg.
+    pub(crate) fn detail(&self) -> String {
+        match self {
+            Error::MissingParameter(field) => format!("缺少参数: {field}"),
+            Error::InvalidParameter(message) => format!("参数错误: {message}"),
+            Error::WechatCodeInvalid => "code 无效或已过期, 请重新调用 wx.login".into(),
+            Error::WechatCodeUsed => "code 已被使用, 请重新调用 wx.login".into(),
+            Error::WechatRateLimited => "微信接口调用过于频繁, 请稍后再试".into(),
+            Error::WechatUserBlocked => "该用户已被微信限制登录".into(),
+            Error::Wechat { .. } => "微信接口返回错误".into(),
+            Error::WechatUnavailable { .. } => "微信服务暂不可用, 请稍后再试".into(),
+            Error::NotAuthenticated => "未登录: 需要有效的 token 或 openid".into(),
+            Error::TokenInvalid => "token 无效".into(),
+            Error::TokenExpired => "token 已过期, 请重新登录".into(),
+            Error::OpenidLoginRefused => "不允许仅凭 openid 登录, 请重新调用 wx.login".into(),
+            Error::SessionExpired => "会话已过期, 请重新调用 wx.login".into(),
+            Error::DecryptFailed(_) => "加密数据解密失败".into(),
+            Error::WatermarkMismatch => "加密数据不属于本小程序".into(),
+            Error::BodyTooLarge { limit } => format!("请求体过大 (上限 {limit} 字节)"),
+            Error::RateLimited { retry_after } => {
+                format!("请求过于频繁, 请 {retry_after} 秒后再试")
+            }
+            Error::NotFound => "接口不存在".into(),
+            Error::MethodNotAllowed(allow) => format!("请求方法不允许 (允许: {allow})"),
+            Error::Internal(_) => "服务器内部错误".into(),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::MissingParameter(field) => write!(f, "missing parameter {field}"),
+            Error::InvalidParameter(message) => write!(f, "invalid parameter: {message}"),
+            Error::WechatCodeInvalid => f.write_str("wechat: code invalid (40029)"),
+            Error::WechatCodeUsed => f.write_str("wechat: code already used (40163)"),
+            Error::WechatRateLimited => f.write_str("wechat: rate limited (45011)"),
+            Error::WechatUserBlocked => f.write_str("wechat: user blocked (40226)"),
+            Error::Wechat { api, errcode, errmsg } => {
+                write!(f, "wechat {api}: errcode {errcode}: {errmsg}")
+            }
+            Error::WechatUnavailable { api, reason } => {
+                write!(f, "wechat {api} unavailable: {reason}")
+            }
+            Error::NotAuthenticated => f.write_str("neither a valid token nor an openid"),
+            Error::TokenInvalid => f.write_str("token invalid"),
+            Error::TokenExpired => f.write_str("token expired"),
+            Error::OpenidLoginRefused => f.write_str("openid login refused by policy"),
+            Error::SessionExpired => f.write_str("no usable session_key for this openid"),
+            Error::DecryptFailed(reason) => write!(f, "decrypt failed: {reason}"),
+            Error::WatermarkMismatch => f.write_str("watermark appid mismatch"),
+            Error::BodyTooLarge { limit } => write!(f, "body larger than {limit} bytes"),
+            Error::RateLimited { retry_after } => {
+                write!(f, "rate limited, retry after {retry_after}s")
+            }
+            Error::NotFound => f.write_str("not found"),
+            Error::MethodNotAllowed(allow) => write!(f, "method not allowed (allow {allow})"),
+            Error::Internal(message) => write!(f, "internal: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<rusqlite::Error> for Error {
+    fn from(error: rusqlite::Error) -> Self {
+        // SQLite's messages name tables and constraints, never values we bound, so they are safe
+        // for the log; the client only ever sees "internal".
+        Error::Internal(format!("database: {error}"))
+    }
+}
+
+impl From<DecryptError> for Error {
+    fn from(error: DecryptError) -> Self {
+        match error {
+            DecryptError::WatermarkMismatch => Error::WatermarkMismatch,
+            other => Error::DecryptFailed(other),
+        }
+    }
+}

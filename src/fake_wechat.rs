@@ -1,0 +1,403 @@
+//! The offline stand-in for WeChat's server API, served on loopback for demo mode and the tests
+//! (`wxauth fake-wechat --listen ADDR` runs it alone). It answers `jscode2session`, `stable_token`
+//! and `getuserphonenumber` the way WeChat does: HTTP 200 with an `errcode` on errors, single-use
+//! codes, the same openid for a demo user from every code, a fresh session_key per exchange.
+//!
+//! It also plays the WeChat client runtime for the one-tap phone flows (`/fake/encrypted_phone`,
+//! `/fake/phone_code`) and can be told to misbehave, by code or by switch; README lists both. It
+//! never talks to anything but its own clients.
+//!
+//! Demo users: a `wx.login` code `NAME` or `NAME.ANYTHING` logs in demo user NAME, whose openid is
+//! derived from the appid and NAME, so `alice.1` and `alice.2` are the same person.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tiny_http::{Header, Request, Response, Server};
+
+use crate::router::percent_decode;
+use crate::wxcrypt;
+
+/// Threads answering requests; a hanging request moves to a thread of its own.
+const THREADS: usize = 4;
+
+/// How long `fake-hang` hangs: longer than any sane client timeout.
+const HANG: Duration = Duration::from_secs(60);
+
+/// Access tokens live two hours, as WeChat's.
+const TOKEN_LIFE: Duration = Duration::from_secs(7200);
+
+/// Codes that make the fake misbehave, for `wx.login` codes and phone codes alike.
+pub(crate) const MISBEHAVIOUR: &[(&str, &str)] = &[
+    ("fake-40029", "errcode 40029, invalid code"),
+    ("fake-40163", "errcode 40163, code already used"),
+    ("fake-45011", "errcode 45011, rate limited"),
+    ("fake-40226", "errcode 40226, user blocked"),
+    ("fake-busy", "errcode -1, system busy (every time)"),
+    ("fake-busy-once", "errcode -1 the first time this code is seen, then a normal answer"),
+    ("fake-hang", "no answer for 60 seconds"),
+    ("fake-garbage", "HTTP 200 with a body that is not JSON"),
+    ("fake-500", "HTTP 500"),
+];
+
+#[derive(Default)]
+struct State {
+    used_codes: HashSet<String>,
+    /// openid → (appid, latest session_key).
+    sessions: HashMap<String, (String, String)>,
+    /// phone code → (appid for the watermark if not the caller's, phone number).
+    phone_codes: HashMap<String, (Option<String>, String)>,
+    /// Issued access tokens: when they expire and the appid they were issued to. A revoked token
+    /// is removed.
+    tokens: HashMap<String, (Instant, String)>,
+    current_token: Option<String>,
+    calls: HashMap<&'static str, u64>,
+    seen_busy_once: HashSet<String>,
+}
+
+type Shared = Arc<Mutex<State>>;
+
+/// A running fake WeChat.
+pub(crate) struct FakeWeChat {
+    pub(crate) address: SocketAddr,
+    server: Arc<Server>,
+}
+
+impl FakeWeChat {
+    /// Binds `listen` and starts answering in background threads.
+    pub(crate) fn start(listen: &str) -> Result<FakeWeChat, String> {
+        let server = Server::http(listen)
+            .map_err(|error| format!("fake WeChat cannot listen on {listen}: {error}"))?;
+        let address = server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| "fake WeChat: not an IP listener".to_string())?;
+        let server = Arc::new(server);
+        let state: Shared = Arc::default();
+        for index in 0..THREADS {
+            let (server, state) = (server.clone(), state.clone());
+            thread::Builder::new()
+                .name(format!("fake-wechat-{index}"))
+                .spawn(move || {
+                    while let Ok(request) = server.recv() {
+                        answer(&state, request);
+                    }
+                })
+                .map_err(|error| format!("fake WeChat: cannot start a thread: {error}"))?;
+        }
+        Ok(FakeWeChat { address, server })
+    }
+
+    /// Stops accepting; threads blocked waiting for requests return.
+    pub(crate) fn stop(&self) {
+        for _ in 0..THREADS {
+            self.server.unblock();
+        }
+    }
+}
+
+/// The openid WeChat would give demo user `name` in mini-program `appid`: 28 characters, stable.
+pub(crate) fn demo_openid(appid: &str, name: &str) -> String {
+    derived_id("openid", appid, name)
+}
+
+fn derived_id(kind: &str, scope: &str, name: &str) -> String {
+    let digest = Sha256::digest(format!("wxauth-fake:{kind}:{scope}:{name}").as_bytes());
+    let prefix = if kind == "openid" { "o" } else { "u" };
+    format!("{prefix}{}", &URL_SAFE_NO_PAD.encode(digest)[..27])
+}
+
+fn answer(state: &Shared, mut request: Request) {
+    let url = request.url().to_string();
+    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+    let query = parse_pairs(query);
+    let mut body = String::new();
+    let _ = request.as_reader().take(64 * 1024).read_to_string(&mut body);
+    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let path = path.to_string();
+
+    // Misbehaviour by code applies to the WeChat APIs that take a code.
+    let code = match path.as_str() {
+        "/sns/jscode2session" => query.get("js_code").cloned(),
+        "/wxa/business/getuserphonenumber" => body["code"].as_str().map(str::to_string),
+        _ => None,
+    };
+    if let Some(code) = code.as_deref() {
+        match code {
+            "fake-hang" => {
+                thread::spawn(move || {
+                    thread::sleep(HANG);
+                    reply(request, 200, &json!({"errcode": -1, "errmsg": "system error"}));
+                });
+                return;
+            }
+            "fake-garbage" => {
+                let response =
+                    Response::from_string("<html>502 Bad Gateway</html>").with_status_code(200);
+                let _ = request.respond(response);
+                return;
+            }
+            "fake-500" => {
+                let _ =
+                    request.respond(Response::from_string("internal error").with_status_code(500));
+                return;
+            }
+            _ => {}
+        }
+        let errcode = match code {
+            "fake-40029" => Some(40029),
+            "fake-40163" => Some(40163),
+            "fake-45011" => Some(45011),
+            "fake-40226" => Some(40226),
+            "fake-busy" => Some(-1),
+            "fake-busy-once" => {
+                let mut state = lock(state);
+                state.seen_busy_once.insert(format!("{path}:{code}")).then_some(-1)
+            }
+            _ => None,
+        };
+        if let Some(errcode) = errcode {
+            count(state, &path);
+            reply(
+                request,
+                200,
+                &json!({"errcode": errcode, "errmsg": format!("fake errcode {errcode}")}),
+            );
+            return;
+        }
+    }
+
+    let (status, answer) = match path.as_str() {
+        "/sns/jscode2session" => {
+            count(state, &path);
+            jscode2session(state, &query)
+        }
+        "/cgi-bin/stable_token" => {
+            count(state, &path);
+            stable_token(state, &body)
+        }
+        "/wxa/business/getuserphonenumber" => {
+            count(state, &path);
+            phone_number(state, &query, &body)
+        }
+        "/fake/encrypted_phone" => encrypted_phone(state, &query),
+        "/fake/phone_code" => new_phone_code(state, &query),
+        "/fake/invalidate_access_token" => invalidate_token(state, &query),
+        "/fake/stats" => (200, json!(lock(state).calls)),
+        "/fake/" | "/fake" | "/" => (200, usage()),
+        _ => (404, json!({"errcode": 404, "errmsg": "no such API in the fake WeChat"})),
+    };
+    reply(request, status, &answer);
+}
+
+fn usage() -> Value {
+    json!({
+        "fake": "wxauth's offline stand-in for WeChat",
+        "wx.login codes": "NAME or NAME.ANYTHING logs in demo user NAME; each code once",
+        "misbehaviour codes": MISBEHAVIOUR.iter().map(|(code, what)| json!({"code": code, "what": what})).collect::<Vec<_>>(),
+        "helpers": [
+            "GET /fake/encrypted_phone?openid=…&phone=…[&appid=…] → encryptedData and iv under the user's latest session_key",
+            "GET /fake/phone_code?phone=…[&appid=…] → a one-time phone code for getuserphonenumber",
+            "POST /fake/invalidate_access_token?errcode=40001|42001 → the current access token is revoked or expired",
+            "GET /fake/stats → calls per WeChat API",
+        ],
+    })
+}
+
+fn jscode2session(state: &Shared, query: &HashMap<String, String>) -> (u16, Value) {
+    let field = |name: &str| query.get(name).map(String::as_str).unwrap_or("");
+    let (appid, secret, code) = (field("appid"), field("secret"), field("js_code"));
+    if appid.is_empty() {
+        return (200, json!({"errcode": 40013, "errmsg": "invalid appid"}));
+    }
+    if secret.is_empty() {
+        return (200, json!({"errcode": 40125, "errmsg": "invalid appsecret"}));
+    }
+    if field("grant_type") != "authorization_code" {
+        return (200, json!({"errcode": 40002, "errmsg": "invalid grant_type"}));
+    }
+    if code.is_empty() {
+        return (200, json!({"errcode": 41008, "errmsg": "missing code"}));
+    }
+    let mut state = lock(state);
+    if !state.used_codes.insert(code.to_string()) {
+        return (200, json!({"errcode": 40163, "errmsg": "code been used"}));
+    }
+    let name = code.split('.').next().unwrap_or(code);
+    let openid = demo_openid(appid, name);
+    let session_key = wxcrypt::random_key();
+    state.sessions.insert(openid.clone(), (appid.to_string(), session_key.clone()));
+    // As WeChat does on success: no errcode at all.
+    (
+        200,
+        json!({"openid": openid, "session_key": session_key, "unionid": derived_id("unionid", "", name)}),
+    )
+}
+
+fn stable_token(state: &Shared, body: &Value) -> (u16, Value) {
+    if body["grant_type"] != "client_credential" {
+        return (200, json!({"errcode": 40002, "errmsg": "invalid grant_type"}));
+    }
+    if body["appid"].as_str().unwrap_or("").is_empty()
+        || body["secret"].as_str().unwrap_or("").is_empty()
+    {
+        return (200, json!({"errcode": 40125, "errmsg": "invalid appid or secret"}));
+    }
+    let force = body["force_refresh"].as_bool().unwrap_or(false);
+    let mut state = lock(state);
+    let now = Instant::now();
+    let current = state
+        .current_token
+        .clone()
+        .filter(|token| state.tokens.get(token).is_some_and(|(expires, _)| *expires > now));
+    let token = match current {
+        Some(token) if !force => token,
+        _ => {
+            if let Some(old) = state.current_token.take() {
+                state.tokens.remove(&old);
+            }
+            let token =
+                format!("fake-access-token-{}", wxcrypt::random_key().replace(['+', '/', '='], ""));
+            let appid = body["appid"].as_str().unwrap_or("").to_string();
+            state.tokens.insert(token.clone(), (now + TOKEN_LIFE, appid));
+            state.current_token = Some(token.clone());
+            token
+        }
+    };
+    let expires_in = state.tokens[&token].0.saturating_duration_since(now).as_secs();
+    (200, json!({"access_token": token, "expires_in": expires_in}))
+}
+
+fn phone_number(state: &Shared, query: &HashMap<String, String>, body: &Value) -> (u16, Value) {
+    let mut state = lock(state);
+    let token = query.get("access_token").map(String::as_str).unwrap_or("");
+    let caller_appid = match state.tokens.get(token) {
+        None => {
+            return (
+                200,
+                json!({"errcode": 40001, "errmsg": "invalid credential, access_token is invalid"}),
+            );
+        }
+        Some((expires, _)) if *expires <= Instant::now() => {
+            return (200, json!({"errcode": 42001, "errmsg": "access_token expired"}));
+        }
+        Some((_, appid)) => appid.clone(),
+    };
+    let Some(code) = body["code"].as_str() else {
+        return (200, json!({"errcode": 47001, "errmsg": "data format error"}));
+    };
+    let Some((appid, phone)) = state.phone_codes.remove(code) else {
+        return (200, json!({"errcode": 40029, "errmsg": "invalid code"}));
+    };
+    let appid = appid.unwrap_or(caller_appid);
+    (
+        200,
+        json!({
+            "errcode": 0,
+            "errmsg": "ok",
+            "phone_info": {
+                "phoneNumber": phone,
+                "purePhoneNumber": phone.trim_start_matches('+'),
+                "countryCode": "86",
+                "watermark": {"timestamp": crate::time::now(), "appid": appid},
+            }
+        }),
+    )
+}
+
+fn encrypted_phone(state: &Shared, query: &HashMap<String, String>) -> (u16, Value) {
+    let (Some(openid), Some(phone)) = (query.get("openid"), query.get("phone")) else {
+        return (400, json!({"errcode": 41001, "errmsg": "openid and phone are required"}));
+    };
+    let state = lock(state);
+    let Some((session_appid, session_key)) = state.sessions.get(openid) else {
+        return (
+            400,
+            json!({"errcode": 40003, "errmsg": "no session for this openid: log in first"}),
+        );
+    };
+    let appid = query.get("appid").unwrap_or(session_appid);
+    let plaintext = json!({
+        "phoneNumber": phone,
+        "purePhoneNumber": phone.trim_start_matches('+'),
+        "countryCode": "86",
+        "watermark": {"timestamp": crate::time::now(), "appid": appid},
+    });
+    let mut iv = [0u8; 16];
+    if getrandom::fill(&mut iv).is_err() {
+        return (500, json!({"errcode": -1, "errmsg": "no randomness"}));
+    }
+    match wxcrypt::encrypt(session_key, &iv, plaintext.to_string().as_bytes()) {
+        Ok(encrypted) => (
+            200,
+            json!({"encryptedData": encrypted, "iv": base64::engine::general_purpose::STANDARD.encode(iv)}),
+        ),
+        Err(_) => (500, json!({"errcode": -1, "errmsg": "cannot encrypt"})),
+    }
+}
+
+fn new_phone_code(state: &Shared, query: &HashMap<String, String>) -> (u16, Value) {
+    let Some(phone) = query.get("phone") else {
+        return (400, json!({"errcode": 41001, "errmsg": "phone is required"}));
+    };
+    let appid = query.get("appid").cloned();
+    let code = format!("phone-{}", wxcrypt::random_key().replace(['+', '/', '='], ""));
+    lock(state).phone_codes.insert(code.clone(), (appid, phone.clone()));
+    (200, json!({"code": code}))
+}
+
+fn invalidate_token(state: &Shared, query: &HashMap<String, String>) -> (u16, Value) {
+    let mut state = lock(state);
+    let Some(token) = state.current_token.clone() else {
+        return (200, json!({"errcode": 0, "errmsg": "no token issued yet"}));
+    };
+    if query.get("errcode").map(String::as_str) == Some("42001") {
+        // Expired: WeChat still recognises the token, but refuses it.
+        if let Some((expires, _)) = state.tokens.get_mut(&token) {
+            *expires = Instant::now();
+        }
+    } else {
+        state.tokens.remove(&token);
+        state.current_token = None;
+    }
+    (200, json!({"errcode": 0, "errmsg": "ok"}))
+}
+
+fn count(state: &Shared, path: &str) {
+    let api = match path {
+        "/sns/jscode2session" => "jscode2session",
+        "/cgi-bin/stable_token" => "stable_token",
+        _ => "getuserphonenumber",
+    };
+    *lock(state).calls.entry(api).or_default() += 1;
+}
+
+fn lock(state: &Shared) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn parse_pairs(query: &str) -> HashMap<String, String> {
+    query
+        .split('&')
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((percent_decode(key)?, percent_decode(value)?))
+        })
+        .collect()
+}
+
+fn reply(request: Request, status: u16, body: &Value) {
+    // WeChat labels some JSON answers text/plain; the fake does too, so clients must cope.
+    let header = Header::from_bytes("Content-Type", "text/plain").expect("static header");
+    let response =
+        Response::from_string(body.to_string()).with_status_code(status).with_header(header);
+    let _ = request.respond(response);
+}

@@ -1,0 +1,353 @@
+//! From an HTTP request to a handler call and back: `match (method, path)`, query and body parsing
+//! (with the body limit), the `Authorization` header, the client address, and the one place where
+//! an `Error` becomes the JSON envelope. Handlers in `api` never see tiny_http.
+
+use std::io::Read;
+use std::net::IpAddr;
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use tiny_http::Request;
+
+use crate::api::{self, Ctx};
+use crate::error::Error;
+
+/// The endpoints under the API prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    GetOpenidByCode,
+    IsOpenidRegistered,
+    Register,
+    Login,
+}
+
+/// A response, ready to be written by the server.
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) body: String,
+    /// Extra headers (`Allow`, `Retry-After`).
+    pub(crate) headers: Vec<(&'static str, String)>,
+    /// The error's name, for the access log.
+    pub(crate) error: Option<&'static str>,
+    /// The error's log text (never shown to the client).
+    pub(crate) log: Option<String>,
+}
+
+/// Finds the route for a method and path (the path without its query).
+pub(crate) fn route(prefix: &str, method: &str, path: &str) -> Result<Route, Error> {
+    let rest = path.strip_prefix(prefix).ok_or(Error::NotFound)?;
+    let name = rest.strip_suffix('/').unwrap_or(rest);
+    let (route, allowed) = match name {
+        "get_openid_by_code" => (Route::GetOpenidByCode, "GET"),
+        "is_openid_registered" => (Route::IsOpenidRegistered, "GET"),
+        "register" => (Route::Register, "POST"),
+        "login" => (Route::Login, "POST"),
+        _ => return Err(Error::NotFound),
+    };
+    // HEAD is answered like GET by tiny_http (without the body).
+    if method == allowed || (allowed == "GET" && method == "HEAD") {
+        Ok(route)
+    } else {
+        Err(Error::MethodNotAllowed(allowed))
+    }
+}
+
+/// Handles one request: routes it, reads its input, calls the handler, and builds the reply.
+pub(crate) fn handle(ctx: &Ctx, request: &mut Request) -> Reply {
+    match dispatch(ctx, request) {
+        Ok(results) => success(results),
+        Err(error) => failure(&error),
+    }
+}
+
+fn dispatch(ctx: &Ctx, request: &mut Request) -> Result<Value, Error> {
+    let url = request.url().to_string();
+    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+    let route = route(&ctx.config.prefix, request.method().as_str(), path)?;
+    match route {
+        Route::GetOpenidByCode => {
+            let code = query_value(query, "code")?;
+            to_value(api::get_openid_by_code(ctx, code.as_deref())?)
+        }
+        Route::IsOpenidRegistered => {
+            let openid = query_value(query, "openid")?;
+            to_value(api::is_openid_registered(ctx, openid.as_deref())?)
+        }
+        Route::Login | Route::Register => {
+            let body = read_body(request, ctx.config.max_body_bytes)?;
+            let authorization = header(request, "Authorization");
+            let authorization = authorization.as_deref();
+            if route == Route::Login {
+                to_value(api::login(ctx, authorization, &body)?)
+            } else {
+                to_value(api::register(ctx, authorization, &body)?)
+            }
+        }
+    }
+}
+
+fn to_value(answer: impl Serialize) -> Result<Value, Error> {
+    serde_json::to_value(answer)
+        .map_err(|error| Error::Internal(format!("serialising an answer: {error}")))
+}
+
+/// The success envelope around one result object.
+pub(crate) fn success(results: Value) -> Reply {
+    let body = json!({ "code": 0, "detail": "成功", "results": [results] });
+    Reply { status: 200, body: body.to_string(), headers: Vec::new(), error: None, log: None }
+}
+
+/// The failure envelope; the only place an `Error` becomes a response.
+pub(crate) fn failure(error: &Error) -> Reply {
+    let body = json!({
+        "code": error.code(),
+        "detail": error.detail(),
+        "results": [],
+        "error": error.name(),
+    });
+    let mut headers = Vec::new();
+    match error {
+        Error::MethodNotAllowed(allow) => headers.push(("Allow", allow.to_string())),
+        Error::RateLimited { retry_after } => {
+            headers.push(("Retry-After", retry_after.to_string()))
+        }
+        _ => {}
+    }
+    Reply {
+        status: error.status(),
+        body: body.to_string(),
+        headers,
+        error: Some(error.name()),
+        log: Some(error.to_string()),
+    }
+}
+
+/// A header's value, if present and valid text.
+pub(crate) fn header(request: &Request, name: &str) -> Option<String> {
+    request
+        .headers()
+        .iter()
+        .find(|header| header.field.as_str().as_str().eq_ignore_ascii_case(name))
+        .map(|header| header.value.as_str().to_string())
+}
+
+/// The client's address: the peer, or, when the peer is a trusted proxy, the last address in
+/// `X-Forwarded-For` that is not itself a trusted proxy. Untrusted peers' headers are ignored.
+pub(crate) fn client_address(
+    peer: IpAddr,
+    forwarded_for: Option<&str>,
+    trusted: &[IpAddr],
+) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let Some(chain) = forwarded_for else {
+        return peer;
+    };
+    let mut client = peer;
+    for hop in chain.rsplit(',') {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(address) => {
+                client = address;
+                if !trusted.contains(&address) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+/// The first value of a query parameter, percent-decoded; absent is `None`.
+fn query_value(query: &str, name: &str) -> Result<Option<String>, Error> {
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if percent_decode(key).as_deref() == Some(name) {
+            return percent_decode(value)
+                .map(Some)
+                .ok_or_else(|| Error::InvalidParameter(format!("{name} 不是有效的 URL 编码")));
+        }
+    }
+    Ok(None)
+}
+
+/// Decodes `%XX` escapes and `+` (as a space), as browsers and WeChat's `wx.request` encode
+/// queries and forms; `None` for a broken escape or text that is not UTF-8.
+pub(crate) fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'%' => {
+                let hex = bytes.get(index + 1..index + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                decoded.push(u8::from_str_radix(hex, 16).ok()?);
+                index += 3;
+            }
+            b'+' => {
+                decoded.push(b' ');
+                index += 1;
+            }
+            byte => {
+                decoded.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8(decoded).ok()
+}
+
+/// Reads the body (at most `limit` bytes) as a JSON object or an urlencoded form. An empty body is
+/// an empty object.
+fn read_body(request: &mut Request, limit: usize) -> Result<Map<String, Value>, Error> {
+    if request.body_length().is_some_and(|length| length > limit) {
+        return Err(Error::BodyTooLarge { limit });
+    }
+    let content_type = header(request, "Content-Type").unwrap_or_default().to_ascii_lowercase();
+    let mut bytes = Vec::new();
+    request
+        .as_reader()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|error| Error::InvalidParameter(format!("请求体读取失败: {}", error.kind())))?;
+    if bytes.len() > limit {
+        return Err(Error::BodyTooLarge { limit });
+    }
+    parse_body(&content_type, &bytes)
+}
+
+pub(crate) fn parse_body(content_type: &str, bytes: &[u8]) -> Result<Map<String, Value>, Error> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| Error::InvalidParameter("请求体不是 UTF-8 文本".into()))?;
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    match media_type {
+        "" | "application/json" | "text/json" => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(object)) => Ok(object),
+            Ok(_) => Err(Error::InvalidParameter("请求体须为 JSON 对象".into())),
+            Err(_) => Err(Error::InvalidParameter("请求体不是有效的 JSON".into())),
+        },
+        "application/x-www-form-urlencoded" => {
+            if text.trim_start().starts_with('{') {
+                // `curl -d '{…}'` sends JSON labelled as a form; say so rather than guess.
+                return Err(Error::InvalidParameter(
+                    "请求体是 JSON, 请设置 Content-Type: application/json".into(),
+                ));
+            }
+            let mut form = Map::new();
+            for pair in text.split('&').filter(|pair| !pair.is_empty()) {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                let key = percent_decode(key);
+                let value = percent_decode(value);
+                let (Some(key), Some(value)) = (key, value) else {
+                    return Err(Error::InvalidParameter("表单编码不正确".into()));
+                };
+                form.entry(key).or_insert(Value::String(value));
+            }
+            Ok(form)
+        }
+        other => Err(Error::InvalidParameter(format!(
+            "不支持的 Content-Type {other}, 请使用 application/json"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PREFIX: &str = "/miniprog/wx_auth/";
+
+    #[test]
+    fn routes_with_and_without_trailing_slash() {
+        for (method, path, expected) in [
+            ("GET", "/miniprog/wx_auth/get_openid_by_code", Route::GetOpenidByCode),
+            ("GET", "/miniprog/wx_auth/get_openid_by_code/", Route::GetOpenidByCode),
+            ("GET", "/miniprog/wx_auth/is_openid_registered", Route::IsOpenidRegistered),
+            ("POST", "/miniprog/wx_auth/register/", Route::Register),
+            ("POST", "/miniprog/wx_auth/login", Route::Login),
+            ("HEAD", "/miniprog/wx_auth/is_openid_registered", Route::IsOpenidRegistered),
+        ] {
+            assert_eq!(route(PREFIX, method, path).unwrap(), expected, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn unknown_paths_and_wrong_methods() {
+        for path in [
+            "/",
+            "/miniprog/wx_auth/",
+            "/miniprog/wx_auth/logins",
+            "/miniprog/wx_auth/login//",
+            "/login",
+        ] {
+            assert!(matches!(route(PREFIX, "POST", path), Err(Error::NotFound)), "{path}");
+        }
+        assert!(matches!(
+            route(PREFIX, "GET", "/miniprog/wx_auth/login"),
+            Err(Error::MethodNotAllowed("POST"))
+        ));
+        assert!(matches!(
+            route(PREFIX, "POST", "/miniprog/wx_auth/get_openid_by_code"),
+            Err(Error::MethodNotAllowed("GET"))
+        ));
+    }
+
+    #[test]
+    fn queries_decode() {
+        assert_eq!(query_value("code=abc&x=1", "code").unwrap().as_deref(), Some("abc"));
+        assert_eq!(query_value("x=1&code=a%2Bb+c", "code").unwrap().as_deref(), Some("a+b c"));
+        assert_eq!(query_value("x=1", "code").unwrap(), None);
+        assert_eq!(query_value("code", "code").unwrap().as_deref(), Some(""));
+        assert!(query_value("code=%zz", "code").is_err());
+        assert!(query_value("code=%ff", "code").is_err());
+    }
+
+    #[test]
+    fn bodies_parse_as_json_or_form() {
+        let json = parse_body("application/json; charset=utf-8", br#"{"openid": "o1"}"#).unwrap();
+        assert_eq!(json["openid"], "o1");
+        let form =
+            parse_body("application/x-www-form-urlencoded", b"openid=o1&wx_gender=1").unwrap();
+        assert_eq!(form["wx_gender"], "1");
+        assert!(parse_body("", b"  ").unwrap().is_empty());
+        assert!(parse_body("", b"[1]").is_err());
+        assert!(parse_body("", b"{").is_err());
+        assert!(parse_body("", b"\xff\xfe").is_err());
+        assert!(parse_body("text/xml", b"<a/>").is_err());
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_from_trusted_proxies() {
+        let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+        let stranger: IpAddr = "203.0.113.9".parse().unwrap();
+        let trusted = [proxy];
+        assert_eq!(client_address(stranger, Some("198.51.100.1"), &trusted), stranger);
+        assert_eq!(
+            client_address(proxy, Some("198.51.100.1, 198.51.100.2"), &trusted),
+            "198.51.100.2".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_address(proxy, Some("198.51.100.1, 127.0.0.1"), &trusted),
+            "198.51.100.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_address(proxy, Some("garbage"), &trusted), proxy);
+        assert_eq!(client_address(proxy, None, &trusted), proxy);
+    }
+
+    #[test]
+    fn failures_carry_the_envelope_and_headers() {
+        let reply = failure(&Error::MethodNotAllowed("POST"));
+        assert_eq!(reply.status, 405);
+        assert_eq!(reply.headers, vec![("Allow", "POST".to_string())]);
+        let body: Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(body["error"], "method_not_allowed");
+        assert_eq!(body["results"], json!([]));
+        let reply = failure(&Error::Internal("database: secret table".into()));
+        assert!(!reply.body.contains("secret table"));
+    }
+}

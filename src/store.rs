@@ -1,0 +1,612 @@
+//! SQLite: opening connections, schema migrations from `schema.sql`, one function per query, and
+//! the single writer thread. This is the only file with SQL.
+//!
+//! Reads run on the calling worker's own connection. Every write goes through the one `Writer`
+//! connection, which commits in groups: it takes every job waiting, runs each in its own savepoint
+//! (a failing job rolls back alone), commits once, and only then answers each job. With
+//! `synchronous = FULL` an answered write is on disk, and many writers share one fsync. One account
+//! per WeChat identity is a unique index, never a check-then-insert.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::time;
+
+const SCHEMA: &str = include_str!("../schema.sql");
+
+/// How long a connection waits for a lock before `database is locked`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The most jobs one group commit takes.
+const MAX_GROUP: usize = 512;
+
+/// Pending writes the queue holds before workers wait to hand theirs over.
+const QUEUE_DEPTH: usize = 4096;
+
+/// An account, as the API shows it. Field names and formats are the original backend's.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Account {
+    pub(crate) id: i64,
+    pub(crate) username: String,
+    pub(crate) phone: Option<String>,
+    pub(crate) is_register: bool,
+    pub(crate) is_staff: bool,
+    pub(crate) is_superuser: bool,
+    pub(crate) flag: i64,
+    pub(crate) avatar: Option<String>,
+    pub(crate) avatar_thumb: Option<String>,
+    pub(crate) birthday: Option<String>,
+    pub(crate) address: Option<String>,
+    pub(crate) member_score: i64,
+    pub(crate) credit_score: i64,
+    pub(crate) wx_openid: String,
+    pub(crate) wx_unionid: Option<String>,
+    pub(crate) wx_nickname: Option<String>,
+    pub(crate) wx_gender: i64,
+    pub(crate) wx_avatar: Option<String>,
+    pub(crate) wx_country: Option<String>,
+    pub(crate) wx_province: Option<String>,
+    pub(crate) wx_city: Option<String>,
+    pub(crate) last_ip: Option<String>,
+    pub(crate) join_ip: Option<String>,
+    pub(crate) love_help_num: i64,
+    pub(crate) bring_love_concern_num: i64,
+    #[serde(serialize_with = "optional_datetime")]
+    pub(crate) last_login: Option<i64>,
+    #[serde(serialize_with = "datetime")]
+    pub(crate) date_joined: i64,
+}
+
+fn datetime<S: serde::Serializer>(seconds: &i64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&time::format_datetime(*seconds))
+}
+
+fn optional_datetime<S: serde::Serializer>(
+    seconds: &Option<i64>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match seconds {
+        Some(seconds) => datetime(seconds, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+const ACCOUNT_COLUMNS: &str = "id, username, phone, is_register, is_staff, is_superuser, flag, \
+    avatar, avatar_thumb, birthday, address, member_score, credit_score, wx_openid, wx_unionid, \
+    wx_nickname, wx_gender, wx_avatar, wx_country, wx_province, wx_city, last_ip, join_ip, \
+    love_help_num, bring_love_concern_num, last_login, date_joined";
+
+fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
+    Ok(Account {
+        id: row.get(0)?,
+        username: row.get(1)?,
+        phone: row.get(2)?,
+        is_register: row.get(3)?,
+        is_staff: row.get(4)?,
+        is_superuser: row.get(5)?,
+        flag: row.get(6)?,
+        avatar: row.get(7)?,
+        avatar_thumb: row.get(8)?,
+        birthday: row.get(9)?,
+        address: row.get(10)?,
+        member_score: row.get(11)?,
+        credit_score: row.get(12)?,
+        wx_openid: row.get(13)?,
+        wx_unionid: row.get(14)?,
+        wx_nickname: row.get(15)?,
+        wx_gender: row.get(16)?,
+        wx_avatar: row.get(17)?,
+        wx_country: row.get(18)?,
+        wx_province: row.get(19)?,
+        wx_city: row.get(20)?,
+        last_ip: row.get(21)?,
+        join_ip: row.get(22)?,
+        love_help_num: row.get(23)?,
+        bring_love_concern_num: row.get(24)?,
+        last_login: row.get(25)?,
+        date_joined: row.get(26)?,
+    })
+}
+
+/// The server-side record of a user's latest `jscode2session`.
+#[derive(Clone)]
+pub(crate) struct WechatSession {
+    pub(crate) unionid: Option<String>,
+    pub(crate) session_key: String,
+    pub(crate) created_at: i64,
+}
+
+/// Fields a login by openid may update; `None` leaves a column as it is.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Profile {
+    pub(crate) wx_nickname: Option<String>,
+    pub(crate) wx_avatar: Option<String>,
+    pub(crate) wx_gender: Option<i64>,
+    pub(crate) wx_country: Option<String>,
+    pub(crate) wx_province: Option<String>,
+    pub(crate) wx_city: Option<String>,
+    pub(crate) phone: Option<String>,
+}
+
+/// What a successful registration writes.
+#[derive(Debug, Clone)]
+pub(crate) struct Registration {
+    pub(crate) phone: String,
+    pub(crate) username: String,
+    pub(crate) wx_nickname: Option<String>,
+    pub(crate) birthday: Option<String>,
+    pub(crate) wx_gender: Option<i64>,
+}
+
+/// Opens the writer connection: creates the file (owner-only) if needed, sets durable pragmas and
+/// applies pending schema versions. Returns the connection and the versions it applied.
+pub(crate) fn open_writer(path: &str) -> Result<(Connection, Vec<u32>), Error> {
+    create_private_file(path)?;
+    let connection = Connection::open(path)?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    // WAL lets readers proceed while the writer commits; FULL makes every commit durable before
+    // it is acknowledged (an fsync of the WAL per group commit).
+    let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::Internal(format!(
+            "database: cannot enable WAL (journal_mode is {mode})"
+        )));
+    }
+    connection.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+    let applied = migrate(&connection)?;
+    Ok((connection, applied))
+}
+
+/// Opens a read connection for one worker. It cannot write, by construction.
+pub(crate) fn open_reader(path: &str) -> Result<Connection, Error> {
+    let connection = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    connection.execute_batch("PRAGMA foreign_keys = ON;")?;
+    Ok(connection)
+}
+
+#[cfg(unix)]
+fn create_private_file(path: &str) -> Result<(), Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(Error::Internal(format!("cannot create database file {path}: {error}"))),
+    }
+}
+
+#[cfg(not(unix))]
+fn create_private_file(_path: &str) -> Result<(), Error> {
+    Ok(())
+}
+
+/// The schema's sections, as (version, SQL), in order: each starts at a line `-- version: N`.
+fn schema_versions() -> Vec<(u32, String)> {
+    let mut versions: Vec<(u32, String)> = Vec::new();
+    for line in SCHEMA.lines() {
+        if let Some(number) = line.strip_prefix("-- version: ") {
+            let version = number.trim().parse().expect("schema.sql: bad version line");
+            versions.push((version, String::new()));
+        } else if let Some((_, sql)) = versions.last_mut() {
+            sql.push_str(line);
+            sql.push('\n');
+        }
+    }
+    versions
+}
+
+/// The schema version this binary brings.
+pub(crate) fn current_version() -> u32 {
+    schema_versions().last().map(|(version, _)| *version).unwrap_or(0)
+}
+
+/// Applies every schema section above the database's `user_version`, each in its own transaction.
+fn migrate(connection: &Connection) -> Result<Vec<u32>, Error> {
+    let found: u32 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if found > current_version() {
+        return Err(Error::Internal(format!(
+            "database schema version {found} is newer than this binary's ({})",
+            current_version()
+        )));
+    }
+    let mut applied = Vec::new();
+    for (version, sql) in schema_versions() {
+        if version <= found {
+            continue;
+        }
+        connection
+            .execute_batch(&format!(
+                "BEGIN IMMEDIATE; {sql}\n; PRAGMA user_version = {version}; COMMIT;"
+            ))
+            .inspect_err(|_| {
+                let _ = connection.execute_batch("ROLLBACK");
+            })?;
+        applied.push(version);
+    }
+    Ok(applied)
+}
+
+/// The database's schema version.
+#[cfg(test)]
+pub(crate) fn schema_version(connection: &Connection) -> Result<u32, Error> {
+    Ok(connection.query_row("PRAGMA user_version", [], |row| row.get(0))?)
+}
+
+/// The JWT secret kept in the database, storing `generated` first if there is none yet.
+pub(crate) fn jwt_secret_or_insert(
+    connection: &Connection,
+    generated: &str,
+) -> Result<String, Error> {
+    connection.execute(
+        "INSERT INTO meta (key, value) VALUES ('jwt_secret', ?1) ON CONFLICT (key) DO NOTHING",
+        params![generated],
+    )?;
+    Ok(connection
+        .query_row("SELECT value FROM meta WHERE key = 'jwt_secret'", [], |row| row.get(0))?)
+}
+
+pub(crate) fn account_by_id(connection: &Connection, id: i64) -> Result<Option<Account>, Error> {
+    let mut statement = connection
+        .prepare_cached(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?1"))?;
+    Ok(statement.query_row(params![id], account_from_row).optional()?)
+}
+
+pub(crate) fn account_by_openid(
+    connection: &Connection,
+    appid: &str,
+    openid: &str,
+) -> Result<Option<Account>, Error> {
+    let mut statement = connection.prepare_cached(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE wx_appid = ?1 AND wx_openid = ?2"
+    ))?;
+    Ok(statement.query_row(params![appid, openid], account_from_row).optional()?)
+}
+
+/// `Some(is_register)` for an existing account, `None` when there is none.
+pub(crate) fn is_registered(
+    connection: &Connection,
+    appid: &str,
+    openid: &str,
+) -> Result<Option<bool>, Error> {
+    let mut statement = connection.prepare_cached(
+        "SELECT is_register FROM accounts WHERE wx_appid = ?1 AND wx_openid = ?2",
+    )?;
+    Ok(statement.query_row(params![appid, openid], |row| row.get(0)).optional()?)
+}
+
+pub(crate) fn wechat_session(
+    connection: &Connection,
+    appid: &str,
+    openid: &str,
+) -> Result<Option<WechatSession>, Error> {
+    let mut statement = connection.prepare_cached(
+        "SELECT unionid, session_key, created_at FROM wechat_sessions WHERE appid = ?1 AND openid = ?2",
+    )?;
+    Ok(statement
+        .query_row(params![appid, openid], |row| {
+            Ok(WechatSession {
+                unionid: row.get(0)?,
+                session_key: row.get(1)?,
+                created_at: row.get(2)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Records a `jscode2session` answer, and the unionid on an existing account that lacked one.
+pub(crate) fn save_wechat_session(
+    connection: &Connection,
+    appid: &str,
+    openid: &str,
+    session: &WechatSession,
+) -> Result<(), Error> {
+    connection
+        .prepare_cached(
+            "INSERT INTO wechat_sessions (appid, openid, unionid, session_key, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (appid, openid) DO UPDATE SET
+                 unionid = coalesce(excluded.unionid, unionid),
+                 session_key = excluded.session_key,
+                 created_at = excluded.created_at",
+        )?
+        .execute(params![
+            appid,
+            openid,
+            session.unionid,
+            session.session_key,
+            session.created_at
+        ])?;
+    if session.unionid.is_some() {
+        connection
+            .prepare_cached(
+                "UPDATE accounts SET wx_unionid = ?3
+                 WHERE wx_appid = ?1 AND wx_openid = ?2 AND wx_unionid IS NULL",
+            )?
+            .execute(params![appid, openid, session.unionid])?;
+    }
+    Ok(())
+}
+
+/// The account id for a WeChat identity, creating the account (not registered, username = openid)
+/// if there is none. Safe under any concurrency: the unique index decides.
+pub(crate) fn ensure_account(
+    connection: &Connection,
+    appid: &str,
+    openid: &str,
+    ip: &str,
+    now: i64,
+) -> Result<i64, Error> {
+    connection
+        .prepare_cached(
+            "INSERT INTO accounts (username, wx_appid, wx_openid, wx_unionid, join_ip, date_joined)
+             VALUES (?2, ?1, ?2,
+                     (SELECT unionid FROM wechat_sessions WHERE appid = ?1 AND openid = ?2),
+                     ?3, ?4)
+             ON CONFLICT (wx_appid, wx_openid) DO NOTHING",
+        )?
+        .execute(params![appid, openid, ip, now])?;
+    Ok(connection
+        .prepare_cached("SELECT id FROM accounts WHERE wx_appid = ?1 AND wx_openid = ?2")?
+        .query_row(params![appid, openid], |row| row.get(0))?)
+}
+
+/// Applies the fields of `profile` that are present.
+pub(crate) fn update_profile(
+    connection: &Connection,
+    id: i64,
+    profile: &Profile,
+) -> Result<(), Error> {
+    connection
+        .prepare_cached(
+            "UPDATE accounts SET
+                 wx_nickname = coalesce(?2, wx_nickname),
+                 wx_avatar = coalesce(?3, wx_avatar),
+                 wx_gender = coalesce(?4, wx_gender),
+                 wx_country = coalesce(?5, wx_country),
+                 wx_province = coalesce(?6, wx_province),
+                 wx_city = coalesce(?7, wx_city),
+                 phone = coalesce(?8, phone)
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            id,
+            profile.wx_nickname,
+            profile.wx_avatar,
+            profile.wx_gender,
+            profile.wx_country,
+            profile.wx_province,
+            profile.wx_city,
+            profile.phone
+        ])?;
+    Ok(())
+}
+
+/// Marks an account registered with its phone and the optional fields given.
+pub(crate) fn register(
+    connection: &Connection,
+    id: i64,
+    registration: &Registration,
+) -> Result<(), Error> {
+    let changed = connection
+        .prepare_cached(
+            "UPDATE accounts SET
+                 phone = ?2, is_register = 1, username = ?3,
+                 wx_nickname = coalesce(?4, wx_nickname),
+                 birthday = coalesce(?5, birthday),
+                 wx_gender = coalesce(?6, wx_gender)
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            id,
+            registration.phone,
+            registration.username,
+            registration.wx_nickname,
+            registration.birthday,
+            registration.wx_gender
+        ])?;
+    if changed == 0 {
+        return Err(Error::Internal(format!("register: account {id} vanished")));
+    }
+    Ok(())
+}
+
+/// Login bookkeeping: when and from where.
+pub(crate) fn touch_login(
+    connection: &Connection,
+    id: i64,
+    ip: &str,
+    now: i64,
+) -> Result<(), Error> {
+    connection
+        .prepare_cached("UPDATE accounts SET last_login = ?2, last_ip = ?3 WHERE id = ?1")?
+        .execute(params![id, now, ip])?;
+    Ok(())
+}
+
+/// A write waiting for the writer: runs inside the group's transaction (or, given `None`, learns
+/// that no transaction could be started) and returns what to do once the group's commit has
+/// succeeded or failed.
+type Job = Box<dyn FnOnce(Option<&Connection>) -> Finish + Send>;
+type Finish = Box<dyn FnOnce(Result<(), &Error>) + Send>;
+
+/// The handle workers use to hand writes to the writer thread. Cloning it is cheap; the writer
+/// stops once every handle is dropped.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    jobs: mpsc::SyncSender<Job>,
+}
+
+impl Writer {
+    /// Starts the writer thread on `connection` (from `open_writer`).
+    pub(crate) fn start(connection: Connection) -> (Writer, thread::JoinHandle<()>) {
+        let (jobs, queue) = mpsc::sync_channel(QUEUE_DEPTH);
+        let handle = thread::Builder::new()
+            .name("writer".into())
+            .spawn(move || write_loop(connection, queue))
+            .expect("cannot start the writer thread");
+        (Writer { jobs }, handle)
+    }
+
+    /// Runs `write` in the writer's transaction and returns its result once it is committed
+    /// (durable). A job that fails is rolled back alone; the others in its group still commit.
+    pub(crate) fn run<T, F>(&self, write: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+    {
+        let (reply, answer) = mpsc::sync_channel::<Result<T, Error>>(1);
+        let job: Job = Box::new(move |connection| {
+            let result = run_in_savepoint(connection, write);
+            Box::new(move |committed| {
+                let result = match (result, committed) {
+                    (Ok(value), Ok(())) => Ok(value),
+                    (Ok(_), Err(error)) => Err(Error::Internal(format!("commit failed: {error}"))),
+                    (Err(error), _) => Err(error),
+                };
+                let _ = reply.send(result);
+            })
+        });
+        self.jobs.send(job).map_err(|_| Error::Internal("the writer has stopped".into()))?;
+        answer.recv().map_err(|_| Error::Internal("the writer dropped a write".into()))?
+    }
+
+    /// Queues `write` without waiting for it (login bookkeeping); failures are logged.
+    pub(crate) fn submit<F>(&self, what: &'static str, write: F)
+    where
+        F: FnOnce(&Connection) -> Result<(), Error> + Send + 'static,
+    {
+        let job: Job = Box::new(move |connection| {
+            let result = run_in_savepoint(connection, write);
+            Box::new(move |committed| {
+                if let Err(error) = result.as_ref().err().map_or(committed, Err) {
+                    crate::log::error(&format!("background write {what} failed: {error}"));
+                }
+            })
+        });
+        if self.jobs.send(job).is_err() {
+            crate::log::error(&format!("background write {what} dropped: the writer has stopped"));
+        }
+    }
+}
+
+/// Runs one job inside a savepoint, so that its failure (or panic) undoes only its own changes.
+fn run_in_savepoint<T>(
+    connection: Option<&Connection>,
+    write: impl FnOnce(&Connection) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let connection = connection.ok_or_else(|| Error::Internal("no write transaction".into()))?;
+    connection.execute_batch("SAVEPOINT job")?;
+    let result = catch_unwind(AssertUnwindSafe(|| write(connection)))
+        .unwrap_or_else(|_| Err(Error::Internal("a write panicked".into())));
+    if result.is_err() {
+        connection.execute_batch("ROLLBACK TO job")?;
+    }
+    connection.execute_batch("RELEASE job")?;
+    result
+}
+
+fn write_loop(connection: Connection, queue: mpsc::Receiver<Job>) {
+    let mut group: Vec<Job> = Vec::with_capacity(MAX_GROUP);
+    let mut finishers = Vec::with_capacity(MAX_GROUP);
+    while let Ok(first) = queue.recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let outcome = connection.execute_batch("BEGIN IMMEDIATE").map_err(Error::from);
+        match outcome {
+            Ok(()) => {
+                for job in group.drain(..) {
+                    finishers.push(job(Some(&connection)));
+                }
+                let committed = connection.execute_batch("COMMIT").map_err(Error::from);
+                if let Err(error) = &committed {
+                    crate::log::error(&format!(
+                        "group commit of {} writes failed: {error}",
+                        finishers.len()
+                    ));
+                    let _ = connection.execute_batch("ROLLBACK");
+                }
+                for finish in finishers.drain(..) {
+                    finish(committed.as_ref().map(|_| ()));
+                }
+            }
+            Err(error) => {
+                crate::log::error(&format!("cannot begin a write transaction: {error}"));
+                // The jobs do not run; each still gets its answer (the error).
+                for job in group.drain(..) {
+                    job(None)(Err(&error));
+                }
+            }
+        }
+    }
+    // Every handle is gone: fold the WAL back into the database so the file stands alone.
+    if let Err(error) = connection.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+        crate::log::error(&format!("final WAL checkpoint failed: {error}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_database(name: &str) -> String {
+        let dir = std::env::temp_dir().join(format!("wxauth-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("test.db").to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn schema_sections_are_numbered_from_one() {
+        let versions: Vec<u32> = schema_versions().iter().map(|(version, _)| *version).collect();
+        assert_eq!(versions, (1..=versions.len() as u32).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn migrations_apply_once() {
+        let path = temp_database("migrate");
+        let (connection, applied) = open_writer(&path).unwrap();
+        assert_eq!(applied, (1..=current_version()).collect::<Vec<_>>());
+        assert_eq!(schema_version(&connection).unwrap(), current_version());
+        drop(connection);
+        let (_, applied) = open_writer(&path).unwrap();
+        assert!(applied.is_empty());
+    }
+
+    #[test]
+    fn one_account_per_identity_and_failed_jobs_roll_back_alone() {
+        let path = temp_database("writer");
+        let (connection, _) = open_writer(&path).unwrap();
+        let (writer, handle) = Writer::start(connection);
+        let first = writer.run(|c| ensure_account(c, "wxa", "openid-1", "127.0.0.1", 100)).unwrap();
+        let again = writer.run(|c| ensure_account(c, "wxa", "openid-1", "127.0.0.2", 200)).unwrap();
+        assert_eq!(first, again);
+        let failed = writer.run(|c| {
+            ensure_account(c, "wxa", "openid-2", "127.0.0.1", 100)?;
+            Err::<(), _>(Error::InvalidParameter("boom".into()))
+        });
+        assert!(failed.is_err());
+        let reader = open_reader(&path).unwrap();
+        assert!(account_by_openid(&reader, "wxa", "openid-2").unwrap().is_none());
+        let account = account_by_openid(&reader, "wxa", "openid-1").unwrap().unwrap();
+        assert_eq!(account.join_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(account.username, "openid-1");
+        drop(writer);
+        handle.join().unwrap();
+    }
+}

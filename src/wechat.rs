@@ -1,0 +1,311 @@
+//! WeChat's server API as wxauth uses it: `jscode2session`, `stable_token` and
+//! `getuserphonenumber`. The only file that talks HTTP to WeChat (the only user of ureq).
+//!
+//! Every call has a connect and a total timeout; connections are kept alive and reused. WeChat
+//! answers errors with HTTP 200 and an `errcode` (absent on some successes), sometimes as
+//! `text/plain`, so the body is parsed as JSON whatever its content type. errcode -1 (busy) is
+//! retried once; the documented user errors never are. Calls in flight are bounded separately from
+//! the worker pool, and a call past the bound fails at once. URLs carry the app secret or an access
+//! token, so nothing here ever logs a URL or lets ureq's error text (which may quote one) out.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::config::WechatConfig;
+use crate::error::Error;
+
+/// Largest answer read from WeChat.
+const MAX_ANSWER_BYTES: u64 = 64 * 1024;
+
+/// Wait before the one retry of an errcode -1 (system busy).
+const BUSY_RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// An access token is refreshed this long before WeChat says it expires.
+const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(300);
+
+/// A successful `jscode2session`.
+#[derive(Clone)]
+pub(crate) struct CodeSession {
+    pub(crate) openid: String,
+    pub(crate) unionid: Option<String>,
+    pub(crate) session_key: String,
+}
+
+/// A phone number from `getuserphonenumber`.
+pub(crate) struct PhoneNumber {
+    pub(crate) phone_number: String,
+    pub(crate) watermark_appid: String,
+}
+
+struct AccessToken {
+    value: String,
+    refresh_at: Instant,
+}
+
+pub(crate) struct WeChat {
+    agent: ureq::Agent,
+    base_url: String,
+    appid: String,
+    secret: String,
+    max_in_flight: usize,
+    in_flight: AtomicUsize,
+    /// The cached access token, shared by all workers. Held across a refresh, so that concurrent
+    /// callers wait for one refresh instead of each asking WeChat.
+    access_token: Mutex<Option<AccessToken>>,
+}
+
+/// Counts a call as in flight until dropped.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl WeChat {
+    pub(crate) fn new(config: &WechatConfig, appid: &str, secret: &str, base_url: &str) -> WeChat {
+        let loopback = ["http://127.", "http://localhost", "http://[::1]"]
+            .iter()
+            .any(|start| base_url.starts_with(start));
+        let mut builder = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_millis(config.connect_timeout_ms)))
+            .timeout_global(Some(Duration::from_millis(config.timeout_ms)))
+            .max_redirects(0)
+            .max_idle_connections(config.max_in_flight)
+            .max_idle_connections_per_host(config.max_in_flight)
+            .user_agent(concat!("wxauth/", env!("CARGO_PKG_VERSION")));
+        if loopback {
+            // A local endpoint (the fake, a test) is never reached through an HTTP proxy.
+            builder = builder.proxy(None);
+        }
+        WeChat {
+            agent: builder.build().new_agent(),
+            base_url: base_url.trim_end_matches('/').to_string(),
+            appid: appid.to_string(),
+            secret: secret.to_string(),
+            max_in_flight: config.max_in_flight,
+            in_flight: AtomicUsize::new(0),
+            access_token: Mutex::new(None),
+        }
+    }
+
+    /// The appid this client speaks for.
+    pub(crate) fn appid(&self) -> &str {
+        &self.appid
+    }
+
+    /// Exchanges a `wx.login` code for the user's openid and session_key.
+    pub(crate) fn code_to_session(&self, code: &str) -> Result<CodeSession, Error> {
+        const API: &str = "jscode2session";
+        let answer = self.call(API, |agent, base| {
+            agent
+                .get(format!("{base}/sns/jscode2session"))
+                .query("appid", &self.appid)
+                .query("secret", &self.secret)
+                .query("js_code", code)
+                .query("grant_type", "authorization_code")
+                .call()
+        })?;
+        let openid = text_field(&answer, "openid", 64);
+        let session_key = text_field(&answer, "session_key", 64);
+        match (openid, session_key) {
+            (Some(openid), Some(session_key)) => {
+                Ok(CodeSession { openid, unionid: text_field(&answer, "unionid", 64), session_key })
+            }
+            _ => Err(Error::WechatUnavailable {
+                api: API,
+                reason: "answer without openid or session_key".into(),
+            }),
+        }
+    }
+
+    /// Exchanges a phone `code` (from `getPhoneNumber`, base library 2.21.2 and later) for the
+    /// user's phone number. Refreshes the access token once if WeChat says it is invalid (40001)
+    /// or expired (42001).
+    pub(crate) fn phone_number(&self, phone_code: &str) -> Result<PhoneNumber, Error> {
+        const API: &str = "getuserphonenumber";
+        let mut refreshed = false;
+        loop {
+            let token = self.access_token(false)?;
+            let result = self.call(API, |agent, base| {
+                agent
+                    .post(format!("{base}/wxa/business/getuserphonenumber"))
+                    .query("access_token", &token)
+                    .content_type("application/json")
+                    .send(json!({ "code": phone_code }).to_string())
+            });
+            match result {
+                Err(Error::Wechat { errcode: errcode @ (40001 | 42001), .. }) if !refreshed => {
+                    refreshed = true;
+                    self.forget_access_token(&token);
+                    if errcode == 40001 {
+                        // Invalid rather than expired: the normal mode would hand back the same
+                        // token, so ask for a new one.
+                        self.access_token(true)?;
+                    }
+                }
+                Err(error) => return Err(error),
+                Ok(answer) => {
+                    let info = &answer["phone_info"];
+                    let phone_number = text_field(info, "phoneNumber", 32);
+                    let watermark_appid = text_field(&info["watermark"], "appid", 64);
+                    return match (phone_number, watermark_appid) {
+                        (Some(phone_number), Some(watermark_appid)) => {
+                            Ok(PhoneNumber { phone_number, watermark_appid })
+                        }
+                        _ => Err(Error::WechatUnavailable {
+                            api: API,
+                            reason: "answer without phone_info".into(),
+                        }),
+                    };
+                }
+            }
+        }
+    }
+
+    /// The current access token from `stable_token`, cached until shortly before it expires.
+    fn access_token(&self, force_refresh: bool) -> Result<String, Error> {
+        const API: &str = "stable_token";
+        let mut cached = self.access_token.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(token) = cached.as_ref().filter(|token| Instant::now() < token.refresh_at)
+            && !force_refresh
+        {
+            return Ok(token.value.clone());
+        }
+        let answer = self.call(API, |agent, base| {
+            agent
+                .post(format!("{base}/cgi-bin/stable_token"))
+                .content_type("application/json")
+                .send(
+                    json!({
+                        "grant_type": "client_credential",
+                        "appid": self.appid,
+                        "secret": self.secret,
+                        "force_refresh": force_refresh,
+                    })
+                    .to_string(),
+                )
+        })?;
+        let value = text_field(&answer, "access_token", 1024).ok_or_else(|| {
+            Error::WechatUnavailable { api: API, reason: "answer without access_token".into() }
+        })?;
+        let lifetime = Duration::from_secs(answer["expires_in"].as_u64().unwrap_or(7200));
+        let refresh_at = Instant::now() + lifetime.saturating_sub(TOKEN_REFRESH_MARGIN);
+        crate::log::info(&format!(
+            "wechat: access token refreshed, valid for {}s",
+            lifetime.as_secs()
+        ));
+        *cached = Some(AccessToken { value: value.clone(), refresh_at });
+        Ok(value)
+    }
+
+    /// Drops the cached token if it is still the one WeChat refused.
+    fn forget_access_token(&self, refused: &str) {
+        let mut cached = self.access_token.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if cached.as_ref().is_some_and(|token| token.value == refused) {
+            *cached = None;
+        }
+    }
+
+    /// Makes one call (and, on errcode -1, one retry), bounded by `max_in_flight`, and returns the
+    /// answer's JSON once its errcode is 0 or absent.
+    fn call(
+        &self,
+        api: &'static str,
+        send: impl Fn(&ureq::Agent, &str) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Value, Error> {
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.max_in_flight {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::WechatUnavailable {
+                api,
+                reason: format!("{} calls already in flight", self.max_in_flight),
+            });
+        }
+        let _in_flight = InFlight(&self.in_flight);
+        match self.call_once(api, &send) {
+            Err(Error::WechatUnavailable { reason, .. }) if reason == BUSY => {
+                std::thread::sleep(BUSY_RETRY_DELAY);
+                self.call_once(api, &send)
+            }
+            other => other,
+        }
+    }
+
+    fn call_once(
+        &self,
+        api: &'static str,
+        send: &impl Fn(&ureq::Agent, &str) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Value, Error> {
+        let unavailable = |reason: String| Error::WechatUnavailable { api, reason };
+        let mut response =
+            send(&self.agent, &self.base_url).map_err(|error| unavailable(describe(&error)))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Err(unavailable(format!("HTTP status {status}")));
+        }
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER_BYTES)
+            .read_to_vec()
+            .map_err(|error| unavailable(describe(&error)))?;
+        let answer: Value =
+            serde_json::from_slice(&body).map_err(|_| unavailable("answer is not JSON".into()))?;
+        if !answer.is_object() {
+            return Err(unavailable("answer is not a JSON object".into()));
+        }
+        let errcode = match &answer["errcode"] {
+            Value::Null => 0,
+            value => value.as_i64().ok_or_else(|| unavailable("errcode is not a number".into()))?,
+        };
+        match errcode {
+            0 => Ok(answer),
+            -1 => Err(unavailable(BUSY.into())),
+            40029 => Err(Error::WechatCodeInvalid),
+            40163 => Err(Error::WechatCodeUsed),
+            45011 => Err(Error::WechatRateLimited),
+            40226 => Err(Error::WechatUserBlocked),
+            errcode => {
+                let mut errmsg: String =
+                    answer["errmsg"].as_str().unwrap_or("").chars().take(200).collect();
+                // WeChat's errmsg may end with "rid: …"; it never echoes secrets, but strip
+                // anything that is not plain text before it reaches the log.
+                errmsg.retain(|character| !character.is_control());
+                Err(Error::Wechat { api, errcode, errmsg })
+            }
+        }
+    }
+}
+
+/// The reason recorded for errcode -1, which is retried once.
+const BUSY: &str = "errcode -1 (system busy)";
+
+/// A short, secret-free description of a transport failure. ureq's own text can quote the URL,
+/// which holds the app secret or an access token, so it is never used.
+fn describe(error: &ureq::Error) -> String {
+    match error {
+        ureq::Error::Timeout(which) => format!("timeout ({which})"),
+        ureq::Error::Io(io) => format!("i/o error: {}", io.kind()),
+        ureq::Error::HostNotFound => "host not found".into(),
+        ureq::Error::ConnectionFailed => "connection failed".into(),
+        ureq::Error::BodyExceedsLimit(limit) => format!("answer larger than {limit} bytes"),
+        ureq::Error::StatusCode(status) => format!("HTTP status {status}"),
+        ureq::Error::TooManyRedirects | ureq::Error::RedirectFailed => "redirected".into(),
+        ureq::Error::Protocol(_) => "HTTP protocol error".into(),
+        ureq::Error::Tls(_) => "TLS error".into(),
+        _ => "HTTP client error".into(),
+    }
+}
+
+/// A non-empty string field of at most `max` characters, without control characters.
+fn text_field(object: &Value, key: &str, max: usize) -> Option<String> {
+    let text = object.get(key)?.as_str()?;
+    let plain =
+        !text.is_empty() && text.chars().count() <= max && !text.chars().any(char::is_control);
+    plain.then(|| text.to_string())
+}

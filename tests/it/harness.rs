@@ -1,0 +1,264 @@
+//! Starting and stopping the real binary, and speaking HTTP to it.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+
+static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let name =
+            format!("wxauth-it-{}-{}", std::process::id(), NEXT_DIR.fetch_add(1, Ordering::SeqCst));
+        let path = std::env::temp_dir().join(name);
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `wxauth serve`, killed on drop.
+pub struct Wxauth {
+    pub child: Child,
+    pub base: String,
+    pub fake: Option<String>,
+    pub dir: TempDir,
+    pub prefix: String,
+    agent: ureq::Agent,
+}
+
+/// An HTTP answer: status, headers we care about, and the body as JSON.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The one result object of a success envelope.
+    pub fn result(&self) -> &Value {
+        assert_eq!(self.status, 200, "expected success, got {self:?}");
+        assert_eq!(self.body["code"], 0, "{self:?}");
+        assert_eq!(self.body["detail"], "成功");
+        let results = self.body["results"].as_array().expect("results is an array");
+        assert_eq!(results.len(), 1, "{self:?}");
+        &results[0]
+    }
+
+    /// Asserts a failure envelope with this status and error name.
+    pub fn assert_error(&self, status: u16, error: &str) {
+        assert_eq!(self.status, status, "{self:?}");
+        assert_eq!(self.body["error"], error, "{self:?}");
+        assert_ne!(self.body["code"], 0, "{self:?}");
+        assert!(self.body["code"].is_u64(), "{self:?}");
+        assert!(self.body["detail"].as_str().is_some_and(|detail| !detail.is_empty()), "{self:?}");
+        assert_eq!(self.body["results"], Value::Array(vec![]), "{self:?}");
+        assert_eq!(self.header("Content-Type"), Some("application/json; charset=utf-8"));
+    }
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_wxauth")
+}
+
+impl Wxauth {
+    /// Starts wxauth in demo mode with the rate limit off, plus `env` overrides.
+    pub fn start(env: &[(&str, &str)]) -> Wxauth {
+        Wxauth::start_in(TempDir::new(), env)
+    }
+
+    /// Starts wxauth with its working directory and database in `dir`.
+    pub fn start_in(dir: TempDir, env: &[(&str, &str)]) -> Wxauth {
+        let mut command = Command::new(binary());
+        command
+            .current_dir(&dir.0)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("WXAUTH_LISTEN", "127.0.0.1:0")
+            .env("WXAUTH_DATABASE", dir.0.join("wxauth.db"))
+            .env("WXAUTH_WORKERS", "4")
+            .env("WXAUTH_RATE_LIMIT_ENABLED", "false")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.0.join("stderr.log")).unwrap());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("start wxauth");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_else(|| {
+            let stderr = std::fs::read_to_string(dir.0.join("stderr.log")).unwrap_or_default();
+            panic!("wxauth printed nothing; stderr: {stderr}")
+        });
+        let base = first
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("first line: {first}"))
+            .to_string();
+        let demo =
+            !env.iter().any(|(name, value)| *name == "WXAUTH_WECHAT_APPID" && !value.is_empty());
+        let fake = if demo {
+            let second = lines.next().and_then(Result::ok).expect("demo line");
+            let start = second.find("http://").expect("demo line names the fake");
+            Some(second[start..].split_whitespace().next().unwrap().to_string())
+        } else {
+            None
+        };
+        // Keep reading stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let prefix = env
+            .iter()
+            .find(|(name, _)| *name == "WXAUTH_PREFIX")
+            .map(|(_, value)| value.to_string())
+            .unwrap_or_else(|| "/miniprog/wx_auth/".into());
+        Wxauth { child, base, fake, dir, prefix, agent: agent() }
+    }
+
+    pub fn database(&self) -> rusqlite::Connection {
+        let connection = rusqlite::Connection::open(self.dir.0.join("wxauth.db")).unwrap();
+        connection.busy_timeout(Duration::from_secs(5)).unwrap();
+        connection
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self, endpoint: &str) -> String {
+        format!("{}{}{}", self.base, self.prefix, endpoint)
+    }
+
+    pub fn get(&self, endpoint: &str) -> Answer {
+        send(&self.agent, "GET", &self.url(endpoint), &[], None)
+    }
+
+    pub fn post(&self, endpoint: &str, body: &Value) -> Answer {
+        self.post_with(endpoint, body, &[])
+    }
+
+    pub fn post_with(&self, endpoint: &str, body: &Value, headers: &[(&str, &str)]) -> Answer {
+        send(&self.agent, "POST", &self.url(endpoint), headers, Some(body.to_string().as_bytes()))
+    }
+
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Answer {
+        send(&self.agent, method, &format!("{}{}", self.base, path), headers, body)
+    }
+
+    /// A call to the fake WeChat's helpers.
+    pub fn fake(&self, path_and_query: &str) -> Value {
+        let fake = self.fake.as_ref().expect("demo mode");
+        let answer = send(&self.agent, "GET", &format!("{fake}{path_and_query}"), &[], None);
+        assert_eq!(answer.status, 200, "{answer:?}");
+        answer.body
+    }
+
+    /// code → openid, through the API; returns the results object.
+    pub fn openid_for(&self, code: &str) -> Value {
+        self.get(&format!("get_openid_by_code?code={code}")).result().clone()
+    }
+
+    /// Logs in demo user `name` by a fresh code and returns (openid, login results).
+    pub fn login_as(&self, name: &str) -> (String, Value) {
+        let openid = self.openid_for(&fresh_code(name))["openid"].as_str().unwrap().to_string();
+        let login = self.post("login", &serde_json::json!({ "openid": openid })).result().clone();
+        (openid, login)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("wxauth did not stop within 10 s of SIGTERM");
+    }
+}
+
+impl Drop for Wxauth {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+static NEXT_CODE: AtomicUsize = AtomicUsize::new(0);
+
+/// A `wx.login` code for demo user `name` that has never been used.
+pub fn fresh_code(name: &str) -> String {
+    format!("{name}.{}-{}", std::process::id(), NEXT_CODE.fetch_add(1, Ordering::SeqCst))
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .proxy(None)
+        .build()
+        .new_agent()
+}
+
+pub fn send(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Answer {
+    let mut request = ureq::http::Request::builder().method(method).uri(url);
+    let has_content_type =
+        headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-type"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    if body.is_some() && !has_content_type {
+        request = request.header("Content-Type", "application/json");
+    }
+    let result = match body {
+        Some(body) => agent.run(request.body(body.to_vec()).unwrap()),
+        None => agent.run(request.body(()).unwrap()),
+    };
+    let mut response = result.unwrap_or_else(|error| panic!("{method} {url}: {error}"));
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_str().unwrap_or("").to_string()))
+        .collect();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    Answer { status, body, headers }
+}

@@ -1,0 +1,8 @@
+//! Integration tests: each starts the real `wxauth` binary on 127.0.0.1:0 in its own temporary
+//! directory, in demo mode against the built-in fake WeChat (or a separately started fake), and
+//! checks what a client sees and what the database holds afterwards.
+
+mod harness;
+
+mod api;
+mod operator;

@@ -1,0 +1,90 @@
+//! What the person running wxauth sees: start-up lines, exit codes, stop signals, the log.
+
+use std::process::{Command, Stdio};
+
+use serde_json::json;
+
+use crate::harness::{TempDir, Wxauth, binary};
+
+#[test]
+fn sigterm_stops_cleanly_with_status_zero() {
+    let mut server = Wxauth::start(&[]);
+    server.login_as("erin");
+    let status = server.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    let log = server.stderr();
+    assert!(log.contains("stopped"), "{log}");
+    // The WAL was folded back into the database on the way out.
+    let wal = server.dir.0.join("wxauth.db-wal");
+    assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0, "WAL left behind");
+}
+
+#[test]
+fn a_bad_configuration_is_one_line_on_stderr_and_a_failure_status() {
+    let dir = TempDir::new();
+    for (variable, value, expected) in [
+        ("WXAUTH_JWT_SECRET", "short", "jwt.secret"),
+        ("WXAUTH_WECHAT_APPID", "wx123", "wechat"),
+        ("WXAUTH_LISTEN", "nowhere", "listen"),
+        ("WXAUTH_NO_SUCH_KEY", "1", "WXAUTH_NO_SUCH_KEY"),
+    ] {
+        let output = Command::new(binary())
+            .current_dir(&dir.0)
+            .env_clear()
+            .env(variable, value)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{variable}");
+        assert!(output.stdout.is_empty(), "{variable}: nothing on stdout");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{variable}: one line: {stderr}");
+        assert!(stderr.contains(expected), "{variable}: {stderr}");
+    }
+}
+
+#[test]
+fn unknown_keys_in_the_file_are_named() {
+    let dir = TempDir::new();
+    std::fs::write(dir.0.join("wxauth.toml"), "listen = \"127.0.0.1:0\"\n[wechat]\nappsecret = \"x\"\n")
+        .unwrap();
+    let output = Command::new(binary()).current_dir(&dir.0).env_clear().output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("wechat.appsecret"));
+}
+
+#[test]
+fn version_and_help() {
+    let output = Command::new(binary()).arg("--version").output().unwrap();
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("wxauth "));
+    let output = Command::new(binary()).arg("--help").output().unwrap();
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("fake-wechat"));
+    let output = Command::new(binary()).arg("--bogus").output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn the_config_file_is_read_from_the_working_directory() {
+    let dir = TempDir::new();
+    std::fs::write(dir.0.join("wxauth.toml"), "prefix = \"/api/auth/\"\n").unwrap();
+    let server = Wxauth::start_in(dir, &[("WXAUTH_PREFIX", "/api/auth/")]);
+    let answer = server.raw("GET", "/api/auth/is_openid_registered?openid=oX", &[], None);
+    assert_eq!(answer.result(), &json!({"is_registered": false}));
+    server.raw("GET", "/miniprog/wx_auth/is_openid_registered?openid=oX", &[], None).assert_error(404, "not_found");
+}
+
+#[test]
+fn the_access_log_has_no_codes_or_tokens() {
+    let server = Wxauth::start(&[]);
+    let code = crate::harness::fresh_code("frank");
+    let openid = server.openid_for(&code)["openid"].as_str().unwrap().to_string();
+    let login = server.post("login", &json!({ "openid": openid })).result().clone();
+    let token = login["token"].as_str().unwrap();
+    server.post_with("login", &json!({}), &[("Authorization", &format!("jwt {token}"))]).result();
+    let log = server.stderr();
+    assert!(log.contains("GET /miniprog/wx_auth/get_openid_by_code 200"), "{log}");
+    assert!(!log.contains(&code), "the wx.login code leaked into the log");
+    assert!(!log.contains(token), "the token leaked into the log");
+}
