@@ -41,6 +41,7 @@ pub(crate) const MISBEHAVIOUR: &[(&str, &str)] = &[
     ("fake-40163", "errcode 40163, code already used"),
     ("fake-45011", "errcode 45011, rate limited"),
     ("fake-40226", "errcode 40226, user blocked"),
+    ("fake-errcode-N", "errcode N (any other number), with a fake errmsg"),
     ("fake-busy", "errcode -1, system busy (every time)"),
     ("fake-busy-once", "errcode -1 the first time this code is seen, then a normal answer"),
     ("fake-hang", "no answer for 60 seconds"),
@@ -162,7 +163,7 @@ fn answer(state: &Shared, mut request: Request) {
                 let mut state = lock(state);
                 state.seen_busy_once.insert(format!("{path}:{code}")).then_some(-1)
             }
-            _ => None,
+            _ => code.strip_prefix("fake-errcode-").and_then(|number| number.parse().ok()),
         };
         if let Some(errcode) = errcode {
             count(state, &path);

@@ -5,4 +5,7 @@
 mod harness;
 
 mod api;
+mod login;
 mod operator;
+mod register;
+mod wechat;
