@@ -194,6 +194,27 @@ impl Ctx<'_> {
         }
     }
 
+    /// In one durable write: the account `known_id`, or the one for `openid` (created if absent),
+    /// gets `change` and this login's bookkeeping; returns the account as written.
+    fn write_login(
+        &self,
+        known_id: Option<i64>,
+        openid: String,
+        change: impl FnOnce(&Connection, i64) -> Result<(), Error> + Send + 'static,
+    ) -> Result<Account, Error> {
+        let (appid, ip, now) = (self.appid().to_string(), self.client_ip(), self.now);
+        self.writer.run(move |connection| {
+            let id = match known_id {
+                Some(id) => id,
+                None => store::ensure_account(connection, &appid, &openid, &ip, now)?,
+            };
+            change(connection, id)?;
+            store::touch_login(connection, id, &ip, now)?;
+            store::account_by_id(connection, id)?
+                .ok_or_else(|| Error::Internal(format!("account {id} vanished")))
+        })
+    }
+
     /// Sets the login bookkeeping on `account` as the answer shows it, and queues its write.
     fn note_login(&self, mut account: Account) -> Account {
         let (id, ip, now) = (account.id, self.client_ip(), self.now);
@@ -252,20 +273,24 @@ pub(crate) fn login(
         phone: phone(body, "phone")?,
     };
     if let Some(account) = ctx.token_account(authorization, openid.is_some())? {
-        let account = ctx.note_login(account);
+        // Profile fields sent with a token update the token's account, durably; a bare token
+        // login only needs its bookkeeping, which may complete after the answer.
+        let account = if profile.is_empty() {
+            ctx.note_login(account)
+        } else {
+            let openid = account.wx_openid.clone();
+            ctx.write_login(Some(account.id), openid, move |connection, id| {
+                store::update_profile(connection, id, &profile)
+            })?
+        };
         let token = ctx.issue_token(&account);
         return Ok(SessionAnswer { account, token });
     }
     let openid = openid.ok_or(Error::NotAuthenticated)?;
     ctx.check_openid_login(&openid, session_key.as_deref())?;
     ctx.rate_limit()?;
-    let (appid, ip, now) = (ctx.appid().to_string(), ctx.client_ip(), ctx.now);
-    let account = ctx.writer.run(move |connection| {
-        let id = store::ensure_account(connection, &appid, &openid, &ip, now)?;
-        store::update_profile(connection, id, &profile)?;
-        store::touch_login(connection, id, &ip, now)?;
-        store::account_by_id(connection, id)?
-            .ok_or_else(|| Error::Internal("account vanished".into()))
+    let account = ctx.write_login(None, openid, move |connection, id| {
+        store::update_profile(connection, id, &profile)
     })?;
     let token = ctx.issue_token(&account);
     Ok(SessionAnswer { account, token })
@@ -352,17 +377,9 @@ pub(crate) fn register(
     };
     let registration =
         Registration { phone, username: openid.clone(), wx_nickname, birthday, wx_gender };
-    let (appid, ip, now) = (ctx.appid().to_string(), ctx.client_ip(), ctx.now);
     let known_id = token_account.map(|account| account.id);
-    let account = ctx.writer.run(move |connection| {
-        let id = match known_id {
-            Some(id) => id,
-            None => store::ensure_account(connection, &appid, &openid, &ip, now)?,
-        };
-        store::register(connection, id, &registration)?;
-        store::touch_login(connection, id, &ip, now)?;
-        store::account_by_id(connection, id)?
-            .ok_or_else(|| Error::Internal("account vanished".into()))
+    let account = ctx.write_login(known_id, openid, move |connection, id| {
+        store::register(connection, id, &registration)
     })?;
     let token = ctx.issue_token(&account);
     Ok(SessionAnswer { account, token })

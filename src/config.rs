@@ -307,7 +307,7 @@ pub(crate) fn env_name(path: &[&str]) -> String {
 }
 
 /// Variables that name something other than a config key.
-const OTHER_VARIABLES: &[&str] = &["WXAUTH_CONFIG", "WXAUTH_LOG"];
+const OTHER_VARIABLES: &[&str] = &["WXAUTH_CONFIG"];
 
 fn apply_environment(
     table: &mut toml::Table,
@@ -350,8 +350,10 @@ fn apply_environment(
 }
 
 /// Reads an environment variable as the type of the key's default.
-fn env_value(name: &str, text: &str, default: &toml::Value) -> Result<toml::Value, String> {
-    let text = text.trim();
+fn env_value(name: &str, value: &str, default: &toml::Value) -> Result<toml::Value, String> {
+    // Strings are taken as they are (a secret is its exact bytes); numbers, switches and lists
+    // forgive the stray space or newline of a hand-written environment file.
+    let text = value.trim();
     Ok(match default {
         toml::Value::Boolean(_) => match text.to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" | "on" => toml::Value::Boolean(true),
@@ -368,7 +370,7 @@ fn env_value(name: &str, text: &str, default: &toml::Value) -> Result<toml::Valu
                 .map(|item| toml::Value::String(item.into()))
                 .collect(),
         ),
-        _ => toml::Value::String(text.into()),
+        _ => toml::Value::String(value.into()),
     })
 }
 

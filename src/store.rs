@@ -134,6 +134,18 @@ pub(crate) struct Profile {
     pub(crate) phone: Option<String>,
 }
 
+impl Profile {
+    /// Nothing to update.
+    pub(crate) fn is_empty(&self) -> bool {
+        let Profile { wx_nickname, wx_avatar, wx_gender, wx_country, wx_province, wx_city, phone } =
+            self;
+        [wx_nickname, wx_avatar, wx_country, wx_province, wx_city, phone]
+            .iter()
+            .all(|field| field.is_none())
+            && wx_gender.is_none()
+    }
+}
+
 /// What a successful registration writes.
 #[derive(Debug, Clone)]
 pub(crate) struct Registration {

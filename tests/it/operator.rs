@@ -46,8 +46,11 @@ fn a_bad_configuration_is_one_line_on_stderr_and_a_failure_status() {
 #[test]
 fn unknown_keys_in_the_file_are_named() {
     let dir = TempDir::new();
-    std::fs::write(dir.0.join("wxauth.toml"), "listen = \"127.0.0.1:0\"\n[wechat]\nappsecret = \"x\"\n")
-        .unwrap();
+    std::fs::write(
+        dir.0.join("wxauth.toml"),
+        "listen = \"127.0.0.1:0\"\n[wechat]\nappsecret = \"x\"\n",
+    )
+    .unwrap();
     let output = Command::new(binary()).current_dir(&dir.0).env_clear().output().unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("wechat.appsecret"));
@@ -72,7 +75,9 @@ fn the_config_file_is_read_from_the_working_directory() {
     let server = Wxauth::start_in(dir, &[("WXAUTH_PREFIX", "/api/auth/")]);
     let answer = server.raw("GET", "/api/auth/is_openid_registered?openid=oX", &[], None);
     assert_eq!(answer.result(), &json!({"is_registered": false}));
-    server.raw("GET", "/miniprog/wx_auth/is_openid_registered?openid=oX", &[], None).assert_error(404, "not_found");
+    server
+        .raw("GET", "/miniprog/wx_auth/is_openid_registered?openid=oX", &[], None)
+        .assert_error(404, "not_found");
 }
 
 #[test]
