@@ -60,3 +60,9 @@ CREATE TABLE wechat_sessions (
     created_at  INTEGER NOT NULL,
     PRIMARY KEY (appid, openid)
 ) STRICT, WITHOUT ROWID;
+
+-- version: 2
+
+-- Logout: a token is valid only while its `ver` claim equals its account's token_version, so
+-- raising the version revokes every token issued to the account until then.
+ALTER TABLE accounts ADD COLUMN token_version INTEGER NOT NULL DEFAULT 0;

@@ -114,6 +114,7 @@ impl Ctx<'_> {
             nbf: None,
             nickname: account.wx_nickname.clone(),
             scopes: vec!["open".into()],
+            ver: account.token_version,
         };
         jwt::sign(&claims, &self.keys.current, None)
     }
@@ -133,7 +134,11 @@ impl Ctx<'_> {
             jwt::JwtError::Invalid => Error::TokenInvalid,
         })?;
         let id: i64 = claims.sub.parse().map_err(|_| Error::TokenInvalid)?;
-        store::account_by_id(self.db, id)?.ok_or(Error::TokenInvalid)
+        let account = store::account_by_id(self.db, id)?.ok_or(Error::TokenInvalid)?;
+        if claims.ver != account.token_version {
+            return Err(Error::TokenRevoked);
+        }
+        Ok(account)
     }
 
     /// The account of a valid token, if one is given. A bad token is an error only when there is
@@ -294,6 +299,23 @@ pub(crate) fn login(
     })?;
     let token = ctx.issue_token(&account);
     Ok(SessionAnswer { account, token })
+}
+
+/// The answer of `logout`.
+#[derive(Debug, Serialize)]
+pub(crate) struct LogoutAnswer {
+    pub(crate) logged_out: bool,
+}
+
+/// `POST logout`: revokes every token issued to the token's account until now, this one included.
+pub(crate) fn logout(ctx: &Ctx, authorization: Option<&str>) -> Result<LogoutAnswer, Error> {
+    let account = ctx.account_from_token(authorization.ok_or(Error::NotAuthenticated)?)?;
+    let id = account.id;
+    let revoked = ctx.writer.run(move |connection| store::revoke_tokens(connection, id))?;
+    if !revoked {
+        return Err(Error::TokenInvalid);
+    }
+    Ok(LogoutAnswer { logged_out: true })
 }
 
 /// Where a registration's phone number comes from.

@@ -48,6 +48,12 @@ pub(crate) struct Config {
     pub(crate) trusted_proxies: Vec<String>,
     /// Largest accepted request body, in bytes.
     pub(crate) max_body_bytes: usize,
+    /// Time a client has to send a request head, and again its body, in milliseconds.
+    pub(crate) request_timeout_ms: u64,
+    /// Time an open connection may sit without starting a request, in milliseconds.
+    pub(crate) idle_timeout_ms: u64,
+    /// On SIGTERM/SIGINT, time requests in flight get to finish, in milliseconds.
+    pub(crate) shutdown_timeout_ms: u64,
     pub(crate) wechat: WechatConfig,
     pub(crate) jwt: JwtConfig,
     pub(crate) rate_limit: RateLimitConfig,
@@ -115,13 +121,16 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:8000".into(),
             database: "wxauth.db".into(),
-            workers: 8,
+            workers: 16,
             prefix: "/miniprog/wx_auth/".into(),
             openid_login: OpenidLogin::RecentCode,
             openid_login_window: 600,
             expose_session_key: false,
             trusted_proxies: Vec::new(),
             max_body_bytes: 64 * 1024,
+            request_timeout_ms: 10_000,
+            idle_timeout_ms: 30_000,
+            shutdown_timeout_ms: 15_000,
             wechat: WechatConfig::default(),
             jwt: JwtConfig::default(),
             rate_limit: RateLimitConfig::default(),
@@ -138,7 +147,7 @@ impl Default for WechatConfig {
             base_url: "https://api.weixin.qq.com".into(),
             connect_timeout_ms: 2_000,
             timeout_ms: 5_000,
-            max_in_flight: 64,
+            max_in_flight: 8,
         }
     }
 }
@@ -381,8 +390,8 @@ fn validate(config: &Config) -> Result<(), String> {
     if config.database.trim().is_empty() {
         return Err("database: must name a file".into());
     }
-    if !(1..=256).contains(&config.workers) {
-        return Err("workers: must be between 1 and 256".into());
+    if !(2..=256).contains(&config.workers) {
+        return Err("workers: must be between 2 and 256".into());
     }
     let prefix = &config.prefix;
     if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix.contains(['?', '#', ' ']) {
@@ -405,6 +414,9 @@ fn validate(config: &Config) -> Result<(), String> {
     if config.max_body_bytes < 1024 {
         return Err("max_body_bytes: must be at least 1024".into());
     }
+    if config.request_timeout_ms < 100 || config.idle_timeout_ms < 100 {
+        return Err("request_timeout_ms and idle_timeout_ms: must be at least 100".into());
+    }
     let wechat = &config.wechat;
     if wechat.appid.is_empty() != wechat.secret.is_empty() {
         return Err(
@@ -418,8 +430,13 @@ fn validate(config: &Config) -> Result<(), String> {
     if wechat.connect_timeout_ms == 0 || wechat.timeout_ms == 0 {
         return Err("wechat: timeouts must be at least 1 ms".into());
     }
-    if wechat.max_in_flight == 0 {
-        return Err("wechat.max_in_flight: must be at least 1".into());
+    if wechat.max_in_flight == 0 || wechat.max_in_flight >= config.workers {
+        // WeChat calls run on worker threads: a bound below the worker count keeps workers free
+        // for the requests that need no WeChat call, however stuck WeChat is.
+        return Err(format!(
+            "wechat.max_in_flight: must be at least 1 and less than workers ({})",
+            config.workers
+        ));
     }
     let jwt = &config.jwt;
     if !jwt.secret.is_empty() && jwt.secret.len() < MIN_JWT_SECRET_BYTES {
@@ -492,7 +509,8 @@ mod tests {
 
     #[test]
     fn environment_overrides_the_file() {
-        let text = "workers = 2\n[wechat]\nappid = \"wxfile\"\nsecret = \"file\"\n";
+        let text =
+            "workers = 2\n[wechat]\nappid = \"wxfile\"\nsecret = \"file\"\nmax_in_flight = 1\n";
         let config = parse(
             text,
             &env(&[

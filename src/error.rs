@@ -34,6 +34,8 @@ pub(crate) enum Error {
     TokenInvalid,
     /// The JWT's `exp` has passed (beyond the leeway).
     TokenExpired,
+    /// The JWT was issued before its account logged out.
+    TokenRevoked,
     /// Logging in with a bare openid is not allowed by the configured policy.
     OpenidLoginRefused,
     /// No usable server-side session_key for this openid.
@@ -44,6 +46,12 @@ pub(crate) enum Error {
     WatermarkMismatch,
     /// The request body is larger than the configured limit.
     BodyTooLarge { limit: usize },
+    /// The request line (method, path and query) is longer than the server reads.
+    UriTooLong,
+    /// A header line, the number of headers, or the whole head is larger than the server reads.
+    HeadersTooLarge,
+    /// The request head or body did not arrive in time.
+    RequestTimeout,
     /// Too many requests from this client; retry after this many seconds.
     RateLimited { retry_after: u64 },
     /// No such path.
@@ -59,6 +67,9 @@ impl Error {
     pub(crate) fn status(&self) -> u16 {
         match self {
             Error::BodyTooLarge { .. } => 413,
+            Error::UriTooLong => 414,
+            Error::HeadersTooLarge => 431,
+            Error::RequestTimeout => 408,
             Error::RateLimited { .. } => 429,
             Error::NotFound => 404,
             Error::MethodNotAllowed(_) => 405,
@@ -82,11 +93,15 @@ impl Error {
             Error::NotAuthenticated => 3001,
             Error::TokenInvalid => 3002,
             Error::TokenExpired => 3003,
+            Error::TokenRevoked => 3004,
             Error::OpenidLoginRefused => 3005,
             Error::SessionExpired => 3006,
             Error::DecryptFailed(_) => 3007,
             Error::WatermarkMismatch => 3008,
             Error::BodyTooLarge { .. } => 4013,
+            Error::UriTooLong => 4014,
+            Error::HeadersTooLarge => 4031,
+            Error::RequestTimeout => 4008,
             Error::RateLimited { .. } => 4029,
             Error::NotFound => 4004,
             Error::MethodNotAllowed(_) => 4005,
@@ -108,11 +123,15 @@ impl Error {
             Error::NotAuthenticated => "not_authenticated",
             Error::TokenInvalid => "token_invalid",
             Error::TokenExpired => "token_expired",
+            Error::TokenRevoked => "token_revoked",
             Error::OpenidLoginRefused => "openid_login_refused",
             Error::SessionExpired => "session_expired",
             Error::DecryptFailed(_) => "decrypt_failed",
             Error::WatermarkMismatch => "watermark_mismatch",
             Error::BodyTooLarge { .. } => "body_too_large",
+            Error::UriTooLong => "uri_too_long",
+            Error::HeadersTooLarge => "headers_too_large",
+            Error::RequestTimeout => "request_timeout",
             Error::RateLimited { .. } => "rate_limited",
             Error::NotFound => "not_found",
             Error::MethodNotAllowed(_) => "method_not_allowed",
@@ -135,11 +154,15 @@ impl Error {
             Error::NotAuthenticated => "未登录: 需要有效的 token 或 openid".into(),
             Error::TokenInvalid => "token 无效".into(),
             Error::TokenExpired => "token 已过期, 请重新登录".into(),
+            Error::TokenRevoked => "token 已注销, 请重新登录".into(),
             Error::OpenidLoginRefused => "不允许仅凭 openid 登录, 请重新调用 wx.login".into(),
             Error::SessionExpired => "会话已过期, 请重新调用 wx.login".into(),
             Error::DecryptFailed(_) => "加密数据解密失败".into(),
             Error::WatermarkMismatch => "加密数据不属于本小程序".into(),
             Error::BodyTooLarge { limit } => format!("请求体过大 (上限 {limit} 字节)"),
+            Error::UriTooLong => "请求地址过长".into(),
+            Error::HeadersTooLarge => "请求头过大".into(),
+            Error::RequestTimeout => "请求超时".into(),
             Error::RateLimited { retry_after } => {
                 format!("请求过于频繁, 请 {retry_after} 秒后再试")
             }
@@ -168,11 +191,15 @@ impl fmt::Display for Error {
             Error::NotAuthenticated => f.write_str("neither a valid token nor an openid"),
             Error::TokenInvalid => f.write_str("token invalid"),
             Error::TokenExpired => f.write_str("token expired"),
+            Error::TokenRevoked => f.write_str("token revoked by logout"),
             Error::OpenidLoginRefused => f.write_str("openid login refused by policy"),
             Error::SessionExpired => f.write_str("no usable session_key for this openid"),
             Error::DecryptFailed(reason) => write!(f, "decrypt failed: {reason}"),
             Error::WatermarkMismatch => f.write_str("watermark appid mismatch"),
             Error::BodyTooLarge { limit } => write!(f, "body larger than {limit} bytes"),
+            Error::UriTooLong => f.write_str("request line too long"),
+            Error::HeadersTooLarge => f.write_str("request headers too large"),
+            Error::RequestTimeout => f.write_str("request did not arrive in time"),
             Error::RateLimited { retry_after } => {
                 write!(f, "rate limited, retry after {retry_after}s")
             }

@@ -142,7 +142,9 @@ fn answer(state: &Shared, mut request: Request) {
         _ => None,
     };
     if let Some(code) = code.as_deref() {
-        match code {
+        // `fake-hang.1`, `fake-hang.2`, … behave as `fake-hang`, so each can be a fresh code.
+        let kind = code.split('.').next().unwrap_or(code);
+        match kind {
             "fake-hang" => {
                 thread::spawn(move || {
                     thread::sleep(HANG);
@@ -163,7 +165,7 @@ fn answer(state: &Shared, mut request: Request) {
             }
             _ => {}
         }
-        let errcode = match code {
+        let errcode = match kind {
             "fake-40029" => Some(40029),
             "fake-40163" => Some(40163),
             "fake-45011" => Some(45011),
@@ -173,7 +175,7 @@ fn answer(state: &Shared, mut request: Request) {
                 let mut state = lock(state);
                 state.seen_busy_once.insert(format!("{path}:{code}")).then_some(-1)
             }
-            _ => code.strip_prefix("fake-errcode-").and_then(|number| number.parse().ok()),
+            _ => kind.strip_prefix("fake-errcode-").and_then(|number| number.parse().ok()),
         };
         if let Some(errcode) = errcode {
             reply(

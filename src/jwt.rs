@@ -35,6 +35,15 @@ pub(crate) struct Claims {
     /// Serialized as `null` when absent, so clients always see the key.
     pub(crate) nickname: Option<String>,
     pub(crate) scopes: Vec<String>,
+    /// The account's token version when issued; a logout raises the account's version and so
+    /// revokes older tokens. Omitted while 0, so tokens of accounts that never logged out carry
+    /// exactly the original backend's claims.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) ver: i64,
+}
+
+fn is_zero(value: &i64) -> bool {
+    *value == 0
 }
 
 /// What a token must match to be accepted, and the clock to check it against.
@@ -124,6 +133,8 @@ struct ReceivedClaims {
     #[serde(default)]
     nickname: Option<String>,
     scopes: Vec<String>,
+    #[serde(default)]
+    ver: i64,
 }
 
 /// Signs `claims` with `secret`. The header is exactly
@@ -289,6 +300,7 @@ fn check_claims(claims: ReceivedClaims, expect: &Expect) -> Result<Claims, JwtEr
         nbf: claims.nbf,
         nickname: claims.nickname,
         scopes: claims.scopes,
+        ver: claims.ver,
     })
 }
 
@@ -313,6 +325,7 @@ mod tests {
             nbf: None,
             nickname: Some("alice".to_owned()),
             scopes: vec!["profile".to_owned(), "phone".to_owned()],
+            ver: 0,
         }
     }
 

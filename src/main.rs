@@ -22,6 +22,7 @@ mod wxcrypt;
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use signal_hook::consts::signal::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -143,7 +144,7 @@ fn serve(config_path: Option<String>) -> Result<(), String> {
         .map(|_| store::open_reader(&config.database))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| error.to_string())?;
-    let (server, address) = server::bind(&config.listen)?;
+    let (server, address) = server::bind(&config)?;
     let (writer, writer_thread) = store::Writer::start(connection);
 
     let shared = Arc::new(server::Shared {
@@ -179,7 +180,15 @@ fn serve(config_path: Option<String>) -> Result<(), String> {
 
     signals.forever().next();
     log::info("stopping: finishing requests in flight");
-    running.stop();
+    let grace = Duration::from_millis(shared.config.shutdown_timeout_ms);
+    if !running.stop(grace) {
+        // Whatever is still running is cut off; the database stays consistent (every write is
+        // a transaction), only those requests go unanswered.
+        return Err(format!(
+            "stopped with requests still running after shutdown_timeout_ms ({}ms); they were cut off",
+            grace.as_millis()
+        ));
+    }
     drop(writer);
     drop(shared);
     let _ = writer_thread.join();

@@ -2,8 +2,8 @@
 //! (with the body limit), the `Authorization` header, the client address, and the one place where
 //! an `Error` becomes the JSON envelope. Handlers in `api` never see tiny_http.
 
-use std::io::Read;
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -19,6 +19,7 @@ pub(crate) enum Route {
     IsOpenidRegistered,
     Register,
     Login,
+    Logout,
 }
 
 /// A response, ready to be written by the server.
@@ -42,6 +43,7 @@ pub(crate) fn route(prefix: &str, method: &str, path: &str) -> Result<Route, Err
         "is_openid_registered" => (Route::IsOpenidRegistered, "GET"),
         "register" => (Route::Register, "POST"),
         "login" => (Route::Login, "POST"),
+        "logout" => (Route::Logout, "POST"),
         _ => return Err(Error::NotFound),
     };
     // HEAD is answered like GET by tiny_http (without the body).
@@ -73,8 +75,13 @@ fn dispatch(ctx: &Ctx, request: &mut Request) -> Result<Value, Error> {
             let openid = query_value(query, "openid")?;
             to_value(api::is_openid_registered(ctx, openid.as_deref())?)
         }
+        Route::Logout => {
+            // The body, if any, is read (within the limit) and ignored.
+            read_body(request, ctx.config.max_body_bytes, body_deadline(ctx))?;
+            to_value(api::logout(ctx, header(request, "Authorization").as_deref())?)
+        }
         Route::Login | Route::Register => {
-            let body = read_body(request, ctx.config.max_body_bytes)?;
+            let body = read_body(request, ctx.config.max_body_bytes, body_deadline(ctx))?;
             let authorization = header(request, "Authorization");
             let authorization = authorization.as_deref();
             if route == Route::Login {
@@ -84,6 +91,11 @@ fn dispatch(ctx: &Ctx, request: &mut Request) -> Result<Value, Error> {
             }
         }
     }
+}
+
+/// When a body must have arrived: `request_timeout_ms` after the worker took the request.
+fn body_deadline(ctx: &Ctx) -> Instant {
+    Instant::now() + Duration::from_millis(ctx.config.request_timeout_ms)
 }
 
 fn to_value(answer: impl Serialize) -> Result<Value, Error> {
@@ -199,21 +211,46 @@ pub(crate) fn percent_decode(text: &str) -> Option<String> {
     String::from_utf8(decoded).ok()
 }
 
-/// Reads the body (at most `limit` bytes) as a JSON object or an urlencoded form. An empty body is
-/// an empty object.
-fn read_body(request: &mut Request, limit: usize) -> Result<Map<String, Value>, Error> {
+/// Reads the body (at most `limit` bytes, within `deadline` of the start) as a JSON object or an
+/// urlencoded form. An empty body is an empty object.
+fn read_body(
+    request: &mut Request,
+    limit: usize,
+    deadline: Instant,
+) -> Result<Map<String, Value>, Error> {
     if request.body_length().is_some_and(|length| length > limit) {
         return Err(Error::BodyTooLarge { limit });
     }
     let content_type = header(request, "Content-Type").unwrap_or_default().to_ascii_lowercase();
     let mut bytes = Vec::new();
-    request
-        .as_reader()
-        .take(limit as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|error| Error::InvalidParameter(format!("请求体读取失败: {}", error.kind())))?;
-    if bytes.len() > limit {
-        return Err(Error::BodyTooLarge { limit });
+    let mut chunk = [0u8; 8192];
+    let reader = request.as_reader();
+    loop {
+        // Each read is bounded by the socket's read timeout; the deadline bounds their sum, so
+        // a client trickling its body cannot hold a worker for long.
+        if Instant::now() > deadline {
+            return Err(Error::RequestTimeout);
+        }
+        let read = match reader.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(Error::RequestTimeout);
+            }
+            Err(error) => {
+                return Err(Error::InvalidParameter(format!("请求体读取失败: {}", error.kind())));
+            }
+        };
+        if bytes.len() + read > limit {
+            return Err(Error::BodyTooLarge { limit });
+        }
+        bytes.extend_from_slice(&chunk[..read]);
     }
     parse_body(&content_type, &bytes)
 }
@@ -226,11 +263,7 @@ pub(crate) fn parse_body(content_type: &str, bytes: &[u8]) -> Result<Map<String,
         .map_err(|_| Error::InvalidParameter("请求体不是 UTF-8 文本".into()))?;
     let media_type = content_type.split(';').next().unwrap_or("").trim();
     match media_type {
-        "" | "application/json" | "text/json" => match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(object)) => Ok(object),
-            Ok(_) => Err(Error::InvalidParameter("请求体须为 JSON 对象".into())),
-            Err(_) => Err(Error::InvalidParameter("请求体不是有效的 JSON".into())),
-        },
+        "" | "application/json" | "text/json" => parse_json_object(text),
         "application/x-www-form-urlencoded" => {
             if text.trim_start().starts_with('{') {
                 // `curl -d '{…}'` sends JSON labelled as a form; say so rather than guess.
@@ -253,6 +286,88 @@ pub(crate) fn parse_body(content_type: &str, bytes: &[u8]) -> Result<Map<String,
         other => Err(Error::InvalidParameter(format!(
             "不支持的 Content-Type {other}, 请使用 application/json"
         ))),
+    }
+}
+
+/// How deeply a JSON body may nest. The API's bodies are flat objects; the limit keeps a hostile
+/// body from costing recursion.
+const MAX_JSON_DEPTH: usize = 8;
+
+/// A JSON object without duplicate keys (which parsers disagree on: first or last wins) and
+/// nested at most `MAX_JSON_DEPTH` deep.
+fn parse_json_object(text: &str) -> Result<Map<String, Value>, Error> {
+    if json_depth(text) > MAX_JSON_DEPTH {
+        return Err(Error::InvalidParameter(format!("JSON 嵌套超过 {MAX_JSON_DEPTH} 层")));
+    }
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let object = match serde::Deserialize::deserialize(&mut deserializer) {
+        Ok(UniqueKeys(object)) => object,
+        Err(error) if error.to_string().starts_with(DUPLICATE_KEY) => {
+            return Err(Error::InvalidParameter("JSON 中有重复的键".into()));
+        }
+        Err(error) if error.is_data() => {
+            return Err(Error::InvalidParameter("请求体须为 JSON 对象".into()));
+        }
+        Err(_) => return Err(Error::InvalidParameter("请求体不是有效的 JSON".into())),
+    };
+    deserializer.end().map_err(|_| Error::InvalidParameter("请求体不是有效的 JSON".into()))?;
+    Ok(object)
+}
+
+/// The deepest nesting of arrays and objects in `text`, outside strings.
+fn json_depth(text: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for byte in text.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+const DUPLICATE_KEY: &str = "duplicate key";
+
+/// A top-level JSON object whose keys must be unique.
+struct UniqueKeys(Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UniqueKeys;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<UniqueKeys, A::Error> {
+                let mut object = Map::new();
+                while let Some((key, value)) = map.next_entry::<String, Value>()? {
+                    if object.contains_key(&key) {
+                        return Err(serde::de::Error::custom(DUPLICATE_KEY));
+                    }
+                    object.insert(key, value);
+                }
+                Ok(UniqueKeys(object))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
     }
 }
 
@@ -319,6 +434,14 @@ mod tests {
         assert!(parse_body("", b"{").is_err());
         assert!(parse_body("", b"\xff\xfe").is_err());
         assert!(parse_body("text/xml", b"<a/>").is_err());
+        assert!(parse_body("", br#"{"openid": "a", "openid": "b"}"#).is_err());
+        assert!(
+            parse_body("", br#"{"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {}}}}}}}}}"#)
+                .is_err()
+        );
+        assert!(parse_body("", br#"{"a": "[[[[[[[[[[[[{{{{{{{{"}"#).is_ok());
+        assert!(parse_body("", br#"{"a": 1} {"b": 2}"#).is_err());
+        assert!(parse_body("", br#"{"a": "\"}"}"#).is_ok());
     }
 
     #[test]

@@ -5,10 +5,10 @@
 //! it looks at the stop flag, so a request in flight when the stop comes still gets its answer. A
 //! panic in a handler costs that request a 500, never the worker.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -40,18 +40,45 @@ pub(crate) struct Shared {
 /// A running server.
 pub(crate) struct Running {
     stop: Arc<AtomicBool>,
-    workers: Vec<thread::JoinHandle<()>>,
+    workers: usize,
+    /// Each worker sends once on this channel as it exits.
+    finished: mpsc::Receiver<()>,
 }
 
-/// Binds the listen address. Separate from `start` so the address can be announced first.
-pub(crate) fn bind(listen: &str) -> Result<(Server, SocketAddr), String> {
-    let server =
-        Server::http(listen).map_err(|error| format!("cannot listen on {listen}: {error}"))?;
-    let address = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| format!("cannot listen on {listen}: not an IP address"))?;
+/// Binds the listen address with the request-head limits and socket timeouts that keep hostile
+/// clients from tying up connection threads (see vendor/tiny_http/PATCHES.md). Separate from
+/// `start` so the address can be announced first.
+pub(crate) fn bind(config: &Config) -> Result<(Server, SocketAddr), String> {
+    let listen = &config.listen;
+    let listener =
+        TcpListener::bind(listen).map_err(|error| format!("cannot listen on {listen}: {error}"))?;
+    let address =
+        listener.local_addr().map_err(|error| format!("cannot listen on {listen}: {error}"))?;
+    let limits = tiny_http::Limits {
+        max_line_bytes: 8 * 1024,
+        max_head_bytes: 32 * 1024,
+        max_headers: 100,
+        head_timeout: Some(Duration::from_millis(config.request_timeout_ms)),
+        idle_timeout: Some(Duration::from_millis(config.idle_timeout_ms)),
+        write_timeout: Some(Duration::from_millis(config.request_timeout_ms)),
+        error_body: Some(refusal_body),
+    };
+    let server = Server::from_listener_with_limits(listener, limits)
+        .map_err(|error| format!("cannot listen on {listen}: {error}"))?;
     Ok((server, address))
+}
+
+/// The envelope for a request tiny_http refuses before it reaches a worker.
+fn refusal_body(status: u16) -> String {
+    let error = match status {
+        408 => Error::RequestTimeout,
+        414 => Error::UriTooLong,
+        431 => Error::HeadersTooLarge,
+        400 => Error::InvalidParameter("HTTP 请求格式不正确".into()),
+        417 => Error::InvalidParameter("不支持的 Expect 请求头".into()),
+        other => Error::Internal(format!("connection refused with {other}")),
+    };
+    router::failure(&error).body
 }
 
 /// Starts one worker per read connection in `readers`.
@@ -63,11 +90,12 @@ pub(crate) fn start(
 ) -> Result<Running, String> {
     let server = Arc::new(server);
     let stop = Arc::new(AtomicBool::new(false));
-    let mut workers = Vec::with_capacity(readers.len());
+    let (done, finished) = mpsc::channel();
+    let workers = readers.len();
     for (index, db) in readers.into_iter().enumerate() {
-        let (server, shared, writer, stop) =
-            (server.clone(), shared.clone(), writer.clone(), stop.clone());
-        let worker = thread::Builder::new()
+        let (server, shared, writer, stop, done) =
+            (server.clone(), shared.clone(), writer.clone(), stop.clone(), done.clone());
+        thread::Builder::new()
             .name(format!("worker-{index}"))
             .spawn(move || {
                 while !stop.load(Ordering::Acquire) {
@@ -80,20 +108,30 @@ pub(crate) fn start(
                         )),
                     }
                 }
+                // Requests already read when the stop came still get their answers.
+                while let Ok(Some(request)) = server.try_recv() {
+                    serve(&shared, &db, &writer, request);
+                }
+                let _ = done.send(());
             })
             .map_err(|error| format!("cannot start worker threads: {error}"))?;
-        workers.push(worker);
     }
-    Ok(Running { stop, workers })
+    Ok(Running { stop, workers, finished })
 }
 
 impl Running {
-    /// Stops taking requests, lets every worker finish the one it is answering, and waits for them.
-    pub(crate) fn stop(self) {
+    /// Stops taking requests and lets every worker finish what it was answering, waiting at most
+    /// `grace`. Returns false if some worker was still busy when the grace ran out.
+    pub(crate) fn stop(self, grace: Duration) -> bool {
         self.stop.store(true, Ordering::Release);
-        for worker in self.workers {
-            let _ = worker.join();
+        let deadline = Instant::now() + grace;
+        for _ in 0..self.workers {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.finished.recv_timeout(left).is_err() {
+                return false;
+            }
         }
+        true
     }
 }
 

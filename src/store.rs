@@ -61,6 +61,9 @@ pub(crate) struct Account {
     pub(crate) last_login: Option<i64>,
     #[serde(serialize_with = "datetime")]
     pub(crate) date_joined: i64,
+    /// Tokens whose `ver` claim differs are revoked (logout). Not part of the account object.
+    #[serde(skip)]
+    pub(crate) token_version: i64,
 }
 
 fn datetime<S: serde::Serializer>(seconds: &i64, serializer: S) -> Result<S::Ok, S::Error> {
@@ -80,7 +83,7 @@ fn optional_datetime<S: serde::Serializer>(
 const ACCOUNT_COLUMNS: &str = "id, username, phone, is_register, is_staff, is_superuser, flag, \
     avatar, avatar_thumb, birthday, address, member_score, credit_score, wx_openid, wx_unionid, \
     wx_nickname, wx_gender, wx_avatar, wx_country, wx_province, wx_city, last_ip, join_ip, \
-    love_help_num, bring_love_concern_num, last_login, date_joined";
+    love_help_num, bring_love_concern_num, last_login, date_joined, token_version";
 
 fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
     Ok(Account {
@@ -111,6 +114,7 @@ fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
         bring_love_concern_num: row.get(24)?,
         last_login: row.get(25)?,
         date_joined: row.get(26)?,
+        token_version: row.get(27)?,
     })
 }
 
@@ -431,6 +435,14 @@ pub(crate) fn register(
         return Err(Error::Internal(format!("register: account {id} vanished")));
     }
     Ok(())
+}
+
+/// Revokes every token issued to the account so far; false when there is no such account.
+pub(crate) fn revoke_tokens(connection: &Connection, id: i64) -> Result<bool, Error> {
+    let changed = connection
+        .prepare_cached("UPDATE accounts SET token_version = token_version + 1 WHERE id = ?1")?
+        .execute(params![id])?;
+    Ok(changed == 1)
 }
 
 /// Login bookkeeping: when and from where.

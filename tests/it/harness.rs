@@ -4,6 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -38,6 +39,10 @@ pub struct Wxauth {
     pub dir: TempDir,
     pub prefix: String,
     agent: ureq::Agent,
+    /// Every line the server printed on stdout.
+    stdout: Arc<Mutex<Vec<String>>>,
+    /// Secrets given to the server, which must never appear in its output.
+    secrets: Vec<String>,
 }
 
 /// An HTTP answer: status, headers we care about, and the body as JSON.
@@ -98,10 +103,18 @@ impl Wxauth {
             .env("WXAUTH_LISTEN", "127.0.0.1:0")
             .env("WXAUTH_DATABASE", dir.0.join("wxauth.db"))
             .env("WXAUTH_WORKERS", "4")
+            .env("WXAUTH_WECHAT_MAX_IN_FLIGHT", "2")
             .env("WXAUTH_RATE_LIMIT_ENABLED", "false")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.0.join("stderr.log")).unwrap());
+            .stderr(
+                // Appended to, so a restarted server's log follows the first one's.
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.0.join("stderr.log"))
+                    .unwrap(),
+            );
         for (name, value) in env {
             command.env(name, value);
         }
@@ -126,13 +139,24 @@ impl Wxauth {
             None
         };
         // Keep reading stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let stdout_rest = Arc::new(Mutex::new(vec![first.clone()]));
+        let sink = stdout_rest.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let secrets = env
+            .iter()
+            .filter(|(name, _)| *name == "WXAUTH_WECHAT_SECRET" || *name == "WXAUTH_JWT_SECRET")
+            .map(|(_, value)| value.to_string())
+            .collect();
         let prefix = env
             .iter()
             .find(|(name, _)| *name == "WXAUTH_PREFIX")
             .map(|(_, value)| value.to_string())
             .unwrap_or_else(|| "/miniprog/wx_auth/".into());
-        Wxauth { child, base, fake, dir, prefix, agent: agent() }
+        Wxauth { child, base, fake, dir, prefix, agent: agent(), stdout: stdout_rest, secrets }
     }
 
     pub fn database(&self) -> rusqlite::Connection {
@@ -191,6 +215,22 @@ impl Wxauth {
         (openid, login)
     }
 
+    /// Kills the server with SIGKILL, as a crash would, and starts it again with `env` on the
+    /// same directory and database.
+    pub fn crash_and_restart(mut self, env: &[(&str, &str)]) -> Wxauth {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.assert_no_secrets_in_output();
+        let dir = std::mem::replace(&mut self.dir, TempDir::new());
+        drop(self);
+        Wxauth::start_in(dir, env)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
@@ -204,10 +244,45 @@ impl Wxauth {
     }
 }
 
+impl Wxauth {
+    /// Checks that nothing secret ever reached the server's output: no JWT (every JWT starts
+    /// with `eyJ`, base64 of `{"`), no session_key it recorded, no access token, no configured
+    /// or generated secret. Every integration test runs this when its server is dropped.
+    fn assert_no_secrets_in_output(&self) {
+        let output = format!("{}\n{}", self.stdout.lock().unwrap().join("\n"), self.stderr());
+        assert!(!output.contains("eyJ"), "a JWT reached the server's output:\n{output}");
+        assert!(
+            !output.contains("fake-access-token-"),
+            "an access token reached the output:\n{output}"
+        );
+        let mut secrets = self.secrets.clone();
+        if let Ok(database) = rusqlite::Connection::open(self.dir.0.join("wxauth.db")) {
+            for query in [
+                "SELECT session_key FROM wechat_sessions",
+                "SELECT value FROM meta WHERE key = 'jwt_secret'",
+            ] {
+                if let Ok(mut statement) = database.prepare(query) {
+                    let rows = statement.query_map([], |row| row.get::<_, String>(0));
+                    secrets.extend(rows.into_iter().flatten().flatten());
+                }
+            }
+        }
+        for secret in secrets.iter().filter(|secret| secret.len() >= 8) {
+            assert!(
+                !output.contains(secret.as_str()),
+                "a secret reached the server's output:\n{output}"
+            );
+        }
+    }
+}
+
 impl Drop for Wxauth {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !std::thread::panicking() {
+            self.assert_no_secrets_in_output();
+        }
     }
 }
 

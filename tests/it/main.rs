@@ -5,7 +5,10 @@
 mod harness;
 
 mod api;
+mod faults;
+mod hostile;
 mod login;
 mod operator;
 mod register;
+mod upgrade;
 mod wechat;

@@ -1,0 +1,510 @@
+//! What a hostile or broken client gets: a clear refusal, and nothing written, leaked or granted.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{Value, json};
+use sha2::{Sha256, Sha512};
+
+use crate::harness::{Answer, Wxauth};
+
+const SECRET: &str = "hostile-tests-jwt-secret-0123456789abcdef";
+
+fn encode(json: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(json.to_string())
+}
+
+fn hs256(secret: &str, input: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(input.as_bytes());
+    URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+}
+
+/// A token with this header and these claims, signed HS256 with `secret`.
+fn forge(header: &Value, claims: &Value, secret: &str) -> String {
+    let input = format!("{}.{}", encode(header), encode(claims));
+    let signature = hs256(secret, &input);
+    format!("{input}.{signature}")
+}
+
+fn login_with(server: &Wxauth, token: &str) -> Answer {
+    server.post_with("login", &json!({}), &[("Authorization", &format!("jwt {token}"))])
+}
+
+/// A server with a known JWT secret, and an account on it: (server, account id, valid claims).
+fn server_with_account() -> (Wxauth, i64, Value) {
+    let server = Wxauth::start(&[("WXAUTH_JWT_SECRET", SECRET)]);
+    let (_, login) = server.login_as("hostile");
+    let id = login["account"]["id"].as_i64().unwrap();
+    let now = SystemClock::now();
+    let claims = json!({
+        "iss": "wxauth", "aud": "miniprog", "sub": id.to_string(), "iat": now, "exp": now + 3600,
+        "nickname": null, "scopes": ["open"],
+    });
+    (server, id, claims)
+}
+
+struct SystemClock;
+
+impl SystemClock {
+    fn now() -> i64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+    }
+}
+
+fn with(claims: &Value, key: &str, value: Value) -> Value {
+    let mut claims = claims.clone();
+    if value.is_null() {
+        claims.as_object_mut().unwrap().remove(key);
+    } else {
+        claims[key] = value;
+    }
+    claims
+}
+
+#[test]
+fn tokens_altered_or_malformed_in_any_way_are_refused() {
+    let (server, _, claims) = server_with_account();
+    let header = json!({"alg": "HS256", "typ": "JWT"});
+    let valid = forge(&header, &claims, SECRET);
+    login_with(&server, &valid).result();
+
+    let (head, rest) = valid.split_once('.').unwrap();
+    let (payload, signature) = rest.split_once('.').unwrap();
+    let mut refused: Vec<(String, String)> = Vec::new();
+    // Any single altered character, in each segment.
+    for (segment, name) in [(0, "header"), (1, "payload"), (2, "signature")] {
+        let mut parts: Vec<String> = vec![head.into(), payload.into(), signature.into()];
+        let middle = parts[segment].len() / 2;
+        let replacement = if &parts[segment][middle..=middle] == "A" { "B" } else { "A" };
+        parts[segment].replace_range(middle..=middle, replacement);
+        refused.push((format!("altered {name}"), parts.join(".")));
+    }
+    let alg = |alg: Value| forge(&json!({"alg": alg, "typ": "JWT"}), &claims, SECRET);
+    refused.push((
+        "alg none".into(),
+        format!("{}.{}.", encode(&json!({"alg": "none", "typ": "JWT"})), encode(&claims)),
+    ));
+    refused.push(("alg none, signed".into(), alg(json!("none"))));
+    refused.push(("alg HS512".into(), {
+        let input =
+            format!("{}.{}", encode(&json!({"alg": "HS512", "typ": "JWT"})), encode(&claims));
+        let mut mac = Hmac::<Sha512>::new_from_slice(SECRET.as_bytes()).unwrap();
+        mac.update(input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    }));
+    refused.push(("alg RS256".into(), alg(json!("RS256"))));
+    refused.push(("alg hs256".into(), alg(json!("hs256"))));
+    refused.push(("alg missing".into(), forge(&json!({"typ": "JWT"}), &claims, SECRET)));
+    refused.push(("two segments".into(), format!("{head}.{payload}")));
+    refused.push(("four segments".into(), format!("{valid}.{signature}")));
+    refused.push(("padded".into(), {
+        let mut text = claims.to_string();
+        while text.len() % 3 == 0 {
+            text.push(' ');
+        }
+        let padded_payload = URL_SAFE.encode(text);
+        assert!(padded_payload.ends_with('='));
+        let input = format!("{head}.{padded_payload}");
+        format!("{input}.{}", hs256(SECRET, &input))
+    }));
+    refused.push(("standard base64".into(), valid.replace('-', "+").replace('_', "/") + "+/"));
+    refused.push(("not base64".into(), format!("{head}.{payload}!.{signature}")));
+    refused.push(("header not JSON".into(), {
+        let input = format!("{}.{payload}", URL_SAFE_NO_PAD.encode("not json"));
+        format!("{input}.{}", hs256(SECRET, &input))
+    }));
+    refused.push(("payload not JSON".into(), {
+        let input = format!("{head}.{}", URL_SAFE_NO_PAD.encode("{\"sub\":"));
+        format!("{input}.{}", hs256(SECRET, &input))
+    }));
+    let now = SystemClock::now();
+    refused
+        .push(("exp missing".into(), forge(&header, &with(&claims, "exp", Value::Null), SECRET)));
+    refused.push((
+        "nbf in the future".into(),
+        forge(&header, &with(&claims, "nbf", json!(now + 3600)), SECRET),
+    ));
+    refused.push((
+        "iat in the future".into(),
+        forge(&header, &with(&claims, "iat", json!(now + 3600)), SECRET),
+    ));
+    refused.push((
+        "wrong iss".into(),
+        forge(&header, &with(&claims, "iss", json!("someone")), SECRET),
+    ));
+    refused
+        .push(("iss missing".into(), forge(&header, &with(&claims, "iss", Value::Null), SECRET)));
+    refused
+        .push(("wrong aud".into(), forge(&header, &with(&claims, "aud", json!("other")), SECRET)));
+    refused
+        .push(("aud missing".into(), forge(&header, &with(&claims, "aud", Value::Null), SECRET)));
+    refused.push((
+        "sub names no account".into(),
+        forge(&header, &with(&claims, "sub", json!("987654")), SECRET),
+    ));
+    refused.push((
+        "sub not a number".into(),
+        forge(&header, &with(&claims, "sub", json!("admin")), SECRET),
+    ));
+    refused.push((
+        "other secret".into(),
+        forge(&header, &claims, "another-secret-of-enough-length-0123456789"),
+    ));
+    refused.push(("empty".into(), String::new()));
+    for (what, token) in &refused {
+        let answer = login_with(&server, token);
+        assert_eq!(answer.status, 403, "{what}: {answer:?}");
+        assert_eq!(answer.body["error"], "token_invalid", "{what}: {answer:?}");
+    }
+
+    let expired = forge(
+        &header,
+        &with(&with(&claims, "exp", json!(now - 120)), "iat", json!(now - 4000)),
+        SECRET,
+    );
+    login_with(&server, &expired).assert_error(403, "token_expired");
+    // Within the leeway (60 s by default) a token still counts.
+    let barely = forge(&header, &with(&claims, "exp", json!(now - 10)), SECRET);
+    login_with(&server, &barely).result();
+}
+
+#[test]
+fn logout_revokes_every_token_issued_until_then() {
+    let server = Wxauth::start(&[]);
+    let (openid, first) = server.login_as("leaving");
+    let first_token = first["token"].as_str().unwrap().to_string();
+    let second = login_with(&server, &first_token).result().clone();
+    let second_token = second["token"].as_str().unwrap().to_string();
+    let other = server.login_as("staying").1["token"].as_str().unwrap().to_string();
+
+    let answer = server.post_with(
+        "logout",
+        &json!({}),
+        &[("Authorization", &format!("Bearer {second_token}"))],
+    );
+    assert_eq!(answer.result(), &json!({"logged_out": true}));
+    for token in [&first_token, &second_token] {
+        login_with(&server, token).assert_error(403, "token_revoked");
+        let again =
+            server.post_with("logout", &json!({}), &[("Authorization", &format!("jwt {token}"))]);
+        again.assert_error(403, "token_revoked");
+    }
+    // Other accounts keep their tokens.
+    login_with(&server, &other).result();
+    // Logging in again gives a token that works, and a new logout revokes that one too.
+    let code = crate::harness::fresh_code("leaving");
+    assert_eq!(server.openid_for(&code)["openid"], openid.as_str());
+    let fresh = server.post("login", &json!({"openid": openid})).result()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    login_with(&server, &fresh).result();
+    let version: i64 = server
+        .database()
+        .query_row("SELECT token_version FROM accounts WHERE wx_openid = ?1", [&openid], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    assert_eq!(version, 1);
+    server.post_with("logout", &json!({}), &[("Authorization", &format!("jwt {fresh}"))]).result();
+    login_with(&server, &fresh).assert_error(403, "token_revoked");
+
+    server.post("logout", &json!({})).assert_error(403, "not_authenticated");
+    server
+        .post_with("logout", &json!({}), &[("Authorization", "jwt nonsense")])
+        .assert_error(403, "token_invalid");
+    let wrong_method = server.get("logout");
+    wrong_method.assert_error(405, "method_not_allowed");
+}
+
+#[test]
+fn json_bodies_must_be_plain_objects() {
+    let server = Wxauth::start(&[("WXAUTH_OPENID_LOGIN", "open")]);
+    for (what, body) in [
+        (
+            "duplicate keys",
+            r#"{"openid": "oHostileDuplicate000000000001", "openid": "oHostileDuplicate000000000002"}"#,
+        ),
+        (
+            "deep nesting",
+            r#"{"openid": "oHostileDeep0000000000000001", "x": [[[[[[[[[[1]]]]]]]]]]}"#,
+        ),
+        ("two values", r#"{"openid": "oHostileTwo00000000000000001"} {}"#),
+        ("an array", r#"[{"openid": "oHostileArray000000000000001"}]"#),
+        ("a string", r#""oHostileString0000000000001""#),
+        ("truncated", r#"{"openid": "oHostileTruncated00000000001""#),
+    ] {
+        let answer = server.raw(
+            "POST",
+            "/miniprog/wx_auth/login",
+            &[("Content-Type", "application/json")],
+            Some(body.as_bytes()),
+        );
+        answer.assert_error(403, "invalid_parameter");
+        assert!(!answer.body["detail"].as_str().unwrap().is_empty(), "{what}");
+    }
+    let accounts: i64 =
+        server.database().query_row("SELECT count(*) FROM accounts", [], |row| row.get(0)).unwrap();
+    assert_eq!(accounts, 0, "no refused body created an account");
+    let answer = server.raw(
+        "POST",
+        "/miniprog/wx_auth/login",
+        &[("Content-Type", "application/json; charset=utf-8")],
+        Some(br#"{"openid": "oHostileFine0000000000000001", "wx_city": "[{\"not nesting\"}]"}"#),
+    );
+    answer.result();
+}
+
+#[test]
+fn the_database_and_its_journal_are_readable_by_the_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Wxauth::start(&[]);
+    server.login_as("permissions");
+    for name in ["wxauth.db", "wxauth.db-wal", "wxauth.db-shm"] {
+        let path = server.dir.0.join(name);
+        let mode = std::fs::metadata(&path)
+            .unwrap_or_else(|_| panic!("{name} exists"))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{name} has mode {mode:o}");
+    }
+}
+
+/// Sends raw bytes on a fresh connection and returns what came back (until close or timeout).
+fn raw_exchange(server: &Wxauth, bytes: &[u8], wait: Duration) -> String {
+    let address = server.base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let _ = stream.write_all(bytes);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn non_utf8_and_odd_encodings_are_refused_cleanly() {
+    let server = Wxauth::start(&[("WXAUTH_OPENID_LOGIN", "open")]);
+    let latin1 = b"{\"openid\": \"oHostile\xe9\xe9\"}";
+    let answer = server.raw(
+        "POST",
+        "/miniprog/wx_auth/login",
+        &[("Content-Type", "application/json")],
+        Some(latin1),
+    );
+    answer.assert_error(403, "invalid_parameter");
+    let answer =
+        server.raw("GET", "/miniprog/wx_auth/is_openid_registered?openid=%C3%28", &[], None);
+    answer.assert_error(403, "invalid_parameter");
+    let answer = server.raw("GET", "/miniprog/wx_auth/is_openid_registered?openid=%zz", &[], None);
+    answer.assert_error(403, "invalid_parameter");
+    let raw = raw_exchange(&server, b"GET /miniprog/wx_auth/is_openid_registered?openid=o1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", Duration::from_secs(5));
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+}
+
+/// Reads one HTTP response (head and a Content-Length body) without waiting for the connection
+/// to close.
+fn read_response(stream: &mut TcpStream) -> String {
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    while !bytes.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => bytes.push(byte[0]),
+            _ => return String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+    let head = String::from_utf8_lossy(&bytes).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            line.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).unwrap();
+    head + &String::from_utf8_lossy(&body)
+}
+
+/// The envelope in a raw HTTP answer, after its head.
+fn envelope(raw: &str) -> Value {
+    let body = raw.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|_| panic!("no JSON envelope in {raw:?}"))
+}
+
+#[test]
+fn oversized_request_lines_and_heads_get_their_own_errors() {
+    let server = Wxauth::start(&[]);
+    let long_path = format!("/miniprog/wx_auth/is_openid_registered?openid={}", "o".repeat(9000));
+    let raw = raw_exchange(
+        &server,
+        format!("GET {long_path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+        Duration::from_secs(5),
+    );
+    assert!(raw.starts_with("HTTP/1.1 414"), "{raw:.200}");
+    assert_eq!(envelope(&raw)["error"], "uri_too_long");
+
+    let long_header = format!(
+        "GET /miniprog/wx_auth/is_openid_registered?openid=o1 HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(9000)
+    );
+    let raw = raw_exchange(&server, long_header.as_bytes(), Duration::from_secs(5));
+    assert!(raw.starts_with("HTTP/1.1 431"), "{raw:.200}");
+    assert_eq!(envelope(&raw)["error"], "headers_too_large");
+
+    let many: String = (0..101).map(|index| format!("X-Header-{index}: {index}\r\n")).collect();
+    let raw = raw_exchange(
+        &server,
+        format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes(),
+        Duration::from_secs(5),
+    );
+    assert!(raw.starts_with("HTTP/1.1 431"), "{raw:.200}");
+    assert_eq!(envelope(&raw)["error"], "headers_too_large");
+
+    // Just under the limits is fine.
+    let fine: String =
+        (0..90).map(|index| format!("X-Header-{index}: {}\r\n", "v".repeat(300))).collect();
+    let request = format!(
+        "GET /miniprog/wx_auth/is_openid_registered?openid=o1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{fine}\r\n"
+    );
+    let raw = raw_exchange(&server, request.as_bytes(), Duration::from_secs(5));
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw:.200}");
+}
+
+#[test]
+fn an_idle_connection_is_closed_after_the_idle_timeout() {
+    let server = Wxauth::start(&[("WXAUTH_IDLE_TIMEOUT_MS", "400")]);
+    let started = Instant::now();
+    let raw = raw_exchange(&server, b"", Duration::from_secs(10));
+    assert_eq!(raw, "", "nothing is sent to a client that asked nothing");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(5),
+        "closed after {elapsed:?}"
+    );
+}
+
+#[test]
+fn a_trickled_request_head_is_cut_off_with_408() {
+    let server = Wxauth::start(&[("WXAUTH_REQUEST_TIMEOUT_MS", "600")]);
+    let address = server.base.trim_start_matches("http://").to_string();
+    let mut stream = TcpStream::connect(&address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    let head = b"GET /miniprog/wx_auth/is_openid_registered?openid=o1 HTTP/1.1\r\nHost: x\r\n";
+    for byte in head.iter().cycle().take(200) {
+        // Each byte comes well within any per-read timeout; only the head deadline can stop it.
+        if stream.write_all(&[*byte]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        if started.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let raw = String::from_utf8_lossy(&answer);
+    assert!(raw.starts_with("HTTP/1.1 408"), "{raw:.200}");
+    assert_eq!(envelope(&raw)["error"], "request_timeout");
+    assert!(started.elapsed() < Duration::from_secs(5), "cut off after {:?}", started.elapsed());
+}
+
+#[test]
+fn a_stalled_body_is_cut_off_with_408() {
+    let server =
+        Wxauth::start(&[("WXAUTH_REQUEST_TIMEOUT_MS", "500"), ("WXAUTH_OPENID_LOGIN", "open")]);
+    let address = server.base.trim_start_matches("http://").to_string();
+    let mut stream = TcpStream::connect(&address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    stream
+        .write_all(b"POST /miniprog/wx_auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"openid\": ")
+        .unwrap();
+    let raw = read_response(&mut stream);
+    assert!(raw.starts_with("HTTP/1.1 408"), "{raw:.200}");
+    assert_eq!(envelope(&raw)["error"], "request_timeout");
+    assert!(started.elapsed() < Duration::from_secs(4), "cut off after {:?}", started.elapsed());
+    let accounts: i64 =
+        server.database().query_row("SELECT count(*) FROM accounts", [], |row| row.get(0)).unwrap();
+    assert_eq!(accounts, 0);
+}
+
+#[test]
+fn five_hundred_slow_connections_do_not_stop_an_honest_client() {
+    let server =
+        Wxauth::start(&[("WXAUTH_IDLE_TIMEOUT_MS", "3000"), ("WXAUTH_REQUEST_TIMEOUT_MS", "3000")]);
+    let address = server.base.trim_start_matches("http://").to_string();
+    let mut attackers = Vec::with_capacity(500);
+    for index in 0..500 {
+        let mut stream = TcpStream::connect(&address).unwrap();
+        // Half send nothing, half start a request head and stall.
+        if index % 2 == 1 {
+            stream.write_all(b"POST /miniprog/wx_auth/login HTTP/1.1\r\nHost: x\r\n").unwrap();
+        }
+        attackers.push(stream);
+    }
+    for _ in 0..5 {
+        let started = Instant::now();
+        let answer = server.get("is_openid_registered?openid=oHonestClient00000000000001");
+        assert_eq!(answer.result(), &json!({"is_registered": false}));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "answered after {:?}",
+            started.elapsed()
+        );
+    }
+    // And the attackers are let go once their time is up.
+    let started = Instant::now();
+    for stream in attackers.iter_mut().step_by(50) {
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "slow connections held for {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_huge_announced_body_is_refused_and_does_not_hold_the_workers() {
+    let server = Wxauth::start(&[("WXAUTH_WORKERS", "2"), ("WXAUTH_WECHAT_MAX_IN_FLIGHT", "1")]);
+    let address = server.base.trim_start_matches("http://").to_string();
+    let started = Instant::now();
+    let mut attackers = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(&address).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
+            .write_all(b"POST /miniprog/wx_auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n{")
+            .unwrap();
+        let raw = read_response(&mut stream);
+        assert!(raw.starts_with("HTTP/1.1 413"), "{raw:.200}");
+        assert_eq!(envelope(&raw)["error"], "body_too_large");
+        attackers.push(stream);
+    }
+    // The attackers keep trickling their bodies; each worker stops draining within seconds.
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..40 {
+            for stream in &mut attackers {
+                let _ = stream.write_all(b"x");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let answer = server.get("is_openid_registered?openid=oHonest");
+    assert_eq!(answer.result(), &json!({"is_registered": false}));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "honest client waited {:?}",
+        started.elapsed()
+    );
+    trickle.join().unwrap();
+}

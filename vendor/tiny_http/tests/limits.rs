@@ -1,0 +1,521 @@
+//! [wxauth patch] `Server::from_listener_with_limits`: every limit, against real sockets on
+//! loopback. Timeouts are a few hundred milliseconds; the upper bounds on elapsed times are
+//! loose so that a loaded machine does not fail them, while still far below what the absence
+//! of the limit would take.
+
+extern crate tiny_http;
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tiny_http::{Limits, Response, Server};
+
+fn ms(millis: u64) -> Duration {
+    Duration::from_millis(millis)
+}
+
+/// What the application would send: a JSON envelope naming the status.
+fn envelope(status: u16) -> String {
+    format!("{{\"error\":\"refused\",\"status\":{}}}", status)
+}
+
+/// Small limits, so that tests are quick and heads are short.
+fn test_limits() -> Limits {
+    Limits {
+        max_line_bytes: 256,
+        max_head_bytes: 1024,
+        max_headers: 8,
+        head_timeout: Some(ms(500)),
+        idle_timeout: Some(ms(300)),
+        write_timeout: Some(ms(1000)),
+        error_body: Some(envelope),
+    }
+}
+
+fn start(limits: Limits) -> (Arc<Server>, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = Server::from_listener_with_limits(listener, limits).unwrap();
+    (Arc::new(server), address)
+}
+
+/// Answers every request with "<method> <url> <body>", reading the whole body.
+fn answer_all(server: &Arc<Server>) {
+    let server = server.clone();
+    thread::spawn(move || {
+        while let Ok(mut request) = server.recv() {
+            let mut body = String::new();
+            request.as_reader().read_to_string(&mut body).unwrap();
+            let text = format!("{} {} {}", request.method(), request.url(), body);
+            request.respond(Response::from_string(text)).unwrap();
+        }
+    });
+}
+
+fn connect(address: SocketAddr) -> TcpStream {
+    let client = TcpStream::connect(address).unwrap();
+    // A failing test must fail, not hang.
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client
+}
+
+/// Reads one response: (status, head, body), the body by its Content-Length.
+fn read_response(reader: &mut BufReader<TcpStream>) -> (u16, String, String) {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert!(
+            !line.is_empty(),
+            "connection closed in a response head: {:?}",
+            head
+        );
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let status = head[9..12].parse().unwrap();
+    let length = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            if name.eq_ignore_ascii_case("Content-Length") {
+                value.trim().parse().ok()
+            } else {
+                None
+            }
+        })
+        .expect("a Content-Length");
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    (status, head, String::from_utf8(body).unwrap())
+}
+
+/// Reads what the server sends until it closes the connection.
+fn read_until_closed(client: &mut TcpStream) -> String {
+    let mut received = Vec::new();
+    match client.read_to_end(&mut received) {
+        Ok(_) => {}
+        // The server closed with our bytes unread, which resets the connection; what it
+        // sent before is what we have.
+        Err(ref err) if err.kind() == ErrorKind::ConnectionReset => {}
+        Err(err) => panic!("reading until the server closes: {}", err),
+    }
+    String::from_utf8(received).unwrap()
+}
+
+/// Sends `request`, ignoring errors (the server may close before it has all of it), then
+/// returns everything the server sends before it closes.
+fn refusal_of(address: SocketAddr, request: &[u8]) -> String {
+    let mut client = connect(address);
+    let _ = client.write_all(request);
+    read_until_closed(&mut client)
+}
+
+/// The exact response a refusal must be.
+fn refusal(status: u16, reason: &str) -> String {
+    let body = envelope(status);
+    format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{}",
+        status,
+        reason,
+        body.len(),
+        body
+    )
+}
+
+#[test]
+fn defaults_are_the_documented_ones() {
+    let limits = Limits::default();
+    assert_eq!(limits.max_line_bytes, 8 * 1024);
+    assert_eq!(limits.max_head_bytes, 32 * 1024);
+    assert_eq!(limits.max_headers, 100);
+    assert_eq!(limits.head_timeout, Some(Duration::from_secs(10)));
+    assert_eq!(limits.idle_timeout, Some(Duration::from_secs(30)));
+    assert_eq!(limits.write_timeout, Some(Duration::from_secs(30)));
+    assert!(limits.error_body.is_none());
+}
+
+#[test]
+fn a_zero_timeout_is_refused() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let limits = Limits {
+        idle_timeout: Some(Duration::from_secs(0)),
+        ..Limits::default()
+    };
+    assert!(Server::from_listener_with_limits(listener, limits).is_err());
+}
+
+#[test]
+fn requests_are_answered_on_a_kept_alive_connection() {
+    let (server, address) = start(test_limits());
+    answer_all(&server);
+    let client = connect(address);
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+
+    for round in 0..3 {
+        let body = format!("round {}", round);
+        write!(
+            &client,
+            "POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{}",
+            body.len(),
+            body
+        )
+        .unwrap();
+        let (status, _, received) = read_response(&mut reader);
+        assert_eq!(status, 200);
+        assert_eq!(received, format!("POST /echo {}", body));
+    }
+}
+
+#[test]
+fn limits_allow_a_head_exactly_at_them() {
+    let limits = test_limits();
+    let (server, address) = start(limits);
+    answer_all(&server);
+
+    // A request line and a header line of exactly max_line_bytes, and max_headers headers.
+    let path = format!(
+        "/{}",
+        "p".repeat(limits.max_line_bytes - "GET / HTTP/1.1".len())
+    );
+    let long_header = format!("X-Long: {}", "v".repeat(limits.max_line_bytes - 8));
+    let mut head = format!("GET {} HTTP/1.1\r\n{}\r\n", path, long_header);
+    assert_eq!(head.len(), 2 * (limits.max_line_bytes + 2));
+    for i in 1..limits.max_headers {
+        head.push_str(&format!("X-{}: {}\r\n", i, i));
+    }
+    head.push_str("\r\n");
+    assert!(head.len() <= limits.max_head_bytes);
+
+    let client = connect(address);
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    (&client).write_all(head.as_bytes()).unwrap();
+    let (status, _, body) = read_response(&mut reader);
+    assert_eq!(status, 200);
+    assert_eq!(body, format!("GET {} ", path));
+}
+
+#[test]
+fn an_idle_connection_is_closed_without_a_response() {
+    let (_server, address) = start(test_limits());
+    let mut client = connect(address);
+
+    let started = Instant::now();
+    let received = read_until_closed(&mut client);
+    let elapsed = started.elapsed();
+
+    assert_eq!(received, "");
+    assert!(elapsed >= ms(250), "closed after {:?}", elapsed);
+    assert!(elapsed < ms(3000), "closed after {:?}", elapsed);
+}
+
+#[test]
+fn a_kept_alive_connection_is_closed_after_the_idle_timeout() {
+    // A head timeout much longer than the idle one shows which one closed the connection:
+    // after a request, the socket's read timeout is the head timeout, for the body.
+    let limits = Limits {
+        head_timeout: Some(Duration::from_secs(5)),
+        ..test_limits()
+    };
+    let (server, address) = start(limits);
+    answer_all(&server);
+    let mut client = connect(address);
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+
+    client
+        .write_all(b"GET /first HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut reader).0, 200);
+
+    let started = Instant::now();
+    let received = read_until_closed(&mut client);
+    let elapsed = started.elapsed();
+
+    assert_eq!(received, "");
+    assert!(elapsed >= ms(250), "closed after {:?}", elapsed);
+    assert!(elapsed < ms(2500), "closed after {:?}", elapsed);
+}
+
+#[test]
+fn a_trickled_head_is_refused_with_408_at_the_head_timeout() {
+    // Each byte comes well within the idle timeout (300 ms); the head never completes.
+    let (_server, address) = start(test_limits());
+    let mut client = connect(address);
+    let mut trickler = client.try_clone().unwrap();
+    thread::spawn(move || {
+        for byte in b"GET / HTTP/1.1\r\nX-Slow: "
+            .iter()
+            .chain([b'a'; 200].iter())
+        {
+            if trickler.write_all(&[*byte]).is_err() {
+                break;
+            }
+            thread::sleep(ms(50));
+        }
+    });
+
+    let started = Instant::now();
+    let received = read_until_closed(&mut client);
+    let elapsed = started.elapsed();
+
+    assert_eq!(received, refusal(408, "Request Timeout"));
+    assert!(elapsed >= ms(450), "refused after {:?}", elapsed);
+    assert!(elapsed < ms(3000), "refused after {:?}", elapsed);
+}
+
+#[test]
+fn a_stalled_head_is_refused_with_408_at_the_head_timeout_not_the_idle_timeout() {
+    let limits = Limits {
+        idle_timeout: Some(Duration::from_secs(20)),
+        ..test_limits()
+    };
+    let (_server, address) = start(limits);
+    let mut client = connect(address);
+
+    client.write_all(b"GET / HT").unwrap();
+    let started = Instant::now();
+    let received = read_until_closed(&mut client);
+    let elapsed = started.elapsed();
+
+    assert_eq!(received, refusal(408, "Request Timeout"));
+    assert!(elapsed < ms(3000), "refused after {:?}", elapsed);
+}
+
+#[test]
+fn a_long_request_line_is_refused_with_414() {
+    let (server, address) = start(test_limits());
+    answer_all(&server);
+    let request = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(300));
+    assert_eq!(
+        refusal_of(address, request.as_bytes()),
+        refusal(414, "URI Too Long")
+    );
+}
+
+#[test]
+fn an_endless_request_line_is_refused_with_414() {
+    // Without a limit, the server would buffer all of it.
+    let (_server, address) = start(test_limits());
+    let mut client = connect(address);
+    let mut writer = client.try_clone().unwrap();
+    thread::spawn(move || {
+        let chunk = [b'a'; 1024];
+        for _ in 0..64 * 1024 {
+            if writer.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    assert_eq!(read_until_closed(&mut client), refusal(414, "URI Too Long"));
+}
+
+#[test]
+fn a_long_header_line_is_refused_with_431() {
+    let (server, address) = start(test_limits());
+    answer_all(&server);
+    let request = format!("GET / HTTP/1.1\r\nX-Long: {}\r\n\r\n", "v".repeat(300));
+    assert_eq!(
+        refusal_of(address, request.as_bytes()),
+        refusal(431, "Request Header Fields Too Large")
+    );
+}
+
+#[test]
+fn too_many_headers_are_refused_with_431() {
+    let (server, address) = start(test_limits());
+    answer_all(&server);
+    let mut request = "GET / HTTP/1.1\r\n".to_string();
+    for i in 0..9 {
+        request.push_str(&format!("X-{}: {}\r\n", i, i));
+    }
+    request.push_str("\r\n");
+    assert_eq!(
+        refusal_of(address, request.as_bytes()),
+        refusal(431, "Request Header Fields Too Large")
+    );
+}
+
+#[test]
+fn a_large_head_is_refused_with_431() {
+    // Every line is within max_line_bytes and there are few of them, but together they pass
+    // max_head_bytes.
+    let (server, address) = start(test_limits());
+    answer_all(&server);
+    let mut request = "GET / HTTP/1.1\r\n".to_string();
+    for i in 0..5 {
+        request.push_str(&format!("X-{}: {}\r\n", i, "v".repeat(240)));
+    }
+    request.push_str("\r\n");
+    assert_eq!(
+        refusal_of(address, request.as_bytes()),
+        refusal(431, "Request Header Fields Too Large")
+    );
+}
+
+#[test]
+fn a_malformed_request_line_is_refused_with_400_and_the_error_body() {
+    let (server, address) = start(test_limits());
+    answer_all(&server);
+    assert_eq!(
+        refusal_of(address, b"NONSENSE\r\n\r\n"),
+        refusal(400, "Bad Request")
+    );
+}
+
+#[test]
+fn without_error_body_a_refusal_has_an_empty_body() {
+    let limits = Limits {
+        error_body: None,
+        ..test_limits()
+    };
+    let (_server, address) = start(limits);
+    let request = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(300));
+    assert_eq!(
+        refusal_of(address, request.as_bytes()),
+        "HTTP/1.1 414 URI Too Long\r\nContent-Type: application/json; charset=utf-8\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+}
+
+#[test]
+fn a_stalled_body_read_fails_after_the_head_timeout() {
+    // Also: a small body is left to the application (upstream read bodies of up to 1024
+    // bytes itself, before handing over the request, with no timeout at all).
+    let (server, address) = start(test_limits());
+    let mut client = connect(address);
+    client
+        .write_all(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+        .unwrap();
+
+    let mut request = server
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap()
+        .unwrap();
+    let started = Instant::now();
+    let mut body = Vec::new();
+    let error = request.as_reader().read_to_end(&mut body).unwrap_err();
+    let elapsed = started.elapsed();
+
+    assert_eq!(body, b"abc");
+    assert!(
+        error.kind() == ErrorKind::WouldBlock || error.kind() == ErrorKind::TimedOut,
+        "{:?}",
+        error
+    );
+    assert!(elapsed >= ms(450), "failed after {:?}", elapsed);
+    assert!(elapsed < ms(3000), "failed after {:?}", elapsed);
+}
+
+#[test]
+fn an_unread_body_with_a_huge_content_length_is_drained_in_bounded_memory() {
+    // Upstream allocated the whole remaining Content-Length when it drained an unread body,
+    // which aborts the process for a length like this one.
+    let (server, address) = start(test_limits());
+    let mut client = connect(address);
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    client
+        .write_all(b"POST / HTTP/1.1\r\nContent-Length: 1000000000000000\r\n\r\nsome")
+        .unwrap();
+
+    let request = server
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap()
+        .unwrap();
+    request
+        .respond(Response::from_string("not reading that"))
+        .unwrap();
+    let (status, _, body) = read_response(&mut reader);
+    assert_eq!(status, 200);
+    assert_eq!(body, "not reading that");
+    client.shutdown(Shutdown::Write).unwrap();
+
+    // The server is still here.
+    answer_all(&server);
+    let client = connect(address);
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    (&client).write_all(b"GET /after HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut reader).0, 200);
+}
+
+#[test]
+fn an_endless_chunk_size_line_is_an_error_not_a_growing_buffer() {
+    let (server, address) = start(test_limits());
+    let mut client = connect(address);
+    client
+        .write_all(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    client.write_all(&[b'1'; 64 * 1024]).unwrap();
+
+    let mut request = server
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap()
+        .unwrap();
+    let mut body = Vec::new();
+    let error = request.as_reader().read_to_end(&mut body).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidInput, "{:?}", error);
+}
+
+#[test]
+fn pipelined_requests_reach_the_application_one_at_a_time() {
+    let (server, address) = start(test_limits());
+    let client = connect(address);
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    (&client)
+        .write_all(b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n")
+        .unwrap();
+
+    let first = server
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.url(), "/1");
+    // The second one waits until the first is answered. (Dropping a second request that came
+    // early would wait for the first one's response: answer that before failing.)
+    let early = server.recv_timeout(ms(200)).unwrap();
+    first.respond(Response::from_string("one")).unwrap();
+    assert!(
+        early.is_none(),
+        "a request came before the previous one was answered"
+    );
+    let second = server
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.url(), "/2");
+    second.respond(Response::from_string("two")).unwrap();
+
+    assert_eq!(read_response(&mut reader).2, "one");
+    assert_eq!(read_response(&mut reader).2, "two");
+}
+
+#[cfg(unix)]
+#[test]
+fn an_idle_unix_socket_connection_is_closed() {
+    use std::os::unix::net::{UnixListener, UnixStream};
+
+    let path = std::env::temp_dir().join(format!("tiny-http-limits-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).unwrap();
+    let _server = Server::from_listener_with_limits(listener, test_limits()).unwrap();
+
+    let mut client = UnixStream::connect(&path).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut received = Vec::new();
+    client.read_to_end(&mut received).unwrap();
+    let elapsed = started.elapsed();
+
+    assert!(received.is_empty());
+    assert!(elapsed >= ms(250), "closed after {:?}", elapsed);
+    assert!(elapsed < ms(3000), "closed after {:?}", elapsed);
+}
