@@ -5,7 +5,7 @@
 //! WeChat). A second request for a code whose exchange is still in flight waits for that exchange
 //! rather than racing it to WeChat.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -17,8 +17,9 @@ use crate::wechat::CodeSession;
 /// How long a code's answer is remembered: WeChat's codes live five minutes.
 const CODE_LIFE: i64 = 300;
 
-/// Entries above which expired ones are swept on insert.
-const SWEEP_ABOVE: usize = 10_000;
+/// The most answers remembered. Past it the oldest go first, even unexpired: a repeat of such a
+/// code then goes to WeChat (and gets 40163) instead of memory growing with traffic.
+const MAX_REMEMBERED: usize = 20_000;
 
 /// How long a repeated code waits for the first exchange before giving up.
 const WAIT_FOR_FIRST: Duration = Duration::from_secs(30);
@@ -37,8 +38,15 @@ pub(crate) enum Exchange {
 }
 
 #[derive(Default)]
+struct Memory {
+    entries: HashMap<[u8; 32], Entry>,
+    /// Answered codes, oldest first, for expiry and the size bound.
+    answered: VecDeque<([u8; 32], i64)>,
+}
+
+#[derive(Default)]
 pub(crate) struct RecentCodes {
-    entries: Mutex<HashMap<[u8; 32], Entry>>,
+    memory: Mutex<Memory>,
     settled: Condvar,
 }
 
@@ -51,19 +59,20 @@ impl RecentCodes {
         exchange: impl FnOnce() -> Result<CodeSession, Error>,
     ) -> Result<Exchange, Error> {
         let key: [u8; 32] = Sha256::digest(code.as_bytes()).into();
-        let mut entries = self.lock();
+        let mut memory = self.lock();
         loop {
-            match entries.get(&key) {
+            match memory.entries.get(&key) {
                 Some(Entry::Done { session, expires }) if *expires > now => {
                     return Ok(Exchange::Repeat(session.clone()));
                 }
                 Some(Entry::Pending) => {
                     let (guard, waited) = self
                         .settled
-                        .wait_timeout(entries, WAIT_FOR_FIRST)
+                        .wait_timeout(memory, WAIT_FOR_FIRST)
                         .unwrap_or_else(|poisoned| poisoned.into_inner());
-                    entries = guard;
-                    if waited.timed_out() && matches!(entries.get(&key), Some(Entry::Pending)) {
+                    memory = guard;
+                    let still_pending = matches!(memory.entries.get(&key), Some(Entry::Pending));
+                    if waited.timed_out() && still_pending {
                         return Err(Error::WechatUnavailable {
                             api: "jscode2session",
                             reason: "the first exchange of this code is still in flight".into(),
@@ -73,35 +82,49 @@ impl RecentCodes {
                 _ => break,
             }
         }
-        if entries.len() > SWEEP_ABOVE {
-            entries.retain(|_, entry| match entry {
-                Entry::Pending => true,
-                Entry::Done { expires, .. } => *expires > now,
-            });
-        }
-        entries.insert(key, Entry::Pending);
-        drop(entries);
+        memory.forget_old(now);
+        memory.entries.insert(key, Entry::Pending);
+        drop(memory);
 
         let result = exchange();
-        let mut entries = self.lock();
+        let mut memory = self.lock();
         match &result {
             Ok(session) => {
-                entries.insert(
-                    key,
-                    Entry::Done { session: session.clone(), expires: now + CODE_LIFE },
-                );
+                let expires = now + CODE_LIFE;
+                memory.entries.insert(key, Entry::Done { session: session.clone(), expires });
+                memory.answered.push_back((key, expires));
             }
             Err(_) => {
-                entries.remove(&key);
+                memory.entries.remove(&key);
             }
         }
-        drop(entries);
+        drop(memory);
         self.settled.notify_all();
         result.map(Exchange::Fresh)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Entry>> {
-        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.memory.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Memory {
+    /// Drops answers that have expired, and the oldest beyond `MAX_REMEMBERED`.
+    fn forget_old(&mut self, now: i64) {
+        while let Some((key, expires)) = self.answered.front().copied() {
+            if expires > now && self.answered.len() < MAX_REMEMBERED {
+                break;
+            }
+            self.answered.pop_front();
+            // The code may have been exchanged again since; only its own answer goes.
+            let same = matches!(
+                self.entries.get(&key),
+                Some(Entry::Done { expires: current, .. }) if *current == expires
+            );
+            if same {
+                self.entries.remove(&key);
+            }
+        }
     }
 }
 
@@ -123,6 +146,24 @@ mod tests {
         assert!(matches!(again, Exchange::Repeat(ref s) if s.openid == "a"));
         let later = codes.exchange("code-1", 1000 + CODE_LIFE, || Err(Error::WechatCodeUsed));
         assert!(matches!(later, Err(Error::WechatCodeUsed)));
+    }
+
+    #[test]
+    fn memory_is_bounded_and_expired_answers_are_forgotten() {
+        let codes = RecentCodes::default();
+        for index in 0..MAX_REMEMBERED + 10 {
+            codes.exchange(&format!("bulk-{index}"), 1000, || Ok(session("d"))).unwrap();
+        }
+        assert!(codes.lock().entries.len() <= MAX_REMEMBERED);
+        assert!(codes.lock().answered.len() <= MAX_REMEMBERED);
+        // The newest are still answered from memory; the oldest went to WeChat again.
+        let newest = format!("bulk-{}", MAX_REMEMBERED + 9);
+        let again = codes.exchange(&newest, 1001, || panic!("must be remembered"));
+        assert!(matches!(again, Ok(Exchange::Repeat(_))));
+        assert!(codes.exchange("bulk-0", 1001, || Err(Error::WechatCodeUsed)).is_err());
+        // Once expired, everything goes.
+        codes.exchange("late", 1000 + CODE_LIFE + 1, || Ok(session("e"))).unwrap();
+        assert_eq!(codes.lock().entries.len(), 1);
     }
 
     #[test]

@@ -32,6 +32,9 @@ const THREADS: usize = 4;
 /// How long `fake-hang` hangs: longer than any sane client timeout.
 const HANG: Duration = Duration::from_secs(60);
 
+/// `wx.login` codes live five minutes, as WeChat's.
+const CODE_LIFE: Duration = Duration::from_secs(300);
+
 /// Access tokens live two hours, as WeChat's.
 const TOKEN_LIFE: Duration = Duration::from_secs(7200);
 
@@ -51,7 +54,10 @@ pub(crate) const MISBEHAVIOUR: &[(&str, &str)] = &[
 
 #[derive(Default)]
 struct State {
+    /// Codes exchanged, oldest first; WeChat's codes live five minutes, so older ones are
+    /// forgotten (a forgotten code would be refused as expired anyway).
     used_codes: HashSet<String>,
+    used_order: std::collections::VecDeque<(String, Instant)>,
     /// openid → (appid, latest session_key).
     sessions: HashMap<String, (String, String)>,
     /// phone code → (appid for the watermark if not the caller's, phone number).
@@ -231,9 +237,19 @@ fn jscode2session(state: &Shared, query: &HashMap<String, String>) -> (u16, Valu
         return (200, json!({"errcode": 41008, "errmsg": "missing code"}));
     }
     let mut state = lock(state);
+    let now = Instant::now();
+    while let Some((old, when)) = state.used_order.front() {
+        if now.duration_since(*when) < CODE_LIFE {
+            break;
+        }
+        let old = old.clone();
+        state.used_codes.remove(&old);
+        state.used_order.pop_front();
+    }
     if !state.used_codes.insert(code.to_string()) {
         return (200, json!({"errcode": 40163, "errmsg": "code been used"}));
     }
+    state.used_order.push_back((code.to_string(), now));
     let name = code.split('.').next().unwrap_or(code);
     let openid = demo_openid(appid, name);
     let session_key = wxcrypt::random_key();

@@ -142,7 +142,7 @@ fn stuck_wechat_calls_leave_other_endpoints_answering() {
     let server = Wxauth::start(&[
         ("WXAUTH_WORKERS", "4"),
         ("WXAUTH_WECHAT_MAX_IN_FLIGHT", "2"),
-        ("WXAUTH_WECHAT_TIMEOUT_MS", "3000"),
+        ("WXAUTH_WECHAT_TIMEOUT_MS", "5000"),
     ]);
     let (_, login) = server.login_as("unaffected");
     let token = format!("jwt {}", login["token"].as_str().unwrap());
@@ -164,8 +164,10 @@ fn stuck_wechat_calls_leave_other_endpoints_answering() {
             let started = Instant::now();
             server.get("is_openid_registered?openid=oSomebody").result();
             server.post_with("login", &json!({}), &[("Authorization", token.as_str())]).result();
+            // Queued behind a stuck call, these would wait for WeChat's 5 s timeout; the bound
+            // leaves room for a loaded machine.
             assert!(
-                started.elapsed() < Duration::from_millis(500),
+                started.elapsed() < Duration::from_secs(2),
                 "slowed to {:?}",
                 started.elapsed()
             );
@@ -175,7 +177,7 @@ fn stuck_wechat_calls_leave_other_endpoints_answering() {
         server
             .get(&format!("get_openid_by_code?code={}", fresh_code("third")))
             .assert_error(502, "wechat_unavailable");
-        assert!(started.elapsed() < Duration::from_millis(500));
+        assert!(started.elapsed() < Duration::from_secs(2));
         for call in stuck {
             call.join().unwrap().assert_error(502, "wechat_unavailable");
         }
@@ -234,8 +236,8 @@ fn resources(pid: u32) -> (usize, usize, usize) {
 
 /// Mixed load for `SOAK_SECONDS` seconds (default 5; README shows the long run), then the server
 /// must hold at most 12 more file descriptors and threads than after warm-up (the WeChat
-/// connection pool and tiny_http's connection threads vary with the load), and at most 8 MiB more
-/// memory.
+/// connection pool and tiny_http's connection threads vary with the load), and at most 24 MiB more
+/// memory (bounded caches, below).
 #[test]
 fn soak_keeps_descriptors_threads_and_memory_flat() {
     let seconds: u64 =
@@ -294,9 +296,72 @@ fn soak_keeps_descriptors_threads_and_memory_flat() {
     // Let idle keep-alive connections from the load be closed by the clients going away.
     std::thread::sleep(Duration::from_millis(300));
     let after = resources(server.pid());
+    println!("soak {seconds}s: (file descriptors, threads, RSS KiB) {before:?} → {after:?}");
     // Keep-alive connections to WeChat (at most max_in_flight = 10) and tiny_http's connection
     // threads (idle ones end after 5 s) come and go with the load; a leak grows with it.
     assert!(after.0 <= before.0 + 12, "file descriptors grew: {before:?} → {after:?}");
     assert!(after.1 <= before.1 + 12, "threads grew: {before:?} → {after:?}");
-    assert!(after.2 <= before.2 + 8 * 1024, "memory grew: {before:?} → {after:?} KiB");
+    // Memory fills caches with bounded sizes: SQLite's page caches (2 MiB for the writer, 512 KiB
+    // per worker: 10 MiB here), the remembered wx.login codes (at most 20,000, about 3 MiB) and
+    // the demo fake's codes of the last five minutes. A leak would grow past them.
+    assert!(after.2 <= before.2 + 24 * 1024, "memory grew: {before:?} → {after:?} KiB");
+}
+
+/// Runs the server in its own mount namespace with its database on a 1 MiB tmpfs, fills that
+/// disk from outside (through /proc/PID/root), and empties it again.
+#[test]
+fn a_full_disk_is_an_internal_error_until_space_returns() {
+    let dir = crate::harness::TempDir::new();
+    let data = dir.0.join("data");
+    std::fs::create_dir(&data).unwrap();
+    let database = data.join("wxauth.db");
+    let data_text = data.to_str().unwrap().to_string();
+    let script = r#"mount -t tmpfs -o size=1m tmpfs "$0" && exec "$@""#;
+    let server = Wxauth::start_wrapped(
+        dir,
+        &[("WXAUTH_DATABASE", database.to_str().unwrap()), ("WXAUTH_OPENID_LOGIN", "open")],
+        &["unshare", "--map-root-user", "--mount", "sh", "-c", script, &data_text],
+    );
+    let register = |openid: &str| {
+        server.post(
+            "register",
+            &json!({"openid": openid, "phone": "13800138000", "nickname": "x".repeat(60)}),
+        )
+    };
+    register("oDiskBefore").result();
+
+    // Fill the server's tmpfs to the last byte.
+    let filler = format!("/proc/{}/root{}/filler", server.pid(), data_text);
+    let mut file = std::fs::File::create(&filler).expect("the server's tmpfs is reachable");
+    let chunk = vec![0u8; 4096];
+    use std::io::Write;
+    while file.write_all(&chunk).and_then(|_| file.flush()).is_ok() {}
+    drop(file);
+
+    let mut refused = 0;
+    for index in 0..20 {
+        let answer = register(&format!("oDiskFull{index}"));
+        if answer.status == 500 {
+            answer.assert_error(500, "internal");
+            assert!(
+                !answer.body["detail"].as_str().unwrap().contains("disk"),
+                "nothing internal is told"
+            );
+            refused += 1;
+        } else {
+            answer.result();
+        }
+    }
+    assert!(refused > 0, "writes kept succeeding on a full disk");
+    // Reads go on.
+    let answer = server.get("is_openid_registered?openid=oDiskBefore");
+    assert_eq!(answer.result(), &json!({"is_registered": true}));
+    let log = server.stderr();
+    assert!(log.contains("database or disk is full"), "no clear log line:\n{log}");
+
+    // Space returns, and so do writes.
+    std::fs::remove_file(&filler).unwrap();
+    register("oDiskAfter").result();
+    let answer = server.get("is_openid_registered?openid=oDiskAfter");
+    assert_eq!(answer.result(), &json!({"is_registered": true}));
 }

@@ -95,7 +95,20 @@ impl Wxauth {
 
     /// Starts wxauth with its working directory and database in `dir`.
     pub fn start_in(dir: TempDir, env: &[(&str, &str)]) -> Wxauth {
-        let mut command = Command::new(binary());
+        Wxauth::start_wrapped(dir, env, &[])
+    }
+
+    /// Starts wxauth through `wrapper` (a command that ends by running the program and
+    /// arguments appended to it, e.g. `unshare -m sh -c '…; exec "$@"' sh`).
+    pub fn start_wrapped(dir: TempDir, env: &[(&str, &str)], wrapper: &[&str]) -> Wxauth {
+        let mut command = match wrapper.split_first() {
+            None => Command::new(binary()),
+            Some((program, arguments)) => {
+                let mut command = Command::new(program);
+                command.args(arguments).arg(binary());
+                command
+            }
+        };
         command
             .current_dir(&dir.0)
             .env_clear()
