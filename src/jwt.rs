@@ -243,7 +243,10 @@ fn parse_object<T: for<'de> Deserialize<'de>>(json: &[u8]) -> Result<T, JwtError
     if first != Some(&b'{') {
         return Err(JwtError::Invalid);
     }
-    serde_json::from_slice(json).map_err(|_| JwtError::Invalid)
+    // serde_json skips an ignored field's string without checking its UTF-8 (found by fuzzing),
+    // so the whole segment is checked first: a token is strict JSON or nothing.
+    let text = std::str::from_utf8(json).map_err(|_| JwtError::Invalid)?;
+    serde_json::from_str(text).map_err(|_| JwtError::Invalid)
 }
 
 fn decode_header(encoded_header: &str) -> Result<Header, JwtError> {
@@ -363,6 +366,24 @@ mod tests {
 
     fn forge_with_payload(payload: &str) -> String {
         forge(r#"{"alg":"HS256","typ":"JWT"}"#, payload, SECRET)
+    }
+
+    #[test]
+    fn signed_segments_that_are_not_utf8_are_invalid() {
+        // Found by fuzzing: serde_json does not check the UTF-8 of strings it skips.
+        let payload = payload_json(&claims());
+        let header = b"{\"alg\":\"HS256\",\"x\":\"\xff\"}";
+        let signing_input = format!("{}.{}", encode(header), encode(payload.as_bytes()));
+        let signature = new_mac(SECRET, &signing_input).finalize().into_bytes();
+        let token = format!("{signing_input}.{}", encode(&signature));
+        assert_eq!(verify(&token, &[("k", SECRET)], &expect_at(NOW)), Err(JwtError::Invalid));
+        let mut payload = payload.into_bytes();
+        payload.truncate(payload.len() - 1);
+        payload.extend_from_slice(b",\"x\":\"\xff\"}");
+        let signing_input = format!("{}.{}", encode(br#"{"alg":"HS256"}"#), encode(&payload));
+        let signature = new_mac(SECRET, &signing_input).finalize().into_bytes();
+        let token = format!("{signing_input}.{}", encode(&signature));
+        assert_eq!(verify(&token, &[("k", SECRET)], &expect_at(NOW)), Err(JwtError::Invalid));
     }
 
     fn segments(token: &str) -> Vec<String> {

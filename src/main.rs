@@ -20,6 +20,9 @@ mod time;
 mod wechat;
 mod wxcrypt;
 
+#[cfg(test)]
+mod fuzz_replay;
+
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;

@@ -194,8 +194,11 @@ pub(crate) fn percent_decode(text: &str) -> Option<String> {
         match bytes[index] {
             b'%' => {
                 let hex = bytes.get(index + 1..index + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                decoded.push(u8::from_str_radix(hex, 16).ok()?);
+                // from_str_radix alone would take "+1" (found by fuzzing): two hex digits only.
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                decoded.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
                 index += 3;
             }
             b'+' => {
@@ -420,6 +423,8 @@ mod tests {
         assert_eq!(query_value("code", "code").unwrap().as_deref(), Some(""));
         assert!(query_value("code=%zz", "code").is_err());
         assert!(query_value("code=%ff", "code").is_err());
+        assert!(query_value("code=%+1", "code").is_err());
+        assert!(query_value("code=%-1", "code").is_err());
     }
 
     #[test]
