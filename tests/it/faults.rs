@@ -365,3 +365,45 @@ fn a_full_disk_is_an_internal_error_until_space_returns() {
     let answer = server.get("is_openid_registered?openid=oDiskAfter");
     assert_eq!(answer.result(), &json!({"is_registered": true}));
 }
+
+/// A filesystem that turns read-only under the server (as Linux does to a disk with errors):
+/// strace makes every write to the database files fail with EROFS, then lets them through again.
+#[test]
+fn a_database_turned_read_only_is_an_internal_error_until_it_heals() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let server = Wxauth::start(&[("WXAUTH_OPENID_LOGIN", "open")]);
+    let register =
+        |openid: &str| server.post("register", &json!({"openid": openid, "phone": "13800138000"}));
+    register("oReadOnlyBefore").result();
+
+    let mut strace = Command::new("strace")
+        .args(["-f", "-p", &server.pid().to_string(), "-e", "trace=pwrite64", "-e"])
+        .arg("inject=pwrite64:error=EROFS")
+        .args(["-o", "/dev/null"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("strace is installed (Debian package strace)");
+    let mut progress = BufReader::new(strace.stderr.take().unwrap()).lines();
+    let attached = progress.next().and_then(Result::ok).unwrap_or_default();
+    assert!(attached.contains("attached"), "strace: {attached}");
+
+    for index in 0..3 {
+        register(&format!("oReadOnlyDuring{index}")).assert_error(500, "internal");
+    }
+    let answer = server.get("is_openid_registered?openid=oReadOnlyBefore");
+    assert_eq!(answer.result(), &json!({"is_registered": true}), "reads go on");
+
+    // SIGTERM makes strace detach and leave the server running.
+    let _ = Command::new("kill").arg("-TERM").arg(strace.id().to_string()).status();
+    let _ = strace.wait();
+    register("oReadOnlyAfter").result();
+    let answer = server.get("is_openid_registered?openid=oReadOnlyAfter");
+    assert_eq!(answer.result(), &json!({"is_registered": true}));
+    let answer = server.get("is_openid_registered?openid=oReadOnlyDuring0");
+    assert_eq!(answer.result(), &json!({"is_registered": false}), "the refused write left nothing");
+    let log = server.stderr();
+    assert!(log.contains("disk I/O error"), "no clear log line:\n{log}");
+}

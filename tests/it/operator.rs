@@ -93,3 +93,20 @@ fn the_access_log_has_no_codes_or_tokens() {
     assert!(!log.contains(&code), "the wx.login code leaked into the log");
     assert!(!log.contains(token), "the token leaked into the log");
 }
+
+#[test]
+fn sigint_stops_cleanly_too() {
+    let mut server = Wxauth::start(&[]);
+    server.login_as("interrupted");
+    let _ = Command::new("kill").arg("-INT").arg(server.pid().to_string()).status();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "wxauth did not stop on SIGINT");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(server.stderr().contains("stopped"));
+}
