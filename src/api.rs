@@ -178,24 +178,25 @@ impl Ctx<'_> {
         if allowed { Ok(()) } else { Err(Error::OpenidLoginRefused) }
     }
 
-    /// Exchanges a `wx.login` code (once; a repeat gets the first answer) and records the session
-    /// server-side. Returns the session and whether WeChat was asked just now.
+    /// Exchanges a `wx.login` code with WeChat and records the session server-side, both once: a
+    /// repeat of the code gets the first answer. A code whose session could not be recorded is not
+    /// remembered, so a retry does both again.
     fn exchange_code(&self, code: &str) -> Result<CodeSession, Error> {
-        let exchange = self.codes.exchange(code, self.now, || self.wechat.code_to_session(code))?;
+        let exchange = self.codes.exchange(code, self.now, || {
+            let session = self.wechat.code_to_session(code)?;
+            let (appid, openid) = (self.appid().to_string(), session.openid.clone());
+            let record = WechatSession {
+                unionid: session.unionid.clone(),
+                session_key: session.session_key.clone(),
+                created_at: self.now,
+            };
+            self.writer.run(move |connection| {
+                store::save_wechat_session(connection, &appid, &openid, &record)
+            })?;
+            Ok(session)
+        })?;
         match exchange {
-            Exchange::Repeat(session) => Ok(session),
-            Exchange::Fresh(session) => {
-                let (appid, openid) = (self.appid().to_string(), session.openid.clone());
-                let record = WechatSession {
-                    unionid: session.unionid.clone(),
-                    session_key: session.session_key.clone(),
-                    created_at: self.now,
-                };
-                self.writer.run(move |connection| {
-                    store::save_wechat_session(connection, &appid, &openid, &record)
-                })?;
-                Ok(session)
-            }
+            Exchange::Fresh(session) | Exchange::Repeat(session) => Ok(session),
         }
     }
 

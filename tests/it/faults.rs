@@ -185,22 +185,6 @@ fn stuck_wechat_calls_leave_other_endpoints_answering() {
 }
 
 #[test]
-fn documented_user_errors_are_never_retried() {
-    let server = Wxauth::start(&[]);
-    for (code, error) in [
-        ("fake-40029", "wechat_code_invalid"),
-        ("fake-40163", "wechat_code_used"),
-        ("fake-45011", "wechat_rate_limited"),
-        ("fake-40226", "wechat_user_blocked"),
-    ] {
-        let before = server.fake("/fake/stats")["jscode2session"].as_u64().unwrap_or(0);
-        server.get(&format!("get_openid_by_code?code={code}")).assert_error(403, error);
-        let after = server.fake("/fake/stats")["jscode2session"].as_u64().unwrap();
-        assert_eq!(after - before, 1, "{code} was asked {} times", after - before);
-    }
-}
-
-#[test]
 fn sigterm_lets_a_request_in_flight_finish() {
     let mut server = Wxauth::start(&[("WXAUTH_WECHAT_TIMEOUT_MS", "1500")]);
     let url = server.url("get_openid_by_code?code=fake-hang");
