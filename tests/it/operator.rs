@@ -110,3 +110,11 @@ fn sigint_stops_cleanly_too() {
     assert!(status.success(), "{status:?}");
     assert!(server.stderr().contains("stopped"));
 }
+
+#[test]
+fn the_benchmark_scripts_parse() {
+    // `cargo test` builds examples/baseline.rs; this checks the scripts around it.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let status = Command::new("bash").arg("-n").arg(format!("{root}/bench/run")).status().unwrap();
+    assert!(status.success(), "bench/run does not parse");
+}

@@ -1,0 +1,71 @@
+-- Requests and report for bench/run: wrk -s bench/wrk.lua URL -- MODE [ARGUMENTS]
+--
+--   plain                     GET the URL's path (the baseline's /fixed)
+--   select N                  GET /select?openid=oBaseK, K random below N (the baseline's rows)
+--   registered PREFIX N       GET PREFIXis_openid_registered?openid=oSeedK, K random below N
+--   token PREFIX TOKEN        POST PREFIXlogin {} with Authorization: jwt TOKEN
+--   register PREFIX TAG       POST PREFIXregister with a typed phone and an openid never sent
+--                             before: oB<TAG>t<thread>n<counter>
+--   code PREFIX TAG           GET PREFIXget_openid_by_code?code=bench.<TAG>.<thread>.<counter>,
+--                             a code never sent before (the fake WeChat's codes are single-use)
+--
+-- done() prints one machine-readable line for bench/run:
+--   BENCH requests=N seconds=S p50_us=N p99_us=N non2xx=N connect=N read=N write=N timeout=N
+
+local threads = 0
+
+function setup(thread)
+   -- Each thread learns its number as the global `thread_number`, for unique openids and codes.
+   thread:set("thread_number", threads)
+   threads = threads + 1
+end
+
+local mode, prefix, argument
+local counter = 0
+local json_headers = { ["Content-Type"] = "application/json" }
+local plain_request
+
+function init(args)
+   mode, prefix, argument = args[1], args[2], args[3]
+   math.randomseed(os.time() * 100 + (thread_number or 0))
+   if mode == "plain" then
+      plain_request = wrk.format("GET")
+   elseif mode == "select" then
+      argument = tonumber(prefix)
+   elseif mode == "registered" then
+      argument = tonumber(argument)
+   elseif mode == "token" then
+      plain_request = wrk.format("POST", prefix .. "login",
+         { ["Content-Type"] = "application/json", ["Authorization"] = "jwt " .. argument }, "{}")
+   elseif mode ~= "register" and mode ~= "code" then
+      error("bench/wrk.lua: unknown mode " .. tostring(mode))
+   end
+end
+
+function request()
+   counter = counter + 1
+   if plain_request then
+      return plain_request
+   elseif mode == "select" then
+      return wrk.format("GET", "/select?openid=oBase" .. math.random(0, argument - 1))
+   elseif mode == "registered" then
+      return wrk.format("GET",
+         prefix .. "is_openid_registered?openid=oSeed" .. math.random(0, argument - 1))
+   elseif mode == "register" then
+      local openid = "oB" .. argument .. "t" .. thread_number .. "n" .. counter
+      return wrk.format("POST", prefix .. "register", json_headers,
+         '{"openid":"' .. openid .. '","phone":"13800138000","nickname":"bench"}')
+   else
+      return wrk.format("GET", prefix .. "get_openid_by_code?code=bench." .. argument .. "."
+         .. thread_number .. "." .. counter)
+   end
+end
+
+function done(summary, latency, requests)
+   local errors = summary.errors
+   io.write(string.format(
+      "BENCH requests=%d seconds=%.3f p50_us=%d p99_us=%d "
+         .. "non2xx=%d connect=%d read=%d write=%d timeout=%d\n",
+      summary.requests, summary.duration / 1e6, latency:percentile(50), latency:percentile(99),
+      errors.status, errors.connect, errors.read, errors.write, errors.timeout))
+end
