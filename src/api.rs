@@ -14,7 +14,7 @@ use rusqlite::Connection;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::codes::{Exchange, RecentCodes};
+use crate::codes::RecentCodes;
 use crate::config::{Config, OpenidLogin};
 use crate::error::Error;
 use crate::jwt;
@@ -182,7 +182,7 @@ impl Ctx<'_> {
     /// repeat of the code gets the first answer. A code whose session could not be recorded is not
     /// remembered, so a retry does both again.
     fn exchange_code(&self, code: &str) -> Result<CodeSession, Error> {
-        let exchange = self.codes.exchange(code, self.now, || {
+        self.codes.exchange(code, self.now, || {
             let session = self.wechat.code_to_session(code)?;
             let (appid, openid) = (self.appid().to_string(), session.openid.clone());
             let record = WechatSession {
@@ -194,10 +194,7 @@ impl Ctx<'_> {
                 store::save_wechat_session(connection, &appid, &openid, &record)
             })?;
             Ok(session)
-        })?;
-        match exchange {
-            Exchange::Fresh(session) | Exchange::Repeat(session) => Ok(session),
-        }
+        })
     }
 
     /// In one durable write: the account `known_id`, or the one for `openid` (created if absent),

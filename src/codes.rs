@@ -29,14 +29,6 @@ enum Entry {
     Done { session: CodeSession, expires: i64 },
 }
 
-/// How a code was answered.
-pub(crate) enum Exchange {
-    /// WeChat answered this request.
-    Fresh(CodeSession),
-    /// The code was exchanged before; this is that answer again.
-    Repeat(CodeSession),
-}
-
 #[derive(Default)]
 struct Memory {
     entries: HashMap<[u8; 32], Entry>,
@@ -57,13 +49,13 @@ impl RecentCodes {
         code: &str,
         now: i64,
         exchange: impl FnOnce() -> Result<CodeSession, Error>,
-    ) -> Result<Exchange, Error> {
+    ) -> Result<CodeSession, Error> {
         let key: [u8; 32] = Sha256::digest(code.as_bytes()).into();
         let mut memory = self.lock();
         loop {
             match memory.entries.get(&key) {
                 Some(Entry::Done { session, expires }) if *expires > now => {
-                    return Ok(Exchange::Repeat(session.clone()));
+                    return Ok(session.clone());
                 }
                 Some(Entry::Pending) => {
                     let (guard, waited) = self
@@ -100,7 +92,7 @@ impl RecentCodes {
         }
         drop(memory);
         self.settled.notify_all();
-        result.map(Exchange::Fresh)
+        result
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Memory> {
@@ -140,10 +132,10 @@ mod tests {
     fn a_repeated_code_gets_the_first_answer_until_it_expires() {
         let codes = RecentCodes::default();
         let first = codes.exchange("code-1", 1000, || Ok(session("a"))).unwrap();
-        assert!(matches!(first, Exchange::Fresh(ref s) if s.openid == "a"));
+        assert_eq!(first.openid, "a");
         let again =
             codes.exchange("code-1", 1100, || panic!("must not call WeChat again")).unwrap();
-        assert!(matches!(again, Exchange::Repeat(ref s) if s.openid == "a"));
+        assert_eq!(again.openid, "a");
         let later = codes.exchange("code-1", 1000 + CODE_LIFE, || Err(Error::WechatCodeUsed));
         assert!(matches!(later, Err(Error::WechatCodeUsed)));
     }
@@ -158,8 +150,7 @@ mod tests {
         assert!(codes.lock().answered.len() <= MAX_REMEMBERED);
         // The newest are still answered from memory; the oldest went to WeChat again.
         let newest = format!("bulk-{}", MAX_REMEMBERED + 9);
-        let again = codes.exchange(&newest, 1001, || panic!("must be remembered"));
-        assert!(matches!(again, Ok(Exchange::Repeat(_))));
+        assert!(codes.exchange(&newest, 1001, || panic!("must be remembered")).is_ok());
         assert!(codes.exchange("bulk-0", 1001, || Err(Error::WechatCodeUsed)).is_err());
         // Once expired, everything goes.
         codes.exchange("late", 1000 + CODE_LIFE + 1, || Ok(session("e"))).unwrap();
@@ -171,7 +162,7 @@ mod tests {
         let codes = RecentCodes::default();
         assert!(codes.exchange("code-2", 1000, || Err(Error::WechatCodeInvalid)).is_err());
         let retried = codes.exchange("code-2", 1001, || Ok(session("b"))).unwrap();
-        assert!(matches!(retried, Exchange::Fresh(_)));
+        assert_eq!(retried.openid, "b", "WeChat was asked again");
     }
 
     #[test]
@@ -188,9 +179,7 @@ mod tests {
                             std::thread::sleep(Duration::from_millis(50));
                             Ok(session("c"))
                         })
-                        .map(|exchange| match exchange {
-                            Exchange::Fresh(s) | Exchange::Repeat(s) => s.openid,
-                        })
+                        .map(|session| session.openid)
                 })
             })
             .collect();
