@@ -35,15 +35,14 @@ const MAX_REGION: usize = 64;
 const MAX_ENCRYPTED: usize = 4096;
 const MAX_SESSION_KEY: usize = 64;
 
-/// The JWT secrets: the current one signs; all of them verify.
+/// The JWT secrets: the current one (first) signs; all of them verify.
 pub(crate) struct Keys {
-    current: Vec<u8>,
-    current_kid: String,
+    keys: Vec<jwt::Key>,
 }
 
 impl Keys {
     pub(crate) fn new(secret: &str) -> Keys {
-        Keys { current: secret.as_bytes().to_vec(), current_kid: jwt::key_id(secret.as_bytes()) }
+        Keys { keys: vec![jwt::Key::new(secret.as_bytes())] }
     }
 }
 
@@ -116,7 +115,7 @@ impl Ctx<'_> {
             scopes: vec!["open".into()],
             ver: account.token_version,
         };
-        jwt::sign(&claims, &self.keys.current, None)
+        jwt::sign_with(&claims, &self.keys.keys[0])
     }
 
     /// The account a token in an `Authorization` header names.
@@ -128,11 +127,11 @@ impl Ctx<'_> {
             leeway: self.config.jwt.leeway as i64,
             now: self.now,
         };
-        let claims = jwt::verify(token, &[(&self.keys.current_kid, &self.keys.current)], &expect)
-            .map_err(|error| match error {
-            jwt::JwtError::Expired => Error::TokenExpired,
-            jwt::JwtError::Invalid => Error::TokenInvalid,
-        })?;
+        let claims =
+            jwt::verify_with(token, &self.keys.keys, &expect).map_err(|error| match error {
+                jwt::JwtError::Expired => Error::TokenExpired,
+                jwt::JwtError::Invalid => Error::TokenInvalid,
+            })?;
         let id: i64 = claims.sub.parse().map_err(|_| Error::TokenInvalid)?;
         let account = store::account_by_id(self.db, id)?.ok_or(Error::TokenInvalid)?;
         if claims.ver != account.token_version {
@@ -190,7 +189,9 @@ impl Ctx<'_> {
                 session_key: session.session_key.clone(),
                 created_at: self.now,
             };
-            self.writer.run(move |connection| {
+            // Visible to every worker before the answer; not worth an fsync of its own, as the
+            // next wx.login code records it again (see Writer::run_visible).
+            self.writer.run_visible(move |connection| {
                 store::save_wechat_session(connection, &appid, &openid, &record)
             })?;
             Ok(session)
@@ -208,11 +209,13 @@ impl Ctx<'_> {
         let (appid, ip, now) = (self.appid().to_string(), self.client_ip(), self.now);
         self.writer.run(move |connection| {
             let id = match known_id {
-                Some(id) => id,
-                None => store::ensure_account(connection, &appid, &openid, &ip, now)?,
+                Some(id) => {
+                    store::touch_login(connection, id, &ip, now)?;
+                    id
+                }
+                None => store::login_account(connection, &appid, &openid, &ip, now)?,
             };
             change(connection, id)?;
-            store::touch_login(connection, id, &ip, now)?;
             store::account_by_id(connection, id)?
                 .ok_or_else(|| Error::Internal(format!("account {id} vanished")))
         })

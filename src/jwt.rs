@@ -137,10 +137,61 @@ struct ReceivedClaims {
     ver: i64,
 }
 
+/// A secret ready for use: its HMAC key schedule is computed once, here, rather than for every
+/// token, and it carries the `kid` that names it in token headers.
+#[derive(Clone)]
+pub(crate) struct Key {
+    kid: String,
+    mac: HmacSha256,
+}
+
+impl Key {
+    /// The key for `secret`, named by `key_id(secret)`.
+    pub(crate) fn new(secret: &[u8]) -> Key {
+        Key::named(&key_id(secret), secret)
+    }
+
+    fn named(kid: &str, secret: &[u8]) -> Key {
+        // HMAC accepts keys of any length, so this cannot fail.
+        let mac = <HmacSha256 as KeyInit>::new_from_slice(secret)
+            .expect("HMAC accepts keys of any length");
+        Key { kid: kid.to_string(), mac }
+    }
+
+    /// The public name of this key, as tokens signed with it carry in their `kid` header.
+    pub(crate) fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    fn mac(&self, signing_input: &str) -> HmacSha256 {
+        let mut mac = self.mac.clone();
+        mac.update(signing_input.as_bytes());
+        mac
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key schedule is the secret in all but name.
+        formatter.debug_struct("Key").field("kid", &self.kid).finish_non_exhaustive()
+    }
+}
+
+/// Signs `claims` with `key`, naming it: the header is exactly
+/// `{"alg":"HS256","typ":"JWT","kid":"…"}`.
+pub(crate) fn sign_with(claims: &Claims, key: &Key) -> String {
+    sign_mac(claims, key, Some(key.kid()))
+}
+
 /// Signs `claims` with `secret`. The header is exactly
 /// `{"alg":"HS256","typ":"JWT"}`, or `{"alg":"HS256","typ":"JWT","kid":"…"}`
 /// when `kid` is given.
+#[cfg(any(test, fuzzing))]
 pub(crate) fn sign(claims: &Claims, secret: &[u8], kid: Option<&str>) -> String {
+    sign_mac(claims, &Key::new(secret), kid)
+}
+
+fn sign_mac(claims: &Claims, key: &Key, kid: Option<&str>) -> String {
     let header = SignedHeader { alg: ALGORITHM, typ: TOKEN_TYPE, kid };
     // Serializing plain structs of strings and integers into JSON cannot fail.
     let header_json = serde_json::to_vec(&header).expect("a JWT header always serializes");
@@ -149,40 +200,45 @@ pub(crate) fn sign(claims: &Claims, secret: &[u8], kid: Option<&str>) -> String 
     let mut token = URL_SAFE_NO_PAD.encode(header_json);
     token.push('.');
     token.push_str(&URL_SAFE_NO_PAD.encode(payload_json));
-    let signature = new_mac(secret, &token).finalize().into_bytes();
+    let signature = key.mac(&token).finalize().into_bytes();
     token.push('.');
     token.push_str(&URL_SAFE_NO_PAD.encode(signature));
     token
 }
 
 /// Verifies `token` against one of `secrets`, a list of `(kid, secret)` whose
-/// first entry is the current secret. A token with a `kid` header is checked
-/// only with the secret of that kid, so a retired secret stops working as soon
-/// as it is removed from the list; a token without `kid` is checked with the
-/// current secret.
+/// first entry is the current secret; see `verify_with`.
+#[cfg(any(test, fuzzing))]
 pub(crate) fn verify(
     token: &str,
     secrets: &[(&str, &[u8])],
     expect: &Expect,
 ) -> Result<Claims, JwtError> {
+    let keys: Vec<Key> = secrets.iter().map(|(kid, secret)| Key::named(kid, secret)).collect();
+    verify_with(token, &keys, expect)
+}
+
+/// Verifies `token` against one of `keys`, current first. A token with a `kid`
+/// header is checked only with the key of that kid, so a retired secret stops
+/// working as soon as it is removed from the list; a token without `kid` (from
+/// the original backend, which did not name keys) is checked with the current
+/// key only, as API.md says.
+pub(crate) fn verify_with(token: &str, keys: &[Key], expect: &Expect) -> Result<Claims, JwtError> {
     let (encoded_header, encoded_payload, encoded_signature) = split(token)?;
     let header = decode_header(encoded_header)?;
-
-    let secret = match header.kid.as_deref() {
-        Some(kid) => {
-            secrets.iter().find(|(candidate, _)| *candidate == kid).map(|(_, secret)| *secret)
-        }
-        None => secrets.first().map(|(_, secret)| *secret),
-    }
-    .ok_or(JwtError::Invalid)?;
 
     // The MAC covers the segments exactly as received, so any re-encoding of
     // the header or payload, however equivalent, breaks the signature.
     let signature = decode_segment(encoded_signature)?;
-    let signed_length = encoded_header.len() + 1 + encoded_payload.len();
-    new_mac(secret, &token[..signed_length])
-        .verify_slice(&signature)
-        .map_err(|_| JwtError::Invalid)?;
+    let signing_input = &token[..encoded_header.len() + 1 + encoded_payload.len()];
+    let genuine = |key: &Key| key.mac(signing_input).verify_slice(&signature).is_ok();
+    let signed = match header.kid.as_deref() {
+        Some(kid) => keys.iter().find(|key| key.kid == kid).is_some_and(genuine),
+        None => keys.first().is_some_and(genuine),
+    };
+    if !signed {
+        return Err(JwtError::Invalid);
+    }
 
     // Only now is the payload known to come from us, so only now is it parsed.
     let payload = decode_segment(encoded_payload)?;
@@ -207,14 +263,6 @@ pub(crate) fn key_id(secret: &[u8]) -> String {
 /// The header fields `verify` relies on, after validation.
 struct Header {
     kid: Option<String>,
-}
-
-fn new_mac(secret: &[u8], signing_input: &str) -> HmacSha256 {
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac =
-        <HmacSha256 as KeyInit>::new_from_slice(secret).expect("HMAC accepts keys of any length");
-    mac.update(signing_input.as_bytes());
-    mac
 }
 
 /// Splits a token into exactly three segments, refusing oversized input first.
@@ -352,7 +400,7 @@ mod tests {
     /// so each test isolates exactly one defect.
     fn forge(header: &str, payload: &str, secret: &[u8]) -> String {
         let signing_input = format!("{}.{}", encode(header.as_bytes()), encode(payload.as_bytes()));
-        let signature = new_mac(secret, &signing_input).finalize().into_bytes();
+        let signature = Key::new(secret).mac(&signing_input).finalize().into_bytes();
         format!("{signing_input}.{}", encode(&signature))
     }
 
@@ -374,14 +422,14 @@ mod tests {
         let payload = payload_json(&claims());
         let header = b"{\"alg\":\"HS256\",\"x\":\"\xff\"}";
         let signing_input = format!("{}.{}", encode(header), encode(payload.as_bytes()));
-        let signature = new_mac(SECRET, &signing_input).finalize().into_bytes();
+        let signature = Key::new(SECRET).mac(&signing_input).finalize().into_bytes();
         let token = format!("{signing_input}.{}", encode(&signature));
         assert_eq!(verify(&token, &[("k", SECRET)], &expect_at(NOW)), Err(JwtError::Invalid));
         let mut payload = payload.into_bytes();
         payload.truncate(payload.len() - 1);
         payload.extend_from_slice(b",\"x\":\"\xff\"}");
         let signing_input = format!("{}.{}", encode(br#"{"alg":"HS256"}"#), encode(&payload));
-        let signature = new_mac(SECRET, &signing_input).finalize().into_bytes();
+        let signature = Key::new(SECRET).mac(&signing_input).finalize().into_bytes();
         let token = format!("{signing_input}.{}", encode(&signature));
         assert_eq!(verify(&token, &[("k", SECRET)], &expect_at(NOW)), Err(JwtError::Invalid));
     }
@@ -582,7 +630,7 @@ mod tests {
         let padded_header = base64::engine::general_purpose::URL_SAFE.encode(header);
         assert!(padded_header.ends_with('='));
         let signing_input = format!("{padded_header}.{}", parts[1]);
-        let signature = new_mac(SECRET, &signing_input).finalize().into_bytes();
+        let signature = Key::new(SECRET).mac(&signing_input).finalize().into_bytes();
         let token = format!("{signing_input}.{}", encode(&signature));
         assert_eq!(check(&token), Err(JwtError::Invalid));
     }

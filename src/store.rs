@@ -355,27 +355,29 @@ pub(crate) fn save_wechat_session(
     Ok(())
 }
 
-/// The account id for a WeChat identity, creating the account (not registered, username = openid)
-/// if there is none. Safe under any concurrency: the unique index decides.
-pub(crate) fn ensure_account(
+/// The account id for a WeChat identity, with this login's bookkeeping (`last_login`,
+/// `last_ip`) set; creates the account (not registered, username = openid, joined now from `ip`)
+/// if there is none. Safe under any concurrency: the unique index decides. One statement, as it
+/// runs on every first login and registration.
+pub(crate) fn login_account(
     connection: &Connection,
     appid: &str,
     openid: &str,
     ip: &str,
     now: i64,
 ) -> Result<i64, Error> {
-    connection
+    Ok(connection
         .prepare_cached(
-            "INSERT INTO accounts (username, wx_appid, wx_openid, wx_unionid, join_ip, date_joined)
+            "INSERT INTO accounts
+                 (username, wx_appid, wx_openid, wx_unionid, join_ip, date_joined, last_ip, last_login)
              VALUES (?2, ?1, ?2,
                      (SELECT unionid FROM wechat_sessions WHERE appid = ?1 AND openid = ?2),
-                     ?3, ?4)
-             ON CONFLICT (wx_appid, wx_openid) DO NOTHING",
+                     ?3, ?4, ?3, ?4)
+             ON CONFLICT (wx_appid, wx_openid) DO UPDATE SET
+                 last_ip = excluded.last_ip, last_login = excluded.last_login
+             RETURNING id",
         )?
-        .execute(params![appid, openid, ip, now])?;
-    Ok(connection
-        .prepare_cached("SELECT id FROM accounts WHERE wx_appid = ?1 AND wx_openid = ?2")?
-        .query_row(params![appid, openid], |row| row.get(0))?)
+        .query_row(params![appid, openid, ip, now], |row| row.get(0))?)
 }
 
 /// Applies the fields of `profile` that are present.
@@ -462,8 +464,24 @@ pub(crate) fn touch_login(
 /// A write waiting for the writer: runs inside the group's transaction (or, given `None`, learns
 /// that no transaction could be started) and returns what to do once the group's commit has
 /// succeeded or failed.
-type Job = Box<dyn FnOnce(Option<&Connection>) -> Finish + Send>;
+type Run = Box<dyn FnOnce(Option<&Connection>) -> Finish + Send>;
 type Finish = Box<dyn FnOnce(Result<(), &Error>) + Send>;
+
+/// A write and how durable its acknowledgement must be.
+struct Job {
+    durability: Durability,
+    run: Run,
+}
+
+/// When a write is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// Once its commit is fsynced (`synchronous = FULL`).
+    Synced,
+    /// Once it is committed; fsynced with a later synced commit or checkpoint
+    /// (`synchronous = NORMAL`, which in WAL mode still keeps the database consistent).
+    Visible,
+}
 
 /// The handle workers use to hand writes to the writer thread. Cloning it is cheap; the writer
 /// stops once every handle is dropped.
@@ -483,15 +501,36 @@ impl Writer {
         (Writer { jobs }, handle)
     }
 
-    /// Runs `write` in the writer's transaction and returns its result once it is committed
-    /// (durable). A job that fails is rolled back alone; the others in its group still commit.
+    /// Runs `write` in the writer's transaction and returns its result once it is committed and
+    /// on disk (the commit is fsynced). A job that fails is rolled back alone; the others in its
+    /// group still commit.
     pub(crate) fn run<T, F>(&self, write: F) -> Result<T, Error>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
     {
+        self.wait_for(Durability::Synced, write)
+    }
+
+    /// Like `run`, but returns once the write is committed (every reader sees it) without waiting
+    /// for the fsync: a power loss before the next synced commit or checkpoint may undo it, a
+    /// crash of wxauth alone cannot. For records that the client can recreate (a WeChat session
+    /// comes back with the next `wx.login` code), never for accounts.
+    pub(crate) fn run_visible<T, F>(&self, write: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+    {
+        self.wait_for(Durability::Visible, write)
+    }
+
+    fn wait_for<T, F>(&self, durability: Durability, write: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+    {
         let (reply, answer) = mpsc::sync_channel::<Result<T, Error>>(1);
-        let job: Job = Box::new(move |connection| {
+        let run: Run = Box::new(move |connection| {
             let result = run_in_savepoint(connection, write);
             Box::new(move |committed| {
                 let result = match (result, committed) {
@@ -502,16 +541,18 @@ impl Writer {
                 let _ = reply.send(result);
             })
         });
+        let job = Job { durability, run };
         self.jobs.send(job).map_err(|_| Error::Internal("the writer has stopped".into()))?;
         answer.recv().map_err(|_| Error::Internal("the writer dropped a write".into()))?
     }
 
-    /// Queues `write` without waiting for it (login bookkeeping); failures are logged.
+    /// Queues `write` without waiting for it (login bookkeeping); failures are logged. It is
+    /// fsynced with the next synced commit or checkpoint, like `run_visible`.
     pub(crate) fn submit<F>(&self, what: &'static str, write: F)
     where
         F: FnOnce(&Connection) -> Result<(), Error> + Send + 'static,
     {
-        let job: Job = Box::new(move |connection| {
+        let run: Run = Box::new(move |connection| {
             let result = run_in_savepoint(connection, write);
             Box::new(move |committed| {
                 if let Err(error) = result.as_ref().err().map_or(committed, Err) {
@@ -519,7 +560,7 @@ impl Writer {
                 }
             })
         });
-        if self.jobs.send(job).is_err() {
+        if self.jobs.send(Job { durability: Durability::Visible, run }).is_err() {
             crate::log::error(&format!("background write {what} dropped: the writer has stopped"));
         }
     }
@@ -531,19 +572,29 @@ fn run_in_savepoint<T>(
     write: impl FnOnce(&Connection) -> Result<T, Error>,
 ) -> Result<T, Error> {
     let connection = connection.ok_or_else(|| Error::Internal("no write transaction".into()))?;
-    connection.execute_batch("SAVEPOINT job")?;
+    execute(connection, "SAVEPOINT job")?;
     let result = catch_unwind(AssertUnwindSafe(|| write(connection)))
         .unwrap_or_else(|_| Err(Error::Internal("a write panicked".into())));
     if result.is_err() {
-        connection.execute_batch("ROLLBACK TO job")?;
+        execute(connection, "ROLLBACK TO job")?;
     }
-    connection.execute_batch("RELEASE job")?;
+    execute(connection, "RELEASE job")?;
     result
+}
+
+/// Runs one statement without parameters from the statement cache: the writer's transaction
+/// plumbing runs several times per request, and parsing it anew each time costs more than the
+/// statements themselves.
+fn execute(connection: &Connection, sql: &str) -> Result<(), Error> {
+    connection.prepare_cached(sql)?.execute([])?;
+    Ok(())
 }
 
 fn write_loop(connection: Connection, queue: mpsc::Receiver<Job>) {
     let mut group: Vec<Job> = Vec::with_capacity(MAX_GROUP);
     let mut finishers = Vec::with_capacity(MAX_GROUP);
+    // What `open_writer` set; changed only when a group needs the other level.
+    let mut synced = true;
     while let Ok(first) = queue.recv() {
         group.push(first);
         while group.len() < MAX_GROUP {
@@ -552,13 +603,26 @@ fn write_loop(connection: Connection, queue: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let outcome = connection.execute_batch("BEGIN IMMEDIATE").map_err(Error::from);
+        // One fsync per group when any job in it waits for one; none when none does. Set outside
+        // the transaction, and only on a change.
+        let needs_sync = group.iter().any(|job| job.durability == Durability::Synced);
+        let mut outcome = Ok(());
+        if needs_sync != synced {
+            let pragma = if needs_sync {
+                "PRAGMA synchronous = FULL"
+            } else {
+                "PRAGMA synchronous = NORMAL"
+            };
+            outcome = execute(&connection, pragma);
+            synced = needs_sync && outcome.is_ok();
+        }
+        let outcome = outcome.and_then(|()| execute(&connection, "BEGIN IMMEDIATE"));
         match outcome {
             Ok(()) => {
                 for job in group.drain(..) {
-                    finishers.push(job(Some(&connection)));
+                    finishers.push((job.run)(Some(&connection)));
                 }
-                let committed = connection.execute_batch("COMMIT").map_err(Error::from);
+                let committed = execute(&connection, "COMMIT");
                 if let Err(error) = &committed {
                     crate::log::error(&format!(
                         "group commit of {} writes failed: {error}",
@@ -574,12 +638,13 @@ fn write_loop(connection: Connection, queue: mpsc::Receiver<Job>) {
                 crate::log::error(&format!("cannot begin a write transaction: {error}"));
                 // The jobs do not run; each still gets its answer (the error).
                 for job in group.drain(..) {
-                    job(None)(Err(&error));
+                    (job.run)(None)(Err(&error));
                 }
             }
         }
     }
-    // Every handle is gone: fold the WAL back into the database so the file stands alone.
+    // Every handle is gone: fold the WAL back into the database so the file stands alone (the
+    // checkpoint fsyncs whatever was committed without a sync).
     if let Err(error) = connection.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
         crate::log::error(&format!("final WAL checkpoint failed: {error}"));
     }
@@ -618,11 +683,11 @@ mod tests {
         let path = temp_database("writer");
         let (connection, _) = open_writer(&path).unwrap();
         let (writer, handle) = Writer::start(connection);
-        let first = writer.run(|c| ensure_account(c, "wxa", "openid-1", "127.0.0.1", 100)).unwrap();
-        let again = writer.run(|c| ensure_account(c, "wxa", "openid-1", "127.0.0.2", 200)).unwrap();
+        let first = writer.run(|c| login_account(c, "wxa", "openid-1", "127.0.0.1", 100)).unwrap();
+        let again = writer.run(|c| login_account(c, "wxa", "openid-1", "127.0.0.2", 200)).unwrap();
         assert_eq!(first, again);
         let failed = writer.run(|c| {
-            ensure_account(c, "wxa", "openid-2", "127.0.0.1", 100)?;
+            login_account(c, "wxa", "openid-2", "127.0.0.1", 100)?;
             Err::<(), _>(Error::InvalidParameter("boom".into()))
         });
         assert!(failed.is_err());
@@ -630,6 +695,9 @@ mod tests {
         assert!(account_by_openid(&reader, "wxa", "openid-2").unwrap().is_none());
         let account = account_by_openid(&reader, "wxa", "openid-1").unwrap().unwrap();
         assert_eq!(account.join_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(account.last_ip.as_deref(), Some("127.0.0.2"));
+        assert_eq!(account.last_login, Some(200));
+        assert_eq!(account.date_joined, 100);
         assert_eq!(account.username, "openid-1");
         drop(writer);
         handle.join().unwrap();

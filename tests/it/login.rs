@@ -42,6 +42,12 @@ fn inspect_token(token: &str, secret: &str) -> Value {
     })
 }
 
+/// The `kid` wxauth gives a secret: the first 8 bytes of its SHA-256, as hex.
+fn key_id(secret: &str) -> String {
+    use sha2::Digest;
+    Sha256::digest(secret.as_bytes())[..8].iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
 /// Signs the claims with `secret`, as any HS256 JWT library would.
 fn sign_token(secret: &str, claims: &Value) -> String {
     let signing_input = format!(
@@ -506,7 +512,9 @@ fn the_token_is_hs256_with_the_original_claims() {
         assert!(!token.contains('='), "unpadded base64url: {token}");
         let decoded = inspect_token(&token, SECRET);
         assert_eq!(decoded["valid"], true, "HS256 over the segments with the secret's UTF-8 bytes");
-        assert_eq!(decoded["header"], r#"{"alg":"HS256","typ":"JWT"}"#);
+        // The original's header, plus the `kid` that names the secret (for rotation).
+        let kid = key_id(SECRET);
+        assert_eq!(decoded["header"], format!(r#"{{"alg":"HS256","typ":"JWT","kid":"{kid}"}}"#));
         let claims = &decoded["claims"];
         assert_eq!(claims["iss"], "wxauth");
         assert_eq!(claims["aud"], "miniprog");
