@@ -113,6 +113,15 @@ impl Connection {
         }
     }
 
+    /// [wxauth patch] Turns off Nagle's algorithm on TCP sockets (a no-op for Unix sockets).
+    pub(crate) fn set_nodelay(&self) -> std::io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_nodelay(true),
+            #[cfg(unix)]
+            Self::Unix(_) => Ok(()),
+        }
+    }
+
     /// [wxauth patch] Sets the socket's write timeout (shared by every clone of the socket).
     pub(crate) fn set_write_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
         match self {
