@@ -27,6 +27,26 @@ pub(crate) enum OpenidLogin {
     Off,
 }
 
+/// How severe a log line is; `log.level` is the least severe line written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// How log lines are written on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum LogFormat {
+    /// `time LEVEL message`, for people.
+    Plain,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct Config {
@@ -58,6 +78,7 @@ pub(crate) struct Config {
     pub(crate) jwt: JwtConfig,
     pub(crate) rate_limit: RateLimitConfig,
     pub(crate) demo: DemoConfig,
+    pub(crate) log: LogConfig,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -110,6 +131,17 @@ pub(crate) struct DemoConfig {
     pub(crate) fake_listen: String,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct LogConfig {
+    /// The least severe lines written.
+    pub(crate) level: LogLevel,
+    /// Plain text or JSON lines.
+    pub(crate) format: LogFormat,
+    /// One line per request (at info; probes at debug; failures on our side always).
+    pub(crate) access: bool,
+}
+
 /// The smallest JWT secret accepted, in bytes (RFC 7518 §3.2: a key as long as the hash).
 pub(crate) const MIN_JWT_SECRET_BYTES: usize = 32;
 
@@ -135,6 +167,7 @@ impl Default for Config {
             jwt: JwtConfig::default(),
             rate_limit: RateLimitConfig::default(),
             demo: DemoConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }
@@ -173,6 +206,12 @@ impl Default for RateLimitConfig {
 impl Default for DemoConfig {
     fn default() -> Self {
         DemoConfig { fake_listen: "127.0.0.1:0".into() }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: LogLevel::Info, format: LogFormat::Plain, access: true }
     }
 }
 
@@ -530,6 +569,24 @@ mod tests {
         assert_eq!(config.trusted_proxies, vec!["127.0.0.1", "::1"]);
         assert_eq!(config.openid_login, OpenidLogin::Off);
         assert!(config.expose_session_key);
+    }
+
+    #[test]
+    fn log_settings_come_from_the_file_or_the_environment() {
+        let config = parse("[log]\nlevel = \"warn\"\naccess = false\n", &env(&[])).unwrap();
+        assert_eq!(config.log.level, LogLevel::Warn);
+        assert_eq!(config.log.format, LogFormat::Plain);
+        assert!(!config.log.access);
+        let config = parse(
+            "[log]\nlevel = \"warn\"\n",
+            &env(&[("WXAUTH_LOG_LEVEL", "debug"), ("WXAUTH_LOG_FORMAT", "json")]),
+        )
+        .unwrap();
+        assert_eq!(config.log.level, LogLevel::Debug);
+        assert_eq!(config.log.format, LogFormat::Json);
+        let error = parse("", &env(&[("WXAUTH_LOG_LEVEL", "verbose")])).unwrap_err();
+        assert!(error.contains("log.level"), "{error}");
+        assert!(LogLevel::Debug < LogLevel::Info && LogLevel::Warn < LogLevel::Error);
     }
 
     #[test]

@@ -1,23 +1,209 @@
-//! Log lines on stderr: one line each, UTC time first. Callers pass text that is already free of
-//! secrets; this module adds nothing but the time and the level.
+//! Log lines on stderr, one write each: plain (`time LEVEL message`) or one JSON object per line,
+//! filtered by level, and the access log (one line per request). Callers pass text that is already
+//! free of secrets; this module adds the time and the level, and escapes what a client sent (the
+//! method and path) so that no request can forge or break a line.
+//!
+//! The settings are process-wide atomics set once at start-up by `configure`, because log lines
+//! come from everywhere (the writer thread, WeChat calls) and none of those places should need a
+//! handle to write one. Until `configure`, lines are plain and at info or above.
 
 use std::io::Write;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::Duration;
 
-fn line(level: &str, message: &str) {
-    let now = crate::time::now();
-    let text = format!("{} {level} {message}\n", crate::time::format_datetime(now));
+use serde_json::{Value, json};
+
+use crate::config::{LogConfig, LogFormat, LogLevel};
+
+static LEVEL: AtomicU8 = AtomicU8::new(LogLevel::Info as u8);
+static JSON: AtomicBool = AtomicBool::new(false);
+static ACCESS: AtomicBool = AtomicBool::new(true);
+
+/// Applies the `[log]` settings.
+pub(crate) fn configure(config: &LogConfig) {
+    LEVEL.store(config.level as u8, Ordering::Relaxed);
+    JSON.store(config.format == LogFormat::Json, Ordering::Relaxed);
+    ACCESS.store(config.access, Ordering::Relaxed);
+}
+
+fn enabled(level: LogLevel) -> bool {
+    level as u8 >= LEVEL.load(Ordering::Relaxed)
+}
+
+fn level_name(level: LogLevel) -> &'static str {
+    match level {
+        LogLevel::Debug => "DEBUG",
+        LogLevel::Info => "INFO",
+        LogLevel::Warn => "WARN",
+        LogLevel::Error => "ERROR",
+    }
+}
+
+fn write(text: String) {
     // One write per line, so lines from different threads do not interleave.
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
+/// `yyyy-mm-ddTHH:MM:SSZ`, which log collectors read without being told the format.
+fn rfc3339(seconds: i64) -> String {
+    format!("{}Z", crate::time::format_datetime(seconds).replacen(' ', "T", 1))
+}
+
+/// A JSON line: `time`, `level`, then `fields`.
+fn json_line(level: LogLevel, fields: Value) -> String {
+    let mut object = json!({
+        "time": rfc3339(crate::time::now()),
+        "level": level_name(level).to_ascii_lowercase(),
+    });
+    if let (Some(object), Value::Object(fields)) = (object.as_object_mut(), fields) {
+        object.extend(fields);
+    }
+    format!("{object}\n")
+}
+
+fn line(level: LogLevel, message: &str) {
+    if !enabled(level) {
+        return;
+    }
+    if JSON.load(Ordering::Relaxed) {
+        write(json_line(level, json!({ "message": message })));
+    } else {
+        let time = crate::time::format_datetime(crate::time::now());
+        write(format!("{time} {} {message}\n", level_name(level)));
+    }
+}
+
 pub(crate) fn info(message: &str) {
-    line("INFO", message);
+    line(LogLevel::Info, message);
 }
 
 pub(crate) fn warn(message: &str) {
-    line("WARN", message);
+    line(LogLevel::Warn, message);
 }
 
 pub(crate) fn error(message: &str) {
-    line("ERROR", message);
+    line(LogLevel::Error, message);
+}
+
+/// One answered request, for the access log.
+pub(crate) struct Access<'a> {
+    pub(crate) client: IpAddr,
+    pub(crate) method: &'a str,
+    /// The path without its query (which may hold a `wx.login` code).
+    pub(crate) path: &'a str,
+    pub(crate) status: u16,
+    pub(crate) duration: Duration,
+    /// The error's name and its log text, for a failure.
+    pub(crate) error: Option<(&'a str, &'a str)>,
+    /// A `/healthz`, `/readyz` or `/metrics` request, asked every few seconds by machines.
+    pub(crate) probe: bool,
+}
+
+impl Access<'_> {
+    /// Failures on our side are warnings or errors, whatever `access` says: their line is the
+    /// only record of the cause. Probes are debug, so they do not drown the requests of people.
+    fn level(&self) -> LogLevel {
+        match self.status {
+            500 => LogLevel::Error,
+            status if status > 500 => LogLevel::Warn,
+            _ if self.probe => LogLevel::Debug,
+            _ => LogLevel::Info,
+        }
+    }
+}
+
+/// Writes the access line for a request, if its level and the `access` setting allow.
+pub(crate) fn access(entry: &Access) {
+    let level = entry.level();
+    if !enabled(level) || (level <= LogLevel::Info && !ACCESS.load(Ordering::Relaxed)) {
+        return;
+    }
+    let millis = entry.duration.as_secs_f64() * 1000.0;
+    if JSON.load(Ordering::Relaxed) {
+        let mut fields = json!({
+            "type": "access",
+            "client": entry.client.to_string(),
+            "method": entry.method,
+            "path": entry.path,
+            "status": entry.status,
+            "duration_ms": (millis * 1000.0).round() / 1000.0,
+        });
+        if let (Some((name, detail)), Some(fields)) = (entry.error, fields.as_object_mut()) {
+            fields.insert("error".into(), name.into());
+            fields.insert("detail".into(), detail.into());
+        }
+        write(json_line(level, fields));
+    } else {
+        let (method, path) = (escape(entry.method), escape(entry.path));
+        let mut text = format!(
+            "{} {} {} {method} {path} {} {millis:.1}ms",
+            crate::time::format_datetime(crate::time::now()),
+            level_name(level),
+            entry.client,
+            entry.status,
+        );
+        if let Some((name, detail)) = entry.error {
+            text.push_str(&format!(" {name} ({detail})"));
+        }
+        text.push('\n');
+        write(text);
+    }
+}
+
+/// Text a client sent, with control characters and spaces escaped, so it stays one field of one
+/// line.
+fn escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for character in text.chars() {
+        match character {
+            ' ' => escaped.push_str("\\x20"),
+            control if control.is_control() => escaped.extend(control.escape_default()),
+            plain => escaped.push(plain),
+        }
+    }
+    escaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_text_stays_on_one_line() {
+        assert_eq!(escape("/miniprog/wx_auth/login"), "/miniprog/wx_auth/login");
+        assert_eq!(escape("/a\nINFO forged"), "/a\\nINFO\\x20forged");
+        assert_eq!(escape("/\u{1b}[31m"), "/\\u{1b}[31m");
+        assert_eq!(escape("/登录"), "/登录");
+    }
+
+    #[test]
+    fn access_levels() {
+        let entry = |status, probe| Access {
+            client: "127.0.0.1".parse().unwrap(),
+            method: "GET",
+            path: "/",
+            status,
+            duration: Duration::ZERO,
+            error: None,
+            probe,
+        };
+        assert_eq!(entry(200, false).level(), LogLevel::Info);
+        assert_eq!(entry(403, false).level(), LogLevel::Info);
+        assert_eq!(entry(200, true).level(), LogLevel::Debug);
+        assert_eq!(entry(503, true).level(), LogLevel::Warn);
+        assert_eq!(entry(502, false).level(), LogLevel::Warn);
+        assert_eq!(entry(500, false).level(), LogLevel::Error);
+    }
+
+    #[test]
+    fn json_lines_carry_time_and_level() {
+        let line = json_line(LogLevel::Warn, json!({"message": "a \"quoted\"\nline"}));
+        assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
+        let value: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["level"], "warn");
+        assert_eq!(value["message"], "a \"quoted\"\nline");
+        assert!(value["time"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+    }
 }

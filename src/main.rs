@@ -10,8 +10,10 @@ mod codes;
 mod config;
 mod error;
 mod fake_wechat;
+mod health;
 mod jwt;
 mod log;
+mod metrics;
 mod ratelimit;
 mod router;
 mod server;
@@ -115,6 +117,7 @@ fn parse_arguments(arguments: Vec<String>) -> Result<Command, String> {
 
 fn serve(config_path: Option<String>) -> Result<(), String> {
     let config = config::load(config_path.as_deref())?;
+    log::configure(&config.log);
     // Installed before anything is announced, so a stop signal is never the default (fatal) one.
     let mut signals = stop_signals()?;
 

@@ -4,7 +4,8 @@
 //! Mobile carriers put many users behind one address, so the defaults are generous. The address is
 //! the one the server decided on (the peer, or `X-Forwarded-For` from a trusted proxy); this module
 //! never reads headers. Memory is bounded: when the table grows large, full buckets (clients that
-//! have been quiet) are dropped, since a dropped bucket and a full one behave the same.
+//! have been quiet) are dropped, since a dropped bucket and a full one behave the same. Refusals
+//! are counted in `metrics`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -59,6 +60,7 @@ impl RateLimiter {
             bucket.tokens -= 1.0;
             Ok(())
         } else {
+            crate::metrics::METRICS.rate_limit_refused();
             Err(((1.0 - bucket.tokens) / self.per_second).ceil().max(1.0) as u64)
         }
     }

@@ -1,6 +1,7 @@
 //! From an HTTP request to a handler call and back: `match (method, path)`, query and body parsing
 //! (with the body limit), the `Authorization` header, the client address, and the one place where
-//! an `Error` becomes the JSON envelope. Handlers in `api` never see tiny_http.
+//! an `Error` becomes the JSON envelope. Handlers in `api` never see tiny_http. `/healthz`,
+//! `/readyz` and `/metrics` are answered here too, outside the API prefix and its envelope.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use tiny_http::Request;
 
 use crate::api::{self, Ctx};
 use crate::error::Error;
+use crate::{health, metrics};
 
 /// The endpoints under the API prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +58,10 @@ pub(crate) fn route(prefix: &str, method: &str, path: &str) -> Result<Route, Err
 
 /// Handles one request: routes it, reads its input, calls the handler, and builds the reply.
 pub(crate) fn handle(ctx: &Ctx, request: &mut Request) -> Reply {
+    let path = request.url().split('?').next().unwrap_or("");
+    if let Some(reply) = operations(ctx, request.method().as_str(), path) {
+        return reply;
+    }
     match dispatch(ctx, request) {
         Ok(reply) => reply,
         Err(error) => failure(&error),
@@ -91,6 +97,41 @@ fn dispatch(ctx: &Ctx, request: &mut Request) -> Result<Reply, Error> {
             }
         }
     }
+}
+
+/// The operator's endpoints, outside the API prefix (so they stay put when `prefix` changes):
+/// `None` for any other path.
+fn operations(ctx: &Ctx, method: &str, path: &str) -> Option<Reply> {
+    if !matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        return None;
+    }
+    if method != "GET" && method != "HEAD" {
+        return Some(failure(&Error::MethodNotAllowed("GET")));
+    }
+    Some(match path {
+        "/healthz" => plain_reply(200, health::health().to_string(), JSON),
+        "/readyz" => {
+            let readiness = health::readiness(ctx.db, ctx.wechat, ctx.config.demo_mode(), ctx.now);
+            let mut reply = plain_reply(
+                if readiness.ready { 200 } else { 503 },
+                readiness.body.to_string(),
+                JSON,
+            );
+            if let Some(reason) = readiness.reason {
+                (reply.error, reply.log) = (Some("not_ready"), Some(reason));
+            }
+            reply
+        }
+        _ => plain_reply(200, metrics::scrape(ctx.db), "text/plain; version=0.0.4; charset=utf-8"),
+    })
+}
+
+const JSON: &str = "application/json; charset=utf-8";
+
+/// A reply that is not the envelope.
+fn plain_reply(status: u16, body: String, content_type: &'static str) -> Reply {
+    let headers = vec![("Content-Type", content_type.to_string())];
+    Reply { status, body, headers, error: None, log: None }
 }
 
 /// When a body must have arrived: `request_timeout_ms` after the worker took the request.

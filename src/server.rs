@@ -19,6 +19,7 @@ use crate::api::{Ctx, Keys};
 use crate::codes::RecentCodes;
 use crate::config::Config;
 use crate::error::Error;
+use crate::metrics::{METRICS, RouteLabel};
 use crate::ratelimit::RateLimiter;
 use crate::router::{self, Reply};
 use crate::store::Writer;
@@ -68,8 +69,10 @@ pub(crate) fn bind(config: &Config) -> Result<(Server, SocketAddr), String> {
     Ok((server, address))
 }
 
-/// The envelope for a request tiny_http refuses before it reaches a worker.
+/// The envelope for a request tiny_http refuses before it reaches a worker. tiny_http calls this
+/// once per refusal, so it is also where refusals are counted.
 fn refusal_body(status: u16) -> String {
+    METRICS.refused(status);
     let error = match status {
         408 => Error::RequestTimeout,
         414 => Error::UriTooLong,
@@ -88,6 +91,7 @@ pub(crate) fn start(
     writer: &Writer,
     readers: Vec<Connection>,
 ) -> Result<Running, String> {
+    METRICS.started(crate::time::now());
     let server = Arc::new(server);
     let stop = Arc::new(AtomicBool::new(false));
     let (done, finished) = mpsc::channel();
@@ -153,19 +157,24 @@ fn serve(shared: &Shared, db: &Connection, writer: &Writer, mut request: Request
     };
     let reply = catch_unwind(AssertUnwindSafe(|| router::handle(&ctx, &mut request)))
         .unwrap_or_else(|_| router::failure(&Error::Internal("a handler panicked".into())));
-    let method = request.method().as_str().to_string();
-    // The query may hold a wx.login code: the log gets the path only.
-    let path = request.url().split('?').next().unwrap_or("").to_string();
-    let status = reply.status;
-    let error = reply.error;
-    let log_detail = reply.log.clone();
+    // Counted and logged before the answer is written, so a client that has its answer can
+    // rely on the metrics and the log already holding it. The duration is ours: it leaves out
+    // the time a slow client takes to read the answer.
+    let duration = started.elapsed();
+    // The query may hold a wx.login code: metrics and the log get the path only.
+    let path = request.url().split('?').next().unwrap_or("");
+    let route = RouteLabel::of(&shared.config.prefix, path, reply.status);
+    METRICS.request(route, reply.status, duration);
+    crate::log::access(&crate::log::Access {
+        client,
+        method: request.method().as_str(),
+        path,
+        status: reply.status,
+        duration,
+        error: reply.error.zip(reply.log.as_deref()),
+        probe: route.is_probe(),
+    });
     respond(request, reply);
-    let millis = started.elapsed().as_secs_f64() * 1000.0;
-    let mut line = format!("{client} {method} {path} {status} {millis:.1}ms");
-    if let (Some(error), Some(detail)) = (error, log_detail) {
-        line.push_str(&format!(" {error} ({detail})"));
-    }
-    crate::log::info(&line);
 }
 
 fn respond(request: Request, reply: Reply) {

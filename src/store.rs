@@ -255,7 +255,6 @@ fn migrate(connection: &Connection) -> Result<Vec<u32>, Error> {
 }
 
 /// The database's schema version.
-#[cfg(test)]
 pub(crate) fn schema_version(connection: &Connection) -> Result<u32, Error> {
     Ok(connection.query_row("PRAGMA user_version", [], |row| row.get(0))?)
 }
@@ -649,6 +648,25 @@ fn write_loop(connection: Connection, queue: mpsc::Receiver<Job>) {
         crate::log::error(&format!("final WAL checkpoint failed: {error}"));
     }
 }
+
+// ---- Observability: read-only queries for /readyz and /metrics --------------------------------
+// Kept together here, apart from the account queries and the writer, so that changes to those
+// and to these merge independently.
+
+/// How many accounts exist, and how many of them completed registration.
+pub(crate) struct AccountCounts {
+    pub(crate) accounts: i64,
+    pub(crate) registered: i64,
+}
+
+/// Counts accounts for the metrics gauges: one scan of the table per scrape.
+pub(crate) fn account_counts(connection: &Connection) -> Result<AccountCounts, Error> {
+    Ok(connection
+        .prepare_cached("SELECT count(*), coalesce(sum(is_register), 0) FROM accounts")?
+        .query_row([], |row| Ok(AccountCounts { accounts: row.get(0)?, registered: row.get(1)? }))?)
+}
+
+// ---- End of observability queries ------------------------------------------------------------
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use crate::config::WechatConfig;
 use crate::error::Error;
+use crate::metrics::WechatOutcome;
 
 /// Largest answer read from WeChat.
 const MAX_ANSWER_BYTES: u64 = 64 * 1024;
@@ -196,6 +197,7 @@ impl WeChat {
         })?;
         let lifetime = Duration::from_secs(answer["expires_in"].as_u64().unwrap_or(7200));
         let refresh_at = Instant::now() + lifetime.saturating_sub(TOKEN_REFRESH_MARGIN);
+        crate::metrics::METRICS.access_token_refreshed();
         crate::log::info(&format!(
             "wechat: access token refreshed, valid for {}s",
             lifetime.as_secs()
@@ -221,6 +223,11 @@ impl WeChat {
     ) -> Result<Value, Error> {
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.max_in_flight {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            crate::metrics::METRICS.wechat_call(
+                api,
+                WechatOutcome::InFlightCap,
+                crate::time::now(),
+            );
             return Err(Error::WechatUnavailable {
                 api,
                 reason: format!("{} calls already in flight", self.max_in_flight),
@@ -236,7 +243,18 @@ impl WeChat {
         }
     }
 
+    /// One exchange with WeChat, counted in the metrics.
     fn call_once(
+        &self,
+        api: &'static str,
+        send: &impl Fn(&ureq::Agent, &str) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Value, Error> {
+        let result = self.exchange(api, send);
+        crate::metrics::METRICS.wechat_call(api, outcome(&result), crate::time::now());
+        result
+    }
+
+    fn exchange(
         &self,
         api: &'static str,
         send: &impl Fn(&ureq::Agent, &str) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
@@ -308,4 +326,95 @@ fn text_field(object: &Value, key: &str, max: usize) -> Option<String> {
     let plain =
         !text.is_empty() && text.chars().count() <= max && !text.chars().any(char::is_control);
     plain.then(|| text.to_string())
+}
+
+/// Whether an access token is cached, for `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AccessTokenState {
+    /// A token is cached and not yet due for refresh.
+    Cached,
+    /// None yet, or the cached one is due: the next phone-number call fetches one.
+    Missing,
+    /// A refresh holds the cache right now.
+    Refreshing,
+}
+
+impl WeChat {
+    /// The state of the access token cache, without waiting for a refresh under way and without
+    /// calling WeChat.
+    pub(crate) fn access_token_state(&self) -> AccessTokenState {
+        match self.access_token.try_lock() {
+            Ok(cached)
+                if cached.as_ref().is_some_and(|token| Instant::now() < token.refresh_at) =>
+            {
+                AccessTokenState::Cached
+            }
+            Ok(_) => AccessTokenState::Missing,
+            Err(std::sync::TryLockError::Poisoned(_)) => AccessTokenState::Missing,
+            Err(std::sync::TryLockError::WouldBlock) => AccessTokenState::Refreshing,
+        }
+    }
+}
+
+/// What one exchange with WeChat came to, for the metrics. Transport failures are told apart by
+/// the reasons `describe` and `exchange` give them (the unit tests below pin that).
+fn outcome(result: &Result<Value, Error>) -> WechatOutcome {
+    let reason = match result {
+        Ok(_) => return WechatOutcome::Ok,
+        Err(Error::WechatCodeInvalid) => return WechatOutcome::InvalidCode,
+        Err(Error::WechatCodeUsed) => return WechatOutcome::CodeUsed,
+        Err(Error::WechatRateLimited) => return WechatOutcome::RateLimited,
+        Err(Error::WechatUserBlocked) => return WechatOutcome::UserBlocked,
+        Err(Error::WechatUnavailable { reason, .. }) => reason.as_str(),
+        Err(_) => return WechatOutcome::OtherErrcode,
+    };
+    match reason {
+        BUSY => WechatOutcome::Busy,
+        "i/o error: timed out" => WechatOutcome::Timeout,
+        _ if reason.starts_with("timeout") => WechatOutcome::Timeout,
+        "connection failed" | "host not found" | "i/o error: connection refused" => {
+            WechatOutcome::Refused
+        }
+        "HTTP protocol error" | "TLS error" | "HTTP client error" => WechatOutcome::ConnectionError,
+        _ if reason.starts_with("i/o error") => WechatOutcome::ConnectionError,
+        _ => WechatOutcome::BadAnswer,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unavailable(reason: String) -> Result<Value, Error> {
+        Err(Error::WechatUnavailable { api: "jscode2session", reason })
+    }
+
+    #[test]
+    fn outcomes_follow_the_reasons_given() {
+        let io = |kind| describe(&ureq::Error::Io(std::io::Error::from(kind)));
+        for (result, expected) in [
+            (Ok(json!({})), WechatOutcome::Ok),
+            (Err(Error::WechatCodeInvalid), WechatOutcome::InvalidCode),
+            (Err(Error::WechatRateLimited), WechatOutcome::RateLimited),
+            (
+                Err(Error::Wechat { api: "x", errcode: 40001, errmsg: String::new() }),
+                WechatOutcome::OtherErrcode,
+            ),
+            (unavailable(BUSY.into()), WechatOutcome::Busy),
+            (
+                unavailable(describe(&ureq::Error::Timeout(ureq::Timeout::Global))),
+                WechatOutcome::Timeout,
+            ),
+            (unavailable(io(std::io::ErrorKind::TimedOut)), WechatOutcome::Timeout),
+            (unavailable(describe(&ureq::Error::ConnectionFailed)), WechatOutcome::Refused),
+            (unavailable(describe(&ureq::Error::HostNotFound)), WechatOutcome::Refused),
+            (unavailable(io(std::io::ErrorKind::ConnectionRefused)), WechatOutcome::Refused),
+            (unavailable(io(std::io::ErrorKind::ConnectionReset)), WechatOutcome::ConnectionError),
+            (unavailable(describe(&ureq::Error::StatusCode(503))), WechatOutcome::BadAnswer),
+            (unavailable("answer is not JSON".into()), WechatOutcome::BadAnswer),
+            (unavailable("HTTP status 500".into()), WechatOutcome::BadAnswer),
+        ] {
+            assert_eq!(outcome(&result), expected, "{result:?}");
+        }
+    }
 }

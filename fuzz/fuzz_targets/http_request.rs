@@ -16,10 +16,14 @@ mod codes;
 mod config;
 #[path = "../../src/error.rs"]
 mod error;
+#[path = "../../src/health.rs"]
+mod health;
 #[path = "../../src/jwt.rs"]
 mod jwt;
 #[path = "../../src/log.rs"]
 mod log;
+#[path = "../../src/metrics.rs"]
+mod metrics;
 #[path = "../../src/ratelimit.rs"]
 mod ratelimit;
 #[path = "../../src/router.rs"]

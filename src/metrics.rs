@@ -1,0 +1,554 @@
+//! The numbers behind `GET /metrics`: counters and latency histograms kept in std atomics, and
+//! their Prometheus text exposition (format 0.0.4).
+//!
+//! Recording is a few relaxed atomic additions into fixed arrays, never a lock or an allocation,
+//! so it costs the hot path nothing worth measuring. Every label value comes from a fixed list
+//! here (routes, statuses, WeChat APIs and outcomes): a path nobody routes is `other`, a status
+//! not listed is `other`, so no client can grow the label set. The two account gauges are not
+//! kept here: they are counted in SQLite at scrape time (`store::account_counts`).
+//!
+//! There is one `Metrics`, the static `METRICS`, because calls to WeChat and rate-limit refusals
+//! are recorded deep inside `wechat` and `ratelimit`, where passing a handle would widen every
+//! constructor for a counter. Unit tests make their own `Metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+/// The process's metrics.
+pub(crate) static METRICS: Metrics = Metrics::new();
+
+/// Route labels: the API's endpoints (without the prefix), the operational endpoints, and
+/// `other` for everything else (any 404, whatever its path).
+const ROUTES: [&str; 11] = [
+    "get_openid_by_code",
+    "is_openid_registered",
+    "register",
+    "login",
+    "logout",
+    "verify",
+    "me",
+    "healthz",
+    "readyz",
+    "metrics",
+    "other",
+];
+
+/// How many of `ROUTES`, from the first, are the API's endpoints (under the prefix).
+const API_ROUTES: usize = 7;
+
+/// The routes outside the API prefix, answered for operators rather than clients.
+const PROBES: [&str; 3] = ["healthz", "readyz", "metrics"];
+
+/// Status labels; any other status is counted as `other`.
+const STATUSES: [u16; 14] = [200, 400, 401, 403, 404, 405, 408, 413, 414, 417, 429, 431, 500, 502];
+
+/// Upper bounds of the latency buckets, in microseconds, and as the `le` label shows them.
+const BUCKETS: [(u64, &str); 14] = [
+    (500, "0.0005"),
+    (1_000, "0.001"),
+    (2_500, "0.0025"),
+    (5_000, "0.005"),
+    (10_000, "0.01"),
+    (25_000, "0.025"),
+    (50_000, "0.05"),
+    (100_000, "0.1"),
+    (250_000, "0.25"),
+    (500_000, "0.5"),
+    (1_000_000, "1"),
+    (2_500_000, "2.5"),
+    (5_000_000, "5"),
+    (10_000_000, "10"),
+];
+
+/// The WeChat APIs wxauth calls.
+const WECHAT_APIS: [&str; 3] = ["jscode2session", "stable_token", "getuserphonenumber"];
+
+/// What one call to WeChat came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WechatOutcome {
+    /// errcode 0 or absent.
+    Ok,
+    /// errcode 40029.
+    InvalidCode,
+    /// errcode 40163.
+    CodeUsed,
+    /// errcode 45011.
+    RateLimited,
+    /// errcode 40226.
+    UserBlocked,
+    /// errcode -1 (system busy).
+    Busy,
+    /// Any other errcode.
+    OtherErrcode,
+    /// No answer within the timeouts.
+    Timeout,
+    /// No connection: refused, or the host not found.
+    Refused,
+    /// The connection broke, or TLS or HTTP failed on it.
+    ConnectionError,
+    /// An answer that is not HTTP 200 with a JSON object, or is too large.
+    BadAnswer,
+    /// Not sent: `wechat.max_in_flight` calls were already in flight.
+    InFlightCap,
+}
+
+const WECHAT_OUTCOMES: [WechatOutcome; 12] = [
+    WechatOutcome::Ok,
+    WechatOutcome::InvalidCode,
+    WechatOutcome::CodeUsed,
+    WechatOutcome::RateLimited,
+    WechatOutcome::UserBlocked,
+    WechatOutcome::Busy,
+    WechatOutcome::OtherErrcode,
+    WechatOutcome::Timeout,
+    WechatOutcome::Refused,
+    WechatOutcome::ConnectionError,
+    WechatOutcome::BadAnswer,
+    WechatOutcome::InFlightCap,
+];
+
+impl WechatOutcome {
+    /// The `outcome` label.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            WechatOutcome::Ok => "ok",
+            WechatOutcome::InvalidCode => "invalid_code",
+            WechatOutcome::CodeUsed => "code_used",
+            WechatOutcome::RateLimited => "rate_limited",
+            WechatOutcome::UserBlocked => "user_blocked",
+            WechatOutcome::Busy => "busy",
+            WechatOutcome::OtherErrcode => "other_errcode",
+            WechatOutcome::Timeout => "timeout",
+            WechatOutcome::Refused => "refused",
+            WechatOutcome::ConnectionError => "connection_error",
+            WechatOutcome::BadAnswer => "bad_answer",
+            WechatOutcome::InFlightCap => "in_flight_cap",
+        }
+    }
+
+    /// WeChat answered (with an errcode or without): it is reachable, whatever it said.
+    pub(crate) fn answered(self) -> bool {
+        matches!(
+            self,
+            WechatOutcome::Ok
+                | WechatOutcome::InvalidCode
+                | WechatOutcome::CodeUsed
+                | WechatOutcome::RateLimited
+                | WechatOutcome::UserBlocked
+                | WechatOutcome::Busy
+                | WechatOutcome::OtherErrcode
+        )
+    }
+}
+
+/// A route label (an index into `ROUTES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RouteLabel(usize);
+
+impl RouteLabel {
+    /// The label for a request's path (without its query) and the status it got. A 404 is
+    /// `other` whatever the path, so unknown paths never become labels.
+    pub(crate) fn of(prefix: &str, path: &str, status: u16) -> RouteLabel {
+        let other = RouteLabel(ROUTES.len() - 1);
+        if status == 404 {
+            return other;
+        }
+        let (name, candidates) = match path.strip_prefix('/').filter(|name| PROBES.contains(name)) {
+            Some(probe) => (probe, &ROUTES[..]),
+            None => match path.strip_prefix(prefix) {
+                Some(rest) => (rest.strip_suffix('/').unwrap_or(rest), &ROUTES[..API_ROUTES]),
+                None => return other,
+            },
+        };
+        candidates.iter().position(|route| *route == name).map_or(other, RouteLabel)
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        ROUTES[self.0]
+    }
+
+    /// `/healthz`, `/readyz` or `/metrics`: asked every few seconds by machines.
+    pub(crate) fn is_probe(self) -> bool {
+        PROBES.contains(&self.name())
+    }
+}
+
+type Counters<const N: usize> = [AtomicU64; N];
+
+const fn counters<const N: usize>() -> Counters<N> {
+    [const { AtomicU64::new(0) }; N]
+}
+
+/// Status slots: one per listed status, and `other`.
+const STATUS_SLOTS: usize = STATUSES.len() + 1;
+/// Bucket slots: one per bound, and one for slower requests (`+Inf` only).
+const BUCKET_SLOTS: usize = BUCKETS.len() + 1;
+
+pub(crate) struct Metrics {
+    /// Requests answered by a worker, by route and status.
+    requests: [Counters<STATUS_SLOTS>; ROUTES.len()],
+    /// Requests by route and the first bucket their duration fits in (not cumulative).
+    latency: [Counters<BUCKET_SLOTS>; ROUTES.len()],
+    /// Sum of request durations by route, in microseconds.
+    latency_sum: Counters<{ ROUTES.len() }>,
+    /// Requests tiny_http refused before a worker saw them, by status.
+    refused: Counters<STATUS_SLOTS>,
+    /// Calls to WeChat by API and outcome.
+    wechat_calls: [Counters<{ WECHAT_OUTCOMES.len() }>; WECHAT_APIS.len()],
+    /// The last call to WeChat that was sent: Unix seconds << 16 | API << 8 | outcome; 0 before
+    /// the first. One word, so a reader never sees the time of one call with another's outcome.
+    last_wechat_call: AtomicU64,
+    access_token_refreshes: AtomicU64,
+    rate_limit_refusals: AtomicU64,
+    /// Unix seconds when the server started.
+    started: AtomicU64,
+}
+
+/// The last call to WeChat, for `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LastWechatCall {
+    pub(crate) api: &'static str,
+    pub(crate) outcome: WechatOutcome,
+    /// Unix seconds.
+    pub(crate) at: i64,
+}
+
+/// The account gauges, counted in the database at scrape time.
+pub(crate) struct AccountGauges {
+    pub(crate) accounts: i64,
+    pub(crate) registered: i64,
+}
+
+fn add(counter: &AtomicU64, amount: u64) {
+    // Relaxed: each counter is independent, and a scrape may see any recent value.
+    counter.fetch_add(amount, Ordering::Relaxed);
+}
+
+/// The HELP and TYPE lines of a metric family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn status_slot(status: u16) -> usize {
+    STATUSES.iter().position(|known| *known == status).unwrap_or(STATUSES.len())
+}
+
+fn status_label(slot: usize) -> String {
+    STATUSES.get(slot).map_or_else(|| "other".to_string(), u16::to_string)
+}
+
+impl Metrics {
+    pub(crate) const fn new() -> Metrics {
+        Metrics {
+            requests: [const { counters() }; ROUTES.len()],
+            latency: [const { counters() }; ROUTES.len()],
+            latency_sum: counters(),
+            refused: counters(),
+            wechat_calls: [const { counters() }; WECHAT_APIS.len()],
+            last_wechat_call: AtomicU64::new(0),
+            access_token_refreshes: AtomicU64::new(0),
+            rate_limit_refusals: AtomicU64::new(0),
+            started: AtomicU64::new(0),
+        }
+    }
+
+    /// Notes the server's start time.
+    pub(crate) fn started(&self, now: i64) {
+        self.started.store(now.max(0) as u64, Ordering::Relaxed);
+    }
+
+    /// One request answered by a worker.
+    pub(crate) fn request(&self, route: RouteLabel, status: u16, duration: Duration) {
+        add(&self.requests[route.0][status_slot(status)], 1);
+        let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+        let bucket =
+            BUCKETS.iter().position(|(bound, _)| micros <= *bound).unwrap_or(BUCKETS.len());
+        add(&self.latency[route.0][bucket], 1);
+        add(&self.latency_sum[route.0], micros);
+    }
+
+    /// One request head refused by tiny_http (too long, too slow, malformed).
+    pub(crate) fn refused(&self, status: u16) {
+        add(&self.refused[status_slot(status)], 1);
+    }
+
+    /// One call to WeChat (each attempt, so a retried errcode -1 counts twice), or one refused by
+    /// the in-flight cap. `api` is one of `WECHAT_APIS`.
+    pub(crate) fn wechat_call(&self, api: &str, outcome: WechatOutcome, now: i64) {
+        let Some(api_index) = WECHAT_APIS.iter().position(|known| *known == api) else {
+            debug_assert!(false, "unknown WeChat API {api}");
+            return;
+        };
+        let outcome_index = WECHAT_OUTCOMES.iter().position(|known| *known == outcome).unwrap_or(0);
+        add(&self.wechat_calls[api_index][outcome_index], 1);
+        if outcome != WechatOutcome::InFlightCap {
+            let packed = (now.max(1) as u64) << 16 | (api_index as u64) << 8 | outcome_index as u64;
+            self.last_wechat_call.store(packed, Ordering::Relaxed);
+        }
+    }
+
+    /// The last call sent to WeChat, if any.
+    pub(crate) fn last_wechat_call(&self) -> Option<LastWechatCall> {
+        let packed = self.last_wechat_call.load(Ordering::Relaxed);
+        if packed == 0 {
+            return None;
+        }
+        Some(LastWechatCall {
+            api: WECHAT_APIS.get((packed >> 8 & 0xff) as usize)?,
+            outcome: *WECHAT_OUTCOMES.get((packed & 0xff) as usize)?,
+            at: (packed >> 16) as i64,
+        })
+    }
+
+    pub(crate) fn access_token_refreshed(&self) {
+        add(&self.access_token_refreshes, 1);
+    }
+
+    pub(crate) fn rate_limit_refused(&self) {
+        add(&self.rate_limit_refusals, 1);
+    }
+
+    /// The text exposition. Series that are still zero are left out, except the plain counters;
+    /// `accounts` is `None` when the database could not be read (the gauges are then absent).
+    pub(crate) fn render(&self, accounts: Option<&AccountGauges>) -> String {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let mut out = String::with_capacity(4096);
+
+        family(
+            &mut out,
+            "wxauth_http_requests_total",
+            "counter",
+            "Requests answered, by route (API endpoint without the prefix, healthz, readyz, metrics, or other for any unknown path) and HTTP status.",
+        );
+        for (route, statuses) in ROUTES.iter().zip(&self.requests) {
+            for (slot, counter) in statuses.iter().enumerate() {
+                let count = load(counter);
+                if count > 0 {
+                    let status = status_label(slot);
+                    let _ = writeln!(
+                        out,
+                        "wxauth_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}"
+                    );
+                }
+            }
+        }
+
+        family(
+            &mut out,
+            "wxauth_http_request_duration_seconds",
+            "histogram",
+            "Time from a worker taking a request to its answer being ready, by route.",
+        );
+        for (index, route) in ROUTES.iter().enumerate() {
+            let counts: Vec<u64> = self.latency[index].iter().map(load).collect();
+            let total: u64 = counts.iter().sum();
+            if total == 0 {
+                continue;
+            }
+            let mut cumulative = 0;
+            for ((_, le), count) in BUCKETS.iter().zip(&counts) {
+                cumulative += count;
+                let _ = writeln!(
+                    out,
+                    "wxauth_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let sum = load(&self.latency_sum[index]) as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "wxauth_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {total}\n\
+                 wxauth_http_request_duration_seconds_sum{{route=\"{route}\"}} {sum}\n\
+                 wxauth_http_request_duration_seconds_count{{route=\"{route}\"}} {total}"
+            );
+        }
+
+        family(
+            &mut out,
+            "wxauth_http_refused_total",
+            "counter",
+            "Requests refused before reaching a worker (head too large or too slow, malformed), by HTTP status.",
+        );
+        for (slot, counter) in self.refused.iter().enumerate() {
+            let count = load(counter);
+            if count > 0 {
+                let status = status_label(slot);
+                let _ = writeln!(out, "wxauth_http_refused_total{{status=\"{status}\"}} {count}");
+            }
+        }
+
+        family(
+            &mut out,
+            "wxauth_wechat_calls_total",
+            "counter",
+            "Calls to WeChat by API and outcome: ok, an errcode class (invalid_code, code_used, rate_limited, user_blocked, busy, other_errcode), a transport failure (timeout, refused, connection_error, bad_answer), or in_flight_cap (not sent: too many in flight).",
+        );
+        for (api, outcomes) in WECHAT_APIS.iter().zip(&self.wechat_calls) {
+            for (outcome, counter) in WECHAT_OUTCOMES.iter().zip(outcomes) {
+                let count = load(counter);
+                if count > 0 {
+                    let outcome = outcome.name();
+                    let _ = writeln!(
+                        out,
+                        "wxauth_wechat_calls_total{{api=\"{api}\",outcome=\"{outcome}\"}} {count}"
+                    );
+                }
+            }
+        }
+
+        family(
+            &mut out,
+            "wxauth_wechat_access_token_refreshes_total",
+            "counter",
+            "Access tokens obtained from WeChat's stable_token.",
+        );
+        let refreshes = load(&self.access_token_refreshes);
+        let _ = writeln!(out, "wxauth_wechat_access_token_refreshes_total {refreshes}");
+
+        family(
+            &mut out,
+            "wxauth_rate_limit_refusals_total",
+            "counter",
+            "Requests refused with 429 by the per-address rate limit.",
+        );
+        let refusals = load(&self.rate_limit_refusals);
+        let _ = writeln!(out, "wxauth_rate_limit_refusals_total {refusals}");
+
+        if let Some(gauges) = accounts {
+            family(&mut out, "wxauth_accounts", "gauge", "Accounts in the database.");
+            let _ = writeln!(out, "wxauth_accounts {}", gauges.accounts);
+            family(
+                &mut out,
+                "wxauth_registered_accounts",
+                "gauge",
+                "Accounts that completed registration (is_register).",
+            );
+            let _ = writeln!(out, "wxauth_registered_accounts {}", gauges.registered);
+        }
+
+        family(
+            &mut out,
+            "wxauth_start_time_seconds",
+            "gauge",
+            "When the server started, Unix seconds.",
+        );
+        let _ = writeln!(out, "wxauth_start_time_seconds {}", load(&self.started));
+        family(&mut out, "wxauth_build_info", "gauge", "Always 1; the version is the label.");
+        let _ = writeln!(out, "wxauth_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+        out
+    }
+}
+
+/// The exposition for `GET /metrics`: the process's metrics and the account gauges, counted on
+/// the worker's read connection now.
+pub(crate) fn scrape(db: &Connection) -> String {
+    let gauges = match crate::store::account_counts(db) {
+        Ok(counts) => {
+            Some(AccountGauges { accounts: counts.accounts, registered: counts.registered })
+        }
+        Err(error) => {
+            crate::log::warn(&format!("metrics: cannot count accounts: {error}"));
+            None
+        }
+    };
+    METRICS.render(gauges.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PREFIX: &str = "/miniprog/wx_auth/";
+
+    #[test]
+    fn route_labels_are_bounded() {
+        let label = |path: &str, status| RouteLabel::of(PREFIX, path, status).name();
+        assert_eq!(label("/miniprog/wx_auth/login", 200), "login");
+        assert_eq!(label("/miniprog/wx_auth/login/", 405), "login");
+        assert_eq!(label("/miniprog/wx_auth/get_openid_by_code", 403), "get_openid_by_code");
+        assert_eq!(label("/healthz", 200), "healthz");
+        assert_eq!(label("/metrics", 405), "metrics");
+        assert_eq!(label("/miniprog/wx_auth/nope", 404), "other");
+        assert_eq!(label("/miniprog/wx_auth/login", 404), "other");
+        assert_eq!(label("/anything/else", 500), "other");
+        assert_eq!(label("/miniprog/wx_auth/healthz", 200), "other");
+        assert!(RouteLabel::of(PREFIX, "/readyz", 503).is_probe());
+        assert!(!RouteLabel::of(PREFIX, "/miniprog/wx_auth/login", 200).is_probe());
+        // With the API at the root, the probes still win.
+        assert_eq!(RouteLabel::of("/", "/metrics", 200).name(), "metrics");
+        assert_eq!(RouteLabel::of("/", "/login", 200).name(), "login");
+    }
+
+    #[test]
+    fn histograms_are_cumulative_and_count_every_request() {
+        let metrics = Metrics::new();
+        let login = RouteLabel::of(PREFIX, "/miniprog/wx_auth/login", 200);
+        metrics.request(login, 200, Duration::from_micros(400));
+        metrics.request(login, 200, Duration::from_millis(3));
+        metrics.request(login, 599, Duration::from_secs(60));
+        let text = metrics.render(None);
+        let line = |prefix: &str| {
+            text.lines()
+                .find(|line| line.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(line("wxauth_http_requests_total{route=\"login\",status=\"200\"}"), "2");
+        assert_eq!(line("wxauth_http_requests_total{route=\"login\",status=\"other\"}"), "1");
+        let bucket = |le: &str| {
+            line(&format!(
+                "wxauth_http_request_duration_seconds_bucket{{route=\"login\",le=\"{le}\"}}"
+            ))
+        };
+        assert_eq!(bucket("0.0005"), "1");
+        assert_eq!(bucket("0.0025"), "1");
+        assert_eq!(bucket("0.005"), "2");
+        assert_eq!(bucket("10"), "2");
+        assert_eq!(bucket("+Inf"), "3");
+        assert_eq!(line("wxauth_http_request_duration_seconds_count{route=\"login\"}"), "3");
+        assert_eq!(line("wxauth_http_request_duration_seconds_sum{route=\"login\"}"), "60.0034");
+        assert!(!text.contains("route=\"logout\""), "zero series are left out");
+        assert!(!text.contains("wxauth_accounts "), "no gauges without the database");
+    }
+
+    #[test]
+    fn every_family_has_help_and_type() {
+        let metrics = Metrics::new();
+        metrics.wechat_call("jscode2session", WechatOutcome::Busy, 1_700_000_000);
+        metrics.refused(431);
+        let text = metrics.render(Some(&AccountGauges { accounts: 2, registered: 1 }));
+        for line in text.lines().filter(|line| !line.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|base| text.contains(&format!("# TYPE {base} histogram")))
+                .unwrap_or(name);
+            assert!(text.contains(&format!("# HELP {family} ")), "no HELP for {name}");
+            assert!(text.contains(&format!("# TYPE {family} ")), "no TYPE for {name}");
+        }
+        assert!(
+            text.contains("wxauth_wechat_calls_total{api=\"jscode2session\",outcome=\"busy\"} 1")
+        );
+        assert!(text.contains("wxauth_http_refused_total{status=\"431\"} 1"));
+        assert!(text.contains("wxauth_registered_accounts 1"));
+    }
+
+    #[test]
+    fn the_last_wechat_call_is_one_word() {
+        let metrics = Metrics::new();
+        assert_eq!(metrics.last_wechat_call(), None);
+        metrics.wechat_call("stable_token", WechatOutcome::Timeout, 1_700_000_000);
+        metrics.wechat_call("getuserphonenumber", WechatOutcome::InFlightCap, 1_700_000_005);
+        let last = metrics.last_wechat_call().unwrap();
+        assert_eq!(last.api, "stable_token", "a call never sent is not the last call");
+        assert_eq!(last.outcome, WechatOutcome::Timeout);
+        assert_eq!(last.at, 1_700_000_000);
+        assert!(!last.outcome.answered());
+    }
+}
