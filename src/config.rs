@@ -226,21 +226,49 @@ impl Config {
         self.trusted_proxies.iter().filter_map(|text| text.parse().ok()).collect()
     }
 
-    /// The configuration shown by `Debug`, as TOML with secrets replaced.
-    fn redacted(&self) -> Config {
-        let mut shown = self.clone();
-        for secret in [&mut shown.wechat.secret, &mut shown.jwt.secret] {
-            if !secret.is_empty() {
-                *secret = "<redacted>".into();
-            }
+    /// The configuration shown by `Debug` (and `wxauth check-config`), with the values of
+    /// `SECRET_KEYS` replaced. Done on the TOML form, so a key needs no code of its own and a list
+    /// of secrets is covered; then back into a `Config`, so it prints in the file's key order.
+    fn redacted(&self) -> Result<Config, String> {
+        let mut table = toml::Table::try_from(self).map_err(|error| error.to_string())?;
+        redact_keys(&mut table, SECRET_KEYS);
+        toml::Value::Table(table).try_into().map_err(|error: toml::de::Error| error.to_string())
+    }
+}
+
+/// The keys whose values are secret, as `section.key`: shown as "<redacted>" (each element of a
+/// list), or as "" when unset. A new secret key belongs here; the test
+/// `every_secret_like_key_is_listed_as_secret` fails until it is.
+const SECRET_KEYS: &[&str] = &["wechat.secret", "jwt.secret"];
+
+/// Replaces the values at `keys` (`key` or `section.key`) in `table`.
+fn redact_keys(table: &mut toml::Table, keys: &[&str]) {
+    for path in keys {
+        let value = match path.split_once('.') {
+            None => table.get_mut(*path),
+            Some((section, key)) => match table.get_mut(section) {
+                Some(toml::Value::Table(section)) => section.get_mut(key),
+                _ => None,
+            },
+        };
+        if let Some(value) = value {
+            redact_value(value);
         }
-        shown
+    }
+}
+
+fn redact_value(value: &mut toml::Value) {
+    match value {
+        // An empty secret stays empty: whether one is set is worth seeing, and is no secret.
+        toml::Value::String(text) if !text.is_empty() => *text = "<redacted>".into(),
+        toml::Value::Array(items) => items.iter_mut().for_each(redact_value),
+        _ => {}
     }
 }
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match toml::to_string(&self.redacted()) {
+        match self.redacted().and_then(|shown| toml::to_string(&shown).map_err(|e| e.to_string())) {
             Ok(text) => f.write_str(&text),
             Err(_) => f.write_str("<config>"),
         }
@@ -645,5 +673,36 @@ mod tests {
         assert!(!shown.contains("appsecret-value"), "{shown}");
         assert!(!shown.contains("jwt-secret-value"), "{shown}");
         assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn every_secret_like_key_is_listed_as_secret() {
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        let mut paths = Vec::new();
+        for (key, value) in &defaults {
+            match value {
+                toml::Value::Table(section) => {
+                    paths.extend(section.keys().map(|inner| format!("{key}.{inner}")))
+                }
+                _ => paths.push(key.clone()),
+            }
+        }
+        for path in paths {
+            let name = path.rsplit('.').next().unwrap_or_default();
+            if ["secret", "password", "token", "private"].iter().any(|word| name.contains(word)) {
+                assert!(SECRET_KEYS.contains(&path.as_str()), "add `{path}` to SECRET_KEYS");
+            }
+        }
+    }
+
+    #[test]
+    fn a_list_of_secrets_is_redacted_element_by_element() {
+        let mut table: toml::Table =
+            toml::from_str("[jwt]\nsecret = [\"old-one\", \"\", \"old-two\"]\nissuer = \"me\"\n")
+                .unwrap();
+        redact_keys(&mut table, &["jwt.secret", "no_such.key", "absent"]);
+        let text = toml::to_string(&table).unwrap();
+        assert!(text.contains(r#"secret = ["<redacted>", "", "<redacted>"]"#), "{text}");
+        assert!(text.contains(r#"issuer = "me""#), "{text}");
     }
 }

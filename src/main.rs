@@ -1,10 +1,13 @@
 //! wxauth: a WeChat mini-program login server in one binary with one SQLite file.
 //!
 //! This file owns the command line, start-up and exit codes, and is the only place that prints to
-//! stdout or exits. The first line `serve` prints is `listening on http://HOST:PORT`; in demo mode
-//! the next names the fake WeChat. A start-up failure is one line on stderr and exit status 1; a
-//! usage error, status 2; a clean stop after SIGTERM or SIGINT, status 0.
+//! stdout or exits: the operator's commands (admin.rs) write to the stdout handed to them here and
+//! return their failure for main to report. The first line `serve` prints is
+//! `listening on http://HOST:PORT`; in demo mode the next names the fake WeChat. A start-up or
+//! command failure is one line on stderr and exit status 1; a usage error, status 2; a clean stop
+//! after SIGTERM or SIGINT, status 0.
 
+mod admin;
 mod api;
 mod codes;
 mod config;
@@ -25,6 +28,7 @@ mod wxcrypt;
 #[cfg(test)]
 mod fuzz_replay;
 
+use std::io::{BufWriter, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,37 +36,179 @@ use std::time::Duration;
 use signal_hook::consts::signal::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-const USAGE: &str = "\
+/// The `--config` paragraph every command that reads the configuration shares.
+macro_rules! config_option {
+    () => {
+        "\
+--config PATH picks the config file: PATH, else $WXAUTH_CONFIG, else ./wxauth.toml when present,
+else the built-in defaults; WXAUTH_* environment variables override it (see README)."
+    };
+}
+
+const USAGE: &str = concat!(
+    "\
 wxauth — WeChat mini-program login server
 
 Usage:
-  wxauth [serve] [--config PATH]        run the server (the default command)
-  wxauth fake-wechat [--listen ADDR]    run only the fake WeChat (default 127.0.0.1:9100)
-  wxauth --version | --help
+  wxauth [serve] [--config PATH]              run the server (the default command)
+  wxauth check-config [--config PATH]         validate the configuration, print it with secrets redacted
+  wxauth users list [--limit N] [--offset N]  list accounts as a table
+  wxauth users show ID|OPENID                 print one account as JSON
+  wxauth users export --format csv|json       write every account to stdout
+  wxauth users revoke ID                      revoke every token of an account, as logout does
+  wxauth backup PATH                          copy the live database to a new file, verified
+  wxauth migrate                              apply pending schema upgrades to the database
+  wxauth fake-wechat [--listen ADDR]          run only the fake WeChat (default 127.0.0.1:9100)
+  wxauth help [COMMAND]                       this text, or one command's (also COMMAND --help)
+  wxauth --version
 
-The config file is PATH, else $WXAUTH_CONFIG, else ./wxauth.toml when present, else the built-in
-defaults; WXAUTH_* environment variables override it (see README). With no WeChat appid and
-secret configured, wxauth runs in demo mode against a built-in fake WeChat on loopback.";
+",
+    config_option!(),
+    "
+
+With no WeChat appid and secret configured, wxauth runs in demo mode against a built-in fake
+WeChat on loopback. Exit status: 0 done, 1 failed (the reason on stderr), 2 usage error."
+);
+
+const SERVE_USAGE: &str = concat!(
+    "\
+Usage: wxauth [serve] [--config PATH]
+
+Runs the server. The first line it prints is `listening on http://HOST:PORT`; in demo mode the
+next names the built-in fake WeChat. The database file is created (owner-only) when missing and
+upgraded in place when older. SIGTERM or SIGINT stops it gracefully, with exit status 0.
+
+",
+    config_option!()
+);
+
+const CHECK_CONFIG_USAGE: &str = concat!(
+    "\
+Usage: wxauth check-config [--config PATH]
+
+Loads and validates the configuration exactly as `serve` would, and prints the effective values
+as TOML with every secret shown as \"<redacted>\". An invalid configuration exits 1 with the
+reason, naming the key, on stderr. Touches no database.
+
+",
+    config_option!()
+);
+
+const USERS_USAGE: &str = concat!(
+    "\
+Usage:
+  wxauth users list [--limit N] [--offset N] [--config PATH]
+  wxauth users show ID|OPENID [--config PATH]
+  wxauth users export --format csv|json [--config PATH]
+  wxauth users revoke ID [--config PATH]
+
+list    accounts by id as a table (id, openid, phone, registered, date_joined, last_login),
+        --limit of them (default 50) after skipping --offset (default 0), then a summary line.
+show    one account, by id or openid, as JSON with the API's account field names.
+export  every account to stdout, read row by row (any number of accounts): `csv` is a header
+        row of the account object's field names, then one row per account (RFC 4180: CRLF,
+        fields quoted when they hold a comma, quote or line break; null is empty); `json` is one
+        JSON array with one account object per line.
+revoke  revokes every token issued to the account so far, as `POST logout` does: they are then
+        refused with `token_revoked`. Works while the server runs.
+
+Session keys and token versions are never shown. The database (`database` in the config) must
+exist and have the current schema (`wxauth migrate`); it is read without taking the write lock.
+An unknown account exits 1.
+
+",
+    config_option!()
+);
+
+const BACKUP_USAGE: &str = concat!(
+    "\
+Usage: wxauth backup PATH [--config PATH]
+
+Copies the database to PATH with SQLite's online backup: one consistent snapshot, safe while the
+server is serving, which it never blocks. PATH must not exist yet (nothing is overwritten) and is
+created readable by its owner only, as the copy holds session keys. The copy is opened again and
+checked with PRAGMA integrity_check; the command prints the size, each table's row count and
+`integrity_check ok`. On any failure it exits 1 and removes the partial copy.
+
+",
+    config_option!()
+);
+
+const MIGRATE_USAGE: &str = concat!(
+    "\
+Usage: wxauth migrate [--config PATH]
+
+Applies the schema versions the database lacks (as `serve` does at start) and says which:
+`applied schema version N`, or `schema is current (version N)`. The database must exist:
+migrate never creates one (`serve` does), so a mistyped path fails instead of looking done.
+
+",
+    config_option!()
+);
+
+const FAKE_WECHAT_USAGE: &str = "\
+Usage: wxauth fake-wechat [--listen ADDR]
+
+Runs only the offline fake WeChat (default 127.0.0.1:9100), for pointing a configured wxauth or
+a client at it; README lists its demo users and misbehaviour codes. Stops on SIGTERM or SIGINT.";
+
+/// The usage text of each command, by name.
+fn command_usage(command: &str) -> Option<&'static str> {
+    Some(match command {
+        "serve" => SERVE_USAGE,
+        "check-config" => CHECK_CONFIG_USAGE,
+        "users" => USERS_USAGE,
+        "backup" => BACKUP_USAGE,
+        "migrate" => MIGRATE_USAGE,
+        "fake-wechat" => FAKE_WECHAT_USAGE,
+        _ => return None,
+    })
+}
 
 /// What the command line asks for.
 enum Command {
-    Serve { config: Option<String> },
-    FakeWechat { listen: String },
-    Help,
+    Serve {
+        config: Option<String>,
+    },
+    FakeWechat {
+        listen: String,
+    },
+    CheckConfig {
+        config: Option<String>,
+    },
+    Users {
+        config: Option<String>,
+        action: admin::UsersAction,
+    },
+    Backup {
+        config: Option<String>,
+        destination: String,
+    },
+    Migrate {
+        config: Option<String>,
+    },
+    /// Print this usage text.
+    Help(&'static str),
     Version,
+}
+
+/// A command line that makes no sense: what is wrong, and the usage text to show with it.
+struct UsageError {
+    message: String,
+    usage: &'static str,
 }
 
 fn main() -> ExitCode {
     let command = match parse_arguments(std::env::args().skip(1).collect()) {
         Ok(command) => command,
-        Err(message) => {
-            eprintln!("wxauth: {message}\n\n{USAGE}");
+        Err(UsageError { message, usage }) => {
+            eprintln!("wxauth: {message}\n\n{usage}");
             return ExitCode::from(2);
         }
     };
     let result = match command {
-        Command::Help => {
-            println!("{USAGE}");
+        Command::Help(usage) => {
+            println!("{usage}");
             Ok(())
         }
         Command::Version => {
@@ -71,6 +217,15 @@ fn main() -> ExitCode {
         }
         Command::Serve { config } => serve(config),
         Command::FakeWechat { listen } => fake_wechat(&listen),
+        Command::CheckConfig { config } => {
+            to_stdout(|out| admin::check_config(config.as_deref(), out))
+        }
+        Command::Users { config, action } => config::load(config.as_deref())
+            .and_then(|config| to_stdout(|out| admin::users(&config, action, out))),
+        Command::Backup { config, destination } => config::load(config.as_deref())
+            .and_then(|config| to_stdout(|out| admin::backup(&config, &destination, out))),
+        Command::Migrate { config } => config::load(config.as_deref())
+            .and_then(|config| to_stdout(|out| admin::migrate(&config, out))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -81,37 +236,195 @@ fn main() -> ExitCode {
     }
 }
 
-fn parse_arguments(arguments: Vec<String>) -> Result<Command, String> {
+/// Runs an operator command with a buffered stdout (an export writes millions of small pieces).
+fn to_stdout(command: impl FnOnce(&mut dyn Write) -> Result<(), String>) -> Result<(), String> {
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    command(&mut out)?;
+    out.flush().map_err(|error| format!("cannot write the output: {error}"))
+}
+
+/// Options that take a value, and what the value is.
+const VALUE_OPTIONS: [(&str, &str); 5] = [
+    ("--config", "a path"),
+    ("--listen", "an address"),
+    ("--limit", "a number"),
+    ("--offset", "a number"),
+    ("--format", "csv or json"),
+];
+
+fn parse_arguments(arguments: Vec<String>) -> Result<Command, UsageError> {
+    let mut words = Vec::new();
+    let mut options: Vec<(&'static str, String)> = Vec::new();
+    let mut help = false;
     let mut arguments = arguments.into_iter();
-    let mut subcommand: Option<String> = None;
-    let mut config = None;
-    let mut listen = None;
     while let Some(argument) = arguments.next() {
+        // Usage errors found here show the usage of the command named so far, if any.
+        let usage =
+            words.first().and_then(|command: &String| command_usage(command)).unwrap_or(USAGE);
         match argument.as_str() {
-            "-h" | "--help" | "help" => return Ok(Command::Help),
+            "-h" | "--help" => help = true,
             "-V" | "--version" => return Ok(Command::Version),
-            "--config" => config = Some(arguments.next().ok_or("--config needs a path")?),
-            "--listen" => listen = Some(arguments.next().ok_or("--listen needs an address")?),
-            "serve" | "fake-wechat" if subcommand.is_none() => subcommand = Some(argument),
-            other => return Err(format!("unexpected argument `{other}`")),
+            _ if argument.starts_with('-') && argument.len() > 1 => {
+                let (name, inline) = match argument.split_once('=') {
+                    Some((name, value)) => (name, Some(value.to_string())),
+                    None => (argument.as_str(), None),
+                };
+                let Some(&(name, what)) = VALUE_OPTIONS.iter().find(|(known, _)| *known == name)
+                else {
+                    return Err(UsageError {
+                        message: format!("unexpected argument `{argument}`"),
+                        usage,
+                    });
+                };
+                let value = match inline.or_else(|| arguments.next()) {
+                    Some(value) => value,
+                    None => {
+                        return Err(UsageError { message: format!("{name} needs {what}"), usage });
+                    }
+                };
+                if options.iter().any(|(given, _)| *given == name) {
+                    return Err(UsageError { message: format!("{name} given twice"), usage });
+                }
+                options.push((name, value));
+            }
+            _ => words.push(argument),
         }
     }
-    match subcommand.as_deref() {
-        None | Some("serve") => {
-            if listen.is_some() {
-                return Err(
-                    "--listen belongs to fake-wechat; set `listen` or WXAUTH_LISTEN for the server"
-                        .into(),
-                );
-            }
-            Ok(Command::Serve { config: config.or_else(|| std::env::var("WXAUTH_CONFIG").ok()) })
+
+    let command = words.first().cloned().unwrap_or_else(|| "serve".into());
+    if command == "help" {
+        let usage = match words.get(1) {
+            None => USAGE,
+            Some(topic) => command_usage(topic).ok_or_else(|| UsageError {
+                message: format!("no command `{topic}`"),
+                usage: USAGE,
+            })?,
+        };
+        if words.len() > 2 || !options.is_empty() {
+            return Err(UsageError { message: "help takes at most one command".into(), usage });
         }
+        return Ok(Command::Help(usage));
+    }
+    let Some(usage) = command_usage(&command) else {
+        return Err(UsageError { message: format!("unknown command `{command}`"), usage: USAGE });
+    };
+    if help {
+        // `wxauth --help` is about wxauth as a whole, not its default command.
+        return Ok(Command::Help(if words.is_empty() { USAGE } else { usage }));
+    }
+    let mut rest = Rest { command, words: words.into_iter().skip(1).collect(), options, usage };
+    let parsed = match rest.command.as_str() {
+        "serve" => {
+            if rest.options.iter().any(|(name, _)| *name == "--listen") {
+                return Err(rest.error(
+                    "--listen belongs to fake-wechat; set `listen` or WXAUTH_LISTEN for the server",
+                ));
+            }
+            Command::Serve { config: rest.config() }
+        }
+        "fake-wechat" => {
+            if rest.options.iter().any(|(name, _)| *name == "--config") {
+                return Err(rest.error("fake-wechat takes no --config"));
+            }
+            Command::FakeWechat {
+                listen: rest.option("--listen").unwrap_or_else(|| "127.0.0.1:9100".into()),
+            }
+        }
+        "check-config" => Command::CheckConfig { config: rest.config() },
+        "backup" => {
+            let destination = rest.word("a PATH to write the backup to")?;
+            Command::Backup { config: rest.config(), destination }
+        }
+        "migrate" => Command::Migrate { config: rest.config() },
         _ => {
-            if config.is_some() {
-                return Err("fake-wechat takes no --config".into());
-            }
-            Ok(Command::FakeWechat { listen: listen.unwrap_or_else(|| "127.0.0.1:9100".into()) })
+            let action = match rest.word("an action: list, show, export or revoke")?.as_str() {
+                "list" => admin::UsersAction::List {
+                    limit: rest.number("--limit")?.unwrap_or(50),
+                    offset: rest.number("--offset")?.unwrap_or(0),
+                },
+                "show" => admin::UsersAction::Show { who: rest.word("an ID or OPENID")? },
+                "export" => {
+                    let format = match rest.option("--format").as_deref() {
+                        Some("csv") => admin::ExportFormat::Csv,
+                        Some("json") => admin::ExportFormat::Json,
+                        Some(other) => {
+                            return Err(
+                                rest.error(&format!("--format must be csv or json, not `{other}`"))
+                            );
+                        }
+                        None => return Err(rest.error("users export needs --format csv or json")),
+                    };
+                    admin::UsersAction::Export { format }
+                }
+                "revoke" => {
+                    let id = rest.word("an account ID")?;
+                    let id = id.parse().map_err(|_| {
+                        rest.error(&format!(
+                            "users revoke takes an account id (a number), not `{id}`"
+                        ))
+                    })?;
+                    admin::UsersAction::Revoke { id }
+                }
+                other => {
+                    return Err(rest.error(&format!(
+                        "unknown users action `{other}`: list, show, export or revoke"
+                    )));
+                }
+            };
+            Command::Users { config: rest.config(), action }
         }
+    };
+    rest.finish()?;
+    Ok(parsed)
+}
+
+/// The command line after the command's name, taken piece by piece; anything left untaken is
+/// an error naming it.
+struct Rest {
+    command: String,
+    words: std::collections::VecDeque<String>,
+    options: Vec<(&'static str, String)>,
+    usage: &'static str,
+}
+
+impl Rest {
+    fn error(&self, message: &str) -> UsageError {
+        UsageError { message: message.to_string(), usage: self.usage }
+    }
+
+    fn option(&mut self, name: &str) -> Option<String> {
+        let index = self.options.iter().position(|(given, _)| *given == name)?;
+        Some(self.options.remove(index).1)
+    }
+
+    /// `--config`, else `$WXAUTH_CONFIG`.
+    fn config(&mut self) -> Option<String> {
+        self.option("--config").or_else(|| std::env::var("WXAUTH_CONFIG").ok())
+    }
+
+    fn number(&mut self, name: &str) -> Result<Option<u64>, UsageError> {
+        match self.option(name) {
+            None => Ok(None),
+            Some(text) => text
+                .parse()
+                .map(Some)
+                .map_err(|_| self.error(&format!("{name} takes a whole number, not `{text}`"))),
+        }
+    }
+
+    fn word(&mut self, what: &str) -> Result<String, UsageError> {
+        let command = self.command.clone();
+        self.words.pop_front().ok_or_else(|| self.error(&format!("{command} needs {what}")))
+    }
+
+    fn finish(self) -> Result<(), UsageError> {
+        if let Some(word) = self.words.front() {
+            return Err(self.error(&format!("unexpected argument `{word}`")));
+        }
+        if let Some((name, _)) = self.options.first() {
+            return Err(self.error(&format!("{name} does not apply to {}", self.command)));
+        }
+        Ok(())
     }
 }
 

@@ -668,6 +668,164 @@ pub(crate) fn account_counts(connection: &Connection) -> Result<AccountCounts, E
 
 // ---- End of observability queries ------------------------------------------------------------
 
+// ---------------------------------------------------------------------------------------------
+// The operator's commands (admin.rs): listing, exporting and finding accounts across appids,
+// revoking from outside the server, and backups. None of these opens a database that does not
+// exist yet; admin.rs checks that first and says so.
+
+/// Opens an existing database for one write from outside the server (`wxauth users revoke`):
+/// never creates the file, and waits up to `BUSY_TIMEOUT` for the server's writer between its
+/// group commits rather than failing with `database is locked`.
+pub(crate) fn open_existing(path: &str) -> Result<Connection, Error> {
+    let connection = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    connection.execute_batch("PRAGMA foreign_keys = ON;")?;
+    Ok(connection)
+}
+
+pub(crate) fn account_count(connection: &Connection) -> Result<i64, Error> {
+    Ok(connection.query_row("SELECT count(*) FROM accounts", [], |row| row.get(0))?)
+}
+
+/// Every account with this openid, whatever its appid (one deployment may serve several
+/// mini-programs), by id.
+pub(crate) fn accounts_with_openid(
+    connection: &Connection,
+    openid: &str,
+) -> Result<Vec<Account>, Error> {
+    let mut statement = connection.prepare(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE wx_openid = ?1 ORDER BY id"
+    ))?;
+    let accounts = statement.query_map(params![openid], account_from_row)?;
+    Ok(accounts.collect::<Result<_, _>>()?)
+}
+
+/// Hands the accounts to `visit` one at a time, by id, skipping `offset` and stopping after
+/// `limit` (all when `None`). Rows are read as they are visited, never collected, so a million
+/// accounts cost the memory of one; the read sees one snapshot of the database throughout.
+pub(crate) fn each_account(
+    connection: &Connection,
+    limit: Option<u64>,
+    offset: u64,
+    mut visit: impl FnMut(Account) -> Result<(), Error>,
+) -> Result<(), Error> {
+    // SQLite reads a negative LIMIT as "no limit"; numbers past i64 mean the same.
+    let limit = limit.map_or(-1, |limit| i64::try_from(limit).unwrap_or(-1));
+    let offset = i64::try_from(offset).unwrap_or(i64::MAX);
+    let mut statement = connection.prepare(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY id LIMIT ?1 OFFSET ?2"
+    ))?;
+    let mut rows = statement.query(params![limit, offset])?;
+    while let Some(row) = rows.next()? {
+        visit(account_from_row(row)?)?;
+    }
+    Ok(())
+}
+
+/// What `backup` wrote, read back from the copy.
+pub(crate) struct BackupReport {
+    /// Size of the copy, in bytes.
+    pub(crate) bytes: u64,
+    pub(crate) schema_version: u32,
+    /// Every table of the copy and its row count, by name.
+    pub(crate) tables: Vec<(String, i64)>,
+}
+
+/// Copies the database behind `source` to a new file at `destination` with SQLite's online
+/// backup, then opens the copy and checks it with `PRAGMA integrity_check`. The copy is one
+/// consistent snapshot even while the server writes (the source is in WAL mode, so the copy only
+/// holds a read snapshot and never blocks the writer). An existing `destination` is never
+/// overwritten; on any failure the partial copy is removed. The copy is created readable by its
+/// owner only: it holds session keys and perhaps the generated JWT secret.
+pub(crate) fn backup(source: &Connection, destination: &str) -> Result<BackupReport, Error> {
+    create_new_private_file(destination)?;
+    let result = copy_and_verify(source, destination);
+    if result.is_err() {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let _ = std::fs::remove_file(format!("{destination}{suffix}"));
+        }
+    }
+    result
+}
+
+/// Creates `path`, readable by its owner only; an error if anything is there already.
+fn create_new_private_file(path: &str) -> Result<(), Error> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(Error::Internal(format!("{path} already exists; not overwriting it")))
+        }
+        Err(error) => Err(Error::Internal(format!("cannot create {path}: {error}"))),
+    }
+}
+
+fn copy_and_verify(source: &Connection, destination: &str) -> Result<BackupReport, Error> {
+    {
+        let mut copy = Connection::open(destination)?;
+        let backup = rusqlite::backup::Backup::new(source, &mut copy)?;
+        // All pages in one step: one read snapshot of the source, so a write in between cannot
+        // restart the copy. Busy or locked only while another connection changes the journal
+        // mode or checkpoints; retried for about as long as a busy timeout.
+        let mut attempts = 0;
+        loop {
+            match backup.step(-1)? {
+                rusqlite::backup::StepResult::Done => break,
+                _ if attempts < 100 => {
+                    attempts += 1;
+                    thread::sleep(BUSY_TIMEOUT / 100);
+                }
+                _ => {
+                    return Err(Error::Internal(format!(
+                        "backup: the database stayed busy for {}s",
+                        BUSY_TIMEOUT.as_secs()
+                    )));
+                }
+            }
+        }
+    }
+    // Read back from the file itself, on a fresh connection, not from what was just written.
+    let copy = Connection::open_with_flags(destination, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    let problems = copy
+        .prepare("PRAGMA integrity_check")?
+        .query_map([], |row| row.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    if problems != ["ok"] {
+        return Err(Error::Internal(format!(
+            "backup: integrity_check of {destination} failed: {}",
+            problems.join("; ")
+        )));
+    }
+    let names = copy
+        .prepare(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        )?
+        .query_map([], |row| row.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut tables = Vec::new();
+    for name in names {
+        // A table name cannot be a parameter; this one comes from the schema, quoted as SQL says.
+        let quoted = name.replace('"', "\"\"");
+        let rows =
+            copy.query_row(&format!("SELECT count(*) FROM \"{quoted}\""), [], |row| row.get(0))?;
+        tables.push((name, rows));
+    }
+    let schema_version = schema_version(&copy)?;
+    drop(copy);
+    let bytes = std::fs::metadata(destination)
+        .map_err(|error| Error::Internal(format!("backup: cannot read {destination}: {error}")))?
+        .len();
+    Ok(BackupReport { bytes, schema_version, tables })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,618 @@
+//! The operator's command line: `--help` of every command, usage errors, `check-config`,
+//! `users list|show|export|revoke`, `backup` and `migrate`, each run as the real binary against a
+//! real database, most of them while a server is serving it.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+
+use crate::harness::{TempDir, Wxauth, binary, fresh_code};
+
+/// What one run of the binary showed.
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// Asserts exit status 0 with nothing on stderr; returns stdout.
+    fn success(&self) -> &str {
+        assert_eq!(self.code, Some(0), "{self:#?}");
+        assert_eq!(self.stderr, "", "{self:#?}");
+        &self.stdout
+    }
+
+    /// Asserts a runtime failure: status 1, nothing on stdout, one `wxauth: ` line on stderr
+    /// that contains `reason`.
+    fn failure(&self, reason: &str) {
+        assert_eq!(self.code, Some(1), "{self:#?}");
+        assert_eq!(self.stdout, "", "{self:#?}");
+        assert_eq!(self.stderr.lines().count(), 1, "one line: {self:#?}");
+        assert!(self.stderr.starts_with("wxauth: "), "{self:#?}");
+        assert!(self.stderr.contains(reason), "expected {reason:?}: {self:#?}");
+    }
+}
+
+/// Runs `wxauth ARGS` in `dir` with only `environment` (and PATH) set.
+fn run_in(dir: &Path, arguments: &[&str], environment: &[(&str, &str)]) -> Run {
+    let output = Command::new(binary())
+        .args(arguments)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(environment.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    Run {
+        code: output.status.code(),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8(output.stderr).unwrap(),
+    }
+}
+
+/// Runs `wxauth ARGS` on the database `server` is serving.
+fn run_on(server: &Wxauth, arguments: &[&str]) -> Run {
+    let database = server.dir.0.join("wxauth.db");
+    let run = run_in(&server.dir.0, arguments, &[("WXAUTH_DATABASE", database.to_str().unwrap())]);
+    assert_no_secrets(server, &run.stdout);
+    assert_no_secrets(server, &run.stderr);
+    run
+}
+
+/// No session key the server recorded, no JWT secret and no token appears in `text`.
+fn assert_no_secrets(server: &Wxauth, text: &str) {
+    assert!(!text.contains("eyJ"), "a token in the output:\n{text}");
+    let database = server.database();
+    let mut statement = database
+        .prepare(
+            "SELECT session_key FROM wechat_sessions
+             UNION ALL SELECT value FROM meta WHERE key = 'jwt_secret'",
+        )
+        .unwrap();
+    let secrets: Vec<String> =
+        statement.query_map([], |row| row.get(0)).unwrap().map(Result::unwrap).collect();
+    assert!(!secrets.is_empty(), "the check needs secrets to look for");
+    for secret in secrets {
+        assert!(!text.contains(&secret), "a secret in the output:\n{text}");
+    }
+}
+
+/// Logs in demo user `name` and registers a typed phone; returns (openid, token, account).
+fn registered_user(server: &Wxauth, name: &str, phone: &str) -> (String, String, Value) {
+    let (openid, _) = server.login_as(name);
+    let body = json!({"openid": openid, "phone": phone, "nickname": name});
+    let result = server.post("register", &body).result().clone();
+    let token = result["token"].as_str().unwrap().to_string();
+    (openid, token, result["account"].clone())
+}
+
+fn login_by_token(server: &Wxauth, token: &str) -> crate::harness::Answer {
+    server.post_with("login", &json!({}), &[("Authorization", &format!("jwt {token}"))])
+}
+
+fn account_count(connection: &rusqlite::Connection) -> i64 {
+    connection.query_row("SELECT count(*) FROM accounts", [], |row| row.get(0)).unwrap()
+}
+
+// ----- help and usage -----
+
+#[test]
+fn every_command_has_its_own_help_on_stdout() {
+    let dir = TempDir::new();
+    let overview = run_in(&dir.0, &["--help"], &[]);
+    for command in ["serve", "check-config", "users", "backup", "migrate", "fake-wechat"] {
+        // `serve` is the default command, so its usage shows it optional.
+        let named = match command {
+            "serve" => "wxauth [serve]".to_string(),
+            _ => format!("wxauth {command}"),
+        };
+        assert!(overview.success().contains(&named), "{command}");
+        let help = run_in(&dir.0, &[command, "--help"], &[]);
+        let text = help.success();
+        assert!(text.starts_with("Usage:"), "{command}: {text}");
+        assert!(text.contains(&named), "{command}: {text}");
+        assert_ne!(text, overview.stdout, "{command} has a usage of its own");
+        assert_eq!(run_in(&dir.0, &["help", command], &[]).success(), text, "help {command}");
+        assert_eq!(run_in(&dir.0, &[command, "-h"], &[]).success(), text, "{command} -h");
+    }
+    let users = run_in(&dir.0, &["users", "--help"], &[]);
+    for action in ["list", "show", "export", "revoke"] {
+        assert!(users.stdout.contains(&format!("wxauth users {action}")), "{action}");
+        let help = run_in(&dir.0, &["users", action, "--help"], &[]);
+        assert_eq!(help.success(), users.stdout, "users {action} --help");
+    }
+    assert_eq!(run_in(&dir.0, &["help"], &[]).success(), overview.stdout);
+    let version = run_in(&dir.0, &["--version"], &[]);
+    assert_eq!(version.success(), format!("wxauth {}\n", env!("CARGO_PKG_VERSION")));
+    assert!(std::fs::read_dir(&dir.0).unwrap().next().is_none(), "help created a file");
+}
+
+#[test]
+fn usage_errors_exit_2_with_the_reason_and_the_commands_usage() {
+    let dir = TempDir::new();
+    for (arguments, reason, usage) in [
+        (&["bogus"][..], "unknown command `bogus`", "wxauth users list"),
+        (&["--bogus"], "unexpected argument `--bogus`", "wxauth users list"),
+        (&["help", "bogus"], "no command `bogus`", "wxauth users list"),
+        (&["users"], "users needs an action", "wxauth users export"),
+        (&["users", "frobnicate"], "unknown users action `frobnicate`", "wxauth users export"),
+        (&["users", "export"], "users export needs --format csv or json", "wxauth users export"),
+        (&["users", "export", "--format", "xml"], "--format must be csv or json", "--format csv"),
+        (&["users", "export", "--format"], "--format needs csv or json", "--format csv"),
+        (&["users", "list", "--limit", "many"], "--limit takes a whole number", "--limit N"),
+        (&["users", "list", "--offset=-1"], "--offset takes a whole number", "--limit N"),
+        (&["users", "show"], "users needs an ID or OPENID", "wxauth users show"),
+        (&["users", "show", "1", "--limit", "2"], "--limit does not apply to users", "users show"),
+        (&["users", "revoke", "oSomeOpenid"], "takes an account id (a number)", "users revoke"),
+        (&["users", "revoke", "1", "2"], "unexpected argument `2`", "users revoke"),
+        (&["backup"], "backup needs a PATH", "wxauth backup PATH"),
+        (&["migrate", "now"], "unexpected argument `now`", "wxauth migrate"),
+        (&["check-config", "--listen", "x"], "--listen does not apply", "wxauth check-config"),
+        (
+            &["check-config", "--config", "a", "--config", "b"],
+            "--config given twice",
+            "check-config",
+        ),
+        (
+            &["serve", "--listen", "127.0.0.1:0"],
+            "--listen belongs to fake-wechat",
+            "wxauth [serve]",
+        ),
+        (&["fake-wechat", "--config", "x"], "fake-wechat takes no --config", "fake-wechat"),
+    ] {
+        let run = run_in(&dir.0, arguments, &[]);
+        assert_eq!(run.code, Some(2), "{arguments:?}: {run:#?}");
+        assert_eq!(run.stdout, "", "{arguments:?}");
+        let first = run.stderr.lines().next().unwrap_or_default();
+        assert!(first.starts_with("wxauth: ") && first.contains(reason), "{arguments:?}: {run:#?}");
+        assert!(run.stderr.contains(usage), "{arguments:?} shows its usage: {run:#?}");
+    }
+    assert!(std::fs::read_dir(&dir.0).unwrap().next().is_none(), "a usage error created a file");
+}
+
+// ----- check-config -----
+
+#[test]
+fn check_config_prints_the_effective_configuration_with_secrets_redacted() {
+    let dir = TempDir::new();
+    let path = dir.0.join("custom.toml");
+    std::fs::write(&path, "prefix = \"/api/auth/\"\n[jwt]\nissuer = \"file-issuer\"\n").unwrap();
+    let app_secret = "app-secret-value-4711";
+    let jwt_secret = "jwt-secret-value-that-is-long-enough-0815";
+    let run = run_in(
+        &dir.0,
+        &["check-config", "--config", path.to_str().unwrap()],
+        &[
+            ("WXAUTH_WECHAT_APPID", "wxcheck"),
+            ("WXAUTH_WECHAT_SECRET", app_secret),
+            ("WXAUTH_JWT_SECRET", jwt_secret),
+            ("WXAUTH_WORKERS", "12"),
+            ("WXAUTH_DATABASE", "elsewhere.db"),
+        ],
+    );
+    let text = run.success();
+    for line in [
+        "prefix = \"/api/auth/\"",
+        "issuer = \"file-issuer\"",
+        "appid = \"wxcheck\"",
+        "workers = 12",
+        "database = \"elsewhere.db\"",
+        "audience = \"miniprog\"",
+        "[rate_limit]",
+    ] {
+        assert!(text.lines().any(|shown| shown == line), "{line} in:\n{text}");
+    }
+    assert_eq!(text.matches("secret = \"<redacted>\"").count(), 2, "{text}");
+    assert!(!text.contains("app-secret-value") && !text.contains("jwt-secret-value"), "{text}");
+    assert!(text.contains(path.to_str().unwrap()), "names the file it read: {text}");
+    assert!(!dir.0.join("elsewhere.db").exists(), "check-config touches no database");
+
+    // Built-in defaults: demo mode, unset secrets shown as empty.
+    let run = run_in(&dir.0, &["check-config"], &[]);
+    let text = run.success();
+    assert!(text.contains("Demo mode"), "{text}");
+    assert!(text.contains("listen = \"127.0.0.1:8000\""), "{text}");
+    assert_eq!(text.matches("secret = \"\"").count(), 2, "{text}");
+}
+
+#[test]
+fn check_config_refuses_an_invalid_configuration_with_the_reason() {
+    let dir = TempDir::new();
+    run_in(&dir.0, &["check-config"], &[("WXAUTH_JWT_SECRET", "short-secret")])
+        .failure("jwt.secret: must be at least 32 bytes");
+    let run = run_in(&dir.0, &["check-config"], &[("WXAUTH_JWT_SECRET", "short-secret")]);
+    assert!(!run.stderr.contains("short-secret"), "the secret is not echoed: {run:#?}");
+    run_in(&dir.0, &["check-config"], &[("WXAUTH_WECHAT_APPID", "wx1")])
+        .failure("wechat: set both appid and secret");
+    run_in(&dir.0, &["check-config"], &[("WXAUTH_NO_SUCH_KEY", "1")])
+        .failure("unknown variable WXAUTH_NO_SUCH_KEY");
+    std::fs::write(dir.0.join("wxauth.toml"), "[wechat]\nappsecret = \"x\"\n").unwrap();
+    run_in(&dir.0, &["check-config"], &[]).failure("unknown key `wechat.appsecret`");
+    run_in(&dir.0, &["check-config", "--config", "missing.toml"], &[])
+        .failure("cannot read config file missing.toml");
+    run_in(&dir.0, &["check-config"], &[("WXAUTH_CONFIG", "also-missing.toml")])
+        .failure("cannot read config file also-missing.toml");
+}
+
+// ----- missing and old databases -----
+
+#[test]
+fn commands_on_a_missing_database_fail_without_creating_it() {
+    let dir = TempDir::new();
+    let environment = [("WXAUTH_DATABASE", "absent.db")];
+    for arguments in [
+        &["users", "list"][..],
+        &["users", "show", "1"],
+        &["users", "export", "--format", "csv"],
+        &["users", "export", "--format", "json"],
+        &["users", "revoke", "1"],
+        &["backup", "copy.db"],
+        &["migrate"],
+    ] {
+        run_in(&dir.0, arguments, &environment).failure("database absent.db does not exist");
+        let left: Vec<_> =
+            std::fs::read_dir(&dir.0).unwrap().map(|entry| entry.unwrap().path()).collect();
+        assert!(left.is_empty(), "{arguments:?} left {left:?}");
+    }
+}
+
+#[test]
+fn migrate_upgrades_an_old_database_and_then_says_it_is_current() {
+    let dir = TempDir::new();
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/schema-v1.db");
+    std::fs::copy(fixture, dir.0.join("wxauth.db")).unwrap();
+    let environment = [("WXAUTH_DATABASE", "wxauth.db")];
+
+    run_in(&dir.0, &["users", "list"], &environment)
+        .failure("has schema version 1, this wxauth needs 2: run `wxauth migrate` first");
+    assert_eq!(
+        run_in(&dir.0, &["migrate"], &environment).success(),
+        "wxauth.db: applied schema version 2\n"
+    );
+    assert_eq!(
+        run_in(&dir.0, &["migrate"], &environment).success(),
+        "wxauth.db: schema is current (version 2)\n"
+    );
+    let database = rusqlite::Connection::open(dir.0.join("wxauth.db")).unwrap();
+    let version: u32 = database.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
+    assert_eq!(version, 2);
+    let list = run_in(&dir.0, &["users", "list"], &environment);
+    assert!(list.success().contains("oFixtureRegistered0000000001"), "{list:#?}");
+
+    // A database from a newer wxauth is refused, by migrate and by the readers alike.
+    database.execute_batch("PRAGMA user_version = 99").unwrap();
+    drop(database);
+    run_in(&dir.0, &["migrate"], &environment).failure("newer than this binary's");
+    run_in(&dir.0, &["users", "show", "1"], &environment).failure("newer than this wxauth's");
+}
+
+// ----- users -----
+
+#[test]
+fn users_list_and_show_read_the_served_database() {
+    let server = Wxauth::start(&[]);
+    let (alice, _, alice_account) = registered_user(&server, "cli-alice", "13800138000");
+    let (bob, _) = server.login_as("cli-bob");
+    let (carol, _) = server.login_as("cli-carol");
+
+    let list = run_on(&server, &["users", "list"]);
+    let lines: Vec<&str> = list.success().lines().collect();
+    assert_eq!(lines.len(), 5, "header, three accounts, summary: {lines:#?}");
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(header, ["id", "openid", "phone", "registered", "date_joined", "last_login"]);
+    let alice_row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        alice_row[..4],
+        [alice_account["id"].to_string().as_str(), &alice, "13800138000", "yes"]
+    );
+    assert_eq!(alice_row[4..6].join(" "), alice_account["date_joined"].as_str().unwrap());
+    let bob_row: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(bob_row[1..4], [bob.as_str(), "-", "no"]);
+    assert!(lines[3].contains(&carol));
+    assert_eq!(lines[4], "accounts 1 to 3 of 3 (--offset 3 for the next page)");
+
+    let page = run_on(&server, &["users", "list", "--limit", "1", "--offset", "1"]);
+    let lines: Vec<&str> = page.success().lines().collect();
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert!(lines[1].contains(&bob), "{lines:#?}");
+    assert_eq!(lines[2], "accounts 2 to 2 of 3 (--offset 2 for the next page)");
+    let past = run_on(&server, &["users", "list", "--offset", "10"]);
+    assert_eq!(past.success().lines().last(), Some("no accounts from offset 10 (3 in all)"));
+
+    // show: the API's account object, by id or by openid, and nothing secret.
+    let id = alice_account["id"].to_string();
+    let by_id: Value =
+        serde_json::from_str(run_on(&server, &["users", "show", &id]).success()).unwrap();
+    let by_openid: Value =
+        serde_json::from_str(run_on(&server, &["users", "show", &alice]).success()).unwrap();
+    assert_eq!(by_id, by_openid);
+    assert_eq!(by_id, alice_account, "the same object the API answered");
+    assert!(by_id.get("token_version").is_none() && by_id.get("session_key").is_none());
+
+    run_on(&server, &["users", "show", "99999"]).failure("no account with id or openid `99999`");
+    run_on(&server, &["users", "show", "oNobody"])
+        .failure("no account with id or openid `oNobody`");
+}
+
+#[test]
+fn users_revoke_refuses_every_earlier_token_of_the_running_server() {
+    let server = Wxauth::start(&[]);
+    let (_, token, account) = registered_user(&server, "cli-revoked", "13900139000");
+    let (_, other) = server.login_as("cli-untouched");
+    let other_token = other["token"].as_str().unwrap().to_string();
+    login_by_token(&server, &token).result();
+    let id = account["id"].to_string();
+
+    let run = run_on(&server, &["users", "revoke", &id]);
+    assert_eq!(
+        run.success(),
+        format!(
+            "revoked every token issued to account {id} so far; it gets a working token by logging in again\n"
+        )
+    );
+    login_by_token(&server, &token).assert_error(403, "token_revoked");
+    login_by_token(&server, &other_token).result();
+    let version: i64 = server
+        .database()
+        .query_row(
+            "SELECT token_version FROM accounts WHERE id = ?1",
+            [account["id"].as_i64()],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(version, 1, "the same change as logout");
+
+    // Logging in again gives a working token; the server keeps serving.
+    let code = fresh_code("cli-revoked");
+    let openid = server.openid_for(&code)["openid"].as_str().unwrap().to_string();
+    let fresh = server.post("login", &json!({ "openid": openid })).result()["token"].clone();
+    login_by_token(&server, fresh.as_str().unwrap()).result();
+
+    run_on(&server, &["users", "revoke", "99999"]).failure("no account with id 99999");
+}
+
+/// Splits RFC 4180 CSV text into records of fields, strictly: CRLF record ends, quoted fields
+/// with doubled quotes; anything else is a test failure.
+fn parse_csv(text: &str) -> Vec<Vec<String>> {
+    let mut records = Vec::new();
+    let mut record = Vec::new();
+    let mut field = String::new();
+    let mut characters = text.chars().peekable();
+    let mut quoted = false;
+    while let Some(character) = characters.next() {
+        match (quoted, character) {
+            (true, '"') if characters.peek() == Some(&'"') => {
+                characters.next();
+                field.push('"');
+            }
+            (true, '"') => {
+                quoted = false;
+                let next = characters.peek();
+                assert!(matches!(next, Some(',') | Some('\r')), "stray character after a quote");
+            }
+            (true, other) => field.push(other),
+            (false, '"') => {
+                assert!(field.is_empty(), "a quote inside an unquoted field");
+                quoted = true;
+            }
+            (false, ',') => record.push(std::mem::take(&mut field)),
+            (false, '\r') => {
+                assert_eq!(characters.next(), Some('\n'), "CR without LF");
+                record.push(std::mem::take(&mut field));
+                records.push(std::mem::take(&mut record));
+            }
+            (false, '\n') => panic!("a bare LF ends a record"),
+            (false, other) => field.push(other),
+        }
+    }
+    assert!(!quoted && field.is_empty() && record.is_empty(), "the text ends mid-record");
+    records
+}
+
+/// Puts `count` accounts straight into the database, with awkward nicknames among them;
+/// returns the nicknames by openid.
+fn insert_accounts(server: &Wxauth, count: usize) -> Vec<(String, Option<String>)> {
+    let mut database = server.database();
+    let transaction = database.transaction().unwrap();
+    let mut inserted = Vec::new();
+    for index in 0..count {
+        let openid = format!("oBulk{index:023}");
+        let nickname = match index % 5 {
+            0 => Some(format!("Ann, \"the\" {index}\nsecond line")),
+            1 => Some(format!("张三\r\n{index}")),
+            2 => None,
+            3 => Some(format!("=\"plain\"{index}")),
+            _ => Some(format!("plain {index}")),
+        };
+        transaction
+            .execute(
+                "INSERT INTO accounts (username, wx_appid, wx_openid, wx_nickname, phone, date_joined, is_register)
+                 VALUES (?1, 'wxdemo', ?1, ?2, ?3, ?4, ?5)",
+                rusqlite::params![
+                    openid,
+                    nickname,
+                    (index % 2 == 0).then(|| format!("+86138{index:08}")),
+                    1_700_000_000 + index as i64,
+                    index % 2 == 0,
+                ],
+            )
+            .unwrap();
+        inserted.push((openid, nickname));
+    }
+    transaction.commit().unwrap();
+    inserted
+}
+
+#[test]
+fn users_export_csv_quotes_and_matches_the_database() {
+    let server = Wxauth::start(&[]);
+    let (_, _, registered) = registered_user(&server, "cli-export", "13700137000");
+    let inserted = insert_accounts(&server, 300);
+
+    let run = run_on(&server, &["users", "export", "--format", "csv"]);
+    let records = parse_csv(run.success());
+    let fields: Vec<&str> = records[0].iter().map(String::as_str).collect();
+    // The header is the account object's fields in the API's order (as `users show` prints
+    // them), so nothing is added, lost or renamed on the way to a spreadsheet.
+    let shown = run_on(&server, &["users", "show", &registered["id"].to_string()]);
+    let shown_keys: Vec<String> = shown
+        .success()
+        .lines()
+        .filter_map(|line| line.strip_prefix("  \"").and_then(|rest| rest.split('"').next()))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(fields, shown_keys);
+    let api_fields: BTreeSet<&str> =
+        registered.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(fields.iter().copied().collect::<BTreeSet<&str>>(), api_fields);
+    assert!(!fields.contains(&"token_version") && !fields.contains(&"session_key"));
+
+    let rows = &records[1..];
+    assert_eq!(rows.len() as i64, account_count(&server.database()));
+    assert_eq!(rows.len(), 301);
+    let column = |name: &str| fields.iter().position(|field| *field == name).unwrap();
+    let by_field = |row: &Vec<String>, name: &str| row[column(name)].clone();
+
+    // The registered account: every field as the API shows it, null as empty.
+    let first = &rows[0];
+    for (name, value) in registered.as_object().unwrap() {
+        let expected = match value {
+            Value::Null => String::new(),
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        assert_eq!(by_field(first, name), expected, "{name}");
+    }
+    // The inserted ones, in id order, with their awkward nicknames intact.
+    for (row, (openid, nickname)) in rows[1..].iter().zip(&inserted) {
+        assert_eq!(row.len(), fields.len());
+        assert_eq!(&by_field(row, "wx_openid"), openid);
+        assert_eq!(by_field(row, "wx_nickname"), nickname.clone().unwrap_or_default());
+    }
+    assert_eq!(by_field(&rows[1], "wx_nickname"), "Ann, \"the\" 0\nsecond line");
+    assert_eq!(by_field(&rows[1], "phone"), "+8613800000000");
+    assert_eq!(by_field(&rows[1], "is_register"), "true");
+    assert_eq!(by_field(&rows[2], "is_register"), "false");
+    assert_eq!(by_field(&rows[2], "phone"), "");
+    assert_eq!(by_field(&rows[1], "date_joined"), "2023-11-14 22:13:20");
+}
+
+#[test]
+fn users_export_json_is_one_array_of_account_objects_matching_the_database() {
+    let server = Wxauth::start(&[]);
+    let (_, _, registered) = registered_user(&server, "cli-json", "13600136000");
+    let inserted = insert_accounts(&server, 300);
+
+    let run = run_on(&server, &["users", "export", "--format", "json"]);
+    let text = run.success();
+    let accounts: Vec<Value> = serde_json::from_str(text).unwrap();
+    assert_eq!(accounts.len() as i64, account_count(&server.database()));
+    assert_eq!(accounts.len(), 301);
+    // One account per line between the brackets, so line tools work too.
+    assert_eq!(text.lines().count(), 303);
+    assert_eq!(accounts[0], registered);
+    for (account, (openid, nickname)) in accounts[1..].iter().zip(&inserted) {
+        assert_eq!(account["wx_openid"], *openid);
+        assert_eq!(account["wx_nickname"], json!(nickname));
+        assert_eq!(account.as_object().unwrap().len(), registered.as_object().unwrap().len());
+    }
+    let shown: Value =
+        serde_json::from_str(run_on(&server, &["users", "show", &inserted[7].0]).success())
+            .unwrap();
+    assert_eq!(accounts[8], shown);
+
+    // An empty database exports an empty array and a bare header.
+    server.database().execute("DELETE FROM accounts", []).unwrap();
+    assert_eq!(run_on(&server, &["users", "export", "--format", "json"]).success(), "[\n]\n");
+    let csv = run_on(&server, &["users", "export", "--format", "csv"]);
+    assert_eq!(parse_csv(csv.success()).len(), 1);
+}
+
+// ----- backup -----
+
+#[test]
+fn backup_of_a_serving_database_is_complete_and_verified() {
+    let server = Wxauth::start(&[]);
+    let (alice, _, _) = registered_user(&server, "cli-backup", "13500135000");
+    let mut openids = vec![alice];
+    for index in 0..5 {
+        openids.push(server.login_as(&format!("cli-backup-{index}")).0);
+    }
+    // Keep the server writing while the backup runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = {
+        let stop = stop.clone();
+        let base = server.url("get_openid_by_code");
+        std::thread::spawn(move || {
+            let agent = crate::harness::agent();
+            let mut requests = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let url = format!("{base}?code={}", fresh_code("cli-backup-busy"));
+                assert_eq!(crate::harness::send(&agent, "GET", &url, &[], None).status, 200);
+                requests += 1;
+            }
+            requests
+        })
+    };
+    let copy = server.dir.0.join("copy.db");
+    let run = run_on(&server, &["backup", copy.to_str().unwrap()]);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(busy.join().unwrap() > 0);
+    let text = run.success();
+    assert!(text.starts_with(&format!("wrote {}: a copy of ", copy.display())), "{text}");
+    assert!(text.contains("schema version 2"), "{text}");
+    assert!(text.ends_with("integrity_check ok\n"), "{text}");
+
+    let backup = rusqlite::Connection::open(&copy).unwrap();
+    let check: String = backup.query_row("PRAGMA integrity_check", [], |row| row.get(0)).unwrap();
+    assert_eq!(check, "ok");
+    assert_eq!(account_count(&backup), 6);
+    assert!(text.contains("  accounts: 6 rows\n"), "{text}");
+    let sessions: i64 =
+        backup.query_row("SELECT count(*) FROM wechat_sessions", [], |row| row.get(0)).unwrap();
+    assert!(text.contains(&format!("  wechat_sessions: {sessions} rows\n")), "{text}");
+    assert!(text.contains("  meta: "), "{text}");
+    for openid in &openids {
+        let found: i64 = backup
+            .query_row("SELECT count(*) FROM accounts WHERE wx_openid = ?1", [openid], |row| {
+                row.get(0)
+            })
+            .unwrap();
+        assert_eq!(found, 1, "{openid}");
+    }
+    let phone: String = backup
+        .query_row("SELECT phone FROM accounts WHERE wx_openid = ?1", [&openids[0]], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    assert_eq!(phone, "13500135000");
+    drop(backup);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&copy).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the copy holds secrets: owner-only");
+    }
+
+    // Never over an existing file: the copy stays as it was.
+    let before = std::fs::read(&copy).unwrap();
+    run_on(&server, &["backup", copy.to_str().unwrap()])
+        .failure("already exists; not overwriting it");
+    assert_eq!(std::fs::read(&copy).unwrap(), before);
+    let elsewhere = server.dir.0.join("no-such-dir").join("copy.db");
+    run_on(&server, &["backup", elsewhere.to_str().unwrap()]).failure("cannot create");
+}
+
+#[test]
+fn a_failed_backup_leaves_no_partial_file() {
+    let dir = TempDir::new();
+    std::fs::write(dir.0.join("garbage.db"), vec![b'x'; 8192]).unwrap();
+    let run = run_in(&dir.0, &["backup", "copy.db"], &[("WXAUTH_DATABASE", "garbage.db")]);
+    run.failure("not a database");
+    assert!(!dir.0.join("copy.db").exists(), "the partial copy was removed");
+}
