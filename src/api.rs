@@ -199,7 +199,9 @@ impl Ctx<'_> {
     }
 
     /// In one durable write: the account `known_id`, or the one for `openid` (created if absent),
-    /// gets `change` and this login's bookkeeping; returns the account as written.
+    /// gets `change` and this login's bookkeeping; returns the account as committed. The account
+    /// is read back on the worker's own connection, after the commit, rather than in the write:
+    /// the writer is the one thread every write waits for, so it does only the writing.
     fn write_login(
         &self,
         known_id: Option<i64>,
@@ -207,7 +209,7 @@ impl Ctx<'_> {
         change: impl FnOnce(&Connection, i64) -> Result<(), Error> + Send + 'static,
     ) -> Result<Account, Error> {
         let (appid, ip, now) = (self.appid().to_string(), self.client_ip(), self.now);
-        self.writer.run(move |connection| {
+        let id = self.writer.run(move |connection| {
             let id = match known_id {
                 Some(id) => {
                     store::touch_login(connection, id, &ip, now)?;
@@ -216,9 +218,11 @@ impl Ctx<'_> {
                 None => store::login_account(connection, &appid, &openid, &ip, now)?,
             };
             change(connection, id)?;
-            store::account_by_id(connection, id)?
-                .ok_or_else(|| Error::Internal(format!("account {id} vanished")))
-        })
+            Ok(id)
+        })?;
+        // A read after the commit sees it (and any later change to the account, which is newer).
+        store::account_by_id(self.db, id)?
+            .ok_or_else(|| Error::Internal(format!("account {id} vanished")))
     }
 
     /// Sets the login bookkeeping on `account` as the answer shows it, and queues its write.

@@ -153,7 +153,7 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:8000".into(),
             database: "wxauth.db".into(),
-            workers: 16,
+            workers: Config::DEFAULT_WORKERS,
             prefix: "/miniprog/wx_auth/".into(),
             openid_login: OpenidLogin::RecentCode,
             openid_login_window: 600,
@@ -180,7 +180,7 @@ impl Default for WechatConfig {
             base_url: "https://api.weixin.qq.com".into(),
             connect_timeout_ms: 2_000,
             timeout_ms: 5_000,
-            max_in_flight: 8,
+            max_in_flight: default_max_in_flight(Config::DEFAULT_WORKERS),
         }
     }
 }
@@ -216,6 +216,9 @@ impl Default for LogConfig {
 }
 
 impl Config {
+    /// Worker threads unless configured.
+    const DEFAULT_WORKERS: usize = 16;
+
     /// Demo mode: no WeChat credentials configured, so wxauth serves its own fake WeChat.
     pub(crate) fn demo_mode(&self) -> bool {
         self.wechat.appid.is_empty() && self.wechat.secret.is_empty()
@@ -324,14 +327,26 @@ pub(crate) fn parse(text: &str, environment: &BTreeMap<String, String>) -> Resul
         .map_err(|error| format!("config defaults: {error}"))?;
     check_keys(&table, &defaults, "")?;
     apply_environment(&mut table, &defaults, environment)?;
-    let config: Config = toml::Value::Table(table.clone()).try_into().map_err(
+    let mut config: Config = toml::Value::Table(table.clone()).try_into().map_err(
         |error: toml::de::Error| match blame(&table) {
             Some(key) => format!("config: `{key}`: {}", error.message()),
             None => format!("config: {}", error.message()),
         },
     )?;
+    // Unset, the WeChat bound follows the worker count, so that setting `workers` alone never
+    // makes the configuration invalid.
+    let bound_given = table.get("wechat").and_then(|wechat| wechat.get("max_in_flight")).is_some();
+    if !bound_given {
+        config.wechat.max_in_flight = default_max_in_flight(config.workers);
+    }
     validate(&config)?;
     Ok(config)
+}
+
+/// Three quarters of the workers may wait on WeChat at once (12 of the default 16); the rest always
+/// serve the requests that need no WeChat call.
+const fn default_max_in_flight(workers: usize) -> usize {
+    if workers * 3 / 4 >= 1 { workers * 3 / 4 } else { 1 }
 }
 
 /// Rejects keys the defaults do not have, naming them (serde would too, but without the section).
@@ -553,6 +568,18 @@ mod tests {
         let text = include_str!("../wxauth.toml");
         let config = parse(text, &env(&[])).unwrap();
         assert!(config.demo_mode());
+    }
+
+    #[test]
+    fn the_wechat_bound_follows_the_workers_unless_set() {
+        assert_eq!(parse("", &env(&[])).unwrap().wechat.max_in_flight, 12);
+        assert_eq!(parse("workers = 8", &env(&[])).unwrap().wechat.max_in_flight, 6);
+        assert_eq!(parse("workers = 2", &env(&[])).unwrap().wechat.max_in_flight, 1);
+        let given = parse("workers = 8\n[wechat]\nmax_in_flight = 3", &env(&[])).unwrap();
+        assert_eq!(given.wechat.max_in_flight, 3);
+        let from_env = parse("", &env(&[("WXAUTH_WECHAT_MAX_IN_FLIGHT", "5")])).unwrap();
+        assert_eq!(from_env.wechat.max_in_flight, 5);
+        assert!(parse("workers = 8\n[wechat]\nmax_in_flight = 8", &env(&[])).is_err());
     }
 
     #[test]

@@ -160,9 +160,28 @@ pub(crate) struct Registration {
     pub(crate) wx_gender: Option<i64>,
 }
 
+/// Process-wide SQLite settings, applied once before the first connection opens.
+fn configure_sqlite() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Memory statistics make every SQLite allocation take one global mutex, which the
+        // workers' connections then contend for on every query; wxauth never reads them.
+        // SAFETY: sqlite3_config is called before any connection exists (every `open_*` here
+        // calls this first), which is its only requirement; it returns SQLITE_MISUSE otherwise,
+        // which leaves the default in place and is harmless.
+        unsafe {
+            rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0);
+            // No lookaside arena (about 120 KiB allocated up front per connection, one
+            // connection per worker); small allocations go to malloc instead.
+            rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_LOOKASIDE, 0, 0);
+        }
+    });
+}
+
 /// Opens the writer connection: creates the file (owner-only) if needed, sets durable pragmas and
 /// applies pending schema versions. Returns the connection and the versions it applied.
 pub(crate) fn open_writer(path: &str) -> Result<(Connection, Vec<u32>), Error> {
+    configure_sqlite();
     create_private_file(path)?;
     let connection = Connection::open(path)?;
     connection.busy_timeout(BUSY_TIMEOUT)?;
@@ -181,6 +200,7 @@ pub(crate) fn open_writer(path: &str) -> Result<(Connection, Vec<u32>), Error> {
 
 /// Opens a read connection for one worker. It cannot write, by construction.
 pub(crate) fn open_reader(path: &str) -> Result<Connection, Error> {
+    configure_sqlite();
     let connection = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY
@@ -189,7 +209,7 @@ pub(crate) fn open_reader(path: &str) -> Result<Connection, Error> {
     )?;
     connection.busy_timeout(BUSY_TIMEOUT)?;
     // A small page cache per reader: there is one per worker, and the OS caches the file anyway.
-    connection.execute_batch("PRAGMA foreign_keys = ON; PRAGMA cache_size = -512;")?;
+    connection.execute_batch("PRAGMA foreign_keys = ON; PRAGMA cache_size = -128;")?;
     Ok(connection)
 }
 
@@ -356,8 +376,8 @@ pub(crate) fn save_wechat_session(
 
 /// The account id for a WeChat identity, with this login's bookkeeping (`last_login`,
 /// `last_ip`) set; creates the account (not registered, username = openid, joined now from `ip`)
-/// if there is none. Safe under any concurrency: the unique index decides. One statement, as it
-/// runs on every first login and registration.
+/// if there is none. Safe under any concurrency: the unique index decides. A new account costs one
+/// statement (no `RETURNING`, which makes SQLite build a temporary table on every call).
 pub(crate) fn login_account(
     connection: &Connection,
     appid: &str,
@@ -365,18 +385,24 @@ pub(crate) fn login_account(
     ip: &str,
     now: i64,
 ) -> Result<i64, Error> {
-    Ok(connection
+    let inserted = connection
         .prepare_cached(
             "INSERT INTO accounts
                  (username, wx_appid, wx_openid, wx_unionid, join_ip, date_joined, last_ip, last_login)
              VALUES (?2, ?1, ?2,
                      (SELECT unionid FROM wechat_sessions WHERE appid = ?1 AND openid = ?2),
                      ?3, ?4, ?3, ?4)
-             ON CONFLICT (wx_appid, wx_openid) DO UPDATE SET
-                 last_ip = excluded.last_ip, last_login = excluded.last_login
-             RETURNING id",
+             ON CONFLICT (wx_appid, wx_openid) DO NOTHING",
         )?
-        .query_row(params![appid, openid, ip, now], |row| row.get(0))?)
+        .execute(params![appid, openid, ip, now])?;
+    if inserted == 1 {
+        return Ok(connection.last_insert_rowid());
+    }
+    let id = connection
+        .prepare_cached("SELECT id FROM accounts WHERE wx_appid = ?1 AND wx_openid = ?2")?
+        .query_row(params![appid, openid], |row| row.get(0))?;
+    touch_login(connection, id, ip, now)?;
+    Ok(id)
 }
 
 /// Applies the fields of `profile` that are present.
@@ -677,6 +703,7 @@ pub(crate) fn account_counts(connection: &Connection) -> Result<AccountCounts, E
 /// never creates the file, and waits up to `BUSY_TIMEOUT` for the server's writer between its
 /// group commits rather than failing with `database is locked`.
 pub(crate) fn open_existing(path: &str) -> Result<Connection, Error> {
+    configure_sqlite();
     let connection = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
