@@ -1,7 +1,8 @@
 //! WeChat's server API as wxauth uses it: `jscode2session`, `stable_token` and
 //! `getuserphonenumber`. The only file that talks HTTP to WeChat (the only user of ureq).
 //!
-//! Every call has a connect and a total timeout; connections are kept alive and reused. WeChat
+//! Every call has a connect and a total timeout; connections are kept alive and reused, and the
+//! host's address is resolved once a minute, not per call (`CachingResolver`). WeChat
 //! answers errors with HTTP 200 and an `errcode` (absent on some successes), sometimes as
 //! `text/plain`, so the body is parsed as JSON whatever its content type. errcode -1 (busy) is
 //! retried once; the documented user errors never are. Calls in flight are bounded separately from
@@ -77,6 +78,11 @@ impl WeChat {
             .timeout_connect(Some(Duration::from_millis(config.connect_timeout_ms)))
             .timeout_global(Some(Duration::from_millis(config.timeout_ms)))
             .max_redirects(0)
+            // WeChat's answers are small (the body is read up to MAX_ANSWER_BYTES into its own
+            // buffer); ureq's default buffers are 128 KiB each way for every pooled connection.
+            .max_response_header_size(16 * 1024)
+            .input_buffer_size(16 * 1024)
+            .output_buffer_size(16 * 1024)
             .max_idle_connections(config.max_in_flight)
             .max_idle_connections_per_host(config.max_in_flight)
             .user_agent(concat!("wxauth/", env!("CARGO_PKG_VERSION")));
@@ -85,7 +91,11 @@ impl WeChat {
             builder = builder.proxy(None);
         }
         WeChat {
-            agent: builder.build().new_agent(),
+            agent: ureq::Agent::with_parts(
+                builder.build(),
+                ureq::unversioned::transport::DefaultConnector::new(),
+                CachingResolver::default(),
+            ),
             base_url: base_url.trim_end_matches('/').to_string(),
             appid: appid.to_string(),
             secret: secret.to_string(),
@@ -297,6 +307,55 @@ impl WeChat {
                 Err(Error::Wechat { api, errcode, errmsg })
             }
         }
+    }
+}
+
+/// How long a resolved WeChat address is used before it is looked up again.
+const RESOLVE_TTL: Duration = Duration::from_secs(60);
+
+/// ureq asks its resolver on every call, before it looks for a pooled connection, and its default
+/// resolver, given a timeout, starts a thread for every lookup: a DNS query and a thread per WeChat
+/// call. This one keeps the answer for `RESOLVE_TTL` (WeChat's API has one host) and otherwise
+/// defers to ureq's (with its timeout). The lock is not held while resolving.
+#[derive(Debug, Default)]
+struct CachingResolver {
+    cached: Mutex<Option<ResolvedAddress>>,
+}
+
+#[derive(Debug, Clone)]
+struct ResolvedAddress {
+    /// Scheme and authority, e.g. `https://api.weixin.qq.com`.
+    key: String,
+    at: Instant,
+    addresses: ureq::unversioned::resolver::ResolvedSocketAddrs,
+}
+
+impl ureq::unversioned::resolver::Resolver for CachingResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let key = format!(
+            "{}://{}",
+            uri.scheme_str().unwrap_or(""),
+            uri.authority().map_or("", |authority| authority.as_str())
+        );
+        {
+            let cached = self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(found) = cached.as_ref()
+                && found.key == key
+                && found.at.elapsed() < RESOLVE_TTL
+            {
+                return Ok(found.addresses.clone());
+            }
+        }
+        let addresses = ureq::unversioned::resolver::DefaultResolver::default()
+            .resolve(uri, config, timeout)?;
+        let fresh = ResolvedAddress { key, at: Instant::now(), addresses: addresses.clone() };
+        *self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(fresh);
+        Ok(addresses)
     }
 }
 
