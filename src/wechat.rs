@@ -444,6 +444,29 @@ fn outcome(result: &Result<Value, Error>) -> WechatOutcome {
 mod tests {
     use super::*;
 
+    /// Regression: ureq resolved WeChat's host on every call, in a thread of its own.
+    #[test]
+    fn the_resolver_keeps_an_answer_for_its_host() {
+        use ureq::unversioned::resolver::Resolver;
+        let resolver = CachingResolver::default();
+        let config = ureq::config::Config::default();
+        let timeout = || ureq::unversioned::transport::NextTimeout {
+            after: ureq::unversioned::transport::time::Duration::Exact(Duration::from_secs(1)),
+            reason: ureq::Timeout::Resolve,
+            ..Default::default()
+        };
+        let first: ureq::http::Uri = "http://127.0.0.1:9/sns/jscode2session".parse().unwrap();
+        let addresses = resolver.resolve(&first, &config, timeout()).unwrap();
+        assert_eq!(addresses.as_ref(), ["127.0.0.1:9".parse().unwrap()]);
+        let resolved_at = resolver.cached.lock().unwrap().as_ref().unwrap().at;
+        let again: ureq::http::Uri = "http://127.0.0.1:9/cgi-bin/stable_token".parse().unwrap();
+        resolver.resolve(&again, &config, timeout()).unwrap();
+        assert_eq!(resolver.cached.lock().unwrap().as_ref().unwrap().at, resolved_at, "cached");
+        let other: ureq::http::Uri = "http://127.0.0.1:10/".parse().unwrap();
+        let addresses = resolver.resolve(&other, &config, timeout()).unwrap();
+        assert_eq!(addresses.as_ref(), ["127.0.0.1:10".parse().unwrap()]);
+    }
+
     fn unavailable(reason: String) -> Result<Value, Error> {
         Err(Error::WechatUnavailable { api: "jscode2session", reason })
     }
