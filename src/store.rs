@@ -882,6 +882,29 @@ mod tests {
     }
 
     #[test]
+    fn visible_writes_are_seen_by_readers_when_answered() {
+        let path = temp_database("visible");
+        let (connection, _) = open_writer(&path).unwrap();
+        let (writer, handle) = Writer::start(connection);
+        let reader = open_reader(&path).unwrap();
+        let session = WechatSession { unionid: None, session_key: "key-1".into(), created_at: 100 };
+        for round in 0..3 {
+            let record = WechatSession { created_at: 100 + round, ..session.clone() };
+            writer
+                .run_visible(move |c| save_wechat_session(c, "wxa", "openid-v", &record))
+                .unwrap();
+            let seen = wechat_session(&reader, "wxa", "openid-v").unwrap().unwrap();
+            assert_eq!(seen.created_at, 100 + round);
+            // A synced write after an unsynced group switches the level back and commits too.
+            let id = writer.run(move |c| login_account(c, "wxa", "openid-v", "::1", 200 + round));
+            let account = account_by_id(&reader, id.unwrap()).unwrap().unwrap();
+            assert_eq!(account.last_login, Some(200 + round));
+        }
+        drop(writer);
+        handle.join().unwrap();
+    }
+
+    #[test]
     fn one_account_per_identity_and_failed_jobs_roll_back_alone() {
         let path = temp_database("writer");
         let (connection, _) = open_writer(&path).unwrap();
