@@ -35,14 +35,29 @@ const MAX_REGION: usize = 64;
 const MAX_ENCRYPTED: usize = 4096;
 const MAX_SESSION_KEY: usize = 64;
 
-/// The JWT secrets: the current one (first) signs; all of them verify.
+/// The JWT secrets: the current one (first) signs; all of them verify the tokens that name them
+/// by `kid` (jwt.rs), so a secret dropped from the list stops verifying at once.
 pub(crate) struct Keys {
     keys: Vec<jwt::Key>,
 }
 
 impl Keys {
-    pub(crate) fn new(secret: &str) -> Keys {
-        Keys { keys: vec![jwt::Key::new(secret.as_bytes())] }
+    /// The current secret and those it replaced (`jwt.previous_secrets`). A previous secret equal
+    /// to the current one, or listed twice, is kept once.
+    pub(crate) fn new(current: &str, previous: &[String]) -> Keys {
+        let mut keys = vec![jwt::Key::new(current.as_bytes())];
+        for secret in previous {
+            let key = jwt::Key::new(secret.as_bytes());
+            if !keys.iter().any(|known| known.kid() == key.kid()) {
+                keys.push(key);
+            }
+        }
+        Keys { keys }
+    }
+
+    /// The `kid` of every key, current first: public names, safe to log.
+    pub(crate) fn kids(&self) -> Vec<&str> {
+        self.keys.iter().map(jwt::Key::kid).collect()
     }
 }
 
