@@ -398,9 +398,10 @@ fn check_config_redacts_every_previous_secret_and_refuses_a_short_one() {
 // ----- another service's JWT library -----
 
 /// Verifies `token` with PyJWT as README shows, then with a wrong secret and a wrong audience;
-/// prints the subject, the `kid`, and how the two wrong checks ended.
+/// prints the subject, the `kid`, whether README's formula for a secret's kid gives it, and how
+/// the two wrong checks ended.
 const PYJWT_DECODE: &str = r#"
-import json, sys
+import hashlib, json, sys
 import jwt
 
 given = json.load(sys.stdin)
@@ -408,7 +409,9 @@ token, secret = given["token"], given["secret"]
 claims = jwt.decode(token, secret, algorithms=["HS256"],
                     audience=given["audience"], issuer=given["issuer"])
 print(claims["sub"])
-print(jwt.get_unverified_header(token)["kid"])
+kid = jwt.get_unverified_header(token)["kid"]
+print(kid)
+print(kid == hashlib.sha256(secret.encode()).hexdigest()[:16])
 for key, audience in [(given["wrong_secret"], given["audience"]), (secret, "someone-else")]:
     try:
         jwt.decode(token, key, algorithms=["HS256"], audience=audience, issuer=given["issuer"])
@@ -437,7 +440,12 @@ fn pyjwt_verifies_a_token_with_the_shared_secret_and_refuses_another() {
     });
     let output = run_python(PYJWT_DECODE, &input.to_string());
     let lines: Vec<&str> = output.lines().collect();
-    let expected =
-        [id.to_string(), key_id(SECRET), "refused: signature".into(), "refused: audience".into()];
+    let expected = [
+        id.to_string(),
+        key_id(SECRET),
+        "True".into(),
+        "refused: signature".into(),
+        "refused: audience".into(),
+    ];
     assert_eq!(lines, expected, "{output}");
 }
