@@ -35,14 +35,29 @@ const MAX_REGION: usize = 64;
 const MAX_ENCRYPTED: usize = 4096;
 const MAX_SESSION_KEY: usize = 64;
 
-/// The JWT secrets: the current one (first) signs; all of them verify.
+/// The JWT secrets: the current one (first) signs; all of them verify the tokens that name them
+/// by `kid` (jwt.rs), so a secret dropped from the list stops verifying at once.
 pub(crate) struct Keys {
     keys: Vec<jwt::Key>,
 }
 
 impl Keys {
-    pub(crate) fn new(secret: &str) -> Keys {
-        Keys { keys: vec![jwt::Key::new(secret.as_bytes())] }
+    /// The current secret and those it replaced (`jwt.previous_secrets`). A previous secret equal
+    /// to the current one, or listed twice, is kept once.
+    pub(crate) fn new(current: &str, previous: &[String]) -> Keys {
+        let mut keys = vec![jwt::Key::new(current.as_bytes())];
+        for secret in previous {
+            let key = jwt::Key::new(secret.as_bytes());
+            if !keys.iter().any(|known| known.kid() == key.kid()) {
+                keys.push(key);
+            }
+        }
+        Keys { keys }
+    }
+
+    /// The `kid` of every key, current first: public names, safe to log.
+    pub(crate) fn kids(&self) -> Vec<&str> {
+        self.keys.iter().map(jwt::Key::kid).collect()
     }
 }
 
@@ -120,6 +135,13 @@ impl Ctx<'_> {
 
     /// The account a token in an `Authorization` header names.
     fn account_from_token(&self, header: &str) -> Result<Account, Error> {
+        self.verified_token(header).map(|(account, _)| account)
+    }
+
+    /// The account a token in an `Authorization` header names, and the token's claims: the
+    /// token's signature and claims are checked, and its account must exist and not have revoked
+    /// it. Reads only.
+    fn verified_token(&self, header: &str) -> Result<(Account, jwt::Claims), Error> {
         let token = bearer_token(header).ok_or(Error::TokenInvalid)?;
         let expect = jwt::Expect {
             issuer: &self.config.jwt.issuer,
@@ -137,7 +159,7 @@ impl Ctx<'_> {
         if claims.ver != account.token_version {
             return Err(Error::TokenRevoked);
         }
-        Ok(account)
+        Ok((account, claims))
     }
 
     /// The account of a valid token, if one is given. A bad token is an error only when there is
@@ -321,6 +343,36 @@ pub(crate) fn logout(ctx: &Ctx, authorization: Option<&str>) -> Result<LogoutAns
         return Err(Error::TokenInvalid);
     }
     Ok(LogoutAnswer { logged_out: true })
+}
+
+/// The answer of `verify`.
+#[derive(Debug, Serialize)]
+pub(crate) struct VerifyAnswer {
+    /// The account the token names (its `sub`).
+    pub(crate) user_id: i64,
+    /// The token's `exp`, as account times are written (`yyyy-mm-dd HH:MM:SS`, UTC).
+    pub(crate) expires_at: String,
+    /// The token's `exp`, Unix seconds.
+    pub(crate) exp: i64,
+}
+
+/// `GET verify`: is this token good right now, and whose is it. For other services and for
+/// nginx's `auth_request`, so it must stay cheap and silent: no rate limit (a subrequest comes
+/// from the proxy's address for every client), no body, and no write, not even login
+/// bookkeeping. Missing `Authorization` is `not_authenticated`; any other failure is the token
+/// error the other endpoints give (the router answers all of them with 401 here).
+pub(crate) fn verify(ctx: &Ctx, authorization: Option<&str>) -> Result<VerifyAnswer, Error> {
+    let (account, claims) = ctx.verified_token(authorization.ok_or(Error::NotAuthenticated)?)?;
+    Ok(VerifyAnswer {
+        user_id: account.id,
+        expires_at: crate::time::format_datetime(claims.exp),
+        exp: claims.exp,
+    })
+}
+
+/// `GET me`: the token's account, as login shows it, without login's bookkeeping.
+pub(crate) fn me(ctx: &Ctx, authorization: Option<&str>) -> Result<Account, Error> {
+    ctx.account_from_token(authorization.ok_or(Error::NotAuthenticated)?)
 }
 
 /// Where a registration's phone number comes from.

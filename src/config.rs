@@ -103,6 +103,9 @@ pub(crate) struct WechatConfig {
 pub(crate) struct JwtConfig {
     /// HMAC key (its UTF-8 bytes), at least 32 bytes; empty: generated once and kept in the database.
     pub(crate) secret: String,
+    /// Secrets that signed tokens before `secret` (rotation): tokens whose `kid` names one of
+    /// them still verify; new tokens are signed with `secret` only. Each at least 32 bytes.
+    pub(crate) previous_secrets: Vec<String>,
     /// `iss` claim written and required.
     pub(crate) issuer: String,
     /// `aud` claim written and required.
@@ -189,6 +192,7 @@ impl Default for JwtConfig {
     fn default() -> Self {
         JwtConfig {
             secret: String::new(),
+            previous_secrets: Vec::new(),
             issuer: "wxauth".into(),
             audience: "miniprog".into(),
             lifetime: 7 * 24 * 3600,
@@ -242,7 +246,7 @@ impl Config {
 /// The keys whose values are secret, as `section.key`: shown as "<redacted>" (each element of a
 /// list), or as "" when unset. A new secret key belongs here; the test
 /// `every_secret_like_key_is_listed_as_secret` fails until it is.
-const SECRET_KEYS: &[&str] = &["wechat.secret", "jwt.secret"];
+const SECRET_KEYS: &[&str] = &["wechat.secret", "jwt.secret", "jwt.previous_secrets"];
 
 /// Replaces the values at `keys` (`key` or `section.key`) in `table`.
 fn redact_keys(table: &mut toml::Table, keys: &[&str]) {
@@ -292,6 +296,10 @@ impl fmt::Debug for JwtConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JwtConfig")
             .field("secret", &redact(&self.secret))
+            .field(
+                "previous_secrets",
+                &self.previous_secrets.iter().map(|secret| redact(secret)).collect::<Vec<_>>(),
+            )
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .finish_non_exhaustive()
@@ -528,6 +536,16 @@ fn validate(config: &Config) -> Result<(), String> {
             jwt.secret.len()
         ));
     }
+    for (index, previous) in jwt.previous_secrets.iter().enumerate() {
+        // Named by position: the value itself must not reach an error message.
+        if previous.len() < MIN_JWT_SECRET_BYTES {
+            return Err(format!(
+                "jwt.previous_secrets[{index}]: must be at least {MIN_JWT_SECRET_BYTES} bytes (it is {}), \
+                 like jwt.secret: list the secrets tokens were signed with before",
+                previous.len()
+            ));
+        }
+    }
     if jwt.issuer.is_empty() || jwt.audience.is_empty() {
         return Err("jwt: issuer and audience must not be empty".into());
     }
@@ -678,6 +696,30 @@ mod tests {
     }
 
     #[test]
+    fn previous_jwt_secrets_come_from_the_file_or_the_environment_and_are_checked() {
+        let old = "old-secret-0123456789abcdef0123456789";
+        let older = "older-secret-0123456789abcdef012345678";
+        let text = format!("[jwt]\nprevious_secrets = [\"{old}\", \"{older}\"]\n");
+        let config = parse(&text, &env(&[])).unwrap();
+        assert_eq!(config.jwt.previous_secrets, vec![old, older]);
+        assert!(parse("", &env(&[])).unwrap().jwt.previous_secrets.is_empty());
+        // The environment is a comma-separated list, items trimmed; it replaces the file's.
+        let listed = format!(" {older} ,{old}\n");
+        let config = parse(&text, &env(&[("WXAUTH_JWT_PREVIOUS_SECRETS", &listed)])).unwrap();
+        assert_eq!(config.jwt.previous_secrets, vec![older, old]);
+        let config = parse(&text, &env(&[("WXAUTH_JWT_PREVIOUS_SECRETS", "")])).unwrap();
+        assert!(config.jwt.previous_secrets.is_empty());
+        // Each must be as long as a secret; the error names the position, never the value.
+        let error =
+            parse("", &env(&[("WXAUTH_JWT_PREVIOUS_SECRETS", &format!("{old},short-old-value"))]))
+                .unwrap_err();
+        assert!(error.contains("jwt.previous_secrets[1]"), "{error}");
+        assert!(!error.contains("short-old-value") && !error.contains(old), "{error}");
+        let error = parse("[jwt]\nprevious_secrets = \"one\"\n", &env(&[])).unwrap_err();
+        assert!(error.contains("jwt.previous_secrets"), "{error}");
+    }
+
+    #[test]
     fn short_jwt_secret_says_how_to_make_one() {
         let error = parse("", &env(&[("WXAUTH_JWT_SECRET", "tooshort")])).unwrap_err();
         assert!(error.contains("openssl rand"), "{error}");
@@ -692,6 +734,10 @@ mod tests {
                 ("WXAUTH_WECHAT_APPID", "wxvisible"),
                 ("WXAUTH_WECHAT_SECRET", "appsecret-value"),
                 ("WXAUTH_JWT_SECRET", "jwt-secret-value-that-is-long-enough-0123"),
+                (
+                    "WXAUTH_JWT_PREVIOUS_SECRETS",
+                    "old-jwt-secret-one-long-enough-0123456,old-jwt-secret-two-long-enough-0123456",
+                ),
             ]),
         )
         .unwrap();
@@ -699,6 +745,11 @@ mod tests {
         assert!(shown.contains("wxvisible"));
         assert!(!shown.contains("appsecret-value"), "{shown}");
         assert!(!shown.contains("jwt-secret-value"), "{shown}");
+        assert!(!shown.contains("old-jwt-secret"), "{shown}");
+        assert!(
+            shown.contains(r#"previous_secrets = ["<redacted>", "<redacted>"]"#),
+            "each previous secret is redacted: {shown}"
+        );
         assert!(shown.contains("<redacted>"));
     }
 

@@ -79,6 +79,18 @@ impl Error {
         }
     }
 
+    /// No usable credentials: no token, or a token that failed a check. `verify` answers these
+    /// with 401 instead of 403.
+    pub(crate) fn is_authentication(&self) -> bool {
+        matches!(
+            self,
+            Error::NotAuthenticated
+                | Error::TokenInvalid
+                | Error::TokenExpired
+                | Error::TokenRevoked
+        )
+    }
+
     /// The numeric `code` of the envelope; listed in README, never reused.
     pub(crate) fn code(&self) -> u32 {
         match self {

@@ -471,7 +471,7 @@ fn serve(config_path: Option<String>) -> Result<(), String> {
         wechat: wechat::WeChat::new(&config.wechat, &appid, &secret, &base_url),
         codes: codes::RecentCodes::default(),
         limiter: ratelimit::RateLimiter::new(&config.rate_limit),
-        keys: api::Keys::new(&jwt_secret),
+        keys: api::Keys::new(&jwt_secret, &config.jwt.previous_secrets),
         trusted_proxies: config.trusted_proxy_addrs(),
         config,
     });
@@ -495,6 +495,21 @@ fn serve(config_path: Option<String>) -> Result<(), String> {
             String::new()
         } else {
             format!(" (applied schema versions {applied:?})")
+        },
+    ));
+    // Key ids are public (every token names its key) and let an operator check a rotation.
+    let kids = shared.keys.kids();
+    log::info(&format!(
+        "tokens are signed with key {} ({}){}",
+        kids[0],
+        if shared.config.jwt.secret.is_empty() {
+            "generated, kept in the database"
+        } else {
+            "jwt.secret"
+        },
+        match &kids[1..] {
+            [] => String::new(),
+            previous => format!("; tokens of previous keys {} still verify", previous.join(", ")),
         },
     ));
 

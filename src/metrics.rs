@@ -468,6 +468,8 @@ mod tests {
         assert_eq!(label("/miniprog/wx_auth/login", 200), "login");
         assert_eq!(label("/miniprog/wx_auth/login/", 405), "login");
         assert_eq!(label("/miniprog/wx_auth/get_openid_by_code", 403), "get_openid_by_code");
+        assert_eq!(label("/miniprog/wx_auth/verify", 401), "verify");
+        assert_eq!(label("/miniprog/wx_auth/me/", 200), "me");
         assert_eq!(label("/healthz", 200), "healthz");
         assert_eq!(label("/metrics", 405), "metrics");
         assert_eq!(label("/miniprog/wx_auth/nope", 404), "other");

@@ -22,6 +22,8 @@ pub(crate) enum Route {
     Register,
     Login,
     Logout,
+    Verify,
+    Me,
 }
 
 /// A response, ready to be written by the server.
@@ -46,6 +48,8 @@ pub(crate) fn route(prefix: &str, method: &str, path: &str) -> Result<Route, Err
         "register" => (Route::Register, "POST"),
         "login" => (Route::Login, "POST"),
         "logout" => (Route::Logout, "POST"),
+        "verify" => (Route::Verify, "GET"),
+        "me" => (Route::Me, "GET"),
         _ => return Err(Error::NotFound),
     };
     // HEAD is answered like GET by tiny_http (without the body).
@@ -81,6 +85,20 @@ fn dispatch(ctx: &Ctx, request: &mut Request) -> Result<Reply, Error> {
             let openid = query_value(query, "openid")?;
             success(&api::is_openid_registered(ctx, openid.as_deref())?)
         }
+        Route::Verify => {
+            // No body is read: nginx's auth_request subrequests have none.
+            let authorization = header(request, "Authorization");
+            match api::verify(ctx, authorization.as_deref()) {
+                Ok(answer) => {
+                    let mut reply = success(&answer)?;
+                    reply.headers.push((USER_ID_HEADER, answer.user_id.to_string()));
+                    Ok(reply)
+                }
+                Err(error) if error.is_authentication() => Ok(unauthorized(&error)),
+                Err(error) => Err(error),
+            }
+        }
+        Route::Me => success(&api::me(ctx, header(request, "Authorization").as_deref())?),
         Route::Logout => {
             // The body, if any, is read (within the limit) and ignored.
             read_body(request, ctx.config.max_body_bytes, body_deadline(ctx))?;
@@ -176,6 +194,25 @@ pub(crate) fn failure(error: &Error) -> Reply {
         error: Some(error.name()),
         log: Some(error.to_string()),
     }
+}
+
+/// The header a successful `verify` names the token's account in, for nginx's
+/// `auth_request_set $user $upstream_http_x_wxauth_user_id`.
+pub(crate) const USER_ID_HEADER: &str = "X-Wxauth-User-Id";
+
+/// A failure of authentication answered with 401 rather than the API's usual 403: `verify`'s
+/// answers, because nginx's `auth_request` understands only 2xx, 401 and 403 and passes a 401
+/// on to the client as "authenticate first". It carries the challenge RFC 6750 asks of a 401.
+pub(crate) fn unauthorized(error: &Error) -> Reply {
+    let mut reply = failure(error);
+    reply.status = 401;
+    let challenge = match error {
+        // RFC 6750 §3.1: no error code when the request carried no credentials at all.
+        Error::NotAuthenticated => r#"Bearer realm="wxauth""#,
+        _ => r#"Bearer realm="wxauth", error="invalid_token""#,
+    };
+    reply.headers.push(("WWW-Authenticate", challenge.to_string()));
+    reply
 }
 
 /// A header's value, if present and valid text.
@@ -433,6 +470,9 @@ mod tests {
             ("POST", "/miniprog/wx_auth/register/", Route::Register),
             ("POST", "/miniprog/wx_auth/login", Route::Login),
             ("HEAD", "/miniprog/wx_auth/is_openid_registered", Route::IsOpenidRegistered),
+            ("GET", "/miniprog/wx_auth/verify", Route::Verify),
+            ("HEAD", "/miniprog/wx_auth/verify/", Route::Verify),
+            ("GET", "/miniprog/wx_auth/me", Route::Me),
         ] {
             assert_eq!(route(PREFIX, method, path).unwrap(), expected, "{method} {path}");
         }
@@ -521,5 +561,19 @@ mod tests {
         assert_eq!(body["results"], json!([]));
         let reply = failure(&Error::Internal("database: secret table".into()));
         assert!(!reply.body.contains("secret table"));
+    }
+
+    #[test]
+    fn unauthorized_is_the_failure_envelope_with_401_and_a_challenge() {
+        for (error, challenge) in [
+            (Error::NotAuthenticated, r#"Bearer realm="wxauth""#),
+            (Error::TokenExpired, r#"Bearer realm="wxauth", error="invalid_token""#),
+        ] {
+            let (forbidden, reply) = (failure(&error), unauthorized(&error));
+            assert_eq!((forbidden.status, reply.status), (403, 401));
+            assert_eq!(reply.body, forbidden.body);
+            assert_eq!(reply.error, Some(error.name()));
+            assert_eq!(reply.headers, vec![("WWW-Authenticate", challenge.to_string())]);
+        }
     }
 }

@@ -12,15 +12,15 @@ use crate::harness::{TempDir, Wxauth, binary, fresh_code};
 
 /// What one run of the binary showed.
 #[derive(Debug)]
-struct Run {
+pub(crate) struct Run {
     code: Option<i32>,
     stdout: String,
-    stderr: String,
+    pub(crate) stderr: String,
 }
 
 impl Run {
     /// Asserts exit status 0 with nothing on stderr; returns stdout.
-    fn success(&self) -> &str {
+    pub(crate) fn success(&self) -> &str {
         assert_eq!(self.code, Some(0), "{self:#?}");
         assert_eq!(self.stderr, "", "{self:#?}");
         &self.stdout
@@ -28,7 +28,7 @@ impl Run {
 
     /// Asserts a runtime failure: status 1, nothing on stdout, one `wxauth: ` line on stderr
     /// that contains `reason`.
-    fn failure(&self, reason: &str) {
+    pub(crate) fn failure(&self, reason: &str) {
         assert_eq!(self.code, Some(1), "{self:#?}");
         assert_eq!(self.stdout, "", "{self:#?}");
         assert_eq!(self.stderr.lines().count(), 1, "one line: {self:#?}");
@@ -38,7 +38,7 @@ impl Run {
 }
 
 /// Runs `wxauth ARGS` in `dir` with only `environment` (and PATH) set.
-fn run_in(dir: &Path, arguments: &[&str], environment: &[(&str, &str)]) -> Run {
+pub(crate) fn run_in(dir: &Path, arguments: &[&str], environment: &[(&str, &str)]) -> Run {
     let output = Command::new(binary())
         .args(arguments)
         .current_dir(dir)
@@ -56,7 +56,7 @@ fn run_in(dir: &Path, arguments: &[&str], environment: &[(&str, &str)]) -> Run {
 }
 
 /// Runs `wxauth ARGS` on the database `server` is serving.
-fn run_on(server: &Wxauth, arguments: &[&str]) -> Run {
+pub(crate) fn run_on(server: &Wxauth, arguments: &[&str]) -> Run {
     let database = server.dir.0.join("wxauth.db");
     let run = run_in(&server.dir.0, arguments, &[("WXAUTH_DATABASE", database.to_str().unwrap())]);
     assert_no_secrets(server, &run.stdout);

@@ -161,8 +161,14 @@ impl Wxauth {
         });
         let secrets = env
             .iter()
-            .filter(|(name, _)| *name == "WXAUTH_WECHAT_SECRET" || *name == "WXAUTH_JWT_SECRET")
-            .map(|(_, value)| value.to_string())
+            .flat_map(|(name, value)| match *name {
+                "WXAUTH_WECHAT_SECRET" | "WXAUTH_JWT_SECRET" => vec![value.to_string()],
+                // A comma-separated list, as the server reads it.
+                "WXAUTH_JWT_PREVIOUS_SECRETS" => {
+                    value.split(',').map(|secret| secret.trim().to_string()).collect()
+                }
+                _ => Vec::new(),
+            })
             .collect();
         let prefix = env
             .iter()

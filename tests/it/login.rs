@@ -20,15 +20,15 @@ use crate::harness::{Answer, TempDir, Wxauth, agent, binary, fresh_code, send};
 
 /// A JWT secret of more than 32 bytes with non-ASCII characters, so that a check with it also
 /// shows the key is the string's UTF-8 bytes.
-const SECRET: &str = "密钥-wxauth-login-tests-0123456789abcdef";
-const OTHER_SECRET: &str = "another-secret-for-wxauth-login-tests-0123";
+pub(crate) const SECRET: &str = "密钥-wxauth-login-tests-0123456789abcdef";
+pub(crate) const OTHER_SECRET: &str = "another-secret-for-wxauth-login-tests-0123";
 
 type HmacSha256 = Hmac<Sha256>;
 
 /// The token's header text, claims, and whether its HS256 signature verifies with `secret` (as
 /// UTF-8 bytes), checked with the hmac crate directly rather than wxauth's own code:
 /// `{"valid": bool, "header": "<header JSON text>", "claims": {…}}`.
-fn inspect_token(token: &str, secret: &str) -> Value {
+pub(crate) fn inspect_token(token: &str, secret: &str) -> Value {
     let segments: Vec<&str> = token.split('.').collect();
     assert_eq!(segments.len(), 3, "{token}");
     let decode = |segment: &str| URL_SAFE_NO_PAD.decode(segment).expect("base64url segment");
@@ -43,13 +43,13 @@ fn inspect_token(token: &str, secret: &str) -> Value {
 }
 
 /// The `kid` wxauth gives a secret: the first 8 bytes of its SHA-256, as hex.
-fn key_id(secret: &str) -> String {
+pub(crate) fn key_id(secret: &str) -> String {
     use sha2::Digest;
     Sha256::digest(secret.as_bytes())[..8].iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// Signs the claims with `secret`, as any HS256 JWT library would.
-fn sign_token(secret: &str, claims: &Value) -> String {
+pub(crate) fn sign_token(secret: &str, claims: &Value) -> String {
     let signing_input = format!(
         "{}.{}",
         URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#),
@@ -60,12 +60,12 @@ fn sign_token(secret: &str, claims: &Value) -> String {
     format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 /// Claims as wxauth writes them with the default issuer and audience, for account `sub`.
-fn default_claims(sub: &str) -> Value {
+pub(crate) fn default_claims(sub: &str) -> Value {
     let now = unix_now();
     json!({
         "iss": "wxauth", "aud": "miniprog", "sub": sub, "iat": now, "exp": now + 3600,
@@ -73,15 +73,15 @@ fn default_claims(sub: &str) -> Value {
     })
 }
 
-fn jwt(token: &str) -> String {
+pub(crate) fn jwt(token: &str) -> String {
     format!("jwt {token}")
 }
 
-fn token_of(results: &Value) -> String {
+pub(crate) fn token_of(results: &Value) -> String {
     results["token"].as_str().unwrap_or_else(|| panic!("no token in {results}")).to_string()
 }
 
-fn login_by_token(server: &Wxauth, token: &str) -> Answer {
+pub(crate) fn login_by_token(server: &Wxauth, token: &str) -> Answer {
     server.post_with("login", &json!({}), &[("Authorization", &jwt(token))])
 }
 
@@ -129,7 +129,7 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 
 /// Stops `server` with SIGTERM (it must exit 0) and starts a new one on the same directory and
 /// database with `env`.
-fn restart(mut server: Wxauth, env: &[(&str, &str)]) -> Wxauth {
+pub(crate) fn restart(mut server: Wxauth, env: &[(&str, &str)]) -> Wxauth {
     let status = server.terminate();
     assert!(status.success(), "exit status {status:?}: {}", server.stderr());
     let dir = std::mem::replace(&mut server.dir, TempDir::new());

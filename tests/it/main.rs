@@ -14,4 +14,5 @@ mod operator;
 mod python;
 mod register;
 mod upgrade;
+mod verify;
 mod wechat;
