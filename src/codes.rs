@@ -17,11 +17,12 @@ use crate::wechat::CodeSession;
 /// How long a code's answer is remembered: WeChat's codes live five minutes.
 const CODE_LIFE: i64 = 300;
 
-/// The most answers remembered (about 650 bytes each with the map's own overhead, so about
-/// 2.6 MiB). Past it the oldest go first, even unexpired: a repeat of such a code then goes to
-/// WeChat (and gets 40163) instead of memory growing with traffic. Repeats come within seconds (a
-/// retried request, a double tap), so this covers them up to hundreds of logins a second.
-const MAX_REMEMBERED: usize = 4_096;
+/// The most answers remembered (about 700 bytes each in a busy server's memory, map and
+/// allocator overhead included: about 1.4 MiB). Past it the oldest go first, even unexpired: a
+/// repeat of such a code then goes to WeChat (and gets 40163) instead of memory growing with
+/// traffic. Repeats come within seconds (a retried request, a double tap), so this covers them up
+/// to a couple of hundred logins a second.
+const MAX_REMEMBERED: usize = 2_048;
 
 /// How long a repeated code waits for the first exchange before giving up.
 const WAIT_FOR_FIRST: Duration = Duration::from_secs(30);

@@ -477,14 +477,8 @@ fn serve(config_path: Option<String>) -> Result<(), String> {
     });
     let running = server::start(server, shared.clone(), &writer, readers)?;
 
-    println!("listening on http://{address}");
-    if let Some(fake) = &demo {
-        println!(
-            "demo mode: no WeChat appid/secret configured, using the built-in fake WeChat at http://{} (appid {})",
-            fake.address,
-            config::DEMO_APPID
-        );
-    }
+    // Both lines go to the log before the address is announced, so whoever waits for that
+    // announcement finds them written.
     log::info(&format!(
         "wxauth {} serving {} on http://{address} with {} workers, database {}{}",
         env!("CARGO_PKG_VERSION"),
@@ -512,6 +506,15 @@ fn serve(config_path: Option<String>) -> Result<(), String> {
             previous => format!("; tokens of previous keys {} still verify", previous.join(", ")),
         },
     ));
+
+    println!("listening on http://{address}");
+    if let Some(fake) = &demo {
+        println!(
+            "demo mode: no WeChat appid/secret configured, using the built-in fake WeChat at http://{} (appid {})",
+            fake.address,
+            config::DEMO_APPID
+        );
+    }
 
     signals.forever().next();
     log::info("stopping: finishing requests in flight");
