@@ -139,8 +139,8 @@ impl Ctx<'_> {
     }
 
     /// The account a token in an `Authorization` header names, and the token's claims: the
-    /// token's signature and claims are checked, and its account must exist and not have revoked
-    /// it. Reads only.
+    /// token's signature and claims are checked, and its account must exist, be no younger than
+    /// the token, and not have revoked it. Reads only.
     fn verified_token(&self, header: &str) -> Result<(Account, jwt::Claims), Error> {
         let token = bearer_token(header).ok_or(Error::TokenInvalid)?;
         let expect = jwt::Expect {
@@ -156,6 +156,11 @@ impl Ctx<'_> {
             })?;
         let id: i64 = claims.sub.parse().map_err(|_| Error::TokenInvalid)?;
         let account = store::account_by_id(self.db, id)?.ok_or(Error::TokenInvalid)?;
+        // A token older than its account was issued to an earlier account with the same id: one
+        // a restored backup no longer holds, whose id has since been given out again.
+        if claims.iat + expect.leeway < account.date_joined {
+            return Err(Error::TokenInvalid);
+        }
         if claims.ver != account.token_version {
             return Err(Error::TokenRevoked);
         }

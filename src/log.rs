@@ -70,7 +70,7 @@ fn line(level: LogLevel, message: &str) {
         write(json_line(level, json!({ "message": message })));
     } else {
         let time = crate::time::format_datetime(crate::time::now());
-        write(format!("{time} {} {message}\n", level_name(level)));
+        write(format!("{time} {} {}\n", level_name(level), escape_controls(message)));
     }
 }
 
@@ -144,7 +144,8 @@ pub(crate) fn access(entry: &Access) {
             entry.status,
         );
         if let Some((name, detail)) = entry.error {
-            text.push_str(&format!(" {name} ({detail})"));
+            // The detail may quote what a client sent (a header, a field's value).
+            text.push_str(&format!(" {} ({})", escape_controls(name), escape_controls(detail)));
         }
         text.push('\n');
         write(text);
@@ -165,9 +166,36 @@ fn escape(text: &str) -> String {
     escaped
 }
 
+/// Free text (a message, an error's detail) with its control characters escaped, so that whatever
+/// it quotes cannot start a line of its own.
+fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for character in text.chars() {
+        if character.is_control() {
+            escaped.extend(character.escape_default());
+        } else {
+            escaped.push(character);
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_text_stays_on_one_line() {
+        assert_eq!(escape_controls("wechat: code invalid (40029)"), "wechat: code invalid (40029)");
+        assert_eq!(
+            escape_controls("x/y\n2026-01-01 00:00:00 ERROR forged"),
+            "x/y\\n2026-01-01 00:00:00 ERROR forged"
+        );
+        assert_eq!(escape_controls("a\r\tb"), "a\\r\\tb");
+    }
 
     #[test]
     fn client_text_stays_on_one_line() {

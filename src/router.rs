@@ -367,9 +367,14 @@ pub(crate) fn parse_body(content_type: &str, bytes: &[u8]) -> Result<Map<String,
             }
             Ok(form)
         }
-        other => Err(Error::InvalidParameter(format!(
-            "不支持的 Content-Type {other}, 请使用 application/json"
-        ))),
+        other => {
+            // The client's own text, shortened and kept printable, as it reaches the log too.
+            let shown: String =
+                other.chars().take(64).filter(|character| !character.is_control()).collect();
+            Err(Error::InvalidParameter(format!(
+                "不支持的 Content-Type {shown}, 请使用 application/json"
+            )))
+        }
     }
 }
 

@@ -3,9 +3,11 @@
 //!
 //! Reads run on the calling worker's own connection. Every write goes through the one `Writer`
 //! connection, which commits in groups: it takes every job waiting, runs each in its own savepoint
-//! (a failing job rolls back alone), commits once, and only then answers each job. With
-//! `synchronous = FULL` an answered write is on disk, and many writers share one fsync. One account
-//! per WeChat identity is a unique index, never a check-then-insert.
+//! (a failing job rolls back alone), commits once, and only then answers each job. A write made
+//! with `Writer::run` is answered on disk (`synchronous = FULL`), many of them sharing one fsync;
+//! `run_visible` and `submit` writes (a WeChat session, login bookkeeping) are answered committed,
+//! and reach the disk with the next fsync or checkpoint. One account per WeChat identity is a
+//! unique index, never a check-then-insert.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc;
@@ -635,14 +637,13 @@ fn write_loop(connection: Connection, queue: mpsc::Receiver<Job>) {
         // the transaction, and only on a change.
         let needs_sync = group.iter().any(|job| job.durability == Durability::Synced);
         let mut outcome = Ok(());
-        if needs_sync != synced {
-            let pragma = if needs_sync {
-                "PRAGMA synchronous = FULL"
-            } else {
-                "PRAGMA synchronous = NORMAL"
-            };
-            outcome = execute(&connection, pragma);
-            synced = needs_sync && outcome.is_ok();
+        if needs_sync && !synced {
+            // Failing this fails the group: its writes must not be answered unsynced.
+            outcome = execute(&connection, "PRAGMA synchronous = FULL");
+            synced = outcome.is_ok();
+        } else if !needs_sync && synced {
+            // Failing this only costs an fsync: the group commits synced.
+            synced = execute(&connection, "PRAGMA synchronous = NORMAL").is_err();
         }
         let outcome = outcome.and_then(|()| execute(&connection, "BEGIN IMMEDIATE"));
         match outcome {
@@ -899,8 +900,14 @@ mod tests {
             let seen = wechat_session(&reader, "wxa", "openid-v").unwrap().unwrap();
             assert_eq!(seen.created_at, 100 + round);
             // A synced write after an unsynced group switches the level back and commits too.
-            let id = writer.run(move |c| login_account(c, "wxa", "openid-v", "::1", 200 + round));
-            let account = account_by_id(&reader, id.unwrap()).unwrap().unwrap();
+            let (id, level) = writer
+                .run(move |c| {
+                    let id = login_account(c, "wxa", "openid-v", "::1", 200 + round)?;
+                    Ok((id, c.query_row("PRAGMA synchronous", [], |row| row.get::<_, i64>(0))?))
+                })
+                .unwrap();
+            assert_eq!(level, 2, "FULL: answered after its fsync");
+            let account = account_by_id(&reader, id).unwrap().unwrap();
             assert_eq!(account.last_login, Some(200 + round));
         }
         drop(writer);

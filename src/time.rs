@@ -17,6 +17,15 @@ pub(crate) fn format_datetime(seconds: i64) -> String {
     let days = seconds.div_euclid(86_400);
     let second_of_day = seconds.rem_euclid(86_400);
     let (year, month, day) = civil_from_days(days);
+    if !(0..=9999).contains(&year) {
+        // Not a time wxauth writes, but a token may claim one (`exp`); shown whole, not cut.
+        return format!(
+            "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+            second_of_day / 3600,
+            second_of_day / 60 % 60,
+            second_of_day % 60
+        );
+    }
     // By hand rather than with format!: two of these go into every account answer and one into
     // every log line, and the formatting machinery costs several times the arithmetic.
     let mut text = [0u8; 19];
@@ -96,6 +105,8 @@ mod tests {
         assert_eq!(format_datetime(1_700_000_000), "2023-11-14 22:13:20");
         assert_eq!(format_datetime(951_782_400), "2000-02-29 00:00:00");
         assert_eq!(format_datetime(1_709_251_199), "2024-02-29 23:59:59");
+        assert_eq!(format_datetime(253_402_300_800), "10000-01-01 00:00:00");
+        assert_eq!(format_datetime(-62_167_219_201), "-001-12-31 23:59:59");
     }
 
     #[test]

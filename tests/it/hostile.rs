@@ -509,3 +509,22 @@ fn a_huge_announced_body_is_refused_and_does_not_hold_the_workers() {
     );
     trickle.join().unwrap();
 }
+
+/// Regression: a bare LF inside a header line (kept, as HTTP/1.1 parsers may) reached the log
+/// through an error's detail and started a forged line of its own.
+#[test]
+fn a_header_cannot_forge_a_log_line() {
+    let server = Wxauth::start(&[("WXAUTH_OPENID_LOGIN", "open")]);
+    let request = b"POST /miniprog/wx_auth/login HTTP/1.1\r\nHost: wxauth\r\n\
+        Content-Type: x/y\n2026-01-01 00:00:00 ERROR forged line\r\n\
+        Content-Length: 2\r\nConnection: close\r\n\r\n{}";
+    let answer = raw_exchange(&server, request, Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("invalid_parameter"), "{answer}");
+    let log = server.stderr();
+    assert!(log.contains("forged line"), "the request was logged: {log}");
+    assert!(
+        !log.lines().any(|line| line.starts_with("2026-01-01 00:00:00 ERROR forged")),
+        "a forged log line: {log}"
+    );
+}

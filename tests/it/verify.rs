@@ -184,6 +184,9 @@ fn verify_and_me_say_token_expired_for_an_expired_token() {
     let (_, login) = server.login_as("verify-expired");
     let id = login["account"]["id"].as_i64().unwrap().to_string();
     let now = unix_now();
+    // The tokens below were issued two hours ago: the account must be older than that.
+    let joined = "UPDATE accounts SET date_joined = ?1 WHERE id = ?2";
+    server.database().execute(joined, rusqlite::params![now - 86_400, id]).unwrap();
     let claims = |exp: i64| {
         json!({"iss": "wxauth", "aud": "miniprog", "sub": id, "iat": now - 7200, "exp": exp,
                "nickname": null, "scopes": ["open"]})
@@ -229,6 +232,31 @@ fn verify_and_me_refuse_the_token_of_a_deleted_account() {
     assert_eq!(deleted, 1);
     assert_refused(&server, Some(&jwt(&token)), "token_invalid");
     assert_verified(&server, &token_of(&kept), kept["account"]["id"].as_i64().unwrap());
+}
+
+/// Regression: a restored backup gives ids out again, so a token issued to the old account N must
+/// not be accepted for the new account N, which joined after the token was issued.
+#[test]
+fn verify_and_me_refuse_a_token_older_than_its_account() {
+    let server = Wxauth::start(&[("WXAUTH_JWT_SECRET", SECRET)]);
+    let (_, login) = server.login_as("verify-restored");
+    let token = token_of(&login);
+    let id = login["account"]["id"].as_i64().unwrap();
+    assert_verified(&server, &token, id);
+    // The same id, now someone who joined an hour after the token was issued.
+    let changed = server
+        .database()
+        .execute(
+            "UPDATE accounts SET wx_openid = 'o-joined-later', username = 'o-joined-later',
+                 date_joined = date_joined + 3600 WHERE id = ?1",
+            [id],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    assert_refused(&server, Some(&jwt(&token)), "token_invalid");
+    let login =
+        server.post_with("login", &serde_json::json!({}), &[("Authorization", &jwt(&token))]);
+    login.assert_error(403, "token_invalid");
 }
 
 #[test]
