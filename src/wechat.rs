@@ -57,6 +57,8 @@ pub(crate) struct WeChat {
     /// The cached access token, shared by all workers. Held across a refresh, so that concurrent
     /// callers wait for one refresh instead of each asking WeChat.
     access_token: Mutex<Option<AccessToken>>,
+    /// The agent's resolver, to forget an address that refused a connection.
+    resolver: CachingResolver,
 }
 
 /// Counts a call as in flight until dropped.
@@ -90,12 +92,14 @@ impl WeChat {
             // A local endpoint (the fake, a test) is never reached through an HTTP proxy.
             builder = builder.proxy(None);
         }
+        let resolver = CachingResolver::default();
         WeChat {
             agent: ureq::Agent::with_parts(
                 builder.build(),
                 ureq::unversioned::transport::DefaultConnector::new(),
-                CachingResolver::default(),
+                resolver.clone(),
             ),
+            resolver,
             base_url: base_url.trim_end_matches('/').to_string(),
             appid: appid.to_string(),
             secret: secret.to_string(),
@@ -270,8 +274,26 @@ impl WeChat {
         send: &impl Fn(&ureq::Agent, &str) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<Value, Error> {
         let unavailable = |reason: String| Error::WechatUnavailable { api, reason };
-        let mut response =
-            send(&self.agent, &self.base_url).map_err(|error| unavailable(describe(&error)))?;
+        let mut response = send(&self.agent, &self.base_url).map_err(|error| {
+            let unreachable = match &error {
+                ureq::Error::ConnectionFailed | ureq::Error::Timeout(ureq::Timeout::Connect) => {
+                    true
+                }
+                ureq::Error::Io(io) => matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::HostUnreachable
+                        | std::io::ErrorKind::NetworkUnreachable
+                        | std::io::ErrorKind::AddrNotAvailable
+                ),
+                _ => false,
+            };
+            if unreachable {
+                // The host may have moved: look it up again on the next call.
+                self.resolver.forget();
+            }
+            unavailable(describe(&error))
+        })?;
         let status = response.status().as_u16();
         if status != 200 {
             return Err(unavailable(format!("HTTP status {status}")));
@@ -316,10 +338,18 @@ const RESOLVE_TTL: Duration = Duration::from_secs(60);
 /// ureq asks its resolver on every call, before it looks for a pooled connection, and its default
 /// resolver, given a timeout, starts a thread for every lookup: a DNS query and a thread per WeChat
 /// call. This one keeps the answer for `RESOLVE_TTL` (WeChat's API has one host) and otherwise
-/// defers to ureq's (with its timeout). The lock is not held while resolving.
-#[derive(Debug, Default)]
+/// defers to ureq's (with its timeout). The lock is not held while resolving. A failed lookup
+/// falls back on the expired answer, and a failed connection drops the answer (`forget`), so a
+/// moved host is looked up again at once.
+#[derive(Debug, Default, Clone)]
 struct CachingResolver {
-    cached: Mutex<Option<ResolvedAddress>>,
+    cached: std::sync::Arc<Mutex<Option<ResolvedAddress>>>,
+}
+
+impl CachingResolver {
+    fn forget(&self) {
+        *self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -342,17 +372,23 @@ impl ureq::unversioned::resolver::Resolver for CachingResolver {
             uri.scheme_str().unwrap_or(""),
             uri.authority().map_or("", |authority| authority.as_str())
         );
-        {
+        let stale = {
             let cached = self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if let Some(found) = cached.as_ref()
-                && found.key == key
-                && found.at.elapsed() < RESOLVE_TTL
-            {
-                return Ok(found.addresses.clone());
+            match cached.as_ref() {
+                Some(found) if found.key == key && found.at.elapsed() < RESOLVE_TTL => {
+                    return Ok(found.addresses.clone());
+                }
+                Some(found) if found.key == key => Some(found.addresses.clone()),
+                _ => None,
             }
-        }
-        let addresses = ureq::unversioned::resolver::DefaultResolver::default()
-            .resolve(uri, config, timeout)?;
+        };
+        let addresses = match ureq::unversioned::resolver::DefaultResolver::default()
+            .resolve(uri, config, timeout)
+        {
+            Ok(addresses) => addresses,
+            // DNS trouble: the last answer is the best guess (and is not renewed).
+            Err(error) => return stale.ok_or(error),
+        };
         let fresh = ResolvedAddress { key, at: Instant::now(), addresses: addresses.clone() };
         *self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(fresh);
         Ok(addresses)
@@ -465,6 +501,8 @@ mod tests {
         let other: ureq::http::Uri = "http://127.0.0.1:10/".parse().unwrap();
         let addresses = resolver.resolve(&other, &config, timeout()).unwrap();
         assert_eq!(addresses.as_ref(), ["127.0.0.1:10".parse().unwrap()]);
+        resolver.forget();
+        assert!(resolver.cached.lock().unwrap().is_none(), "forgotten after a refused connection");
     }
 
     fn unavailable(reason: String) -> Result<Value, Error> {
