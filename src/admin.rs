@@ -116,7 +116,7 @@ fn list(
     offset: u64,
     out: &mut dyn Write,
 ) -> Result<(), String> {
-    let total = store::account_count(connection).map_err(failure)?;
+    let total = store::account_counts(connection).map_err(failure)?.accounts;
     writeln!(
         out,
         "{:>8}  {:<32}  {:<20}  {:<10}  {:<19}  last_login",

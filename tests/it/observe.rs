@@ -191,6 +191,7 @@ fn metrics_count_a_known_sequence_of_requests_exactly() {
         assert!(more_invalid < 20.0, "the rate limit never refused");
     }
 
+    let scraped = Instant::now();
     let scrape = Scrape::of(&server);
     let requests = |route: &str, status: &str| {
         scrape.value("wxauth_http_requests_total", &[("route", route), ("status", status)])
@@ -261,12 +262,24 @@ fn metrics_count_a_known_sequence_of_requests_exactly() {
         assert!(!scrape.text.contains(needle), "{needle} became a label:\n{}", scrape.text);
     }
 
+    // An account the next scrape should not count yet.
+    database
+        .execute(
+            "INSERT INTO accounts (username, wx_appid, wx_openid, date_joined) VALUES ('oLate', 'wxdemo', 'oLate', 0)",
+            [],
+        )
+        .unwrap();
     // The first scrape is counted before the second is answered.
     let again = Scrape::of(&server);
     assert_eq!(
         again.value("wxauth_http_requests_total", &[("route", "metrics"), ("status", "200")]),
         1.0
     );
+    // The accounts were counted by the first scrape; a scrape within 15 s reuses that count
+    // instead of scanning the table again, so the account added since is not in it yet.
+    if scraped.elapsed() < Duration::from_secs(15) {
+        assert_eq!(again.value("wxauth_accounts", &[]), 2.0, "counted again:\n{}", again.text);
+    }
 }
 
 #[test]
