@@ -54,8 +54,10 @@ const API_ROUTES: usize = 7;
 /// The routes outside the API prefix, answered for operators rather than clients.
 const PROBES: [&str; 3] = ["healthz", "readyz", "metrics"];
 
-/// Status labels; any other status is counted as `other`.
-const STATUSES: [u16; 14] = [200, 400, 401, 403, 404, 405, 408, 413, 414, 417, 429, 431, 500, 502];
+/// Status labels: every status wxauth answers (`Error::status`, 401 from `verify`, 503 from an
+/// unready `/readyz`, and tiny_http's refusals); any other status is counted as `other`.
+const STATUSES: [u16; 15] =
+    [200, 400, 401, 403, 404, 405, 408, 413, 414, 417, 429, 431, 500, 502, 503];
 
 /// Upper bounds of the latency buckets, in microseconds, and as the `le` label shows them.
 const BUCKETS: [(u64, &str); 14] = [
@@ -345,8 +347,9 @@ impl Metrics {
         add(&self.rate_limit_refusals, 1);
     }
 
-    /// The text exposition. Series that are still zero are left out, except the plain counters;
-    /// `accounts` is `None` when the database could not be read (the gauges are then absent).
+    /// The text exposition. Labelled series still at zero are left out, series without labels
+    /// never are; `accounts` is `None` when the database could not be read (the gauges are then
+    /// absent).
     pub(crate) fn render(&self, accounts: Option<&AccountCounts>) -> String {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let mut out = String::with_capacity(4096);
@@ -572,6 +575,30 @@ mod tests {
         );
         assert!(text.contains("wxauth_http_refused_total{status=\"431\"} 1"));
         assert!(text.contains("wxauth_registered_accounts 1"));
+    }
+
+    #[test]
+    fn every_status_wxauth_answers_has_its_own_label() {
+        use crate::error::Error;
+        let errors = [
+            Error::MissingParameter("openid"),
+            Error::BodyTooLarge { limit: 1 },
+            Error::UriTooLong,
+            Error::HeadersTooLarge,
+            Error::RequestTimeout,
+            Error::RateLimited { retry_after: 1 },
+            Error::NotFound,
+            Error::MethodNotAllowed("GET"),
+            Error::WechatUnavailable { api: "jscode2session", reason: String::new() },
+            Error::Internal(String::new()),
+        ];
+        let mut statuses: Vec<u16> = errors.iter().map(Error::status).collect();
+        // Success; `verify`'s 401; an unready `/readyz`; tiny_http's malformed head and Expect.
+        statuses.extend([200, 401, 503, 400, 417]);
+        for status in statuses {
+            assert_eq!(status_label(status_slot(status)), status.to_string());
+        }
+        assert_eq!(status_label(status_slot(599)), "other");
     }
 
     #[test]
