@@ -33,7 +33,8 @@ pub(crate) enum UsersAction {
 
 #[derive(Clone, Copy)]
 pub(crate) enum ExportFormat {
-    /// A header row, then one row per account; RFC 4180 (CRLF line ends, quoting as needed).
+    /// A header row, then one row per account; RFC 4180 (CRLF line ends, quoting as needed),
+    /// text that would start a spreadsheet formula prefixed with `'` (`push_csv_field`).
     Csv,
     /// One JSON array with one account object per line.
     Json,
@@ -115,7 +116,7 @@ fn list(
     offset: u64,
     out: &mut dyn Write,
 ) -> Result<(), String> {
-    let total = store::account_count(connection).map_err(failure)?;
+    let total = store::account_counts(connection).map_err(failure)?.accounts;
     writeln!(
         out,
         "{:>8}  {:<32}  {:<20}  {:<10}  {:<19}  last_login",
@@ -195,7 +196,7 @@ fn export(
                     if index > 0 {
                         line.push(',');
                     }
-                    push_csv_field(&mut line, &object[*field]);
+                    push_csv_field(&mut line, field, &object[*field]);
                 }
                 line.push_str("\r\n");
                 out.write_all(line.as_bytes()).map_err(write_error)
@@ -217,19 +218,41 @@ fn export(
     }
 }
 
+/// First characters that make a spreadsheet (Excel, LibreOffice) read a cell as a formula, or
+/// that it skips before looking for one: OWASP's list for CSV injection.
+const FORMULA_STARTS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
 /// Appends one CSV field: empty for null, `true`/`false`, numbers as they are, and text quoted
 /// (with inner quotes doubled) when it holds a comma, a quote or a line break (RFC 4180).
-fn push_csv_field(line: &mut String, value: &serde_json::Value) {
-    match value {
-        serde_json::Value::Null => {}
-        serde_json::Value::String(text) if text.contains([',', '"', '\r', '\n']) => {
-            line.push('"');
-            line.push_str(&text.replace('"', "\"\""));
-            line.push('"');
-        }
-        serde_json::Value::String(text) => line.push_str(text),
-        other => line.push_str(&other.to_string()),
+///
+/// Text comes from clients (a nickname, an address), so text starting with one of
+/// `FORMULA_STARTS` gets a leading `'`, which spreadsheets show as text instead of running it as
+/// a formula. The one exception is a `phone` as the API stores it (digits with an optional leading
+/// `+`): it cannot be a formula, and machine consumers need it as it is. Numbers and booleans are
+/// written as they are: a number is a value, never a formula.
+fn push_csv_field(line: &mut String, field: &str, value: &serde_json::Value) {
+    let text = match value {
+        serde_json::Value::Null => return,
+        serde_json::Value::String(text) => text,
+        other => return line.push_str(&other.to_string()),
+    };
+    let guarded = text.starts_with(FORMULA_STARTS) && !(field == "phone" && is_plain_phone(text));
+    let prefix = if guarded { "'" } else { "" };
+    if text.contains([',', '"', '\r', '\n']) {
+        line.push('"');
+        line.push_str(prefix);
+        line.push_str(&text.replace('"', "\"\""));
+        line.push('"');
+    } else {
+        line.push_str(prefix);
+        line.push_str(text);
     }
+}
+
+/// Digits with an optional leading `+`: the only phone the API stores.
+fn is_plain_phone(text: &str) -> bool {
+    let digits = text.strip_prefix('+').unwrap_or(text);
+    !digits.is_empty() && digits.bytes().all(|byte| byte.is_ascii_digit())
 }
 
 fn revoke(config: &Config, id: i64, out: &mut dyn Write) -> Result<(), String> {
@@ -332,4 +355,34 @@ fn write_failed(error: std::io::Error) -> String {
 
 fn write_error(error: std::io::Error) -> Error {
     Error::Internal(write_failed(error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn field(name: &str, value: serde_json::Value) -> String {
+        let mut line = String::new();
+        push_csv_field(&mut line, name, &value);
+        line
+    }
+
+    #[test]
+    fn csv_text_that_would_start_a_formula_is_prefixed() {
+        assert_eq!(field("wx_nickname", json!("=1+1")), "'=1+1");
+        assert_eq!(field("address", json!("@SUM(A1)")), "'@SUM(A1)");
+        assert_eq!(field("wx_city", json!("-2,3")), "\"'-2,3\"");
+        assert_eq!(field("wx_nickname", json!("\r=1")), "\"'\r=1\"");
+        assert_eq!(field("wx_nickname", json!("a=1")), "a=1");
+        // A phone as the API stores it stays as it is; anything else in that column (written
+        // around the API) is guarded like any text.
+        assert_eq!(field("phone", json!("+8613800138000")), "+8613800138000");
+        assert_eq!(field("phone", json!("+1+1")), "'+1+1");
+        assert_eq!(field("phone", json!("=1+1")), "'=1+1");
+        assert_eq!(field("phone", json!("+")), "'+");
+        // Numbers are values, not formulas.
+        assert_eq!(field("member_score", json!(-5)), "-5");
+        assert_eq!(field("wx_nickname", json!(null)), "");
+    }
 }

@@ -107,8 +107,10 @@ list    accounts by id as a table (id, openid, phone, registered, date_joined, l
 show    one account, by id or openid, as JSON with the API's account field names.
 export  every account to stdout, read row by row (any number of accounts): `csv` is a header
         row of the account object's field names, then one row per account (RFC 4180: CRLF,
-        fields quoted when they hold a comma, quote or line break; null is empty); `json` is one
-        JSON array with one account object per line.
+        fields quoted when they hold a comma, quote or line break; null is empty), where text
+        starting with = + - @ tab or CR gets a leading ' so that spreadsheets do not run it as a
+        formula (except `phone`: digits with an optional leading +, written as it is); `json` is
+        one JSON array with one account object per line, values as the API shows them.
 revoke  revokes every token issued to the account so far, as `POST logout` does: they are then
         refused with `token_revoked`. Works while the server runs.
 

@@ -5,7 +5,8 @@
 //! so it costs the hot path nothing worth measuring. Every label value comes from a fixed list
 //! here (routes, statuses, WeChat APIs and outcomes): a path nobody routes is `other`, a status
 //! not listed is `other`, so no client can grow the label set. The two account gauges are not
-//! kept here: they are counted in SQLite at scrape time (`store::account_counts`).
+//! kept here: a scrape counts them in SQLite (`store::account_counts`, a scan of the accounts
+//! table), at most once every `ACCOUNTS_COUNTED_EVERY`; scrapes in between reuse the last count.
 //!
 //! There is one `Metrics`, the static `METRICS`, because calls to WeChat and rate-limit refusals
 //! are recorded deep inside `wechat` and `ratelimit`, where passing a handle would widen every
@@ -13,12 +14,23 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
+use crate::store::AccountCounts;
+
 /// The process's metrics.
 pub(crate) static METRICS: Metrics = Metrics::new();
+
+/// How long one count of the accounts serves scrapes. Counting scans the accounts table, and
+/// nothing limits how often `/metrics` is asked (several Prometheus servers, a dashboard, a loop),
+/// so the count is reused rather than made again at every scrape.
+const ACCOUNTS_COUNTED_EVERY: Duration = Duration::from_secs(15);
+
+/// The last count of the accounts, shared by every worker's scrapes.
+static ACCOUNT_COUNT: Mutex<Option<Counted>> = Mutex::new(None);
 
 /// Route labels: the API's endpoints (without the prefix), the operational endpoints, and
 /// `other` for everything else (any 404, whatever its path).
@@ -42,8 +54,10 @@ const API_ROUTES: usize = 7;
 /// The routes outside the API prefix, answered for operators rather than clients.
 const PROBES: [&str; 3] = ["healthz", "readyz", "metrics"];
 
-/// Status labels; any other status is counted as `other`.
-const STATUSES: [u16; 14] = [200, 400, 401, 403, 404, 405, 408, 413, 414, 417, 429, 431, 500, 502];
+/// Status labels: every status wxauth answers (`Error::status`, 401 from `verify`, 503 from an
+/// unready `/readyz`, and tiny_http's refusals); any other status is counted as `other`.
+const STATUSES: [u16; 15] =
+    [200, 400, 401, 403, 404, 405, 408, 413, 414, 417, 429, 431, 500, 502, 503];
 
 /// Upper bounds of the latency buckets, in microseconds, and as the `le` label shows them.
 const BUCKETS: [(u64, &str); 14] = [
@@ -216,10 +230,32 @@ pub(crate) struct LastWechatCall {
     pub(crate) at: i64,
 }
 
-/// The account gauges, counted in the database at scrape time.
-pub(crate) struct AccountGauges {
-    pub(crate) accounts: i64,
-    pub(crate) registered: i64,
+/// One count of the accounts and when it was made; `None` when the database could not be read.
+struct Counted {
+    at: Instant,
+    counts: Option<AccountCounts>,
+}
+
+/// The account counts as of at most `ACCOUNTS_COUNTED_EVERY` before `now`: the last count when
+/// it is that recent, else a new one from `count`. The lock is held while counting, so scrapes
+/// arriving together wait for one count instead of each scanning the table. A failed count is
+/// remembered like any other (the gauges are left out until the next count).
+fn recent_counts(
+    last: &Mutex<Option<Counted>>,
+    now: Instant,
+    count: impl FnOnce() -> Option<AccountCounts>,
+) -> Option<AccountCounts> {
+    let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
+    match &*last {
+        Some(counted) if now.saturating_duration_since(counted.at) < ACCOUNTS_COUNTED_EVERY => {
+            counted.counts
+        }
+        _ => {
+            let counts = count();
+            *last = Some(Counted { at: now, counts });
+            counts
+        }
+    }
 }
 
 fn add(counter: &AtomicU64, amount: u64) {
@@ -311,9 +347,10 @@ impl Metrics {
         add(&self.rate_limit_refusals, 1);
     }
 
-    /// The text exposition. Series that are still zero are left out, except the plain counters;
-    /// `accounts` is `None` when the database could not be read (the gauges are then absent).
-    pub(crate) fn render(&self, accounts: Option<&AccountGauges>) -> String {
+    /// The text exposition. Labelled series still at zero are left out, series without labels
+    /// never are; `accounts` is `None` when the database could not be read (the gauges are then
+    /// absent).
+    pub(crate) fn render(&self, accounts: Option<&AccountCounts>) -> String {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let mut out = String::with_capacity(4096);
 
@@ -442,18 +479,17 @@ impl Metrics {
 }
 
 /// The exposition for `GET /metrics`: the process's metrics and the account gauges, counted on
-/// the worker's read connection now.
+/// the worker's read connection unless a scrape counted them less than
+/// `ACCOUNTS_COUNTED_EVERY` ago.
 pub(crate) fn scrape(db: &Connection) -> String {
-    let gauges = match crate::store::account_counts(db) {
-        Ok(counts) => {
-            Some(AccountGauges { accounts: counts.accounts, registered: counts.registered })
-        }
-        Err(error) => {
-            crate::log::warn(&format!("metrics: cannot count accounts: {error}"));
-            None
-        }
-    };
-    METRICS.render(gauges.as_ref())
+    let counts = recent_counts(&ACCOUNT_COUNT, Instant::now(), || {
+        crate::store::account_counts(db)
+            .inspect_err(|error| {
+                crate::log::warn(&format!("metrics: cannot count accounts: {error}"));
+            })
+            .ok()
+    });
+    METRICS.render(counts.as_ref())
 }
 
 #[cfg(test)]
@@ -523,7 +559,7 @@ mod tests {
         let metrics = Metrics::new();
         metrics.wechat_call("jscode2session", WechatOutcome::Busy, 1_700_000_000);
         metrics.refused(431);
-        let text = metrics.render(Some(&AccountGauges { accounts: 2, registered: 1 }));
+        let text = metrics.render(Some(&AccountCounts { accounts: 2, registered: 1 }));
         for line in text.lines().filter(|line| !line.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();
             let family = ["_bucket", "_sum", "_count"]
@@ -539,6 +575,47 @@ mod tests {
         );
         assert!(text.contains("wxauth_http_refused_total{status=\"431\"} 1"));
         assert!(text.contains("wxauth_registered_accounts 1"));
+    }
+
+    #[test]
+    fn every_status_wxauth_answers_has_its_own_label() {
+        use crate::error::Error;
+        let errors = [
+            Error::MissingParameter("openid"),
+            Error::BodyTooLarge { limit: 1 },
+            Error::UriTooLong,
+            Error::HeadersTooLarge,
+            Error::RequestTimeout,
+            Error::RateLimited { retry_after: 1 },
+            Error::NotFound,
+            Error::MethodNotAllowed("GET"),
+            Error::WechatUnavailable { api: "jscode2session", reason: String::new() },
+            Error::Internal(String::new()),
+        ];
+        let mut statuses: Vec<u16> = errors.iter().map(Error::status).collect();
+        // Success; `verify`'s 401; an unready `/readyz`; tiny_http's malformed head and Expect.
+        statuses.extend([200, 401, 503, 400, 417]);
+        for status in statuses {
+            assert_eq!(status_label(status_slot(status)), status.to_string());
+        }
+        assert_eq!(status_label(status_slot(599)), "other");
+    }
+
+    #[test]
+    fn accounts_are_counted_at_most_every_15_seconds() {
+        let last = Mutex::new(None);
+        let start = Instant::now();
+        let counts = |accounts| Some(AccountCounts { accounts, registered: 0 });
+        let at = |seconds| start + Duration::from_secs(seconds);
+        assert_eq!(recent_counts(&last, at(0), || counts(1)), counts(1));
+        assert_eq!(recent_counts(&last, at(14), || unreachable!("counted again")), counts(1));
+        assert_eq!(recent_counts(&last, at(15), || counts(2)), counts(2));
+        // A failed count is kept too: the gauges stay absent until the next one.
+        assert_eq!(recent_counts(&last, at(30), || None), None);
+        assert_eq!(recent_counts(&last, at(44), || unreachable!("counted again")), None);
+        assert_eq!(recent_counts(&last, at(45), || counts(3)), counts(3));
+        // A scrape that read the clock before another's count (and waited for the lock) reuses it.
+        assert_eq!(recent_counts(&last, at(40), || unreachable!("counted again")), counts(3));
     }
 
     #[test]

@@ -680,16 +680,16 @@ fn write_loop(connection: Connection, queue: mpsc::Receiver<Job>) {
 }
 
 // ---- Observability: read-only queries for /readyz and /metrics --------------------------------
-// Kept together here, apart from the account queries and the writer, so that changes to those
-// and to these merge independently.
 
 /// How many accounts exist, and how many of them completed registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct AccountCounts {
     pub(crate) accounts: i64,
     pub(crate) registered: i64,
 }
 
-/// Counts accounts for the metrics gauges: one scan of the table per scrape.
+/// Counts accounts, for the metrics gauges and `wxauth users list`: one scan of the table, so
+/// `metrics` reuses a count for a while rather than scanning at every scrape.
 pub(crate) fn account_counts(connection: &Connection) -> Result<AccountCounts, Error> {
     Ok(connection
         .prepare_cached("SELECT count(*), coalesce(sum(is_register), 0) FROM accounts")?
@@ -717,10 +717,6 @@ pub(crate) fn open_existing(path: &str) -> Result<Connection, Error> {
     connection.busy_timeout(BUSY_TIMEOUT)?;
     connection.execute_batch("PRAGMA foreign_keys = ON;")?;
     Ok(connection)
-}
-
-pub(crate) fn account_count(connection: &Connection) -> Result<i64, Error> {
-    Ok(connection.query_row("SELECT count(*) FROM accounts", [], |row| row.get(0))?)
 }
 
 /// Every account with this openid, whatever its appid (one deployment may serve several

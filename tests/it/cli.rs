@@ -422,11 +422,17 @@ fn insert_accounts(server: &Wxauth, count: usize) -> Vec<(String, Option<String>
     let mut inserted = Vec::new();
     for index in 0..count {
         let openid = format!("oBulk{index:023}");
-        let nickname = match index % 5 {
+        let nickname = match index % 11 {
             0 => Some(format!("Ann, \"the\" {index}\nsecond line")),
             1 => Some(format!("张三\r\n{index}")),
             2 => None,
             3 => Some(format!("=\"plain\"{index}")),
+            4 => Some("=1+1".to_string()),
+            5 => Some("+cmd".to_string()),
+            6 => Some("-2".to_string()),
+            7 => Some("@SUM(A1)".to_string()),
+            8 => Some(format!("\t=HYPERLINK(\"http://example.com/{index}\")")),
+            9 => Some(format!("\r-{index}")),
             _ => Some(format!("plain {index}")),
         };
         transaction
@@ -488,13 +494,32 @@ fn users_export_csv_quotes_and_matches_the_database() {
         };
         assert_eq!(by_field(first, name), expected, "{name}");
     }
-    // The inserted ones, in id order, with their awkward nicknames intact.
+    // The inserted ones, in id order, with their awkward nicknames intact, except that one a
+    // spreadsheet would run as a formula starts with a `'`.
     for (row, (openid, nickname)) in rows[1..].iter().zip(&inserted) {
         assert_eq!(row.len(), fields.len());
         assert_eq!(&by_field(row, "wx_openid"), openid);
-        assert_eq!(by_field(row, "wx_nickname"), nickname.clone().unwrap_or_default());
+        let nickname = nickname.clone().unwrap_or_default();
+        let expected = if nickname.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+            format!("'{nickname}")
+        } else {
+            nickname
+        };
+        assert_eq!(by_field(row, "wx_nickname"), expected);
     }
     assert_eq!(by_field(&rows[1], "wx_nickname"), "Ann, \"the\" 0\nsecond line");
+    assert_eq!(by_field(&rows[4], "wx_nickname"), "'=\"plain\"3");
+    assert_eq!(by_field(&rows[5], "wx_nickname"), "'=1+1");
+    assert_eq!(by_field(&rows[6], "wx_nickname"), "'+cmd");
+    assert_eq!(by_field(&rows[7], "wx_nickname"), "'-2");
+    assert_eq!(by_field(&rows[8], "wx_nickname"), "'@SUM(A1)");
+    assert_eq!(by_field(&rows[9], "wx_nickname"), "'\t=HYPERLINK(\"http://example.com/8\")");
+    assert_eq!(by_field(&rows[10], "wx_nickname"), "'\r-9");
+    // As written, byte for byte: the quote goes inside the CSV quoting.
+    assert!(run.success().contains(",'=1+1,"));
+    assert!(run.success().contains(",\"'\r-9\","));
+    // A phone is digits with an optional `+` (the API refuses anything else): never a formula,
+    // so it stays as it is for the machines that read it.
     assert_eq!(by_field(&rows[1], "phone"), "+8613800000000");
     assert_eq!(by_field(&rows[1], "is_register"), "true");
     assert_eq!(by_field(&rows[2], "is_register"), "false");
@@ -521,6 +546,12 @@ fn users_export_json_is_one_array_of_account_objects_matching_the_database() {
         assert_eq!(account["wx_nickname"], json!(nickname));
         assert_eq!(account.as_object().unwrap().len(), registered.as_object().unwrap().len());
     }
+    // JSON is not read by spreadsheets: text that would start a formula there is left as it is.
+    assert_eq!(accounts[5]["wx_nickname"], "=1+1");
+    assert_eq!(accounts[6]["wx_nickname"], "+cmd");
+    assert_eq!(accounts[7]["wx_nickname"], "-2");
+    assert_eq!(accounts[8]["wx_nickname"], "@SUM(A1)");
+    assert_eq!(accounts[1]["phone"], "+8613800000000");
     let shown: Value =
         serde_json::from_str(run_on(&server, &["users", "show", &inserted[7].0]).success())
             .unwrap();

@@ -150,6 +150,12 @@ fn readyz_is_unavailable_while_the_schema_is_not_this_binarys() {
 
     database.execute_batch(&format!("PRAGMA user_version = {version}")).unwrap();
     assert_eq!(get(&server, "/readyz").status, 200);
+    // 503 is a status of its own in the metrics, not `other`.
+    let scrape = Scrape::of(&server);
+    let readyz = |status| {
+        scrape.value("wxauth_http_requests_total", &[("route", "readyz"), ("status", status)])
+    };
+    assert_eq!((readyz("200"), readyz("503"), readyz("other")), (2.0, 1.0, 0.0), "{}", scrape.text);
 }
 
 #[test]
@@ -166,6 +172,7 @@ fn metrics_count_a_known_sequence_of_requests_exactly() {
     server.get("no_such_endpoint?code=leaked-label").assert_error(404, "not_found");
     get(&server, "/no/such/path").assert_error(404, "not_found");
     server.get("login").assert_error(405, "method_not_allowed");
+    server.get("verify").assert_error(401, "not_authenticated");
     // Six rate-limited requests, the burst: two code exchanges, two logins by openid, one
     // registration, one invalid code.
     let (_, alice) = server.login_as("alice");
@@ -191,6 +198,7 @@ fn metrics_count_a_known_sequence_of_requests_exactly() {
         assert!(more_invalid < 20.0, "the rate limit never refused");
     }
 
+    let scraped = Instant::now();
     let scrape = Scrape::of(&server);
     let requests = |route: &str, status: &str| {
         scrape.value("wxauth_http_requests_total", &[("route", route), ("status", status)])
@@ -200,6 +208,7 @@ fn metrics_count_a_known_sequence_of_requests_exactly() {
         ("is_openid_registered", "403", 1.0),
         ("other", "404", 2.0),
         ("login", "405", 1.0),
+        ("verify", "401", 1.0),
         ("login", "200", 2.0),
         ("register", "200", 1.0),
         ("get_openid_by_code", "200", 2.0),
@@ -261,12 +270,24 @@ fn metrics_count_a_known_sequence_of_requests_exactly() {
         assert!(!scrape.text.contains(needle), "{needle} became a label:\n{}", scrape.text);
     }
 
+    // An account the next scrape should not count yet.
+    database
+        .execute(
+            "INSERT INTO accounts (username, wx_appid, wx_openid, date_joined) VALUES ('oLate', 'wxdemo', 'oLate', 0)",
+            [],
+        )
+        .unwrap();
     // The first scrape is counted before the second is answered.
     let again = Scrape::of(&server);
     assert_eq!(
         again.value("wxauth_http_requests_total", &[("route", "metrics"), ("status", "200")]),
         1.0
     );
+    // The accounts were counted by the first scrape; a scrape within 15 s reuses that count
+    // instead of scanning the table again, so the account added since is not in it yet.
+    if scraped.elapsed() < Duration::from_secs(15) {
+        assert_eq!(again.value("wxauth_accounts", &[]), 2.0, "counted again:\n{}", again.text);
+    }
 }
 
 #[test]
