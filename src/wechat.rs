@@ -248,13 +248,14 @@ impl WeChat {
             });
         }
         let _in_flight = InFlight(&self.in_flight);
-        match self.call_once(api, &send) {
-            Err(Error::WechatUnavailable { reason, .. }) if reason == BUSY => {
+        let result = match self.call_once(api, &send) {
+            Err((_, WechatOutcome::Busy)) => {
                 std::thread::sleep(BUSY_RETRY_DELAY);
                 self.call_once(api, &send)
             }
             other => other,
-        }
+        };
+        result.map_err(|(error, _)| error)
     }
 
     /// One exchange with WeChat, counted in the metrics.
@@ -262,9 +263,10 @@ impl WeChat {
         &self,
         api: &'static str,
         send: &impl Fn(&ureq::Agent, &str) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<Value, Error> {
+    ) -> Result<Value, Failure> {
         let result = self.exchange(api, send);
-        crate::metrics::METRICS.wechat_call(api, outcome(&result), crate::time::now());
+        let outcome = result.as_ref().map_or_else(|(_, outcome)| *outcome, |_| WechatOutcome::Ok);
+        crate::metrics::METRICS.wechat_call(api, outcome, crate::time::now());
         result
     }
 
@@ -272,61 +274,54 @@ impl WeChat {
         &self,
         api: &'static str,
         send: &impl Fn(&ureq::Agent, &str) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<Value, Error> {
-        let unavailable = |reason: String| Error::WechatUnavailable { api, reason };
+    ) -> Result<Value, Failure> {
+        let unavailable =
+            |reason: String, outcome| (Error::WechatUnavailable { api, reason }, outcome);
+        let transport =
+            |error: ureq::Error| unavailable(describe(&error), transport_outcome(&error));
         let mut response = send(&self.agent, &self.base_url).map_err(|error| {
-            let unreachable = match &error {
-                ureq::Error::ConnectionFailed | ureq::Error::Timeout(ureq::Timeout::Connect) => {
-                    true
-                }
-                ureq::Error::Io(io) => matches!(
-                    io.kind(),
-                    std::io::ErrorKind::ConnectionRefused
-                        | std::io::ErrorKind::HostUnreachable
-                        | std::io::ErrorKind::NetworkUnreachable
-                        | std::io::ErrorKind::AddrNotAvailable
-                ),
-                _ => false,
-            };
-            if unreachable {
+            let no_connection = transport_outcome(&error) == WechatOutcome::Refused
+                || matches!(error, ureq::Error::Timeout(ureq::Timeout::Connect));
+            if no_connection {
                 // The host may have moved: look it up again on the next call.
                 self.resolver.forget();
             }
-            unavailable(describe(&error))
+            transport(error)
         })?;
+        let bad_answer = |reason: String| unavailable(reason, WechatOutcome::BadAnswer);
         let status = response.status().as_u16();
         if status != 200 {
-            return Err(unavailable(format!("HTTP status {status}")));
+            return Err(bad_answer(format!("HTTP status {status}")));
         }
         let body = response
             .body_mut()
             .with_config()
             .limit(MAX_ANSWER_BYTES)
             .read_to_vec()
-            .map_err(|error| unavailable(describe(&error)))?;
+            .map_err(transport)?;
         let answer: Value =
-            serde_json::from_slice(&body).map_err(|_| unavailable("answer is not JSON".into()))?;
+            serde_json::from_slice(&body).map_err(|_| bad_answer("answer is not JSON".into()))?;
         if !answer.is_object() {
-            return Err(unavailable("answer is not a JSON object".into()));
+            return Err(bad_answer("answer is not a JSON object".into()));
         }
         let errcode = match &answer["errcode"] {
             Value::Null => 0,
-            value => value.as_i64().ok_or_else(|| unavailable("errcode is not a number".into()))?,
+            value => value.as_i64().ok_or_else(|| bad_answer("errcode is not a number".into()))?,
         };
         match errcode {
             0 => Ok(answer),
-            -1 => Err(unavailable(BUSY.into())),
-            40029 => Err(Error::WechatCodeInvalid),
-            40163 => Err(Error::WechatCodeUsed),
-            45011 => Err(Error::WechatRateLimited),
-            40226 => Err(Error::WechatUserBlocked),
+            -1 => Err(unavailable(BUSY.into(), WechatOutcome::Busy)),
+            40029 => Err((Error::WechatCodeInvalid, WechatOutcome::InvalidCode)),
+            40163 => Err((Error::WechatCodeUsed, WechatOutcome::CodeUsed)),
+            45011 => Err((Error::WechatRateLimited, WechatOutcome::RateLimited)),
+            40226 => Err((Error::WechatUserBlocked, WechatOutcome::UserBlocked)),
             errcode => {
                 let mut errmsg: String =
                     answer["errmsg"].as_str().unwrap_or("").chars().take(200).collect();
                 // WeChat's errmsg may end with "rid: …"; it never echoes secrets, but strip
                 // anything that is not plain text before it reaches the log.
                 errmsg.retain(|character| !character.is_control());
-                Err(Error::Wechat { api, errcode, errmsg })
+                Err((Error::Wechat { api, errcode, errmsg }, WechatOutcome::OtherErrcode))
             }
         }
     }
@@ -451,28 +446,29 @@ impl WeChat {
     }
 }
 
-/// What one exchange with WeChat came to, for the metrics. Transport failures are told apart by
-/// the reasons `describe` and `exchange` give them (the unit tests below pin that).
-fn outcome(result: &Result<Value, Error>) -> WechatOutcome {
-    let reason = match result {
-        Ok(_) => return WechatOutcome::Ok,
-        Err(Error::WechatCodeInvalid) => return WechatOutcome::InvalidCode,
-        Err(Error::WechatCodeUsed) => return WechatOutcome::CodeUsed,
-        Err(Error::WechatRateLimited) => return WechatOutcome::RateLimited,
-        Err(Error::WechatUserBlocked) => return WechatOutcome::UserBlocked,
-        Err(Error::WechatUnavailable { reason, .. }) => reason.as_str(),
-        Err(_) => return WechatOutcome::OtherErrcode,
-    };
-    match reason {
-        BUSY => WechatOutcome::Busy,
-        "i/o error: timed out" => WechatOutcome::Timeout,
-        _ if reason.starts_with("timeout") => WechatOutcome::Timeout,
-        "connection failed" | "host not found" | "i/o error: connection refused" => {
-            WechatOutcome::Refused
-        }
-        "HTTP protocol error" | "TLS error" | "HTTP client error" => WechatOutcome::ConnectionError,
-        _ if reason.starts_with("i/o error") => WechatOutcome::ConnectionError,
-        _ => WechatOutcome::BadAnswer,
+/// A failed exchange: the error for the client, and what it counts as in the metrics.
+type Failure = (Error, WechatOutcome);
+
+/// What a transport failure counts as: no answer in time, no connection at all, a connection
+/// that failed under way, or an answer that is not one (too large, redirected).
+fn transport_outcome(error: &ureq::Error) -> WechatOutcome {
+    use std::io::ErrorKind;
+    match error {
+        ureq::Error::Timeout(_) => WechatOutcome::Timeout,
+        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => WechatOutcome::Refused,
+        ureq::Error::Io(io) => match io.kind() {
+            ErrorKind::TimedOut | ErrorKind::WouldBlock => WechatOutcome::Timeout,
+            ErrorKind::ConnectionRefused
+            | ErrorKind::HostUnreachable
+            | ErrorKind::NetworkUnreachable
+            | ErrorKind::AddrNotAvailable => WechatOutcome::Refused,
+            _ => WechatOutcome::ConnectionError,
+        },
+        ureq::Error::BodyExceedsLimit(_)
+        | ureq::Error::StatusCode(_)
+        | ureq::Error::TooManyRedirects
+        | ureq::Error::RedirectFailed => WechatOutcome::BadAnswer,
+        _ => WechatOutcome::ConnectionError,
     }
 }
 
@@ -505,36 +501,22 @@ mod tests {
         assert!(resolver.cached.lock().unwrap().is_none(), "forgotten after a refused connection");
     }
 
-    fn unavailable(reason: String) -> Result<Value, Error> {
-        Err(Error::WechatUnavailable { api: "jscode2session", reason })
-    }
-
     #[test]
-    fn outcomes_follow_the_reasons_given() {
-        let io = |kind| describe(&ureq::Error::Io(std::io::Error::from(kind)));
-        for (result, expected) in [
-            (Ok(json!({})), WechatOutcome::Ok),
-            (Err(Error::WechatCodeInvalid), WechatOutcome::InvalidCode),
-            (Err(Error::WechatRateLimited), WechatOutcome::RateLimited),
-            (
-                Err(Error::Wechat { api: "x", errcode: 40001, errmsg: String::new() }),
-                WechatOutcome::OtherErrcode,
-            ),
-            (unavailable(BUSY.into()), WechatOutcome::Busy),
-            (
-                unavailable(describe(&ureq::Error::Timeout(ureq::Timeout::Global))),
-                WechatOutcome::Timeout,
-            ),
-            (unavailable(io(std::io::ErrorKind::TimedOut)), WechatOutcome::Timeout),
-            (unavailable(describe(&ureq::Error::ConnectionFailed)), WechatOutcome::Refused),
-            (unavailable(describe(&ureq::Error::HostNotFound)), WechatOutcome::Refused),
-            (unavailable(io(std::io::ErrorKind::ConnectionRefused)), WechatOutcome::Refused),
-            (unavailable(io(std::io::ErrorKind::ConnectionReset)), WechatOutcome::ConnectionError),
-            (unavailable(describe(&ureq::Error::StatusCode(503))), WechatOutcome::BadAnswer),
-            (unavailable("answer is not JSON".into()), WechatOutcome::BadAnswer),
-            (unavailable("HTTP status 500".into()), WechatOutcome::BadAnswer),
+    fn transport_failures_count_by_what_went_wrong() {
+        use std::io::ErrorKind;
+        let io = |kind| ureq::Error::Io(std::io::Error::from(kind));
+        for (error, expected) in [
+            (ureq::Error::Timeout(ureq::Timeout::Global), WechatOutcome::Timeout),
+            (io(ErrorKind::TimedOut), WechatOutcome::Timeout),
+            (ureq::Error::ConnectionFailed, WechatOutcome::Refused),
+            (ureq::Error::HostNotFound, WechatOutcome::Refused),
+            (io(ErrorKind::ConnectionRefused), WechatOutcome::Refused),
+            (io(ErrorKind::HostUnreachable), WechatOutcome::Refused),
+            (io(ErrorKind::ConnectionReset), WechatOutcome::ConnectionError),
+            (ureq::Error::StatusCode(503), WechatOutcome::BadAnswer),
+            (ureq::Error::BodyExceedsLimit(10), WechatOutcome::BadAnswer),
         ] {
-            assert_eq!(outcome(&result), expected, "{result:?}");
+            assert_eq!(transport_outcome(&error), expected, "{error:?}");
         }
     }
 }
