@@ -32,8 +32,9 @@ const ACCOUNTS_COUNTED_EVERY: Duration = Duration::from_secs(15);
 /// The last count of the accounts, shared by every worker's scrapes.
 static ACCOUNT_COUNT: Mutex<Option<Counted>> = Mutex::new(None);
 
-/// Route labels: the API's endpoints (without the prefix), the operational endpoints, and
-/// `other` for everything else (any 404, whatever its path).
+/// Route labels: the API's endpoints (without the prefix; `router::Route::ALL`, which a test
+/// checks this against), the operational endpoints, and `other` for everything else (any 404,
+/// whatever its path).
 const ROUTES: [&str; 11] = [
     "get_openid_by_code",
     "is_openid_registered",
@@ -495,6 +496,16 @@ pub(crate) fn scrape(db: &Connection) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_api_route_has_its_own_label() {
+        let prefix = "/miniprog/wx_auth/";
+        for route in crate::router::Route::ALL {
+            let path = format!("{prefix}{}", route.name());
+            assert_eq!(RouteLabel::of(prefix, &path, 200).name(), route.name());
+        }
+        assert_eq!(crate::router::Route::ALL.len(), API_ROUTES);
+    }
 
     const PREFIX: &str = "/miniprog/wx_auth/";
 

@@ -38,20 +38,45 @@ pub(crate) struct Reply {
     pub(crate) log: Option<String>,
 }
 
+impl Route {
+    /// Every endpoint under the prefix (the metrics label each by `name`).
+    pub(crate) const ALL: [Route; 7] = [
+        Route::GetOpenidByCode,
+        Route::IsOpenidRegistered,
+        Route::Register,
+        Route::Login,
+        Route::Logout,
+        Route::Verify,
+        Route::Me,
+    ];
+
+    /// The path after the prefix.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Route::GetOpenidByCode => "get_openid_by_code",
+            Route::IsOpenidRegistered => "is_openid_registered",
+            Route::Register => "register",
+            Route::Login => "login",
+            Route::Logout => "logout",
+            Route::Verify => "verify",
+            Route::Me => "me",
+        }
+    }
+
+    fn method(self) -> &'static str {
+        match self {
+            Route::GetOpenidByCode | Route::IsOpenidRegistered | Route::Verify | Route::Me => "GET",
+            Route::Register | Route::Login | Route::Logout => "POST",
+        }
+    }
+}
+
 /// Finds the route for a method and path (the path without its query).
 pub(crate) fn route(prefix: &str, method: &str, path: &str) -> Result<Route, Error> {
     let rest = path.strip_prefix(prefix).ok_or(Error::NotFound)?;
     let name = rest.strip_suffix('/').unwrap_or(rest);
-    let (route, allowed) = match name {
-        "get_openid_by_code" => (Route::GetOpenidByCode, "GET"),
-        "is_openid_registered" => (Route::IsOpenidRegistered, "GET"),
-        "register" => (Route::Register, "POST"),
-        "login" => (Route::Login, "POST"),
-        "logout" => (Route::Logout, "POST"),
-        "verify" => (Route::Verify, "GET"),
-        "me" => (Route::Me, "GET"),
-        _ => return Err(Error::NotFound),
-    };
+    let route = Route::ALL.into_iter().find(|route| route.name() == name).ok_or(Error::NotFound)?;
+    let allowed = route.method();
     // HEAD is answered like GET by tiny_http (without the body).
     if method == allowed || (allowed == "GET" && method == "HEAD") {
         Ok(route)
