@@ -205,16 +205,20 @@ pub(crate) fn open_writer(path: &str) -> Result<(Connection, Vec<u32>), Error> {
 
 /// Opens a read connection for one worker. It cannot write, by construction.
 pub(crate) fn open_reader(path: &str) -> Result<Connection, Error> {
-    configure_sqlite();
-    let connection = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI,
-    )?;
-    connection.busy_timeout(BUSY_TIMEOUT)?;
+    let connection = open_existing_with(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     // A small page cache per reader: there is one per worker, and the OS caches the file anyway.
-    connection.execute_batch("PRAGMA foreign_keys = ON; PRAGMA cache_size = -128;")?;
+    connection.execute_batch("PRAGMA cache_size = -128;")?;
+    Ok(connection)
+}
+
+/// Opens a database file that must exist, with `access` (read-only or read-write), the busy
+/// timeout and foreign keys on.
+fn open_existing_with(path: &str, access: OpenFlags) -> Result<Connection, Error> {
+    configure_sqlite();
+    let flags = access | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    let connection = Connection::open_with_flags(path, flags)?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    connection.execute_batch("PRAGMA foreign_keys = ON;")?;
     Ok(connection)
 }
 
@@ -707,16 +711,7 @@ pub(crate) fn account_counts(connection: &Connection) -> Result<AccountCounts, E
 /// never creates the file, and waits up to `BUSY_TIMEOUT` for the server's writer between its
 /// group commits rather than failing with `database is locked`.
 pub(crate) fn open_existing(path: &str) -> Result<Connection, Error> {
-    configure_sqlite();
-    let connection = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI,
-    )?;
-    connection.busy_timeout(BUSY_TIMEOUT)?;
-    connection.execute_batch("PRAGMA foreign_keys = ON;")?;
-    Ok(connection)
+    open_existing_with(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
 }
 
 /// Every account with this openid, whatever its appid (one deployment may serve several
