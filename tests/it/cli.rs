@@ -574,26 +574,32 @@ fn backup_of_a_serving_database_is_complete_and_verified() {
     for index in 0..5 {
         openids.push(server.login_as(&format!("cli-backup-{index}")).0);
     }
-    // Keep the server writing while the backup runs.
+    // Keep the server writing (each code exchange records a WeChat session) while the backup runs.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let busy = {
-        let stop = stop.clone();
+        let (stop, done) = (stop.clone(), done.clone());
         let base = server.url("get_openid_by_code");
         std::thread::spawn(move || {
             let agent = crate::harness::agent();
-            let mut requests = 0;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let url = format!("{base}?code={}", fresh_code("cli-backup-busy"));
                 assert_eq!(crate::harness::send(&agent, "GET", &url, &[], None).status, 200);
-                requests += 1;
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
-            requests
         })
     };
+    // The writes are under way before the backup starts, and go on while it runs.
+    while done.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+        std::thread::yield_now();
+    }
+    let before = done.load(std::sync::atomic::Ordering::SeqCst);
     let copy = server.dir.0.join("copy.db");
     let run = run_on(&server, &["backup", copy.to_str().unwrap()]);
+    let after = done.load(std::sync::atomic::Ordering::SeqCst);
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    assert!(busy.join().unwrap() > 0);
+    busy.join().unwrap();
+    assert!(after > before, "no write completed while the backup ran ({before} → {after})");
     let text = run.success();
     assert!(text.starts_with(&format!("wrote {}: a copy of ", copy.display())), "{text}");
     assert!(text.contains("schema version 2"), "{text}");
