@@ -528,3 +528,31 @@ fn a_header_cannot_forge_a_log_line() {
         "a forged log line: {log}"
     );
 }
+
+/// The head reader scans buffered bytes for a line's end (vendor/tiny_http PATCHES.md): a CRLF
+/// split across two TCP segments still ends the line, and a line of exactly the 8 KiB limit whose
+/// CR and LF arrive apart is accepted, one byte more is 431.
+#[test]
+fn head_lines_end_at_a_crlf_split_across_reads() {
+    let server = Wxauth::start(&[]);
+    let address = server.base.trim_start_matches("http://").to_string();
+    let send_in_parts = |filler: usize| {
+        let mut stream = TcpStream::connect(&address).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // "X-Filler: " + filler bytes is the whole line, without its CRLF.
+        let line = format!("X-Filler: {}", "a".repeat(filler));
+        let first = format!("GET /healthz HTTP/1.1\r\nHost: wxauth\r\n{line}\r");
+        stream.write_all(first.as_bytes()).unwrap();
+        stream.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        stream.write_all(b"\nConnection: close\r\n\r\n").unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let limit = 8 * 1024;
+    let at_limit = send_in_parts(limit - "X-Filler: ".len());
+    assert!(at_limit.starts_with("HTTP/1.1 200"), "{}", &at_limit[..at_limit.len().min(200)]);
+    let over = send_in_parts(limit - "X-Filler: ".len() + 1);
+    assert!(over.starts_with("HTTP/1.1 431"), "{}", &over[..over.len().min(200)]);
+}
