@@ -201,7 +201,7 @@ struct UsageError {
 }
 
 fn main() -> ExitCode {
-    limit_malloc_arenas();
+    tune_malloc();
     let command = match parse_arguments(std::env::args().skip(1).collect()) {
         Ok(command) => command,
         Err(UsageError { message, usage }) => {
@@ -563,10 +563,12 @@ fn random_hex(bytes: usize) -> Result<String, String> {
 /// glibc gives threads their own malloc arenas, up to eight per core, each keeping freed memory
 /// for itself; with a worker pool, a writer and a thread per connection that is most of the
 /// resident memory beyond the data. Two arenas serve wxauth's few allocations per request as fast
-/// (measured with bench/run) in a fraction of the memory.
+/// (measured with bench/run) in a fraction of the memory. Freed memory is kept up to a bound
+/// rather than returned at once (see below).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn limit_malloc_arenas() {
+fn tune_malloc() {
     const M_ARENA_MAX: std::ffi::c_int = -8;
+    const M_TRIM_THRESHOLD: std::ffi::c_int = -1;
     unsafe extern "C" {
         fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
     }
@@ -574,8 +576,12 @@ fn limit_malloc_arenas() {
     // any other thread exists. A failure (0) leaves glibc's default, which is also fine.
     unsafe {
         mallopt(M_ARENA_MAX, 2);
+        // glibc hands the top of a thread's heap back to the kernel once 128 KiB of it is free;
+        // the writer frees and reallocates about that much per group commit, and each return is
+        // an madvise that interrupts every CPU to flush its TLB. 4 MiB keeps that memory.
+        mallopt(M_TRIM_THRESHOLD, 4 << 20);
     }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn limit_malloc_arenas() {}
+fn tune_malloc() {}
