@@ -14,7 +14,7 @@ use rusqlite::Connection;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::codes::RecentCodes;
+use crate::codes::{self, RecentCodes};
 use crate::config::{Config, OpenidLogin};
 use crate::error::Error;
 use crate::jwt;
@@ -208,7 +208,7 @@ impl Ctx<'_> {
     /// repeat of the code gets the first answer. A code whose session could not be recorded is not
     /// remembered, so a retry does both again.
     fn exchange_code(&self, code: &str) -> Result<CodeSession, Error> {
-        self.codes.exchange(code, self.now, || {
+        self.codes.exchange(codes::key(self.appid(), code), self.now, || {
             let session = self.wechat.code_to_session(code)?;
             let (appid, openid) = (self.appid().to_string(), session.openid.clone());
             let record = WechatSession {

@@ -1,13 +1,17 @@
 //! Recently exchanged `wx.login` codes, so that the same code arriving twice within its life (a
 //! retried request, a double tap) gets the first answer again instead of WeChat's 40163.
 //!
-//! Codes are credentials: only their SHA-256 is kept, in memory, for five minutes (a code's life at
-//! WeChat). A second request for a code whose exchange is still in flight waits for that exchange
-//! rather than racing it to WeChat.
+//! Codes are credentials: only a hash of each is kept, with its answer, in memory, for five
+//! minutes (a code's life at WeChat). The answers live in one fixed-size ring of bytes with an
+//! open-addressing index into it, both allocated once: however busy the server, remembering codes
+//! costs at most `Memory::BYTES`, and no allocation per code (a map and a queue of separate
+//! answers took three times the memory under load, most of it the allocator's leftovers). A
+//! second request for a code whose exchange is still in flight waits for that exchange rather
+//! than racing it to WeChat.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Condvar, Mutex};
-use std::time::Duration;
+use std::collections::HashSet;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
@@ -15,204 +19,356 @@ use crate::error::Error;
 use crate::wechat::CodeSession;
 
 /// How long a code's answer is remembered: WeChat's codes live five minutes.
-const CODE_LIFE: i64 = 300;
+pub(crate) const CODE_LIFE: i64 = 300;
 
-/// The most answers remembered: five minutes of 66 logins a second, in about 5 MiB (measured
-/// under load: about 270 bytes an answer, map, queue and text together). Past it the oldest go first, even
-/// unexpired: a repeat of such a code then goes to WeChat (and gets 40163) instead of memory
+/// The most answers remembered: five minutes of 66 logins a second. Past it the oldest go first,
+/// even unexpired: a repeat of such a code then goes to WeChat (and gets 40163) instead of memory
 /// growing with traffic.
 const MAX_REMEMBERED: usize = 20_000;
+
+/// Bytes of answers remembered: 20,000 of WeChat's usual size (a 28-character openid and unionid,
+/// a 24-character session_key, and the 23-byte header).
+const RING_BYTES: usize = MAX_REMEMBERED * 104;
 
 /// How long a repeated code waits for the first exchange before giving up.
 const WAIT_FOR_FIRST: Duration = Duration::from_secs(30);
 
-/// A code's key: the first 128 bits of its SHA-256 (a collision among 20,000 live codes has odds
-/// of about 1 in 10^30).
-type Key = u128;
+/// A code's key: the first 128 bits of SHA-256 over the appid and the code (codes are per
+/// mini-program; a collision among 20,000 live codes has odds of about 1 in 10^30).
+pub(crate) type Key = [u8; 16];
 
-enum Entry {
-    Pending,
-    /// The answer is `length` bytes of `Memory::text` from the absolute position `at`.
-    Done {
-        at: u64,
-        length: u32,
-        expires: i64,
-    },
+/// The key of `code` for the mini-program `appid`.
+pub(crate) fn key(appid: &str, code: &str) -> Key {
+    let mut hash = Sha256::new();
+    hash.update(appid.as_bytes());
+    // An appid never holds a line break, so no other pair hashes the same text.
+    hash.update(b"\n");
+    hash.update(code.as_bytes());
+    hash.finalize()[..16].try_into().expect("SHA-256 has 32 bytes")
 }
 
-/// An answer as `Memory::answered` lists it, oldest first.
-struct Answered {
-    key: Key,
-    expires: i64,
-    length: u32,
-}
-
-#[derive(Default)]
-struct Memory {
-    entries: HashMap<Key, Entry>,
-    /// Answered codes, oldest first, for expiry and the size bound.
-    answered: VecDeque<Answered>,
-    /// The answers' text (`openid \n session_key [\n unionid]`; WeChat's fields never hold a line
-    /// break, `wechat::text_field` refuses control characters), oldest first, in the order of
-    /// `answered`: one buffer rather than an allocation per answer, which a busy server's
-    /// allocator scatters among short-lived ones (measured: about twice the memory).
-    text: VecDeque<u8>,
-    /// Bytes ever dropped from the front of `text`: an absolute position less this is an index.
-    dropped: u64,
-}
-
-impl Memory {
-    fn remember(&mut self, key: Key, session: &CodeSession, expires: i64) {
-        let mut text = format!("{}\n{}", session.openid, session.session_key);
-        if let Some(unionid) = &session.unionid {
-            text.push('\n');
-            text.push_str(unionid);
-        }
-        let length = u32::try_from(text.len()).expect("WeChat's fields are short");
-        let at = self.dropped + self.text.len() as u64;
-        self.text.extend(text.as_bytes());
-        self.entries.insert(key, Entry::Done { at, length, expires });
-        self.answered.push_back(Answered { key, expires, length });
-    }
-
-    fn recall(&self, at: u64, length: u32) -> CodeSession {
-        let start = (at - self.dropped) as usize;
-        let bytes: Vec<u8> = self.text.range(start..start + length as usize).copied().collect();
-        let text = String::from_utf8_lossy(&bytes);
-        let mut fields = text.split('\n');
-        CodeSession {
-            openid: fields.next().unwrap_or_default().to_string(),
-            session_key: fields.next().unwrap_or_default().to_string(),
-            unionid: fields.next().map(str::to_string),
-        }
-    }
-}
-
-#[derive(Default)]
 pub(crate) struct RecentCodes {
-    memory: Mutex<Memory>,
+    state: Mutex<State>,
     settled: Condvar,
 }
 
-impl RecentCodes {
-    /// Answers `code` from memory, or by running `exchange` (the call to WeChat) exactly once.
-    pub(crate) fn exchange(
-        &self,
-        code: &str,
-        now: i64,
-        exchange: impl FnOnce() -> Result<CodeSession, Error>,
-    ) -> Result<CodeSession, Error> {
-        let digest = Sha256::digest(code.as_bytes());
-        let key = Key::from_be_bytes(digest[..16].try_into().expect("SHA-256 has 32 bytes"));
-        let mut memory = self.lock();
-        loop {
-            match memory.entries.get(&key) {
-                Some(Entry::Done { at, length, expires }) if *expires > now => {
-                    return Ok(memory.recall(*at, *length));
-                }
-                Some(Entry::Pending) => {
-                    let (guard, waited) = self
-                        .settled
-                        .wait_timeout(memory, WAIT_FOR_FIRST)
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
-                    memory = guard;
-                    let still_pending = matches!(memory.entries.get(&key), Some(Entry::Pending));
-                    if waited.timed_out() && still_pending {
-                        return Err(Error::WechatUnavailable {
-                            api: "jscode2session",
-                            reason: "the first exchange of this code is still in flight".into(),
-                        });
-                    }
-                }
-                _ => break,
-            }
-        }
-        memory.forget_old(now);
-        memory.entries.insert(key, Entry::Pending);
-        drop(memory);
+struct State {
+    /// Codes being exchanged with WeChat right now (at most one per worker).
+    in_flight: HashSet<Key>,
+    memory: Memory,
+}
 
-        let result = exchange();
-        let mut memory = self.lock();
-        match &result {
-            Ok(session) => {
-                memory.remember(key, session, now + CODE_LIFE);
-            }
-            Err(_) => {
-                memory.entries.remove(&key);
-            }
-        }
-        drop(memory);
-        self.settled.notify_all();
-        result
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Memory> {
-        self.memory.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+impl Default for RecentCodes {
+    fn default() -> Self {
+        RecentCodes::with_capacity(MAX_REMEMBERED, RING_BYTES)
     }
 }
 
-impl Memory {
-    /// Drops answers that have expired, and the oldest beyond `MAX_REMEMBERED`.
-    fn forget_old(&mut self, now: i64) {
-        while let Some(oldest) = self.answered.front() {
-            if oldest.expires > now && self.answered.len() < MAX_REMEMBERED {
+impl RecentCodes {
+    fn with_capacity(answers: usize, bytes: usize) -> RecentCodes {
+        let state = State { in_flight: HashSet::new(), memory: Memory::new(answers, bytes) };
+        RecentCodes { state: Mutex::new(state), settled: Condvar::new() }
+    }
+
+    /// The answer for the code `key`: the remembered one, or what `exchange` (the call to WeChat,
+    /// which also records the session) returns, remembered until `now + CODE_LIFE`. One code is
+    /// never exchanged by two requests at once: the second waits for the first and gets its
+    /// answer (or, if it failed, tries itself).
+    pub(crate) fn exchange(
+        &self,
+        key: Key,
+        now: i64,
+        exchange: impl FnOnce() -> Result<CodeSession, Error>,
+    ) -> Result<CodeSession, Error> {
+        let deadline = Instant::now() + WAIT_FOR_FIRST;
+        let mut state = self.lock();
+        loop {
+            if let Some(session) = state.memory.recall(&key, now) {
+                return Ok(session);
+            }
+            if !state.in_flight.contains(&key) {
                 break;
             }
-            let Answered { key, length, .. } = self.answered.pop_front().expect("a front");
-            let at = self.dropped;
-            self.text.drain(..length as usize);
-            self.dropped += u64::from(length);
-            // The code may have been exchanged again since; only its own answer goes.
-            let same = matches!(self.entries.get(&key), Some(Entry::Done { at: current, .. }) if *current == at);
-            if same {
-                self.entries.remove(&key);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::WechatUnavailable {
+                    api: "jscode2session",
+                    reason: "the first exchange of this code is still in flight".into(),
+                });
+            }
+            state = self
+                .settled
+                .wait_timeout(state, left)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+        state.in_flight.insert(key);
+        drop(state);
+        // Settled however this ends, a panic included, so that no later request waits for it.
+        let settle = Settle { codes: self, key };
+        let result = exchange();
+        if let Ok(session) = &result {
+            self.lock().memory.remember(key, session, now + CODE_LIFE, now);
+        }
+        drop(settle);
+        result
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Takes a code out of `in_flight` when dropped, and wakes the requests waiting for it.
+struct Settle<'a> {
+    codes: &'a RecentCodes,
+    key: Key,
+}
+
+impl Drop for Settle<'_> {
+    fn drop(&mut self) {
+        self.codes.lock().in_flight.remove(&self.key);
+        self.codes.settled.notify_all();
+    }
+}
+
+/// Marks an empty index slot.
+const EMPTY: u32 = u32::MAX;
+
+/// A record's header: key, expiry (Unix seconds, u32), and the byte lengths of openid,
+/// session_key and unionid (plus one; 0 when there is none).
+const HEADER: usize = 16 + 4 + 3;
+
+/// Answers, oldest first, as records in a ring of bytes (a record may wrap around its end), and
+/// an index from key to record: linear probing over at least 1.5 slots per answer, each slot a
+/// record's offset in the ring. Both are allocated once, on the first answer.
+struct Memory {
+    max_answers: usize,
+    ring: Vec<u8>,
+    /// Ring offset of the oldest record, and bytes in use from there.
+    head: usize,
+    used: usize,
+    /// Records in the ring, including answers replaced by a newer one for the same key.
+    records: usize,
+    slots: Vec<u32>,
+    ring_bytes: usize,
+}
+
+impl Memory {
+    fn new(max_answers: usize, ring_bytes: usize) -> Memory {
+        assert!(ring_bytes < EMPTY as usize && max_answers > 0);
+        Memory {
+            max_answers,
+            ring: Vec::new(),
+            head: 0,
+            used: 0,
+            records: 0,
+            slots: Vec::new(),
+            ring_bytes,
+        }
+    }
+
+    fn recall(&self, key: &Key, now: i64) -> Option<CodeSession> {
+        let at = self.slots[self.find(key)?] as usize;
+        let mut header = [0u8; HEADER];
+        self.read(at, &mut header);
+        let expires = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes"));
+        if i64::from(expires) <= now {
+            return None;
+        }
+        let (openid, session_key, unionid) = (header[20], header[21], header[22]);
+        let mut at = at + HEADER;
+        let mut field = |length: usize| {
+            let mut bytes = vec![0u8; length];
+            self.read(at, &mut bytes);
+            at += length;
+            // Written from a String.
+            String::from_utf8(bytes).unwrap_or_default()
+        };
+        let openid = field(openid.into());
+        let session_key = field(session_key.into());
+        let unionid = (unionid > 0).then(|| field(usize::from(unionid) - 1));
+        Some(CodeSession { openid, unionid, session_key })
+    }
+
+    /// Remembers `session` for `key` until `expires`, first dropping what has expired by `now`
+    /// and, oldest first, whatever the new record needs room for. An answer with a field longer
+    /// than 254 bytes (WeChat's are under 40) is not remembered.
+    fn remember(&mut self, key: Key, session: &CodeSession, expires: i64, now: i64) {
+        let unionid = session.unionid.as_deref().unwrap_or("");
+        let lengths = [session.openid.len(), session.session_key.len(), unionid.len()];
+        let size = HEADER + lengths.iter().sum::<usize>();
+        if lengths.iter().any(|length| *length >= 255) || size > self.ring_bytes {
+            return;
+        }
+        if self.ring.is_empty() {
+            self.ring = vec![0; self.ring_bytes];
+            // A power of two at least 1.5 times the answers: probes stay short.
+            self.slots = vec![EMPTY; (self.max_answers * 3 / 2).next_power_of_two()];
+        }
+        if let Some(slot) = self.find(&key) {
+            // Its old record stays in the ring, unindexed, until it is the oldest.
+            self.unindex(slot);
+        }
+        while self.records > 0
+            && (self.records >= self.max_answers
+                || self.used + size > self.ring_bytes
+                || self.oldest_expires() <= now)
+        {
+            self.drop_oldest();
+        }
+        let mut record = Vec::with_capacity(size);
+        record.extend_from_slice(&key);
+        record.extend_from_slice(&u32::try_from(expires.max(0)).unwrap_or(u32::MAX).to_le_bytes());
+        record.extend_from_slice(&[
+            lengths[0] as u8,
+            lengths[1] as u8,
+            session.unionid.as_ref().map_or(0, |unionid| unionid.len() as u8 + 1),
+        ]);
+        record.extend_from_slice(session.openid.as_bytes());
+        record.extend_from_slice(session.session_key.as_bytes());
+        record.extend_from_slice(unionid.as_bytes());
+        let at = (self.head + self.used) % self.ring_bytes;
+        self.write(at, &record);
+        self.used += size;
+        self.records += 1;
+        let mut slot = self.home(&key);
+        while self.slots[slot] != EMPTY {
+            slot = (slot + 1) & (self.slots.len() - 1);
+        }
+        self.slots[slot] = at as u32;
+    }
+
+    fn oldest_expires(&self) -> i64 {
+        let mut expires = [0u8; 4];
+        self.read(self.head + 16, &mut expires);
+        i64::from(u32::from_le_bytes(expires))
+    }
+
+    fn drop_oldest(&mut self) {
+        let mut header = [0u8; HEADER];
+        self.read(self.head, &mut header);
+        let key: Key = header[..16].try_into().expect("16 bytes");
+        // Only if the index still points here: a newer answer for the key may have replaced it.
+        if let Some(slot) = self.find(&key).filter(|slot| self.slots[*slot] as usize == self.head) {
+            self.unindex(slot);
+        }
+        let unionid = usize::from(header[22]).saturating_sub(1);
+        let size = HEADER + usize::from(header[20]) + usize::from(header[21]) + unionid;
+        self.head = (self.head + size) % self.ring_bytes;
+        self.used -= size;
+        self.records -= 1;
+    }
+
+    /// The index slot where probing for `key` starts (the key is a hash already).
+    fn home(&self, key: &Key) -> usize {
+        let bits = u64::from_le_bytes(key[..8].try_into().expect("8 bytes"));
+        (bits as usize) & (self.slots.len() - 1)
+    }
+
+    fn key_at(&self, at: u32) -> Key {
+        let mut key = [0u8; 16];
+        self.read(at as usize, &mut key);
+        key
+    }
+
+    fn find(&self, key: &Key) -> Option<usize> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mut slot = self.home(key);
+        loop {
+            match self.slots[slot] {
+                EMPTY => return None,
+                at if self.key_at(at) == *key => return Some(slot),
+                _ => slot = (slot + 1) & (self.slots.len() - 1),
             }
         }
+    }
+
+    /// Empties `slot`, moving later entries of its probe run back so that every key stays
+    /// reachable from its home slot without tombstones.
+    fn unindex(&mut self, mut slot: usize) {
+        let mask = self.slots.len() - 1;
+        let mut next = slot;
+        loop {
+            next = (next + 1) & mask;
+            let at = self.slots[next];
+            if at == EMPTY {
+                break;
+            }
+            let home = self.home(&self.key_at(at));
+            // The entry at `next` may move to `slot` unless its home lies cyclically in
+            // (slot, next]: then it would sit before its home.
+            let stays = if slot <= next {
+                slot < home && home <= next
+            } else {
+                slot < home || home <= next
+            };
+            if !stays {
+                self.slots[slot] = at;
+                slot = next;
+            }
+        }
+        self.slots[slot] = EMPTY;
+    }
+
+    fn read(&self, at: usize, into: &mut [u8]) {
+        let at = at % self.ring_bytes;
+        let first = into.len().min(self.ring_bytes - at);
+        into[..first].copy_from_slice(&self.ring[at..at + first]);
+        let rest = into.len() - first;
+        into[first..].copy_from_slice(&self.ring[..rest]);
+    }
+
+    fn write(&mut self, at: usize, bytes: &[u8]) {
+        let first = bytes.len().min(self.ring_bytes - at);
+        self.ring[at..at + first].copy_from_slice(&bytes[..first]);
+        let rest = bytes.len() - first;
+        self.ring[..rest].copy_from_slice(&bytes[first..]);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn session(openid: &str) -> CodeSession {
         CodeSession { openid: openid.into(), unionid: None, session_key: "key".into() }
     }
 
-    #[test]
-    fn a_repeated_code_gets_the_first_answer_until_it_expires() {
-        let codes = RecentCodes::default();
-        let first = codes.exchange("code-1", 1000, || Ok(session("a"))).unwrap();
-        assert_eq!(first.openid, "a");
-        let again =
-            codes.exchange("code-1", 1100, || panic!("must not call WeChat again")).unwrap();
-        assert_eq!(again.openid, "a");
-        let later = codes.exchange("code-1", 1000 + CODE_LIFE, || Err(Error::WechatCodeUsed));
-        assert!(matches!(later, Err(Error::WechatCodeUsed)));
+    fn exchange(codes: &RecentCodes, code: &str, now: i64, openid: &str) -> CodeSession {
+        codes.exchange(key("wxa", code), now, || Ok(session(openid))).unwrap()
+    }
+
+    fn remembered(codes: &RecentCodes, code: &str, now: i64) -> Option<CodeSession> {
+        codes.lock().memory.recall(&key("wxa", code), now)
     }
 
     #[test]
-    fn memory_is_bounded_and_expired_answers_are_forgotten() {
+    fn keys_depend_on_the_appid_and_the_code() {
+        assert_eq!(key("wxa", "code"), key("wxa", "code"));
+        assert_ne!(key("wxa", "code"), key("wxb", "code"));
+        assert_ne!(key("wxa", "code"), key("wxa", "code2"));
+        assert_ne!(key("wxa", "bc"), key("wxab", "c"));
+    }
+
+    #[test]
+    fn a_repeated_code_gets_the_first_answer_until_it_expires() {
         let codes = RecentCodes::default();
-        for index in 0..MAX_REMEMBERED + 10 {
-            codes.exchange(&format!("bulk-{index}"), 1000, || Ok(session("d"))).unwrap();
-        }
-        assert!(codes.lock().entries.len() <= MAX_REMEMBERED);
-        assert!(codes.lock().answered.len() <= MAX_REMEMBERED);
-        // The newest are still answered from memory; the oldest went to WeChat again.
-        let newest = format!("bulk-{}", MAX_REMEMBERED + 9);
-        assert!(codes.exchange(&newest, 1001, || panic!("must be remembered")).is_ok());
-        assert!(codes.exchange("bulk-0", 1001, || Err(Error::WechatCodeUsed)).is_err());
-        // Once expired, everything goes.
-        codes.exchange("late", 1000 + CODE_LIFE + 1, || Ok(session("e"))).unwrap();
-        assert_eq!(codes.lock().entries.len(), 1);
-        assert_eq!(
-            codes.lock().text.len(),
-            "e\nkey".len(),
-            "the text of forgotten answers goes too"
-        );
-        let again = codes.exchange("late", 1000 + CODE_LIFE + 2, || panic!("remembered")).unwrap();
-        assert_eq!((again.openid.as_str(), again.session_key.as_str()), ("e", "key"));
+        assert_eq!(exchange(&codes, "code-1", 1000, "a").openid, "a");
+        let again = codes
+            .exchange(key("wxa", "code-1"), 1100, || panic!("must not call WeChat again"))
+            .unwrap();
+        assert_eq!(again.openid, "a");
+        let other_appid = codes.exchange(key("wxb", "code-1"), 1100, || Ok(session("b")));
+        assert_eq!(other_appid.unwrap().openid, "b", "codes belong to one mini-program");
+        let later =
+            codes.exchange(key("wxa", "code-1"), 1000 + CODE_LIFE, || Err(Error::WechatCodeUsed));
+        assert!(matches!(later, Err(Error::WechatCodeUsed)));
     }
 
     #[test]
@@ -224,39 +380,77 @@ mod tests {
             session_key: "k/1+=".into(),
         };
         let first = full.clone();
-        codes.exchange("code-4", 1000, move || Ok(first)).unwrap();
-        let again = codes.exchange("code-4", 1001, || panic!("remembered")).unwrap();
+        codes.exchange(key("wxa", "code-4"), 1000, move || Ok(first)).unwrap();
+        let again = remembered(&codes, "code-4", 1001).unwrap();
         assert_eq!(
             (again.openid, again.unionid, again.session_key),
             ("o-1".into(), full.unionid, full.session_key)
         );
-        codes.exchange("code-5", 1000, || Ok(session("o-2"))).unwrap();
-        let again = codes.exchange("code-5", 1001, || panic!("remembered")).unwrap();
-        assert_eq!(
-            (again.openid.as_str(), again.unionid, again.session_key.as_str()),
-            ("o-2", None, "key")
-        );
+        let empty_unionid = CodeSession { unionid: Some(String::new()), ..session("o-2") };
+        codes.exchange(key("wxa", "code-5"), 1000, || Ok(empty_unionid)).unwrap();
+        let again = remembered(&codes, "code-5", 1001).unwrap();
+        assert_eq!((again.openid.as_str(), again.unionid.as_deref()), ("o-2", Some("")));
+        exchange(&codes, "code-6", 1000, "o-3");
+        assert_eq!(remembered(&codes, "code-6", 1001).unwrap().unionid, None);
+    }
+
+    #[test]
+    fn memory_is_bounded_and_expired_answers_are_forgotten() {
+        let codes = RecentCodes::default();
+        for index in 0..MAX_REMEMBERED + 10 {
+            exchange(&codes, &format!("bulk-{index}"), 1000, "d");
+        }
+        {
+            let state = codes.lock();
+            assert_eq!(state.memory.records, MAX_REMEMBERED);
+            assert_eq!(state.memory.ring.len(), RING_BYTES, "allocated once");
+            assert_eq!(state.memory.slots.len(), 32_768);
+        }
+        // The newest are still answered from memory; the oldest went.
+        assert!(remembered(&codes, &format!("bulk-{}", MAX_REMEMBERED + 9), 1001).is_some());
+        assert!(remembered(&codes, "bulk-10", 1001).is_some());
+        assert!(remembered(&codes, "bulk-9", 1001).is_none());
+        // Once expired, everything goes with the next answer.
+        exchange(&codes, "late", 1000 + CODE_LIFE, "e");
+        let state = codes.lock();
+        let indexed = state.memory.slots.iter().filter(|slot| **slot != EMPTY).count();
+        assert_eq!((state.memory.records, indexed), (1, 1));
+        assert_eq!(state.memory.used, HEADER + "e".len() + "key".len());
     }
 
     #[test]
     fn a_failed_exchange_is_not_remembered() {
         let codes = RecentCodes::default();
-        assert!(codes.exchange("code-2", 1000, || Err(Error::WechatCodeInvalid)).is_err());
-        let retried = codes.exchange("code-2", 1001, || Ok(session("b"))).unwrap();
+        let code = key("wxa", "code-2");
+        assert!(codes.exchange(code, 1000, || Err(Error::WechatCodeInvalid)).is_err());
+        let retried = codes.exchange(code, 1001, || Ok(session("b"))).unwrap();
         assert_eq!(retried.openid, "b", "WeChat was asked again");
+        assert!(codes.lock().in_flight.is_empty());
+    }
+
+    #[test]
+    fn a_panicking_exchange_does_not_leave_its_code_in_flight() {
+        let codes = RecentCodes::default();
+        let code = key("wxa", "code-p");
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            codes.exchange(code, 1000, || panic!("boom"))
+        }));
+        assert!(panicked.is_err());
+        assert!(codes.lock().in_flight.is_empty());
+        assert_eq!(codes.exchange(code, 1000, || Ok(session("p"))).unwrap().openid, "p");
     }
 
     #[test]
     fn concurrent_requests_for_one_code_call_wechat_once() {
-        let codes = std::sync::Arc::new(RecentCodes::default());
-        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let codes = Arc::new(RecentCodes::default());
+        let calls = Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..8)
             .map(|_| {
                 let (codes, calls) = (codes.clone(), calls.clone());
                 std::thread::spawn(move || {
                     codes
-                        .exchange("code-3", 1000, || {
-                            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        .exchange(key("wxa", "code-3"), 1000, || {
+                            calls.fetch_add(1, Ordering::SeqCst);
                             std::thread::sleep(Duration::from_millis(50));
                             Ok(session("c"))
                         })
@@ -267,6 +461,63 @@ mod tests {
         for thread in threads {
             assert_eq!(thread.join().unwrap().unwrap(), "c");
         }
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// A small memory, so that records wrap around the ring, keys share probe runs, answers are
+    /// replaced and evicted by count, by size and by age: it must agree with a plain map of what
+    /// it should still hold after every step.
+    #[test]
+    fn the_ring_and_its_index_agree_with_a_simple_model() {
+        let (max_answers, ring_bytes) = (8, 8 * (HEADER + 12));
+        let mut memory = Memory::new(max_answers, ring_bytes);
+        // What it must still answer: key → (openid, unionid, expires), oldest first by arrival.
+        let mut model: Vec<(Key, String, Option<String>, i64)> = Vec::new();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut random = |below: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % below
+        };
+        for step in 0..20_000i64 {
+            let now = step / 10;
+            let number = random(40);
+            // Few distinct keys, and home slots forced together for half of them.
+            let mut key = key("wxa", &format!("k{number}"));
+            if number % 2 == 0 {
+                key[..8].copy_from_slice(&3u64.to_le_bytes());
+            }
+            let openid = "o".repeat(1 + random(8) as usize);
+            let unionid = (random(2) == 0).then(|| "u".repeat(random(6) as usize));
+            let expires = now + 1 + random(5) as i64;
+            let session = CodeSession {
+                openid: openid.clone(),
+                unionid: unionid.clone(),
+                session_key: "s".into(),
+            };
+            memory.remember(key, &session, expires, now);
+            model.retain(|entry| entry.0 != key);
+            model.push((key, openid, unionid, expires));
+            // What the memory dropped is the oldest; it never holds more than it may.
+            assert!(memory.records <= max_answers && memory.used <= ring_bytes, "step {step}");
+            let mut kept: HashMap<Key, (String, Option<String>)> = HashMap::new();
+            for (key, openid, unionid, expires) in &model {
+                if let Some(found) = memory.recall(key, now) {
+                    assert!(*expires > now, "step {step}: an expired answer");
+                    assert_eq!((&found.openid, &found.unionid), (openid, unionid), "step {step}");
+                    kept.insert(*key, (found.openid, found.unionid));
+                }
+            }
+            let newest = model.last().expect("just pushed");
+            assert!(kept.contains_key(&newest.0), "step {step}: the newest answer is kept");
+            // Answers go oldest first: below an unexpired answer that went, none is kept.
+            let live = model.iter().rev().filter(|entry| entry.3 > now);
+            let kept_run = live.clone().take_while(|entry| kept.contains_key(&entry.0)).count();
+            assert_eq!(kept_run, kept.len(), "step {step}: a newer answer went before an older");
+            let indexed = memory.slots.iter().filter(|slot| **slot != EMPTY).count();
+            assert!(indexed >= kept.len() && indexed <= memory.records, "step {step}");
+            model.retain(|entry| kept.contains_key(&entry.0));
+        }
     }
 }
