@@ -2,10 +2,11 @@
 //! retried request, a double tap) gets the first answer again instead of WeChat's 40163.
 //!
 //! Codes are credentials: only a hash of each is kept, with its answer, in memory, for five
-//! minutes (a code's life at WeChat). The answers live in one fixed-size ring of bytes with an
-//! open-addressing index into it, both allocated once: however busy the server, remembering codes
-//! costs at most `Memory::BYTES`, and no allocation per code (a map and a queue of separate
-//! answers took three times the memory under load, most of it the allocator's leftovers). A
+//! minutes (a code's life at WeChat; an expired answer goes when the next code is remembered). The
+//! answers live in one fixed-size ring of bytes with an open-addressing index into it, both
+//! allocated once: however busy the server, remembering codes costs at most `RING_BYTES` and
+//! 128 KiB of index, and no allocation per code (a map and a queue of separate answers took three
+//! times the memory under load, most of it the allocator's leftovers). A
 //! second request for a code whose exchange is still in flight waits for that exchange rather
 //! than racing it to WeChat.
 
@@ -203,8 +204,10 @@ impl Memory {
         }
         if self.ring.is_empty() {
             self.ring = vec![0; self.ring_bytes];
-            // A power of two at least 1.5 times the answers: probes stay short.
-            self.slots = vec![EMPTY; (self.max_answers * 3 / 2).next_power_of_two()];
+            // A power of two at least 1.5 times the answers (probes stay short), and more than
+            // the answers, so that a probe always reaches an empty slot.
+            let slots = (self.max_answers * 3 / 2).max(self.max_answers + 1);
+            self.slots = vec![EMPTY; slots.next_power_of_two()];
         }
         if let Some(slot) = self.find(&key) {
             // Its old record stays in the ring, unindexed, until it is the oldest.
@@ -332,7 +335,6 @@ impl Memory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -464,15 +466,22 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
-    /// A small memory, so that records wrap around the ring, keys share probe runs, answers are
-    /// replaced and evicted by count, by size and by age: it must agree with a plain map of what
-    /// it should still hold after every step.
+    /// A small memory, so that records wrap around the ring, keys share probe runs, and answers
+    /// are replaced and dropped by count, by size and by age. After every step it must answer
+    /// exactly as a plain queue of records under the same rules: newest kept, oldest dropped first
+    /// (replaced answers included) while there are too many, too many bytes, or an expired one
+    /// at the front; a forgotten code is never answered again.
     #[test]
     fn the_ring_and_its_index_agree_with_a_simple_model() {
-        let (max_answers, ring_bytes) = (8, 8 * (HEADER + 12));
+        struct Record {
+            key: Key,
+            size: usize,
+            expires: i64,
+            answer: Option<(String, Option<String>)>,
+        }
+        let (max_answers, ring_bytes) = (8, 8 * (HEADER + 8));
         let mut memory = Memory::new(max_answers, ring_bytes);
-        // What it must still answer: key → (openid, unionid, expires), oldest first by arrival.
-        let mut model: Vec<(Key, String, Option<String>, i64)> = Vec::new();
+        let mut model: std::collections::VecDeque<Record> = Default::default();
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut random = |below: u64| {
             state ^= state << 13;
@@ -480,14 +489,20 @@ mod tests {
             state ^= state << 17;
             state % below
         };
+        let keys: Vec<Key> = (0..40)
+            .map(|number| {
+                let mut key = key("wxa", &format!("k{number}"));
+                // Half of them share one home slot, the last: their probe runs wrap.
+                if number % 2 == 0 {
+                    key[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+                }
+                key
+            })
+            .collect();
+        let (mut by_count, mut by_size, mut by_age) = (0, 0, 0);
         for step in 0..20_000i64 {
             let now = step / 10;
-            let number = random(40);
-            // Few distinct keys, and home slots forced together for half of them.
-            let mut key = key("wxa", &format!("k{number}"));
-            if number % 2 == 0 {
-                key[..8].copy_from_slice(&3u64.to_le_bytes());
-            }
+            let key = keys[random(40) as usize];
             let openid = "o".repeat(1 + random(8) as usize);
             let unionid = (random(2) == 0).then(|| "u".repeat(random(6) as usize));
             let expires = now + 1 + random(5) as i64;
@@ -497,27 +512,62 @@ mod tests {
                 session_key: "s".into(),
             };
             memory.remember(key, &session, expires, now);
-            model.retain(|entry| entry.0 != key);
-            model.push((key, openid, unionid, expires));
-            // What the memory dropped is the oldest; it never holds more than it may.
-            assert!(memory.records <= max_answers && memory.used <= ring_bytes, "step {step}");
-            let mut kept: HashMap<Key, (String, Option<String>)> = HashMap::new();
-            for (key, openid, unionid, expires) in &model {
-                if let Some(found) = memory.recall(key, now) {
-                    assert!(*expires > now, "step {step}: an expired answer");
-                    assert_eq!((&found.openid, &found.unionid), (openid, unionid), "step {step}");
-                    kept.insert(*key, (found.openid, found.unionid));
-                }
+
+            let size = HEADER + openid.len() + 1 + unionid.as_deref().map_or(0, str::len);
+            for record in model.iter_mut().filter(|record| record.key == key) {
+                record.answer = None;
             }
-            let newest = model.last().expect("just pushed");
-            assert!(kept.contains_key(&newest.0), "step {step}: the newest answer is kept");
-            // Answers go oldest first: below an unexpired answer that went, none is kept.
-            let live = model.iter().rev().filter(|entry| entry.3 > now);
-            let kept_run = live.clone().take_while(|entry| kept.contains_key(&entry.0)).count();
-            assert_eq!(kept_run, kept.len(), "step {step}: a newer answer went before an older");
-            let indexed = memory.slots.iter().filter(|slot| **slot != EMPTY).count();
-            assert!(indexed >= kept.len() && indexed <= memory.records, "step {step}");
-            model.retain(|entry| kept.contains_key(&entry.0));
+            loop {
+                let used: usize = model.iter().map(|record| record.size).sum();
+                let Some(oldest) = model.front() else { break };
+                if model.len() >= max_answers {
+                    by_count += 1;
+                } else if used + size > ring_bytes {
+                    by_size += 1;
+                } else if oldest.expires <= now {
+                    by_age += 1;
+                } else {
+                    break;
+                }
+                model.pop_front();
+            }
+            model.push_back(Record { key, size, expires, answer: Some((openid, unionid)) });
+
+            for key in &keys {
+                let expected = model
+                    .iter()
+                    .find(|record| record.key == *key && record.answer.is_some())
+                    .filter(|record| record.expires > now)
+                    .and_then(|record| record.answer.clone());
+                let found = memory.recall(key, now).map(|found| (found.openid, found.unionid));
+                assert_eq!(found, expected, "step {step}");
+            }
+            assert_eq!(memory.records, model.len(), "step {step}");
+            assert_eq!(
+                memory.used,
+                model.iter().map(|record| record.size).sum::<usize>(),
+                "step {step}"
+            );
         }
+        // Every rule was exercised, many times.
+        assert!(
+            by_count > 1000 && by_size > 1000 && by_age > 1000,
+            "{by_count} {by_size} {by_age}"
+        );
+    }
+
+    #[test]
+    fn answers_with_fields_too_long_to_record_are_not_remembered() {
+        let mut memory = Memory::new(4, 4096);
+        let fits = CodeSession { openid: "o".repeat(254), ..session("x") };
+        memory.remember([1; 16], &fits, 100, 0);
+        assert_eq!(memory.recall(&[1; 16], 0).unwrap().openid, fits.openid);
+        let too_long = CodeSession { unionid: Some("u".repeat(255)), ..session("x") };
+        memory.remember([2; 16], &too_long, 100, 0);
+        assert!(memory.recall(&[2; 16], 0).is_none());
+        let mut small = Memory::new(4, 64);
+        small.remember([3; 16], &CodeSession { openid: "o".repeat(50), ..session("x") }, 100, 0);
+        assert!(small.recall(&[3; 16], 0).is_none(), "a record larger than the ring");
+        assert_eq!(small.records, 0);
     }
 }

@@ -578,7 +578,9 @@ fn tune_malloc() {
         mallopt(M_ARENA_MAX, 2);
         // glibc hands the top of a thread's heap back to the kernel once 128 KiB of it is free;
         // the writer frees and reallocates about that much per group commit, and each return is
-        // an madvise that interrupts every CPU to flush its TLB. 4 MiB keeps that memory.
+        // an madvise that interrupts every CPU to flush its TLB. 4 MiB keeps that memory. (This
+        // also fixes the mmap threshold at its initial 128 KiB; nothing wxauth allocates per
+        // request or per commit is that large: no mmap or munmap under bench/run's load.)
         mallopt(M_TRIM_THRESHOLD, 4 << 20);
     }
 }

@@ -200,7 +200,7 @@ pub(crate) fn open_writer(path: &str) -> Result<(Connection, Vec<u32>), Error> {
         "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -1024;",
     )?;
     // Every statement the writer runs stays prepared: rusqlite keeps 16 by default, the writer
-    // runs 15, and past the limit the least recent is parsed again at each use.
+    // runs 16, and past the limit the least recent is parsed again at each use.
     connection.set_prepared_statement_cache_capacity(64);
     let applied = migrate(&connection)?;
     Ok((connection, applied))
