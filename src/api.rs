@@ -14,13 +14,13 @@ use rusqlite::Connection;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::codes::{self, RecentCodes};
+use crate::codes::{self, CodeAnswer, RecentCodes};
 use crate::config::{Config, OpenidLogin};
 use crate::error::Error;
 use crate::jwt;
 use crate::ratelimit::RateLimiter;
 use crate::store::{self, Account, Profile, Registration, WechatSession, Writer};
-use crate::wechat::{CodeSession, WeChat};
+use crate::wechat::WeChat;
 use crate::wxcrypt;
 
 /// Longest openid or unionid accepted (WeChat's are 28 characters).
@@ -207,7 +207,7 @@ impl Ctx<'_> {
     /// Exchanges a `wx.login` code with WeChat and records the session server-side, both once: a
     /// repeat of the code gets the first answer. A code whose session could not be recorded is not
     /// remembered, so a retry does both again.
-    fn exchange_code(&self, code: &str) -> Result<CodeSession, Error> {
+    fn exchange_code(&self, code: &str) -> Result<CodeAnswer, Error> {
         self.codes.exchange(codes::key(self.appid(), code), self.now, || {
             let session = self.wechat.code_to_session(code)?;
             let (appid, openid) = (self.appid().to_string(), session.openid.clone());
@@ -277,7 +277,8 @@ pub(crate) fn get_openid_by_code(ctx: &Ctx, code: Option<&str>) -> Result<Openid
         account,
         openid: session.openid,
         unionid: session.unionid,
-        session_key: ctx.config.expose_session_key.then_some(session.session_key),
+        // Kept only when exposed (RecentCodes::new); checked here too, as this is the door.
+        session_key: session.session_key.filter(|_| ctx.config.expose_session_key),
     })
 }
 

@@ -4,11 +4,11 @@
 //! Codes are credentials: only a hash of each is kept, with its answer, in memory, for five
 //! minutes (a code's life at WeChat; an expired answer goes when the next code is remembered). The
 //! answers live in one fixed-size ring of bytes with an open-addressing index into it, both
-//! allocated once: however busy the server, remembering codes costs at most `RING_BYTES` and
-//! 128 KiB of index, and no allocation per code (a map and a queue of separate answers took three
-//! times the memory under load, most of it the allocator's leftovers). A
-//! second request for a code whose exchange is still in flight waits for that exchange rather
-//! than racing it to WeChat.
+//! allocated once: however busy the server, remembering codes costs at most 1.6 MB of answers
+//! (2.1 MB with session_keys) and 128 KiB of index, and no allocation per code (a map and a queue
+//! of separate answers took three times the memory under load, most of it the allocator's
+//! leftovers). A second request for a code whose exchange is still in flight waits for that
+//! exchange rather than racing it to WeChat.
 
 use std::collections::HashSet;
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -27,9 +27,10 @@ pub(crate) const CODE_LIFE: i64 = 300;
 /// growing with traffic.
 const MAX_REMEMBERED: usize = 20_000;
 
-/// Bytes of answers remembered: 20,000 of WeChat's usual size (a 28-character openid and unionid,
-/// a 24-character session_key, and the 23-byte header).
-const RING_BYTES: usize = MAX_REMEMBERED * 104;
+/// Bytes of one answer of WeChat's usual size: the 23-byte header, a 28-character openid and
+/// unionid; and a 24-character session_key when they are kept (`expose_session_key`).
+const USUAL_ANSWER: usize = 80;
+const USUAL_SESSION_KEY: usize = 24;
 
 /// How long a repeated code waits for the first exchange before giving up.
 const WAIT_FOR_FIRST: Duration = Duration::from_secs(30);
@@ -37,6 +38,16 @@ const WAIT_FOR_FIRST: Duration = Duration::from_secs(30);
 /// A code's key: the first 128 bits of SHA-256 over the appid and the code (codes are per
 /// mini-program; a collision among 20,000 live codes has odds of about 1 in 10^30).
 pub(crate) type Key = [u8; 16];
+
+/// A code's answer as remembered and given again. The session_key is kept only for a server that
+/// gives it to clients (`expose_session_key`): nothing else needs it again, and a secret not kept
+/// cannot leak.
+#[derive(Clone)]
+pub(crate) struct CodeAnswer {
+    pub(crate) openid: String,
+    pub(crate) unionid: Option<String>,
+    pub(crate) session_key: Option<String>,
+}
 
 /// The key of `code` for the mini-program `appid`.
 pub(crate) fn key(appid: &str, code: &str) -> Key {
@@ -51,6 +62,7 @@ pub(crate) fn key(appid: &str, code: &str) -> Key {
 pub(crate) struct RecentCodes {
     state: Mutex<State>,
     settled: Condvar,
+    keep_session_keys: bool,
 }
 
 struct State {
@@ -59,28 +71,28 @@ struct State {
     memory: Memory,
 }
 
-impl Default for RecentCodes {
-    fn default() -> Self {
-        RecentCodes::with_capacity(MAX_REMEMBERED, RING_BYTES)
-    }
-}
-
 impl RecentCodes {
-    fn with_capacity(answers: usize, bytes: usize) -> RecentCodes {
-        let state = State { in_flight: HashSet::new(), memory: Memory::new(answers, bytes) };
-        RecentCodes { state: Mutex::new(state), settled: Condvar::new() }
+    /// Room for `MAX_REMEMBERED` answers of the usual size, session_keys included if kept.
+    pub(crate) fn new(keep_session_keys: bool) -> RecentCodes {
+        let answer = USUAL_ANSWER + if keep_session_keys { USUAL_SESSION_KEY } else { 0 };
+        let state = State {
+            in_flight: HashSet::new(),
+            memory: Memory::new(MAX_REMEMBERED, MAX_REMEMBERED * answer),
+        };
+        RecentCodes { state: Mutex::new(state), settled: Condvar::new(), keep_session_keys }
     }
 
     /// The answer for the code `key`: the remembered one, or what `exchange` (the call to WeChat,
     /// which also records the session) returns, remembered until `now + CODE_LIFE`. One code is
     /// never exchanged by two requests at once: the second waits for the first and gets its
-    /// answer (or, if it failed, tries itself).
+    /// answer (or, if it failed, tries itself). The first answer and a remembered one are the
+    /// same, session_key (or its absence) included.
     pub(crate) fn exchange(
         &self,
         key: Key,
         now: i64,
         exchange: impl FnOnce() -> Result<CodeSession, Error>,
-    ) -> Result<CodeSession, Error> {
+    ) -> Result<CodeAnswer, Error> {
         let deadline = Instant::now() + WAIT_FOR_FIRST;
         let mut state = self.lock();
         loop {
@@ -107,12 +119,16 @@ impl RecentCodes {
         drop(state);
         // Settled however this ends, a panic included, so that no later request waits for it.
         let settle = Settle { codes: self, key };
-        let result = exchange();
-        if let Ok(session) = &result {
-            self.lock().memory.remember(key, session, now + CODE_LIFE, now);
+        let answer = exchange().map(|session| CodeAnswer {
+            openid: session.openid,
+            unionid: session.unionid,
+            session_key: self.keep_session_keys.then_some(session.session_key),
+        });
+        if let Ok(answer) = &answer {
+            self.lock().memory.remember(key, answer, now + CODE_LIFE, now);
         }
         drop(settle);
-        result
+        answer
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -136,7 +152,7 @@ impl Drop for Settle<'_> {
 /// Marks an empty index slot.
 const EMPTY: u32 = u32::MAX;
 
-/// A record's header: key, expiry (Unix seconds, u32), and the byte lengths of openid,
+/// A record's header: key, expiry (Unix seconds, u32), and the byte lengths of openid, and of
 /// session_key and unionid (plus one; 0 when there is none).
 const HEADER: usize = 16 + 4 + 3;
 
@@ -169,7 +185,7 @@ impl Memory {
         }
     }
 
-    fn recall(&self, key: &Key, now: i64) -> Option<CodeSession> {
+    fn recall(&self, key: &Key, now: i64) -> Option<CodeAnswer> {
         let at = self.slots[self.find(key)?] as usize;
         let mut header = [0u8; HEADER];
         self.read(at, &mut header);
@@ -187,17 +203,18 @@ impl Memory {
             String::from_utf8(bytes).unwrap_or_default()
         };
         let openid = field(openid.into());
-        let session_key = field(session_key.into());
+        let session_key = (session_key > 0).then(|| field(usize::from(session_key) - 1));
         let unionid = (unionid > 0).then(|| field(usize::from(unionid) - 1));
-        Some(CodeSession { openid, unionid, session_key })
+        Some(CodeAnswer { openid, unionid, session_key })
     }
 
-    /// Remembers `session` for `key` until `expires`, first dropping what has expired by `now`
+    /// Remembers `answer` for `key` until `expires`, first dropping what has expired by `now`
     /// and, oldest first, whatever the new record needs room for. An answer with a field longer
     /// than 254 bytes (WeChat's are under 40) is not remembered.
-    fn remember(&mut self, key: Key, session: &CodeSession, expires: i64, now: i64) {
-        let unionid = session.unionid.as_deref().unwrap_or("");
-        let lengths = [session.openid.len(), session.session_key.len(), unionid.len()];
+    fn remember(&mut self, key: Key, answer: &CodeAnswer, expires: i64, now: i64) {
+        let (session_key, unionid) =
+            (answer.session_key.as_deref().unwrap_or(""), answer.unionid.as_deref().unwrap_or(""));
+        let lengths = [answer.openid.len(), session_key.len(), unionid.len()];
         let size = HEADER + lengths.iter().sum::<usize>();
         if lengths.iter().any(|length| *length >= 255) || size > self.ring_bytes {
             return;
@@ -223,13 +240,15 @@ impl Memory {
         let mut record = Vec::with_capacity(size);
         record.extend_from_slice(&key);
         record.extend_from_slice(&u32::try_from(expires.max(0)).unwrap_or(u32::MAX).to_le_bytes());
+        let present =
+            |field: &Option<String>| field.as_ref().map_or(0, |text| text.len() as u8 + 1);
         record.extend_from_slice(&[
             lengths[0] as u8,
-            lengths[1] as u8,
-            session.unionid.as_ref().map_or(0, |unionid| unionid.len() as u8 + 1),
+            present(&answer.session_key),
+            present(&answer.unionid),
         ]);
-        record.extend_from_slice(session.openid.as_bytes());
-        record.extend_from_slice(session.session_key.as_bytes());
+        record.extend_from_slice(answer.openid.as_bytes());
+        record.extend_from_slice(session_key.as_bytes());
         record.extend_from_slice(unionid.as_bytes());
         let at = (self.head + self.used) % self.ring_bytes;
         self.write(at, &record);
@@ -256,8 +275,8 @@ impl Memory {
         if let Some(slot) = self.find(&key).filter(|slot| self.slots[*slot] as usize == self.head) {
             self.unindex(slot);
         }
-        let unionid = usize::from(header[22]).saturating_sub(1);
-        let size = HEADER + usize::from(header[20]) + usize::from(header[21]) + unionid;
+        let present = |length: u8| usize::from(length).saturating_sub(1);
+        let size = HEADER + usize::from(header[20]) + present(header[21]) + present(header[22]);
         self.head = (self.head + size) % self.ring_bytes;
         self.used -= size;
         self.records -= 1;
@@ -342,12 +361,16 @@ mod tests {
         CodeSession { openid: openid.into(), unionid: None, session_key: "key".into() }
     }
 
-    fn exchange(codes: &RecentCodes, code: &str, now: i64, openid: &str) -> CodeSession {
+    fn exchange(codes: &RecentCodes, code: &str, now: i64, openid: &str) -> CodeAnswer {
         codes.exchange(key("wxa", code), now, || Ok(session(openid))).unwrap()
     }
 
-    fn remembered(codes: &RecentCodes, code: &str, now: i64) -> Option<CodeSession> {
+    fn remembered(codes: &RecentCodes, code: &str, now: i64) -> Option<CodeAnswer> {
         codes.lock().memory.recall(&key("wxa", code), now)
+    }
+
+    fn answer(openid: &str, unionid: Option<&str>) -> CodeAnswer {
+        CodeAnswer { openid: openid.into(), unionid: unionid.map(Into::into), session_key: None }
     }
 
     #[test]
@@ -360,7 +383,7 @@ mod tests {
 
     #[test]
     fn a_repeated_code_gets_the_first_answer_until_it_expires() {
-        let codes = RecentCodes::default();
+        let codes = RecentCodes::new(false);
         assert_eq!(exchange(&codes, "code-1", 1000, "a").openid, "a");
         let again = codes
             .exchange(key("wxa", "code-1"), 1100, || panic!("must not call WeChat again"))
@@ -374,38 +397,46 @@ mod tests {
     }
 
     #[test]
-    fn a_remembered_answer_keeps_every_field() {
-        let codes = RecentCodes::default();
-        let full = CodeSession {
-            openid: "o-1".into(),
-            unionid: Some("u-1".into()),
-            session_key: "k/1+=".into(),
-        };
-        let first = full.clone();
-        codes.exchange(key("wxa", "code-4"), 1000, move || Ok(first)).unwrap();
-        let again = remembered(&codes, "code-4", 1001).unwrap();
-        assert_eq!(
-            (again.openid, again.unionid, again.session_key),
-            ("o-1".into(), full.unionid, full.session_key)
-        );
-        let empty_unionid = CodeSession { unionid: Some(String::new()), ..session("o-2") };
-        codes.exchange(key("wxa", "code-5"), 1000, || Ok(empty_unionid)).unwrap();
-        let again = remembered(&codes, "code-5", 1001).unwrap();
-        assert_eq!((again.openid.as_str(), again.unionid.as_deref()), ("o-2", Some("")));
-        exchange(&codes, "code-6", 1000, "o-3");
-        assert_eq!(remembered(&codes, "code-6", 1001).unwrap().unionid, None);
+    fn a_remembered_answer_keeps_every_field_and_session_keys_only_if_asked() {
+        for keep in [true, false] {
+            let codes = RecentCodes::new(keep);
+            let full = CodeSession {
+                openid: "o-1".into(),
+                unionid: Some("u-1".into()),
+                session_key: "k/1+=".into(),
+            };
+            let first = full.clone();
+            let fresh = codes.exchange(key("wxa", "code-4"), 1000, move || Ok(first)).unwrap();
+            let again = remembered(&codes, "code-4", 1001).unwrap();
+            let kept = keep.then(|| full.session_key.clone());
+            for answer in [fresh, again] {
+                assert_eq!(
+                    (answer.openid, answer.unionid, answer.session_key),
+                    ("o-1".into(), full.unionid.clone(), kept.clone()),
+                    "keep session keys: {keep}"
+                );
+            }
+            let empty_unionid = CodeSession { unionid: Some(String::new()), ..session("o-2") };
+            codes.exchange(key("wxa", "code-5"), 1000, || Ok(empty_unionid)).unwrap();
+            let again = remembered(&codes, "code-5", 1001).unwrap();
+            assert_eq!((again.openid.as_str(), again.unionid.as_deref()), ("o-2", Some("")));
+            exchange(&codes, "code-6", 1000, "o-3");
+            assert_eq!(remembered(&codes, "code-6", 1001).unwrap().unionid, None);
+            let state = codes.lock();
+            let ring = if keep { 20_000 * 104 } else { 20_000 * 80 };
+            assert_eq!(state.memory.ring.len(), ring, "allocated once, for the usual answers");
+        }
     }
 
     #[test]
     fn memory_is_bounded_and_expired_answers_are_forgotten() {
-        let codes = RecentCodes::default();
+        let codes = RecentCodes::new(false);
         for index in 0..MAX_REMEMBERED + 10 {
             exchange(&codes, &format!("bulk-{index}"), 1000, "d");
         }
         {
             let state = codes.lock();
             assert_eq!(state.memory.records, MAX_REMEMBERED);
-            assert_eq!(state.memory.ring.len(), RING_BYTES, "allocated once");
             assert_eq!(state.memory.slots.len(), 32_768);
         }
         // The newest are still answered from memory; the oldest went.
@@ -417,12 +448,12 @@ mod tests {
         let state = codes.lock();
         let indexed = state.memory.slots.iter().filter(|slot| **slot != EMPTY).count();
         assert_eq!((state.memory.records, indexed), (1, 1));
-        assert_eq!(state.memory.used, HEADER + "e".len() + "key".len());
+        assert_eq!(state.memory.used, HEADER + "e".len());
     }
 
     #[test]
     fn a_failed_exchange_is_not_remembered() {
-        let codes = RecentCodes::default();
+        let codes = RecentCodes::new(false);
         let code = key("wxa", "code-2");
         assert!(codes.exchange(code, 1000, || Err(Error::WechatCodeInvalid)).is_err());
         let retried = codes.exchange(code, 1001, || Ok(session("b"))).unwrap();
@@ -432,7 +463,7 @@ mod tests {
 
     #[test]
     fn a_panicking_exchange_does_not_leave_its_code_in_flight() {
-        let codes = RecentCodes::default();
+        let codes = RecentCodes::new(false);
         let code = key("wxa", "code-p");
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             codes.exchange(code, 1000, || panic!("boom"))
@@ -444,7 +475,7 @@ mod tests {
 
     #[test]
     fn concurrent_requests_for_one_code_call_wechat_once() {
-        let codes = Arc::new(RecentCodes::default());
+        let codes = Arc::new(RecentCodes::new(false));
         let calls = Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..8)
             .map(|_| {
@@ -477,7 +508,7 @@ mod tests {
             key: Key,
             size: usize,
             expires: i64,
-            answer: Option<(String, Option<String>)>,
+            answer: Option<(String, Option<String>, Option<String>)>,
         }
         let (max_answers, ring_bytes) = (8, 8 * (HEADER + 8));
         let mut memory = Memory::new(max_answers, ring_bytes);
@@ -505,15 +536,19 @@ mod tests {
             let key = keys[random(40) as usize];
             let openid = "o".repeat(1 + random(8) as usize);
             let unionid = (random(2) == 0).then(|| "u".repeat(random(6) as usize));
+            let session_key = (random(2) == 0).then(|| "s".repeat(random(4) as usize));
             let expires = now + 1 + random(5) as i64;
-            let session = CodeSession {
+            let given = CodeAnswer {
                 openid: openid.clone(),
                 unionid: unionid.clone(),
-                session_key: "s".into(),
+                session_key: session_key.clone(),
             };
-            memory.remember(key, &session, expires, now);
+            memory.remember(key, &given, expires, now);
 
-            let size = HEADER + openid.len() + 1 + unionid.as_deref().map_or(0, str::len);
+            let size = HEADER
+                + openid.len()
+                + unionid.as_deref().map_or(0, str::len)
+                + session_key.as_deref().map_or(0, str::len);
             for record in model.iter_mut().filter(|record| record.key == key) {
                 record.answer = None;
             }
@@ -531,7 +566,8 @@ mod tests {
                 }
                 model.pop_front();
             }
-            model.push_back(Record { key, size, expires, answer: Some((openid, unionid)) });
+            let answer = Some((openid, unionid, session_key));
+            model.push_back(Record { key, size, expires, answer });
 
             for key in &keys {
                 let expected = model
@@ -539,7 +575,9 @@ mod tests {
                     .find(|record| record.key == *key && record.answer.is_some())
                     .filter(|record| record.expires > now)
                     .and_then(|record| record.answer.clone());
-                let found = memory.recall(key, now).map(|found| (found.openid, found.unionid));
+                let found = memory
+                    .recall(key, now)
+                    .map(|found| (found.openid, found.unionid, found.session_key));
                 assert_eq!(found, expected, "step {step}");
             }
             assert_eq!(memory.records, model.len(), "step {step}");
@@ -559,14 +597,14 @@ mod tests {
     #[test]
     fn answers_with_fields_too_long_to_record_are_not_remembered() {
         let mut memory = Memory::new(4, 4096);
-        let fits = CodeSession { openid: "o".repeat(254), ..session("x") };
+        let fits = answer(&"o".repeat(254), Some(&"u".repeat(254)));
         memory.remember([1; 16], &fits, 100, 0);
-        assert_eq!(memory.recall(&[1; 16], 0).unwrap().openid, fits.openid);
-        let too_long = CodeSession { unionid: Some("u".repeat(255)), ..session("x") };
+        assert_eq!(memory.recall(&[1; 16], 0).unwrap().unionid, fits.unionid);
+        let too_long = CodeAnswer { session_key: Some("k".repeat(255)), ..answer("x", None) };
         memory.remember([2; 16], &too_long, 100, 0);
         assert!(memory.recall(&[2; 16], 0).is_none());
         let mut small = Memory::new(4, 64);
-        small.remember([3; 16], &CodeSession { openid: "o".repeat(50), ..session("x") }, 100, 0);
+        small.remember([3; 16], &answer(&"o".repeat(50), None), 100, 0);
         assert!(small.recall(&[3; 16], 0).is_none(), "a record larger than the ring");
         assert_eq!(small.records, 0);
     }

@@ -471,7 +471,7 @@ fn serve(config_path: Option<String>) -> Result<(), String> {
 
     let shared = Arc::new(server::Shared {
         wechat: wechat::WeChat::new(&config.wechat, &appid, &secret, &base_url),
-        codes: codes::RecentCodes::default(),
+        codes: codes::RecentCodes::new(config.expose_session_key),
         limiter: ratelimit::RateLimiter::new(&config.rate_limit),
         keys: api::Keys::new(&jwt_secret, &config.jwt.previous_secrets),
         trusted_proxies: config.trusted_proxy_addrs(),

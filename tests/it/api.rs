@@ -167,13 +167,19 @@ fn is_openid_registered_for_unknown_and_unregistered_openids() {
 
 #[test]
 fn a_repeated_code_gets_the_first_answer() {
-    let server = Wxauth::start(&[]);
-    let code = fresh_code("carol");
-    let first = server.openid_for(&code);
-    let second = server.openid_for(&code);
-    assert_eq!(first["openid"], second["openid"]);
-    let stats = server.fake("/fake/stats");
-    assert_eq!(stats["jscode2session"], 1, "WeChat was asked once: {stats}");
+    for expose in ["false", "true"] {
+        let server = Wxauth::start(&[("WXAUTH_EXPOSE_SESSION_KEY", expose)]);
+        let code = fresh_code("carol");
+        let first = server.openid_for(&code);
+        let second = server.openid_for(&code);
+        for field in ["openid", "unionid", "session_key", "is_registered", "account"] {
+            assert_eq!(first[field], second[field], "{field}, expose_session_key = {expose}");
+        }
+        assert!(first["unionid"].is_string(), "{first}");
+        assert_eq!(first["session_key"].is_string(), expose == "true", "{first}");
+        let stats = server.fake("/fake/stats");
+        assert_eq!(stats["jscode2session"], 1, "WeChat was asked once: {stats}");
+    }
 }
 
 #[test]
