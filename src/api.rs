@@ -3,9 +3,10 @@
 //! included, so a handler can be called from a test without a socket.
 //!
 //! Every handler validates its whole input before it calls WeChat or writes anything, so bad input
-//! leaves nothing half-written. Reads use the worker's connection; writes go through the writer
-//! and are durable before the handler answers, except login bookkeeping (`last_login`, `last_ip`),
-//! whose answer shows the new values while the write completes in the background.
+//! leaves nothing half-written. Reads use the worker's connection (an account a write changes is
+//! read back in that write); writes go through the writer and are durable before the handler
+//! answers, except login bookkeeping (`last_login`, `last_ip`), whose answer shows the new values
+//! while the write completes in the background.
 
 use std::net::IpAddr;
 use std::time::Instant;

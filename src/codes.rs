@@ -52,9 +52,9 @@ pub(crate) struct CodeAnswer {
 /// The key of `code` for the mini-program `appid`.
 pub(crate) fn key(appid: &str, code: &str) -> Key {
     let mut hash = Sha256::new();
+    // The appid's length first, so that no other (appid, code) pair hashes the same bytes.
+    hash.update((appid.len() as u64).to_le_bytes());
     hash.update(appid.as_bytes());
-    // An appid never holds a line break, so no other pair hashes the same text.
-    hash.update(b"\n");
     hash.update(code.as_bytes());
     hash.finalize()[..16].try_into().expect("SHA-256 has 32 bytes")
 }

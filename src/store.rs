@@ -1,9 +1,10 @@
 //! SQLite: opening connections, schema migrations from `schema.sql`, one function per query, and
 //! the single writer thread. This is the only file with SQL.
 //!
-//! Reads run on the calling worker's own connection. Every write goes through the one `Writer`
-//! connection, which commits in groups: it takes every job waiting, runs each in its own savepoint
-//! (a failing job rolls back alone), commits once, and only then answers each job. A write made
+//! Reads run on the calling worker's own connection (or, for a row a write changes, in that write).
+//! Every write goes through the one `Writer` connection, which commits in groups: it takes every
+//! job waiting, runs each in its own savepoint (a failing job rolls back alone), commits once, and
+//! only then answers each job. A write made
 //! with `Writer::run` is answered on disk (`synchronous = FULL`), many of them sharing one fsync;
 //! `run_visible` and `submit` writes (a WeChat session, login bookkeeping) are answered committed,
 //! and reach the disk with the next fsync or checkpoint. One account per WeChat identity is a
