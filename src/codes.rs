@@ -96,8 +96,8 @@ impl RecentCodes {
         let deadline = Instant::now() + WAIT_FOR_FIRST;
         let mut state = self.lock();
         loop {
-            if let Some(session) = state.memory.recall(&key, now) {
-                return Ok(session);
+            if let Some(answer) = state.memory.recall(&key, now) {
+                return Ok(answer);
             }
             if !state.in_flight.contains(&key) {
                 break;
