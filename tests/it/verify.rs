@@ -87,6 +87,12 @@ fn assert_refused(server: &Wxauth, authorization: Option<&str>, error: &str) {
 
 // ----- verify and me, token by token -----
 
+/// Logs demo user `name` in by openid: the token it got, and its account's id.
+fn token_and_id(server: &Wxauth, name: &str) -> (String, i64) {
+    let (_, login) = server.login_as(name);
+    (token_of(&login), login["account"]["id"].as_i64().unwrap())
+}
+
 #[test]
 fn verify_and_me_accept_a_valid_token_in_every_scheme() {
     let server = Wxauth::start(&[("WXAUTH_JWT_SECRET", SECRET)]);
@@ -199,25 +205,22 @@ fn verify_and_me_say_token_expired_for_an_expired_token() {
 #[test]
 fn verify_and_me_say_token_revoked_after_logout_or_users_revoke() {
     let server = Wxauth::start(&[("WXAUTH_JWT_SECRET", SECRET)]);
-    let (_, login) = server.login_as("verify-logout");
-    let token = token_of(&login);
-    let id = login["account"]["id"].as_i64().unwrap();
+    let (token, id) = token_and_id(&server, "verify-logout");
     assert_verified(&server, &token, id);
     let logout = server.post_with("logout", &json!({}), &[("Authorization", &jwt(&token))]);
     assert_eq!(logout.result(), &json!({"logged_out": true}));
     assert_refused(&server, Some(&jwt(&token)), "token_revoked");
 
     // Revoked from the command line while the server runs.
-    let (_, other) = server.login_as("verify-revoke");
-    let other_token = token_of(&other);
-    let other_id = other["account"]["id"].as_i64().unwrap();
+    let (other_token, other_id) = token_and_id(&server, "verify-revoke");
     assert_verified(&server, &other_token, other_id);
     run_on(&server, &["users", "revoke", &other_id.to_string()]).success();
     assert_refused(&server, Some(&jwt(&other_token)), "token_revoked");
 
     // A new login gives a token that verifies again.
-    let (_, again) = server.login_as("verify-logout");
-    assert_verified(&server, &token_of(&again), id);
+    let (again, same_id) = token_and_id(&server, "verify-logout");
+    assert_eq!(same_id, id);
+    assert_verified(&server, &again, id);
 }
 
 #[test]
@@ -239,9 +242,7 @@ fn verify_and_me_refuse_the_token_of_a_deleted_account() {
 #[test]
 fn verify_and_me_refuse_a_token_older_than_its_account() {
     let server = Wxauth::start(&[("WXAUTH_JWT_SECRET", SECRET)]);
-    let (_, login) = server.login_as("verify-restored");
-    let token = token_of(&login);
-    let id = login["account"]["id"].as_i64().unwrap();
+    let (token, id) = token_and_id(&server, "verify-restored");
     assert_verified(&server, &token, id);
     // The same id, now someone who joined an hour after the token was issued.
     let changed = server
@@ -318,9 +319,7 @@ fn verify_and_me_write_nothing_and_are_not_rate_limited() {
 fn a_rotated_secret_keeps_verifying_until_it_is_removed() {
     let old = ("WXAUTH_JWT_SECRET", SECRET);
     let server = Wxauth::start(&[old]);
-    let (_, login) = server.login_as("rotate");
-    let old_token = token_of(&login);
-    let id = login["account"]["id"].as_i64().unwrap();
+    let (old_token, id) = token_and_id(&server, "rotate");
     let old_header = inspect_token(&old_token, SECRET)["header"].as_str().unwrap().to_string();
     assert!(old_header.contains(&key_id(SECRET)), "{old_header}");
     // Signed with the old secret by someone else, without a kid: checked with the current key.
@@ -369,9 +368,7 @@ fn a_rotated_secret_keeps_verifying_until_it_is_removed() {
 #[test]
 fn the_generated_secret_can_be_rotated_away_by_naming_it_a_previous_secret() {
     let server = Wxauth::start(&[]);
-    let (_, login) = server.login_as("rotate-generated");
-    let token = token_of(&login);
-    let id = login["account"]["id"].as_i64().unwrap();
+    let (token, id) = token_and_id(&server, "rotate-generated");
     let generated: String = server
         .database()
         .query_row("SELECT value FROM meta WHERE key = 'jwt_secret'", [], |row| row.get(0))
