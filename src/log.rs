@@ -7,6 +7,7 @@
 //! come from everywhere (the writer thread, WeChat calls) and none of those places should need a
 //! handle to write one. Until `configure`, lines are plain and at info or above.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -154,33 +155,32 @@ pub(crate) fn access(entry: &Access) {
 
 /// Text a client sent, with control characters and spaces escaped, so it stays one field of one
 /// line.
-fn escape(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for character in text.chars() {
-        match character {
-            ' ' => escaped.push_str("\\x20"),
-            control if control.is_control() => escaped.extend(control.escape_default()),
-            plain => escaped.push(plain),
-        }
-    }
-    escaped
+fn escape(text: &str) -> Cow<'_, str> {
+    escaped(text, true)
 }
 
 /// Free text (a message, an error's detail) with its control characters escaped, so that whatever
 /// it quotes cannot start a line of its own.
-fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
-        return std::borrow::Cow::Borrowed(text);
+fn escape_controls(text: &str) -> Cow<'_, str> {
+    escaped(text, false)
+}
+
+/// `text` with control characters (and spaces, if `spaces`) escaped; borrowed when there are
+/// none, as in nearly every line.
+fn escaped(text: &str, spaces: bool) -> Cow<'_, str> {
+    let special = |character: char| character.is_control() || (spaces && character == ' ');
+    if !text.chars().any(special) {
+        return Cow::Borrowed(text);
     }
     let mut escaped = String::with_capacity(text.len() + 8);
     for character in text.chars() {
-        if character.is_control() {
-            escaped.extend(character.escape_default());
-        } else {
-            escaped.push(character);
+        match character {
+            ' ' if spaces => escaped.push_str("\\x20"),
+            control if control.is_control() => escaped.extend(control.escape_default()),
+            plain => escaped.push(plain),
         }
     }
-    std::borrow::Cow::Owned(escaped)
+    Cow::Owned(escaped)
 }
 
 #[cfg(test)]
