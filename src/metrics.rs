@@ -499,10 +499,9 @@ mod tests {
 
     #[test]
     fn every_api_route_has_its_own_label() {
-        let prefix = "/miniprog/wx_auth/";
         for route in crate::router::Route::ALL {
-            let path = format!("{prefix}{}", route.name());
-            assert_eq!(RouteLabel::of(prefix, &path, 200).name(), route.name());
+            let path = format!("{PREFIX}{}", route.name());
+            assert_eq!(RouteLabel::of(PREFIX, &path, 200).name(), route.name());
         }
         assert_eq!(crate::router::Route::ALL.len(), API_ROUTES);
     }

@@ -280,13 +280,14 @@ impl WeChat {
         let transport =
             |error: ureq::Error| unavailable(describe(&error), transport_outcome(&error));
         let mut response = send(&self.agent, &self.base_url).map_err(|error| {
-            let no_connection = transport_outcome(&error) == WechatOutcome::Refused
+            let outcome = transport_outcome(&error);
+            let no_connection = outcome == WechatOutcome::Refused
                 || matches!(error, ureq::Error::Timeout(ureq::Timeout::Connect));
             if no_connection {
                 // The host may have moved: look it up again on the next call.
                 self.resolver.forget();
             }
-            transport(error)
+            unavailable(describe(&error), outcome)
         })?;
         let bad_answer = |reason: String| unavailable(reason, WechatOutcome::BadAnswer);
         let status = response.status().as_u16();
