@@ -3,6 +3,7 @@
 //! an `Error` becomes the JSON envelope. Handlers in `api` never see tiny_http. `/healthz`,
 //! `/readyz` and `/metrics` are answered here too, outside the API prefix and its envelope.
 
+use std::io::Read;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -327,41 +328,45 @@ fn read_body(
     limit: usize,
     deadline: Instant,
 ) -> Result<Map<String, Value>, Error> {
-    if request.body_length().is_some_and(|length| length > limit) {
+    let announced = request.body_length();
+    if announced.is_some_and(|length| length > limit) {
         return Err(Error::BodyTooLarge { limit });
     }
     let content_type = header(request, "Content-Type").unwrap_or_default().to_ascii_lowercase();
-    let mut bytes = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let reader = request.as_reader();
-    loop {
-        // Each read is bounded by the socket's read timeout; the deadline bounds their sum, so
-        // a client trickling its body cannot hold a worker for long.
-        if Instant::now() > deadline {
-            return Err(Error::RequestTimeout);
+    // Read straight into the body's own buffer, sized from Content-Length: no scratch buffer to
+    // zero and copy out of on every request.
+    let mut bytes = Vec::with_capacity(announced.unwrap_or(0));
+    let body = BeforeDeadline { inner: request.as_reader(), deadline };
+    match body.take(limit as u64 + 1).read_to_end(&mut bytes) {
+        Ok(_) if bytes.len() > limit => Err(Error::BodyTooLarge { limit }),
+        Ok(_) => parse_body(&content_type, &bytes),
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Err(Error::RequestTimeout)
         }
-        let read = match reader.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(read) => read,
-            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(Error::RequestTimeout);
-            }
-            Err(error) => {
-                return Err(Error::InvalidParameter(format!("请求体读取失败: {}", error.kind())));
-            }
-        };
-        if bytes.len() + read > limit {
-            return Err(Error::BodyTooLarge { limit });
-        }
-        bytes.extend_from_slice(&chunk[..read]);
+        Err(error) => Err(Error::InvalidParameter(format!("请求体读取失败: {}", error.kind()))),
     }
-    parse_body(&content_type, &bytes)
+}
+
+/// A body reader that fails with `TimedOut` once `deadline` has passed. Each read is bounded by
+/// the socket's read timeout; the deadline bounds their sum, so a client trickling its body
+/// cannot hold a worker for long.
+struct BeforeDeadline<R> {
+    inner: R,
+    deadline: Instant,
+}
+
+impl<R: Read> Read for BeforeDeadline<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        if Instant::now() > self.deadline {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        self.inner.read(buffer)
+    }
 }
 
 pub(crate) fn parse_body(content_type: &str, bytes: &[u8]) -> Result<Map<String, Value>, Error> {
