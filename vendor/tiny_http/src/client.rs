@@ -41,6 +41,9 @@ pub struct ClientConnection {
 
     // [wxauth patch] when the request head being read must be complete, under limits
     head_deadline: Option<Instant>,
+
+    // [wxauth patch] when the previous request was answered: the idle timeout runs from then
+    answered: Option<Instant>,
 }
 
 /// Error that can happen when reading a request.
@@ -82,6 +85,7 @@ impl ClientConnection {
             secure,
             limits: None,
             head_deadline: None,
+            answered: None,
         }
     }
 
@@ -89,6 +93,19 @@ impl ClientConnection {
     pub fn with_limits(mut self, limits: Option<Limits>) -> ClientConnection {
         self.limits = limits;
         self
+    }
+
+    /// [wxauth patch] Tells the connection when its previous request was answered: the wait for
+    /// the next one is bounded by the idle timeout from then, however late the connection
+    /// thread learns of it.
+    pub(crate) fn answered_at(&mut self, at: Instant) {
+        self.answered = Some(at);
+    }
+
+    /// [wxauth patch] false once a request has said it is the last (`Connection: close`,
+    /// HTTP/1.0 without keep-alive, an upgrade): the connection then ends after its answer.
+    pub(crate) fn expects_more(&self) -> bool {
+        !self.no_more_requests
     }
 
     /// [wxauth patch] true if the connection has limits
@@ -113,7 +130,16 @@ impl ClientConnection {
     /// [wxauth patch] Waits, no longer than the idle timeout, for the first byte of the next
     /// request head.
     fn wait_for_request(&mut self, limits: &Limits) -> Result<(), ReadError> {
-        self.set_read_timeout(limits.idle_timeout)
+        // What is left of the idle timeout since the previous answer; at least a millisecond (a
+        // socket timeout cannot be zero), in which bytes already there are still taken.
+        let timeout = match (limits.idle_timeout, self.answered.take()) {
+            (Some(idle), Some(answered)) => Some(
+                idle.saturating_sub(answered.elapsed())
+                    .max(Duration::from_millis(1)),
+            ),
+            (idle, _) => idle,
+        };
+        self.set_read_timeout(timeout)
             .map_err(ReadError::ReadIoError)?;
 
         loop {

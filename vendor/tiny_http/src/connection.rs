@@ -96,6 +96,20 @@ impl Connection {
         }
     }
 
+    /// [wxauth patch] The socket's file descriptor, for `util::wait_readable` (Unix only).
+    pub(crate) fn raw_fd(&self) -> Option<crate::util::RawFd> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::io::AsRawFd;
+            match self {
+                Self::Tcp(s) => Some(s.as_raw_fd()),
+                Self::Unix(s) => Some(s.as_raw_fd()),
+            }
+        }
+        #[cfg(not(unix))]
+        None
+    }
+
     pub(crate) fn try_clone(&self) -> std::io::Result<Self> {
         match self {
             Self::Tcp(s) => s.try_clone().map(Self::from),

@@ -87,7 +87,8 @@
 //! # let response = tiny_http::Response::from_file(File::open(&Path::new("image.png")).unwrap());
 //! let _ = request.respond(response);
 //! ```
-#![forbid(unsafe_code)]
+// [wxauth patch] deny, not forbid: util/readiness.rs allows itself one call to poll(2)
+#![deny(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![allow(clippy::match_like_matches_macro)]
 
@@ -372,6 +373,15 @@ impl Server {
                             continue;
                         }
 
+                        // [wxauth patch] The socket the connection thread waits on between
+                        // requests (plain HTTP under limits). It is the descriptor of the
+                        // connection's write half, which `ClientConnection` owns for as long as
+                        // its thread runs.
+                        let ready_fd = match (&limits, &ssl) {
+                            (Some(_), None) => sock.raw_fd(),
+                            _ => None,
+                        };
+
                         use util::RefinedTcpStream;
                         let (read_closable, write_closable) = match ssl {
                             None => RefinedTcpStream::new(sock),
@@ -391,25 +401,37 @@ impl Server {
                         };
 
                         let client = ClientConnection::new(write_closable, read_closable);
-                        Ok(client.with_limits(limits)) // [wxauth patch]
+                        Ok((client.with_limits(limits), ready_fd)) // [wxauth patch]
                     }
                     Err(e) => Err(e),
                 };
 
                 match new_client {
-                    Ok(client) => {
+                    Ok((client, ready_fd)) => {
                         let messages = inside_messages.clone();
+                        let idle_timeout = limits.and_then(|limits| limits.idle_timeout);
                         let mut client = Some(client);
                         tasks_pool.spawn(Box::new(move || {
-                            if let Some(client) = client.take() {
+                            if let Some(mut client) = client.take() {
                                 // Synchronization is needed for HTTPS requests to avoid a deadlock
                                 // [wxauth patch] and under limits, so that a client cannot queue
                                 // requests (and memory) faster than they are answered
                                 if client.secure() || client.limited() {
                                     let (sender, receiver) = mpsc::channel();
-                                    for rq in client {
+                                    while let Some(rq) = client.next() {
                                         messages.push(rq.with_notify_sender(sender.clone()).into());
-                                        receiver.recv().unwrap();
+                                        // [wxauth patch] Sleep until the client sends again,
+                                        // which it does once it has the answer, so the answer's
+                                        // notice is then waiting: one sleep per request, not
+                                        // one for the notice and one for the next bytes.
+                                        // Not after a last request: nothing will come, the
+                                        // connection ends once it is answered.
+                                        if let Some(fd) = ready_fd.filter(|_| client.expects_more())
+                                        {
+                                            util::wait_readable(fd, idle_timeout);
+                                        }
+                                        let answered = receiver.recv().unwrap();
+                                        client.answered_at(answered);
                                     }
                                 } else {
                                     for rq in client {

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 use std::sync::mpsc::Sender;
+use std::time::Instant; // [wxauth patch]
 
 // [wxauth patch] a copy of chunked_transfer's Decoder with a bounded chunk-size line
 use crate::util::ChunkedDecoder as Decoder;
@@ -74,11 +75,12 @@ pub struct Request {
     must_send_continue: bool,
 
     // If Some, a message must be sent after responding
-    notify_when_responded: Option<Sender<()>>,
+    // [wxauth patch] carries when the answer was complete (the connection's idle time starts then)
+    notify_when_responded: Option<Sender<Instant>>,
 }
 
 struct NotifyOnDrop<R> {
-    sender: Sender<()>,
+    sender: Sender<Instant>, // [wxauth patch] Instant
     inner: R,
 }
 
@@ -97,7 +99,7 @@ impl<R: Write> Write for NotifyOnDrop<R> {
 }
 impl<R> Drop for NotifyOnDrop<R> {
     fn drop(&mut self) {
-        self.sender.send(()).unwrap();
+        self.sender.send(Instant::now()).unwrap();
     }
 }
 
@@ -440,7 +442,7 @@ impl Request {
     {
         let res = self.respond_impl(response);
         if let Some(sender) = self.notify_when_responded.take() {
-            sender.send(()).unwrap();
+            sender.send(Instant::now()).unwrap();
         }
         res
     }
@@ -474,7 +476,7 @@ impl Request {
         })
     }
 
-    pub(crate) fn with_notify_sender(mut self, sender: Sender<()>) -> Self {
+    pub(crate) fn with_notify_sender(mut self, sender: Sender<Instant>) -> Self {
         self.notify_when_responded = Some(sender);
         self
     }
@@ -496,7 +498,7 @@ impl Drop for Request {
             let response = Response::empty(500);
             let _ = self.respond_impl(response); // ignoring any potential error
             if let Some(sender) = self.notify_when_responded.take() {
-                sender.send(()).unwrap();
+                sender.send(Instant::now()).unwrap();
             }
         }
     }

@@ -519,3 +519,97 @@ fn an_idle_unix_socket_connection_is_closed() {
     assert!(elapsed >= ms(250), "closed after {:?}", elapsed);
     assert!(elapsed < ms(3000), "closed after {:?}", elapsed);
 }
+
+#[test]
+fn the_idle_timeout_runs_from_the_answer() {
+    // Between requests the connection thread waits for the client's next bytes, from before the
+    // answer is written; the idle timeout must still count from the answer, neither from the
+    // request (cutting off a client after a slow answer) nor from whenever the thread woke up
+    // (letting an idle client stay up to twice as long).
+    let limits = Limits {
+        head_timeout: Some(Duration::from_secs(5)),
+        idle_timeout: Some(ms(1000)),
+        ..test_limits()
+    };
+    let (server, address) = start(limits);
+    let slow = server.clone();
+    thread::spawn(move || {
+        while let Ok(request) = slow.recv() {
+            if request.url() == "/slow" {
+                // Slower than the idle timeout.
+                thread::sleep(ms(1500));
+            }
+            let text = request.url().to_string();
+            request.respond(Response::from_string(text)).unwrap();
+        }
+    });
+    let mut client = connect(address);
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+
+    client
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut reader).2, "/slow");
+    thread::sleep(ms(300));
+    client
+        .write_all(b"GET /again HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    assert_eq!(
+        read_response(&mut reader).2,
+        "/again",
+        "a client that spoke within the idle timeout of the answer was cut off"
+    );
+
+    let started = Instant::now();
+    let received = read_until_closed(&mut client);
+    let elapsed = started.elapsed();
+    assert_eq!(received, "");
+    assert!(elapsed >= ms(900), "closed after {:?}", elapsed);
+    assert!(elapsed < ms(1800), "closed after {:?}", elapsed);
+}
+
+#[test]
+fn many_requests_on_one_connection_are_answered_in_turn() {
+    let (server, address) = start(test_limits());
+    answer_all(&server);
+    let mut client = connect(address);
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    for index in 0..200 {
+        let body = format!("body {}", index);
+        let request = format!(
+            "POST /{} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{}",
+            index,
+            body.len(),
+            body
+        );
+        client.write_all(request.as_bytes()).unwrap();
+        let (status, _, answer) = read_response(&mut reader);
+        assert_eq!(status, 200);
+        assert_eq!(answer, format!("POST /{} {}", index, body));
+    }
+}
+
+#[test]
+fn a_last_request_ends_the_connection_as_soon_as_it_is_answered() {
+    let limits = Limits {
+        idle_timeout: Some(Duration::from_secs(5)),
+        ..test_limits()
+    };
+    let (server, address) = start(limits);
+    answer_all(&server);
+    for request in [
+        &b"GET /close HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"[..],
+        &b"GET /old HTTP/1.0\r\n\r\n"[..],
+    ] {
+        let mut client = connect(address);
+        let started = Instant::now();
+        client.write_all(request).unwrap();
+        let received = read_until_closed(&mut client);
+        assert!(received.starts_with("HTTP/1."), "{:?}", received);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "closed after {:?}",
+            started.elapsed()
+        );
+    }
+}

@@ -3,6 +3,7 @@ pub use self::custom_stream::CustomStream;
 pub use self::equal_reader::EqualReader;
 pub use self::fused_reader::FusedReader;
 pub use self::messages_queue::MessagesQueue;
+pub(crate) use self::readiness::{wait_readable, RawFd}; // [wxauth patch]
 pub use self::refined_tcp_stream::RefinedTcpStream;
 pub use self::sequential::{SequentialReader, SequentialReaderBuilder};
 pub use self::sequential::{SequentialWriter, SequentialWriterBuilder};
@@ -15,6 +16,7 @@ mod custom_stream;
 mod equal_reader;
 mod fused_reader;
 mod messages_queue;
+mod readiness; // [wxauth patch]
 pub(crate) mod refined_tcp_stream;
 mod sequential;
 mod task_pool;

@@ -1,0 +1,38 @@
+//! [wxauth patch] Waiting for a connection's next bytes without reading them (PATCHES.md,
+//! "One sleep per request").
+
+#[cfg(unix)]
+pub(crate) use std::os::unix::io::RawFd;
+
+/// A stand-in where there is no `poll`: nothing is ever waited for.
+#[cfg(not(unix))]
+pub(crate) type RawFd = i32;
+
+use std::time::Duration;
+
+/// Waits until the socket `fd` has bytes to read, is closed or fails, or `timeout` (`None`: no
+/// limit) has passed, whichever comes first; a signal may end the wait early too. Nothing is read
+/// and nothing is reported: the caller goes on exactly as it would have without waiting, so the
+/// wait only changes where its thread sleeps, never what it does.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+pub(crate) fn wait_readable(fd: RawFd, timeout: Option<Duration>) {
+    let milliseconds = match timeout {
+        Some(timeout) => timeout.as_millis().min(i32::MAX as u128) as i32,
+        None => -1,
+    };
+    let mut pollfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pollfd` is one initialised `pollfd` that outlives the call, and the count says one.
+    // poll(2) only reads and writes that struct; any `fd` value is memory-safe (a closed one
+    // reports POLLNVAL, which the caller does not look at).
+    unsafe {
+        libc::poll(&mut pollfd, 1, milliseconds);
+    }
+}
+
+#[cfg(not(unix))]
+pub(crate) fn wait_readable(_fd: RawFd, _timeout: Option<Duration>) {}
