@@ -207,9 +207,12 @@ impl Ctx<'_> {
 
     /// Exchanges a `wx.login` code with WeChat and records the session server-side, both once: a
     /// repeat of the code gets the first answer. A code whose session could not be recorded is not
-    /// remembered, so a retry does both again.
-    fn exchange_code(&self, code: &str) -> Result<CodeAnswer, Error> {
-        self.codes.exchange(codes::key(self.appid(), code), self.now, || {
+    /// remembered, so a retry does both again. The write that records the session also reads the
+    /// openid's account (`Exchanged::account`), from pages the writer holds: read on the worker
+    /// after that commit, it cost a new read transaction with an emptied page cache.
+    fn exchange_code(&self, code: &str) -> Result<Exchanged, Error> {
+        let mut account = None;
+        let answer = self.codes.exchange(codes::key(self.appid(), code), self.now, || {
             let session = self.wechat.code_to_session(code)?;
             let (appid, openid) = (self.appid().to_string(), session.openid.clone());
             let record = WechatSession {
@@ -219,11 +222,14 @@ impl Ctx<'_> {
             };
             // Visible to every worker before the answer; not worth an fsync of its own, as the
             // next wx.login code records it again (see Writer::run_visible).
-            self.writer.run_visible(move |connection| {
-                store::save_wechat_session(connection, &appid, &openid, &record)
+            let found = self.writer.run_visible(move |connection| {
+                store::save_wechat_session(connection, &appid, &openid, &record)?;
+                store::account_by_openid(connection, &appid, &openid)
             })?;
+            account = Some(found);
             Ok(session)
-        })
+        })?;
+        Ok(Exchanged { answer, account })
     }
 
     /// In one durable write: the account `known_id`, or the one for `openid` (created if absent),
@@ -265,13 +271,24 @@ impl Ctx<'_> {
     }
 }
 
+/// What `Ctx::exchange_code` learnt.
+struct Exchanged {
+    answer: CodeAnswer,
+    /// The openid's account (or that it has none) as of the write that recorded the session;
+    /// `None` when the code was answered from memory and no write happened.
+    account: Option<Option<Account>>,
+}
+
 /// `GET get_openid_by_code?code=…`
 pub(crate) fn get_openid_by_code(ctx: &Ctx, code: Option<&str>) -> Result<OpenidAnswer, Error> {
     let code = required(code, "code")?;
     check_code(code, "code")?;
     ctx.rate_limit()?;
-    let session = ctx.exchange_code(code)?;
-    let account = store::account_by_openid(ctx.db, ctx.appid(), &session.openid)?;
+    let Exchanged { answer: session, account } = ctx.exchange_code(code)?;
+    let account = match account {
+        Some(account) => account,
+        None => store::account_by_openid(ctx.db, ctx.appid(), &session.openid)?,
+    };
     Ok(OpenidAnswer {
         is_registered: account.as_ref().is_some_and(|account| account.is_register),
         token: account.as_ref().map(|account| ctx.issue_token(account)),
@@ -432,7 +449,7 @@ pub(crate) fn register(
     ctx.rate_limit()?;
     if let (PhoneSource::Encrypted { .. }, Some(code)) = (&source, &code) {
         // A fresh wx.login code refreshes the session_key the data was encrypted with.
-        let session = ctx.exchange_code(code)?;
+        let session = ctx.exchange_code(code)?.answer;
         if session.openid != openid {
             return Err(Error::InvalidParameter("code 不属于该 openid 的用户".into()));
         }

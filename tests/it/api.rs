@@ -183,6 +183,31 @@ fn a_repeated_code_gets_the_first_answer() {
 }
 
 #[test]
+fn get_openid_by_code_shows_the_account_as_it_is_now() {
+    // A fresh code's account is read in the write that records its session; a remembered code's
+    // on the worker. Both must show registration done since.
+    let server = Wxauth::start(&[("WXAUTH_OPENID_LOGIN", "open")]);
+    let code = fresh_code("erin");
+    let first = server.openid_for(&code);
+    assert_eq!(first["is_registered"], false, "{first}");
+    assert!(first["account"].is_null() && first["token"].is_null(), "{first}");
+    let openid = first["openid"].as_str().unwrap();
+    let registered = server.post("register", &json!({"openid": openid, "phone": "13800138000"}));
+    let id = registered.result()["account"]["id"].clone();
+
+    let remembered = server.openid_for(&code);
+    let fresh = server.openid_for(&fresh_code("erin"));
+    for answer in [&remembered, &fresh] {
+        assert_eq!(answer["openid"], openid, "{answer}");
+        assert_eq!(answer["is_registered"], true, "{answer}");
+        assert_eq!(answer["account"]["id"], id, "{answer}");
+        assert_eq!(answer["account"]["phone"], "13800138000", "{answer}");
+        assert!(answer["token"].is_string(), "{answer}");
+    }
+    assert_eq!(server.fake("/fake/stats")["jscode2session"], 2, "the repeat was remembered");
+}
+
+#[test]
 fn token_login_with_each_header_scheme() {
     let server = Wxauth::start(&[]);
     let (_, login) = server.login_as("dave");
