@@ -73,9 +73,10 @@ ALTER TABLE accounts ADD COLUMN token_version INTEGER NOT NULL DEFAULT 0;
 -- `wx_gender IN (0, 1, 2)`: the same rule for a STRICT INTEGER column, but SQLite checks a list of
 -- three or more values by building a temporary b-tree, in every statement that writes wx_gender
 -- (every new account, every registration: about a tenth of a registration's CPU). SQLite cannot
--- change a CHECK constraint in place, so the table is rebuilt as https://sqlite.org/lang_altertable.html
--- describes: every row with its id, the index, and AUTOINCREMENT's high-water mark (above the
--- largest id once the newest accounts were deleted: ids are never given out twice).
+-- change a CHECK constraint in place, so the table is rebuilt as
+-- https://sqlite.org/lang_altertable.html describes: every row with its id, the index, and
+-- AUTOINCREMENT's high-water mark (above the largest id once the newest accounts were deleted:
+-- ids are never given out twice).
 CREATE TABLE accounts_v3 (
     id                     INTEGER PRIMARY KEY AUTOINCREMENT,
     username               TEXT NOT NULL CHECK (length(username) BETWEEN 1 AND 150),
