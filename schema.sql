@@ -1,8 +1,8 @@
 -- wxauth's database schema, applied by version.
 --
 -- Each section below starts with a `-- version: N` line and upgrades a database from version N-1
--- to N. store.rs applies, in one transaction each, every section above the database's
--- `PRAGMA user_version`, then sets user_version to N. Released sections are never edited: a
+-- to N. store.rs applies every section above the database's `PRAGMA user_version`, each followed
+-- by setting user_version to N, all in one transaction. Released sections are never edited: a
 -- change is a new section at the end.
 
 -- version: 1
