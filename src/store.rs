@@ -181,7 +181,8 @@ fn configure_sqlite() {
         unsafe {
             rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0);
             // No lookaside arena (about 120 KiB allocated up front per connection, one
-            // connection per worker); small allocations go to malloc instead.
+            // connection per worker); small allocations go to malloc instead. The writer gets one
+            // back (`enable_lookaside`).
             rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_LOOKASIDE, 0, 0);
             // No up-front block of 20 cache pages (84 KiB) per connection, each touched when it
             // is carved: a reader's query needs a handful of pages, which come one by one.
@@ -216,7 +217,7 @@ pub(crate) fn open_writer(path: &str) -> Result<(Connection, Vec<u32>), Error> {
         "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -1024;",
     )?;
     // Every statement the writer runs stays prepared: rusqlite keeps 16 by default, the writer
-    // runs 16, and past the limit the least recent is parsed again at each use.
+    // runs more than that, and past the limit the least recent is parsed again at each use.
     connection.set_prepared_statement_cache_capacity(64);
     let applied = migrate(&connection)?;
     if applied.first().is_some_and(|&first| first > 1) {
@@ -934,6 +935,19 @@ mod tests {
         assert!(applied.is_empty());
     }
 
+    /// A new database made by the schema's sections up to `version`, as an older wxauth left it.
+    fn database_at_version(name: &str, version: u32) -> (String, Connection) {
+        let path = temp_database(name);
+        let connection = Connection::open(&path).unwrap();
+        for (section, sql) in schema_versions() {
+            if section <= version {
+                let sql = format!("{sql}\n; PRAGMA user_version = {section};");
+                connection.execute_batch(&sql).unwrap();
+            }
+        }
+        (path, connection)
+    }
+
     /// Every column of every account, in id order, as text.
     fn all_accounts(connection: &Connection) -> Vec<Vec<String>> {
         let mut statement = connection.prepare("SELECT * FROM accounts ORDER BY id").unwrap();
@@ -951,13 +965,7 @@ mod tests {
 
     #[test]
     fn version_3_rebuilds_accounts_keeping_rows_ids_and_the_id_mark() {
-        let path = temp_database("v3");
-        let connection = Connection::open(&path).unwrap();
-        for (version, sql) in schema_versions().into_iter().filter(|(version, _)| *version <= 2) {
-            connection
-                .execute_batch(&format!("{sql}\n; PRAGMA user_version = {version};"))
-                .unwrap();
-        }
+        let (path, connection) = database_at_version("v3", 2);
         for (openid, gender) in [("openid-1", 0), ("openid-2", 2), ("openid-3", 1)] {
             login_account(&connection, "wxa", openid, "203.0.113.5", 100).unwrap();
             connection
@@ -1005,10 +1013,7 @@ mod tests {
 
     #[test]
     fn a_failed_upgrade_leaves_the_database_as_it_was() {
-        let path = temp_database("failed-upgrade");
-        let connection = Connection::open(&path).unwrap();
-        let (version, sql) = schema_versions().remove(0);
-        connection.execute_batch(&format!("{sql}\n; PRAGMA user_version = {version};")).unwrap();
+        let (path, connection) = database_at_version("failed-upgrade", 1);
         login_account(&connection, "wxa", "openid-1", "::1", 100).unwrap();
         // Version 3 creates this table: its section fails after version 2's has run.
         connection.execute_batch("CREATE TABLE accounts_v3 (x INTEGER)").unwrap();
