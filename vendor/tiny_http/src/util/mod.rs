@@ -15,6 +15,7 @@ mod chunked_decoder;
 mod custom_stream;
 mod equal_reader;
 mod fused_reader;
+mod handover; // [wxauth patch]
 mod messages_queue;
 mod readiness; // [wxauth patch]
 pub(crate) mod refined_tcp_stream;

@@ -1,9 +1,10 @@
 use std::io::Result as IoResult;
 use std::io::{Read, Write};
 
-use std::sync::mpsc::channel;
-use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
+
+// [wxauth patch] A handover instead of an mpsc channel per request (see `handover`).
+use super::handover::{handover, Giver, Taker};
 
 use std::mem;
 
@@ -19,7 +20,7 @@ where
     R: Read + Send,
 {
     First(R),
-    NotFirst(Receiver<R>),
+    NotFirst(Taker<R>),
 }
 
 pub struct SequentialReader<R>
@@ -27,7 +28,7 @@ where
     R: Read + Send,
 {
     inner: SequentialReaderInner<R>,
-    next: Sender<R>,
+    next: Giver<R>,
 }
 
 enum SequentialReaderInner<R>
@@ -35,7 +36,7 @@ where
     R: Read + Send,
 {
     MyTurn(R),
-    Waiting(Receiver<R>),
+    Waiting(Taker<R>),
     Empty,
 }
 
@@ -44,16 +45,16 @@ where
     W: Write + Send,
 {
     writer: Arc<Mutex<W>>,
-    next_trigger: Option<Receiver<()>>,
+    next_trigger: Option<Taker<()>>,
 }
 
 pub struct SequentialWriter<W>
 where
     W: Write + Send,
 {
-    trigger: Option<Receiver<()>>,
+    trigger: Option<Taker<()>>,
     writer: Arc<Mutex<W>>,
-    on_finish: Sender<()>,
+    on_finish: Giver<()>,
 }
 
 impl<R: Read + Send> SequentialReaderBuilder<R> {
@@ -77,7 +78,7 @@ impl<R: Read + Send> Iterator for SequentialReaderBuilder<R> {
     type Item = SequentialReader<R>;
 
     fn next(&mut self) -> Option<SequentialReader<R>> {
-        let (tx, rx) = channel();
+        let (tx, rx) = handover();
 
         let inner = mem::replace(&mut self.inner, SequentialReaderBuilderInner::NotFirst(rx));
 
@@ -98,7 +99,7 @@ impl<R: Read + Send> Iterator for SequentialReaderBuilder<R> {
 impl<W: Write + Send> Iterator for SequentialWriterBuilder<W> {
     type Item = SequentialWriter<W>;
     fn next(&mut self) -> Option<SequentialWriter<W>> {
-        let (tx, rx) = channel();
+        let (tx, rx) = handover();
         let mut next_next_trigger = Some(rx);
         ::std::mem::swap(&mut next_next_trigger, &mut self.next_trigger);
 
@@ -115,7 +116,7 @@ impl<R: Read + Send> SequentialReader<R> {
     /// underlying reader (as `read` would use it).
     pub fn get_mut(&mut self) -> &mut R {
         if let SequentialReaderInner::Waiting(ref mut recv) = self.inner {
-            let reader = recv.recv().unwrap();
+            let reader = recv.take().unwrap();
             self.inner = SequentialReaderInner::MyTurn(reader);
         }
 
@@ -130,7 +131,7 @@ impl<R: Read + Send> Read for SequentialReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
         let mut reader = match self.inner {
             SequentialReaderInner::MyTurn(ref mut reader) => return reader.read(buf),
-            SequentialReaderInner::Waiting(ref mut recv) => recv.recv().unwrap(),
+            SequentialReaderInner::Waiting(ref mut recv) => recv.take().unwrap(),
             SequentialReaderInner::Empty => unreachable!(),
         };
 
@@ -143,7 +144,7 @@ impl<R: Read + Send> Read for SequentialReader<R> {
 impl<W: Write + Send> Write for SequentialWriter<W> {
     fn write(&mut self, buf: &[u8]) -> IoResult<usize> {
         if let Some(v) = self.trigger.as_mut() {
-            v.recv().unwrap()
+            v.take().unwrap()
         }
         self.trigger = None;
 
@@ -152,7 +153,7 @@ impl<W: Write + Send> Write for SequentialWriter<W> {
 
     fn flush(&mut self) -> IoResult<()> {
         if let Some(v) = self.trigger.as_mut() {
-            v.recv().unwrap()
+            v.take().unwrap()
         }
         self.trigger = None;
 
@@ -169,11 +170,11 @@ where
 
         match inner {
             SequentialReaderInner::MyTurn(reader) => {
-                self.next.send(reader).ok();
+                self.next.give(reader);
             }
-            SequentialReaderInner::Waiting(recv) => {
-                let reader = recv.recv().unwrap();
-                self.next.send(reader).ok();
+            SequentialReaderInner::Waiting(mut recv) => {
+                let reader = recv.take().unwrap();
+                self.next.give(reader);
             }
             SequentialReaderInner::Empty => (),
         }
@@ -185,6 +186,6 @@ where
     W: Write + Send,
 {
     fn drop(&mut self) {
-        self.on_finish.send(()).ok();
+        self.on_finish.give(());
     }
 }
