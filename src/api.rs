@@ -481,8 +481,10 @@ pub(crate) fn register(
     let registration =
         Registration { phone, username: openid.clone(), wx_nickname, birthday, wx_gender };
     let known_id = token_account.map(|account| account.id);
-    let account = ctx.write_login(known_id, openid, move |connection, id| {
-        store::register(connection, id, &registration)
+    let (appid, ip, now) = (ctx.appid().to_string(), ctx.client_ip(), ctx.now);
+    let account = ctx.writer.run(move |connection| {
+        store::register(connection, known_id, &appid, &openid, &ip, now, &registration)?
+            .ok_or_else(|| Error::Internal(format!("register: account {known_id:?} vanished")))
     })?;
     let token = ctx.issue_token(&account);
     Ok(SessionAnswer { account, token })
