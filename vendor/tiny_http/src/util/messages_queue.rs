@@ -11,8 +11,17 @@ pub struct MessagesQueue<T>
 where
     T: Send,
 {
-    queue: Mutex<VecDeque<Control<T>>>,
+    queue: Mutex<Queue<T>>,
     condvar: Condvar,
+}
+
+/// [wxauth patch] The queue, and how many threads wait on the condvar for it: a push wakes one
+/// only when one waits, and after letting the lock go. Upstream notified under the lock at every
+/// push: a futex system call even when every worker was busy (std's condvar always makes one),
+/// and a woken worker that found the lock still held had to sleep again on it.
+struct Queue<T> {
+    elements: VecDeque<Control<T>>,
+    waiting: usize,
 }
 
 impl<T> MessagesQueue<T>
@@ -21,23 +30,36 @@ where
 {
     pub fn with_capacity(capacity: usize) -> Arc<MessagesQueue<T>> {
         Arc::new(MessagesQueue {
-            queue: Mutex::new(VecDeque::with_capacity(capacity)),
+            queue: Mutex::new(Queue {
+                elements: VecDeque::with_capacity(capacity),
+                waiting: 0,
+            }),
             condvar: Condvar::new(),
         })
     }
 
+    /// [wxauth patch] Adds `control` and wakes a waiting thread, if any.
+    fn add(&self, control: Control<T>) {
+        let wake = {
+            let mut queue = self.queue.lock().unwrap();
+            queue.elements.push_back(control);
+            queue.waiting > 0
+        };
+        // A thread counted in `waiting` is asleep in `wait`, or about to be with the lock let go
+        // (the condvar then sees this notice): none can miss it.
+        if wake {
+            self.condvar.notify_one();
+        }
+    }
+
     /// Pushes an element to the queue.
     pub fn push(&self, value: T) {
-        let mut queue = self.queue.lock().unwrap();
-        queue.push_back(Control::Elem(value));
-        self.condvar.notify_one();
+        self.add(Control::Elem(value));
     }
 
     /// Unblock one thread stuck in pop loop.
     pub fn unblock(&self) {
-        let mut queue = self.queue.lock().unwrap();
-        queue.push_back(Control::Unblock);
-        self.condvar.notify_one();
+        self.add(Control::Unblock);
     }
 
     /// Pops an element. Blocks until one is available.
@@ -46,20 +68,22 @@ where
         let mut queue = self.queue.lock().unwrap();
 
         loop {
-            match queue.pop_front() {
+            match queue.elements.pop_front() {
                 Some(Control::Elem(value)) => return Some(value),
                 Some(Control::Unblock) => return None,
                 None => (),
             }
 
+            queue.waiting += 1;
             queue = self.condvar.wait(queue).unwrap();
+            queue.waiting -= 1;
         }
     }
 
     /// Tries to pop an element without blocking.
     pub fn try_pop(&self) -> Option<T> {
         let mut queue = self.queue.lock().unwrap();
-        match queue.pop_front() {
+        match queue.elements.pop_front() {
             Some(Control::Elem(value)) => Some(value),
             Some(Control::Unblock) | None => None,
         }
@@ -72,14 +96,16 @@ where
         let mut queue = self.queue.lock().unwrap();
         let mut duration = timeout;
         loop {
-            match queue.pop_front() {
+            match queue.elements.pop_front() {
                 Some(Control::Elem(value)) => return Some(value),
                 Some(Control::Unblock) => return None,
                 None => (),
             }
             let now = Instant::now();
+            queue.waiting += 1;
             let (_queue, result) = self.condvar.wait_timeout(queue, timeout).unwrap();
             queue = _queue;
+            queue.waiting -= 1;
             let sleep_time = now.elapsed();
             duration = if duration > sleep_time {
                 duration - sleep_time
@@ -92,5 +118,78 @@ where
                 return None;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // [wxauth patch] The queue wakes a waiting thread only when one waits; none may be missed.
+    use super::MessagesQueue;
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn every_element_reaches_exactly_one_waiting_consumer() {
+        let queue = MessagesQueue::with_capacity(8);
+        let consumers: Vec<_> = (0..4)
+            .map(|_| {
+                let queue = queue.clone();
+                thread::spawn(move || {
+                    let mut got = Vec::new();
+                    while let Some(value) = queue.pop() {
+                        got.push(value);
+                    }
+                    got
+                })
+            })
+            .collect();
+        let producers: Vec<_> = (0..4)
+            .map(|producer| {
+                let queue = queue.clone();
+                thread::spawn(move || {
+                    for index in 0..10_000 {
+                        queue.push(producer * 10_000 + index);
+                        if index % 1000 == 0 {
+                            thread::sleep(Duration::from_millis(1)); // let consumers sleep
+                        }
+                    }
+                })
+            })
+            .collect();
+        for producer in producers {
+            producer.join().unwrap();
+        }
+        for _ in 0..4 {
+            queue.unblock();
+        }
+        let mut all: Vec<u32> = consumers.into_iter().flat_map(|c| c.join().unwrap()).collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..40_000).collect::<Vec<u32>>());
+    }
+
+    #[test]
+    fn a_push_wakes_a_consumer_waiting_with_a_timeout() {
+        let queue = MessagesQueue::with_capacity(1);
+        let waiting = {
+            let queue = queue.clone();
+            thread::spawn(move || {
+                let started = Instant::now();
+                (queue.pop_timeout(Duration::from_secs(10)), started.elapsed())
+            })
+        };
+        thread::sleep(Duration::from_millis(50));
+        queue.push(7);
+        let (value, waited) = waiting.join().unwrap();
+        assert_eq!(value, Some(7));
+        assert!(waited < Duration::from_secs(5), "woken late: {waited:?}");
+    }
+
+    #[test]
+    fn an_empty_queue_times_out_and_stays_usable() {
+        let queue = MessagesQueue::<u8>::with_capacity(1);
+        assert_eq!(queue.pop_timeout(Duration::from_millis(20)), None);
+        queue.push(1);
+        assert_eq!(queue.try_pop(), Some(1));
+        assert_eq!(queue.try_pop(), None);
     }
 }
