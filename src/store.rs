@@ -1117,6 +1117,96 @@ mod tests {
     }
 
     #[test]
+    fn register_creates_a_registered_account_or_registers_the_existing_one() {
+        let path = temp_database("register");
+        let (connection, _) = open_writer(&path).unwrap();
+        let session = WechatSession {
+            unionid: Some("union-1".into()),
+            session_key: "key".into(),
+            created_at: 50,
+        };
+        save_wechat_session(&connection, "wxa", "openid-new", &session).unwrap();
+        let registration =
+            |phone: &str, nickname: Option<&str>, gender: Option<i64>| Registration {
+                phone: phone.into(),
+                username: "openid-new".into(),
+                wx_nickname: nickname.map(Into::into),
+                birthday: None,
+                wx_gender: gender,
+            };
+
+        // No account yet: created registered, with this login's bookkeeping and the session's
+        // unionid, and the schema's defaults where nothing was given.
+        let created = register(
+            &connection,
+            None,
+            "wxa",
+            "openid-new",
+            "203.0.113.5",
+            100,
+            &registration("13800138000", None, None),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(created.is_register);
+        assert_eq!(created.phone.as_deref(), Some("13800138000"));
+        assert_eq!(created.username, "openid-new");
+        assert_eq!(created.wx_unionid.as_deref(), Some("union-1"));
+        assert_eq!((created.wx_gender, created.wx_nickname.as_deref()), (0, None));
+        assert_eq!((created.date_joined, created.last_login), (100, Some(100)));
+        assert_eq!(created.join_ip.as_deref(), Some("203.0.113.5"));
+        assert_eq!(created.last_ip.as_deref(), Some("203.0.113.5"));
+        assert_eq!(created.member_score, 0);
+
+        // An account from a login: registered in place, given fields set, others kept, joining
+        // kept and this login recorded.
+        let logged_in =
+            login_account(&connection, "wxa", "openid-old", "198.51.100.1", 10).unwrap();
+        let with_nickname = Profile { wx_nickname: Some("Old".into()), ..Profile::default() };
+        update_profile(&connection, logged_in, &with_nickname).unwrap();
+        let mut again = registration("13900001111", None, Some(2));
+        again.username = "openid-old".into();
+        let registered =
+            register(&connection, None, "wxa", "openid-old", "::1", 200, &again).unwrap().unwrap();
+        assert_eq!(registered.id, logged_in);
+        assert!(registered.is_register);
+        assert_eq!(registered.phone.as_deref(), Some("13900001111"));
+        assert_eq!((registered.wx_nickname.as_deref(), registered.wx_gender), (Some("Old"), 2));
+        assert_eq!((registered.date_joined, registered.last_login), (10, Some(200)));
+        assert_eq!(registered.join_ip.as_deref(), Some("198.51.100.1"));
+        assert_eq!(registered.last_ip.as_deref(), Some("::1"));
+
+        // By id (a token's account): the same, and nothing for an id that does not exist.
+        let by_id = register(
+            &connection,
+            Some(created.id),
+            "wxa",
+            "ignored",
+            "::2",
+            300,
+            &registration("13700000000", Some("New"), None),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((by_id.id, by_id.phone.as_deref()), (created.id, Some("13700000000")));
+        assert_eq!((by_id.wx_nickname.as_deref(), by_id.last_login), (Some("New"), Some(300)));
+        let missing = register(
+            &connection,
+            Some(9999),
+            "wxa",
+            "openid-none",
+            "::3",
+            400,
+            &registration("13600000000", None, None),
+        )
+        .unwrap();
+        assert!(missing.is_none());
+        let count: i64 =
+            connection.query_row("SELECT count(*) FROM accounts", [], |row| row.get(0)).unwrap();
+        assert_eq!(count, 2);
+    }
+
+    #[test]
     fn visible_writes_are_seen_by_readers_when_answered() {
         let path = temp_database("visible");
         let (connection, _) = open_writer(&path).unwrap();
