@@ -483,8 +483,12 @@ pub(crate) fn register(
     let known_id = token_account.map(|account| account.id);
     let (appid, ip, now) = (ctx.appid().to_string(), ctx.client_ip(), ctx.now);
     let account = ctx.writer.run(move |connection| {
-        store::register(connection, known_id, &appid, &openid, &ip, now, &registration)?
-            .ok_or_else(|| Error::Internal(format!("register: account {known_id:?} vanished")))
+        let written =
+            store::register(connection, known_id, &appid, &openid, &ip, now, &registration)?;
+        written.ok_or_else(|| match known_id {
+            Some(id) => Error::Internal(format!("register: account {id} vanished")),
+            None => Error::Internal("register: the account written is not there".into()),
+        })
     })?;
     let token = ctx.issue_token(&account);
     Ok(SessionAnswer { account, token })

@@ -557,6 +557,8 @@ pub(crate) fn register(
             account_by_openid(connection, appid, openid)
         }
         Some(id) => {
+            // ?1 and ?2 are not used here; they are bound so that both statements share
+            // `registration_set!`'s numbering.
             connection
                 .prepare_cached(concat!(
                     "UPDATE accounts SET ",

@@ -115,7 +115,13 @@ where
             if result.timed_out()
                 || (duration.as_secs() == 0 && duration.subsec_nanos() < 1_000_000)
             {
-                return None;
+                // [wxauth patch] A push as the wait ran out may have sent its notice to this
+                // thread alone: take its element rather than leave it to the next waiter's
+                // timeout (a worker's poll interval, 200 ms in wxauth).
+                return match queue.elements.pop_front() {
+                    Some(Control::Elem(value)) => Some(value),
+                    Some(Control::Unblock) | None => None,
+                };
             }
         }
     }
