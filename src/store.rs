@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, ToSql, params};
 use serde::Serialize;
 
 use crate::error::Error;
@@ -530,6 +530,8 @@ pub(crate) fn register(
     registration: &Registration,
 ) -> Result<Option<Account>, Error> {
     let Registration { phone, username, wx_nickname, birthday, wx_gender } = registration;
+    let values: [&dyn ToSql; 9] =
+        [&appid, &openid, username, &ip, &now, phone, wx_nickname, birthday, wx_gender];
     match known_id {
         None => {
             connection
@@ -543,17 +545,7 @@ pub(crate) fn register(
                      ON CONFLICT (wx_appid, wx_openid) DO UPDATE SET ",
                     registration_set!()
                 ))?
-                .execute(params![
-                    appid,
-                    openid,
-                    username,
-                    ip,
-                    now,
-                    phone,
-                    wx_nickname,
-                    birthday,
-                    wx_gender
-                ])?;
+                .execute(&values[..])?;
             account_by_openid(connection, appid, openid)
         }
         Some(id) => {
@@ -565,18 +557,9 @@ pub(crate) fn register(
                     registration_set!(),
                     " WHERE id = ?10"
                 ))?
-                .execute(params![
-                    appid,
-                    openid,
-                    username,
-                    ip,
-                    now,
-                    phone,
-                    wx_nickname,
-                    birthday,
-                    wx_gender,
-                    id
-                ])?;
+                .execute(rusqlite::params_from_iter(
+                    values.into_iter().chain([&id as &dyn ToSql]),
+                ))?;
             account_by_id(connection, id)
         }
     }
