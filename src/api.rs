@@ -237,7 +237,8 @@ impl Ctx<'_> {
     /// is read back in the write, from pages the writer has just changed and still holds: read on
     /// the worker's connection after the commit it cost a new read transaction, which empties that
     /// connection's page cache after every commit and reads the pages again from the file (3
-    /// preads and ~10% more CPU per registration, measured with bench/run's register row).
+    /// preads and ~10% more CPU per request, measured on bench/run's register row when
+    /// registration came through here; `store::register` reads back in its write the same way).
     fn write_login(
         &self,
         known_id: Option<i64>,

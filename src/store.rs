@@ -4,11 +4,11 @@
 //! Reads run on the calling worker's own connection (or, for a row a write changes, in that write).
 //! Every write goes through the one `Writer` connection, which commits in groups: it takes every
 //! job waiting, runs each in its own savepoint (a failing job rolls back alone), commits once, and
-//! only then answers each job. A write made
-//! with `Writer::run` is answered on disk (`synchronous = FULL`), many of them sharing one fsync;
-//! `run_visible` and `submit` writes (a WeChat session, login bookkeeping) are answered committed,
-//! and reach the disk with the next fsync or checkpoint. One account per WeChat identity is a
-//! unique index, never a check-then-insert.
+//! only then answers each job. A write made with `Writer::run` is answered on disk
+//! (`synchronous = FULL`), many of them sharing one fsync; `run_visible` and `submit` writes (a
+//! WeChat session, login bookkeeping) are answered committed, and reach the disk with the next
+//! fsync or checkpoint. One account per WeChat identity is a unique index, never a
+//! check-then-insert.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc;
