@@ -447,6 +447,47 @@ impl Request {
         res
     }
 
+    /// [wxauth patch] Sends a response without ever waiting for room in the socket, for a thread
+    /// that must not be held up by a client that does not read (a slow or hostile one): what the
+    /// socket takes now is sent, and the rest comes back as an `Unsent`, which a thread that may
+    /// wait finishes. A client that reads its answers never leaves a rest, since one request at a
+    /// time leaves its socket's send buffer empty when the answer is written.
+    ///
+    /// Until the `Unsent` is finished (or dropped, which finishes it), nothing more is written on
+    /// this connection and its next request is not read. A send that fails (the client has gone)
+    /// ends here, as `Ok`, like the errors `respond` ignores. Over HTTPS this waits, as `respond`
+    /// does.
+    pub fn respond_without_waiting<R>(mut self, response: Response<R>) -> Result<(), Unsent>
+    where
+        R: Read,
+    {
+        // The whole response, rendered first: a write that fails part way must know what is left.
+        let mut bytes = Vec::with_capacity(512);
+        let do_not_send_body = self.method == Method::Head;
+        let printed = response.raw_print(
+            &mut bytes,
+            self.http_version.clone(),
+            &self.headers,
+            do_not_send_body,
+            None,
+        );
+        let mut unsent = Unsent {
+            writer: Some(self.extract_writer_impl()),
+            notify_when_responded: self.notify_when_responded.take(),
+            bytes,
+            offset: 0,
+            result: Ok(()),
+        };
+        // Only a failing body reader fails the print; what it printed is sent, as `respond` does.
+        unsent.result = printed;
+        let done = crate::util::refined_tcp_stream::without_waiting(|| unsent.send_some(false));
+        if done {
+            Ok(())
+        } else {
+            Err(unsent)
+        }
+    }
+
     fn respond_impl<R>(&mut self, response: Response<R>) -> Result<(), IoError>
     where
         R: Read,
@@ -501,6 +542,93 @@ impl Drop for Request {
                 sender.send(Instant::now()).unwrap();
             }
         }
+    }
+}
+
+/// [wxauth patch] The rest of a response that `Request::respond_without_waiting` could not send
+/// at once. `finish` (or dropping it) sends it, waiting as long as the connection's write timeout
+/// allows; the connection's next request waits for that.
+pub struct Unsent {
+    writer: Option<Box<dyn Write + Send + 'static>>,
+    notify_when_responded: Option<Sender<Instant>>,
+    bytes: Vec<u8>,
+    offset: usize,
+    /// The first error, once sending has failed.
+    result: Result<(), IoError>,
+}
+
+impl Unsent {
+    /// Sends the rest and flushes, waiting as the socket's timeouts allow; the errors `respond`
+    /// ignores (the client has gone) are ignored here too.
+    pub fn finish(mut self) -> Result<(), IoError> {
+        self.finish_impl()
+    }
+
+    /// Writes what the socket takes; true once everything is sent or sending has failed, which
+    /// ends it too. Without `may_wait` (under `without_waiting`), a `WouldBlock` stops it and
+    /// returns false; with it, a `WouldBlock` is the socket's write timeout and fails it.
+    fn send_some(&mut self, may_wait: bool) -> bool {
+        let writer = match self.writer.as_mut() {
+            Some(writer) => writer,
+            None => return true,
+        };
+        while self.offset < self.bytes.len() {
+            match writer.write(&self.bytes[self.offset..]) {
+                Ok(0) => {
+                    self.result = Err(IoError::new(ErrorKind::WriteZero, "connection closed"));
+                    return self.end();
+                }
+                Ok(written) => self.offset += written,
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                Err(error) if error.kind() == ErrorKind::WouldBlock && !may_wait => return false,
+                Err(error) => {
+                    self.result = Err(error);
+                    return self.end();
+                }
+            }
+        }
+        // Buffered writers keep what the socket did not take, in order, for the next flush.
+        match writer.flush() {
+            Ok(()) => self.end(),
+            Err(error) if error.kind() == ErrorKind::WouldBlock && !may_wait => false,
+            Err(error) => {
+                self.result = Err(error);
+                self.end()
+            }
+        }
+    }
+
+    /// Lets the connection go on: its writer goes to the next request, and its thread learns
+    /// the answer is complete.
+    fn end(&mut self) -> bool {
+        self.writer = None;
+        if let Some(sender) = self.notify_when_responded.take() {
+            sender.send(Instant::now()).unwrap();
+        }
+        true
+    }
+
+    fn finish_impl(&mut self) -> Result<(), IoError> {
+        self.send_some(true);
+        let result = std::mem::replace(&mut self.result, Ok(()));
+        Request::ignore_client_closing_errors(result)
+    }
+}
+
+impl Drop for Unsent {
+    fn drop(&mut self) {
+        let _ = self.finish_impl();
+    }
+}
+
+impl fmt::Debug for Unsent {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> Result<(), fmt::Error> {
+        write!(
+            formatter,
+            "Unsent({} of {} bytes sent)",
+            self.offset,
+            self.bytes.len()
+        )
     }
 }
 

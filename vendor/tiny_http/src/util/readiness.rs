@@ -36,3 +36,27 @@ pub(crate) fn wait_readable(fd: RawFd, timeout: Option<Duration>) {
 
 #[cfg(not(unix))]
 pub(crate) fn wait_readable(_fd: RawFd, _timeout: Option<Duration>) {}
+
+/// Sends what of `buf` the socket `fd` takes without waiting for room (`MSG_DONTWAIT`), whatever
+/// the socket's own mode and timeouts: `WouldBlock` when it takes nothing now. No `SIGPIPE` for a
+/// closed connection (`MSG_NOSIGNAL`, as std's own writes), an `EPIPE` error instead.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+pub(crate) fn send_without_waiting(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let flags = libc::MSG_DONTWAIT;
+    loop {
+        // SAFETY: `buf` is a live slice for the whole call and the length passed is its own;
+        // send(2) only reads it. Any `fd` value is memory-safe (a bad one fails with EBADF).
+        let sent = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), flags) };
+        if sent >= 0 {
+            return Ok(sent as usize);
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}

@@ -1,3 +1,4 @@
+use std::cell::Cell;
 use std::io::Result as IoResult;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -65,9 +66,35 @@ impl Read for Stream {
     }
 }
 
+thread_local! {
+    /// [wxauth patch] While set, plain HTTP writes on this thread never wait for room in the
+    /// socket: what does not fit now fails with `WouldBlock` (see `without_waiting`).
+    static DONT_WAIT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// [wxauth patch] Runs `write` with every plain HTTP socket write it makes on this thread sent
+/// with `MSG_DONTWAIT` (`Request::respond_without_waiting`). Secure streams, and systems without
+/// `send(2)`, still wait.
+pub(crate) fn without_waiting<T>(write: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            DONT_WAIT.with(|flag| flag.set(false));
+        }
+    }
+    DONT_WAIT.with(|flag| flag.set(true));
+    let _reset = Reset;
+    write()
+}
+
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> IoResult<usize> {
         match self {
+            #[cfg(unix)]
+            Stream::Http(tcp_stream) if DONT_WAIT.with(Cell::get) => match tcp_stream.raw_fd() {
+                Some(fd) => crate::util::send_without_waiting(fd, buf),
+                None => tcp_stream.write(buf),
+            },
             Stream::Http(tcp_stream) => tcp_stream.write(buf),
             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
             Stream::Https(ssl_stream) => ssl_stream.write(buf),
