@@ -3,12 +3,14 @@
 //! included, so a handler can be called from a test without a socket.
 //!
 //! Every handler validates its whole input before it calls WeChat or writes anything, so bad input
-//! leaves nothing half-written. Reads use the worker's connection (an account a write changes is
+//! leaves nothing half-written. `register` ends in a `Deferred`: its write and its answer are made
+//! on the writer thread, so the worker goes on to its next request instead of waiting there. Reads use the worker's connection (an account a write changes is
 //! read back in that write); writes go through the writer and are durable before the handler
 //! answers, except login bookkeeping (`last_login`, `last_ip`), whose answer shows the new values
 //! while the write completes in the background.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use rusqlite::Connection;
@@ -37,9 +39,11 @@ const MAX_ENCRYPTED: usize = 4096;
 const MAX_SESSION_KEY: usize = 64;
 
 /// The JWT secrets: the current one (first) signs; all of them verify the tokens that name them
-/// by `kid` (jwt.rs), so a secret dropped from the list stops verifying at once.
+/// by `kid` (jwt.rs), so a secret dropped from the list stops verifying at once. Cloned cheaply,
+/// for a `Deferred` answer that issues a token on the writer thread.
+#[derive(Clone)]
 pub(crate) struct Keys {
-    keys: Vec<jwt::Key>,
+    keys: Arc<[jwt::Key]>,
 }
 
 impl Keys {
@@ -53,7 +57,7 @@ impl Keys {
                 keys.push(key);
             }
         }
-        Keys { keys }
+        Keys { keys: keys.into() }
     }
 
     /// The `kid` of every key, current first: public names, safe to log.
@@ -75,6 +79,39 @@ pub(crate) struct Ctx<'a> {
     /// The client's address (the peer, or `X-Forwarded-For` from a trusted proxy).
     pub(crate) client: IpAddr,
     pub(crate) now: i64,
+}
+
+/// What a handler leaves to the writer thread: its write, which also makes its answer. The router
+/// hands it over with `Writer::run_then` and answers the client from the writer once the write's
+/// group is on disk; the worker meanwhile takes its next request. For a handler whose answer
+/// waits for nothing but a durable write.
+pub(crate) type Deferred<T> = Box<dyn FnOnce(&Connection) -> Result<T, Error> + Send>;
+
+/// What a token says besides its account, fixed when the request arrived: a `Deferred` answer
+/// issues its token on the writer thread.
+struct TokenIssuer {
+    keys: Keys,
+    issuer: String,
+    audience: String,
+    now: i64,
+    lifetime: i64,
+}
+
+impl TokenIssuer {
+    fn issue(self, account: &Account) -> String {
+        let claims = jwt::Claims {
+            iss: self.issuer,
+            aud: self.audience,
+            sub: account.id.to_string(),
+            iat: self.now,
+            exp: self.now + self.lifetime,
+            nbf: None,
+            nickname: account.wx_nickname.clone(),
+            scopes: vec!["open".into()],
+            ver: account.token_version,
+        };
+        jwt::sign_with(&claims, &self.keys.keys[0])
+    }
 }
 
 /// The answer of `login` and `register`.
@@ -119,19 +156,18 @@ impl Ctx<'_> {
             .map_err(|retry_after| Error::RateLimited { retry_after })
     }
 
+    fn token_issuer(&self) -> TokenIssuer {
+        TokenIssuer {
+            keys: self.keys.clone(),
+            issuer: self.config.jwt.issuer.clone(),
+            audience: self.config.jwt.audience.clone(),
+            now: self.now,
+            lifetime: self.config.jwt.lifetime as i64,
+        }
+    }
+
     fn issue_token(&self, account: &Account) -> String {
-        let claims = jwt::Claims {
-            iss: self.config.jwt.issuer.clone(),
-            aud: self.config.jwt.audience.clone(),
-            sub: account.id.to_string(),
-            iat: self.now,
-            exp: self.now + self.config.jwt.lifetime as i64,
-            nbf: None,
-            nickname: account.wx_nickname.clone(),
-            scopes: vec!["open".into()],
-            ver: account.token_version,
-        };
-        jwt::sign_with(&claims, &self.keys.keys[0])
+        self.token_issuer().issue(account)
     }
 
     /// The account a token in an `Authorization` header names.
@@ -408,12 +444,13 @@ enum PhoneSource {
 }
 
 /// `POST register`: a phone (typed, legacy encrypted, or phone code) onto the account named by a
-/// token or, under the openid login policy, by openid.
+/// token or, under the openid login policy, by openid. Everything up to the write happens here,
+/// on the worker (WeChat included); the write, the token and the answer are `Deferred`.
 pub(crate) fn register(
     ctx: &Ctx,
     authorization: Option<&str>,
     body: &Map<String, Value>,
-) -> Result<SessionAnswer, Error> {
+) -> Result<Deferred<SessionAnswer>, Error> {
     let openid = optional_openid(body)?;
     let client_session_key = text(body, "session_key", MAX_SESSION_KEY)?;
     let code = text(body, "code", MAX_CODE)?;
@@ -483,16 +520,17 @@ pub(crate) fn register(
         Registration { phone, username: openid.clone(), wx_nickname, birthday, wx_gender };
     let known_id = token_account.map(|account| account.id);
     let (appid, ip, now) = (ctx.appid().to_string(), ctx.client_ip(), ctx.now);
-    let account = ctx.writer.run(move |connection| {
+    let issuer = ctx.token_issuer();
+    Ok(Box::new(move |connection| {
         let written =
             store::register(connection, known_id, &appid, &openid, &ip, now, &registration)?;
-        written.ok_or_else(|| match known_id {
+        let account = written.ok_or_else(|| match known_id {
             Some(id) => Error::Internal(format!("register: account {id} vanished")),
             None => Error::Internal("register: the account written is not there".into()),
-        })
-    })?;
-    let token = ctx.issue_token(&account);
-    Ok(SessionAnswer { account, token })
+        })?;
+        let token = issuer.issue(&account);
+        Ok(SessionAnswer { account, token })
+    }))
 }
 
 /// The token of `Authorization: jwt|JWT|Bearer <token>` (scheme case-insensitive, one space).

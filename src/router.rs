@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tiny_http::Request;
 
-use crate::api::{self, Ctx};
+use crate::api::{self, Ctx, Deferred};
 use crate::error::Error;
 use crate::{health, metrics};
 
@@ -25,6 +25,13 @@ pub(crate) enum Route {
     Logout,
     Verify,
     Me,
+}
+
+/// What a request gets: its reply now, or a write whose result is the reply (`api::Deferred`),
+/// for the server to hand to the writer.
+pub(crate) enum Handled {
+    Now(Reply),
+    Later(Deferred<Reply>),
 }
 
 /// A response, ready to be written by the server.
@@ -86,30 +93,38 @@ pub(crate) fn route(prefix: &str, method: &str, path: &str) -> Result<Route, Err
     }
 }
 
-/// Handles one request: routes it, reads its input, calls the handler, and builds the reply.
-pub(crate) fn handle(ctx: &Ctx, request: &mut Request) -> Reply {
+/// Handles one request: routes it, reads its input, calls the handler, and builds the reply, or
+/// the write that will make it.
+pub(crate) fn handle(ctx: &Ctx, request: &mut Request) -> Handled {
     let path = request.url().split('?').next().unwrap_or("");
     if let Some(reply) = operations(ctx, request.method().as_str(), path) {
-        return reply;
+        return Handled::Now(reply);
     }
     match dispatch(ctx, request) {
-        Ok(reply) => reply,
-        Err(error) => failure(&error),
+        Ok(handled) => handled,
+        Err(error) => Handled::Now(failure(&error)),
     }
 }
 
-fn dispatch(ctx: &Ctx, request: &mut Request) -> Result<Reply, Error> {
+/// The reply a deferred write's result makes (on the writer thread).
+pub(crate) fn reply_of(result: Result<Reply, Error>) -> Reply {
+    result.unwrap_or_else(|error| failure(&error))
+}
+
+fn dispatch(ctx: &Ctx, request: &mut Request) -> Result<Handled, Error> {
+    // Every route but register answers now.
+    let now = |reply: Result<Reply, Error>| reply.map(Handled::Now);
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let route = route(&ctx.config.prefix, request.method().as_str(), path)?;
     match route {
         Route::GetOpenidByCode => {
             let code = query_value(query, "code")?;
-            success(&api::get_openid_by_code(ctx, code.as_deref())?)
+            now(success(&api::get_openid_by_code(ctx, code.as_deref())?))
         }
         Route::IsOpenidRegistered => {
             let openid = query_value(query, "openid")?;
-            success(&api::is_openid_registered(ctx, openid.as_deref())?)
+            now(success(&api::is_openid_registered(ctx, openid.as_deref())?))
         }
         Route::Verify => {
             // No body is read: nginx's auth_request subrequests have none.
@@ -118,26 +133,27 @@ fn dispatch(ctx: &Ctx, request: &mut Request) -> Result<Reply, Error> {
                 Ok(answer) => {
                     let mut reply = success(&answer)?;
                     reply.headers.push((USER_ID_HEADER, answer.user_id.to_string()));
-                    Ok(reply)
+                    now(Ok(reply))
                 }
-                Err(error) if error.is_authentication() => Ok(unauthorized(&error)),
+                Err(error) if error.is_authentication() => now(Ok(unauthorized(&error))),
                 Err(error) => Err(error),
             }
         }
-        Route::Me => success(&api::me(ctx, header(request, "Authorization").as_deref())?),
+        Route::Me => now(success(&api::me(ctx, header(request, "Authorization").as_deref())?)),
         Route::Logout => {
             // The body, if any, is read (within the limit) and ignored.
             read_body(request, ctx.config.max_body_bytes, body_deadline(ctx))?;
-            success(&api::logout(ctx, header(request, "Authorization").as_deref())?)
+            now(success(&api::logout(ctx, header(request, "Authorization").as_deref())?))
         }
         Route::Login | Route::Register => {
             let body = read_body(request, ctx.config.max_body_bytes, body_deadline(ctx))?;
             let authorization = header(request, "Authorization");
             let authorization = authorization.as_deref();
             if route == Route::Login {
-                success(&api::login(ctx, authorization, &body)?)
+                now(success(&api::login(ctx, authorization, &body)?))
             } else {
-                success(&api::register(ctx, authorization, &body)?)
+                let write = api::register(ctx, authorization, &body)?;
+                Ok(Handled::Later(Box::new(move |connection| success(&write(connection)?))))
             }
         }
     }

@@ -4,6 +4,13 @@
 //! A worker takes one request at a time from tiny_http's queue and answers it completely before
 //! it looks at the stop flag, so a request in flight when the stop comes still gets its answer. A
 //! panic in a handler costs that request a 500, never the worker.
+//!
+//! A registration is answered by the writer thread instead (`router::Handled::Later`): the worker
+//! hands over the request with its write and takes the next one, and the writer answers right
+//! after the group commit, saving a wake of the worker per write. The writer never waits for a
+//! client: it sends what the socket takes at once, and a rest (only a client that is not reading
+//! its answers leaves one) goes to the `slow-answers` thread, which may wait. The writer drains
+//! its queue before it stops, so these requests too are answered at a graceful stop.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -13,7 +20,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
-use tiny_http::{Header, Request, Response, Server};
+use tiny_http::{Header, Request, Response, Server, Unsent};
 
 use crate::api::{Ctx, Keys};
 use crate::codes::RecentCodes;
@@ -21,7 +28,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::{METRICS, RouteLabel};
 use crate::ratelimit::RateLimiter;
-use crate::router::{self, Reply};
+use crate::router::{self, Handled, Reply};
 use crate::store::Writer;
 use crate::wechat::WeChat;
 
@@ -95,16 +102,18 @@ pub(crate) fn start(
     let server = Arc::new(server);
     let stop = Arc::new(AtomicBool::new(false));
     let (done, finished) = mpsc::channel();
+    let slow = start_slow_answers()?;
     let workers = readers.len();
     for (index, db) in readers.into_iter().enumerate() {
-        let (server, shared, writer, stop, done) =
-            (server.clone(), shared.clone(), writer.clone(), stop.clone(), done.clone());
+        let (server, shared, stop, done) =
+            (server.clone(), shared.clone(), stop.clone(), done.clone());
+        let worker = Worker { shared, db, writer: writer.clone(), slow: slow.clone() };
         thread::Builder::new()
             .name(format!("worker-{index}"))
             .spawn(move || {
                 while !stop.load(Ordering::Acquire) {
                     match server.recv_timeout(POLL) {
-                        Ok(Some(request)) => serve(&shared, &db, &writer, request),
+                        Ok(Some(request)) => worker.serve(request),
                         Ok(None) => {}
                         Err(error) => crate::log::warn(&format!(
                             "accepting a request failed: {}",
@@ -114,7 +123,7 @@ pub(crate) fn start(
                 }
                 // Requests already read when the stop came still get their answers.
                 while let Ok(Some(request)) = server.try_recv() {
-                    serve(&shared, &db, &writer, request);
+                    worker.serve(request);
                 }
                 let _ = done.send(());
             })
@@ -139,27 +148,70 @@ impl Running {
     }
 }
 
-fn serve(shared: &Shared, db: &Connection, writer: &Writer, mut request: Request) {
-    let started = Instant::now();
-    let peer = request.remote_addr().map(SocketAddr::ip).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    let forwarded_for = router::header(&request, "X-Forwarded-For");
-    let client = router::client_address(peer, forwarded_for.as_deref(), &shared.trusted_proxies);
-    let ctx = Ctx {
-        config: &shared.config,
-        db,
-        writer,
-        wechat: &shared.wechat,
-        codes: &shared.codes,
-        limiter: &shared.limiter,
-        keys: &shared.keys,
-        client,
-        now: crate::time::now(),
-    };
-    let reply = catch_unwind(AssertUnwindSafe(|| router::handle(&ctx, &mut request)))
-        .unwrap_or_else(|_| router::failure(&Error::Internal("a handler panicked".into())));
-    // Counted and logged before the answer is written, so a client that has its answer can
-    // rely on the metrics and the log already holding it. The duration is ours: it leaves out
-    // the time a slow client takes to read the answer.
+/// What one worker thread holds.
+struct Worker {
+    shared: Arc<Shared>,
+    /// The worker's own read connection.
+    db: Connection,
+    writer: Writer,
+    /// Where the rest of an answer the writer could not send at once goes.
+    slow: mpsc::Sender<Unsent>,
+}
+
+impl Worker {
+    fn serve(&self, mut request: Request) {
+        let started = Instant::now();
+        let peer =
+            request.remote_addr().map(SocketAddr::ip).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let forwarded_for = router::header(&request, "X-Forwarded-For");
+        let client =
+            router::client_address(peer, forwarded_for.as_deref(), &self.shared.trusted_proxies);
+        let ctx = Ctx {
+            config: &self.shared.config,
+            db: &self.db,
+            writer: &self.writer,
+            wechat: &self.shared.wechat,
+            codes: &self.shared.codes,
+            limiter: &self.shared.limiter,
+            keys: &self.shared.keys,
+            client,
+            now: crate::time::now(),
+        };
+        let handled = catch_unwind(AssertUnwindSafe(|| router::handle(&ctx, &mut request)))
+            .unwrap_or_else(|_| {
+                Handled::Now(router::failure(&Error::Internal("a handler panicked".into())))
+            });
+        match handled {
+            Handled::Now(reply) => {
+                let request = record(&self.shared, request, &reply, started, client);
+                respond(request, reply);
+            }
+            Handled::Later(write) => {
+                let (shared, slow) = (self.shared.clone(), self.slow.clone());
+                self.writer.run_then(write, move |result| {
+                    // On the writer thread, right after the group commit: it must not wait.
+                    let reply = router::reply_of(result);
+                    let request = record(&shared, request, &reply, started, client);
+                    if let Err(unsent) = request.respond_without_waiting(response(reply)) {
+                        // The slow-answers thread lives as long as any sender; this one is ours.
+                        let _ = slow.send(unsent);
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Counts and logs a request's reply before the answer is written, so a client that has its
+/// answer can rely on the metrics and the log already holding it. The duration is ours: it leaves
+/// out the time a slow client takes to read the answer.
+fn record(
+    shared: &Shared,
+    request: Request,
+    reply: &Reply,
+    started: Instant,
+    client: IpAddr,
+) -> Request {
     let duration = started.elapsed();
     // The query may hold a wx.login code: metrics and the log get the path only.
     let path = request.url().split('?').next().unwrap_or("");
@@ -174,10 +226,15 @@ fn serve(shared: &Shared, db: &Connection, writer: &Writer, mut request: Request
         error: reply.error.zip(reply.log.as_deref()),
         probe: route.is_probe(),
     });
-    respond(request, reply);
+    request
 }
 
 fn respond(request: Request, reply: Reply) {
+    // The client may have gone; nothing to do about that.
+    let _ = request.respond(response(reply));
+}
+
+fn response(reply: Reply) -> Response<std::io::Cursor<Vec<u8>>> {
     let mut response = Response::from_string(reply.body)
         .with_status_code(reply.status)
         .with_header(header("Content-Type", "application/json; charset=utf-8"))
@@ -185,8 +242,25 @@ fn respond(request: Request, reply: Reply) {
     for (name, value) in &reply.headers {
         response.add_header(header(name, value));
     }
-    // The client may have gone; nothing to do about that.
-    let _ = request.respond(response);
+    response
+}
+
+/// Starts the thread that finishes answers the writer could not send at once: it waits for each
+/// such client in turn, up to the connection's write timeout, so only clients that do not read
+/// their answers wait behind one another. It ends when the last sender (a worker, or an answer
+/// in the writer's queue) is gone.
+fn start_slow_answers() -> Result<mpsc::Sender<Unsent>, String> {
+    let (slow, answers) = mpsc::channel::<Unsent>();
+    thread::Builder::new()
+        .name("slow-answers".into())
+        .spawn(move || {
+            for unsent in answers {
+                // The client may have gone, or not read within the write timeout.
+                let _ = unsent.finish();
+            }
+        })
+        .map_err(|error| format!("cannot start the slow-answers thread: {error}"))?;
+    Ok(slow)
 }
 
 fn header(name: &str, value: &str) -> Header {

@@ -649,25 +649,28 @@ impl Writer {
         self.wait_for(Durability::Visible, write)
     }
 
+    /// Like `run`, but returns at once: `then` gets the result on the writer thread, once the
+    /// group is on disk (or has failed), so the caller need not wait for the writer to wake it.
+    /// `then` runs between the writer's groups, so it must never wait for anything (a client
+    /// socket above all); a panic in it is contained and logged.
+    pub(crate) fn run_then<T, F, G>(&self, write: F, then: G)
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+        G: FnOnce(Result<T, Error>) + Send + 'static,
+    {
+        self.queue(Durability::Synced, write, then);
+    }
+
     fn wait_for<T, F>(&self, durability: Durability, write: F) -> Result<T, Error>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
     {
         let (reply, answer) = mpsc::sync_channel::<Result<T, Error>>(1);
-        let run: Run = Box::new(move |connection| {
-            let result = run_in_savepoint(connection, write);
-            Box::new(move |committed| {
-                let result = match (result, committed) {
-                    (Ok(value), Ok(())) => Ok(value),
-                    (Ok(_), Err(error)) => Err(Error::Internal(format!("commit failed: {error}"))),
-                    (Err(error), _) => Err(error),
-                };
-                let _ = reply.send(result);
-            })
+        self.queue(durability, write, move |result| {
+            let _ = reply.send(result);
         });
-        let job = Job { durability, run };
-        self.jobs.send(job).map_err(|_| Error::Internal("the writer has stopped".into()))?;
         answer.recv().map_err(|_| Error::Internal("the writer dropped a write".into()))?
     }
 
@@ -677,16 +680,33 @@ impl Writer {
     where
         F: FnOnce(&Connection) -> Result<(), Error> + Send + 'static,
     {
+        self.queue(Durability::Visible, write, move |result| {
+            if let Err(error) = result {
+                crate::log::error(&format!("background write {what} failed: {error}"));
+            }
+        });
+    }
+
+    /// Hands `write` to the writer thread; `then` gets its result once its group has committed
+    /// (or failed). If the writer has stopped, `then` learns that at once, on this thread.
+    fn queue<T, F, G>(&self, durability: Durability, write: F, then: G)
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+        G: FnOnce(Result<T, Error>) + Send + 'static,
+    {
         let run: Run = Box::new(move |connection| {
             let result = run_in_savepoint(connection, write);
             Box::new(move |committed| {
-                if let Err(error) = result.as_ref().err().map_or(committed, Err) {
-                    crate::log::error(&format!("background write {what} failed: {error}"));
-                }
+                then(match (result, committed) {
+                    (Ok(value), Ok(())) => Ok(value),
+                    (Ok(_), Err(error)) => Err(Error::Internal(format!("commit failed: {error}"))),
+                    (Err(error), _) => Err(error),
+                })
             })
         });
-        if self.jobs.send(Job { durability: Durability::Visible, run }).is_err() {
-            crate::log::error(&format!("background write {what} dropped: the writer has stopped"));
+        if let Err(mpsc::SendError(job)) = self.jobs.send(Job { durability, run }) {
+            (job.run)(None)(Err(&Error::Internal("the writer has stopped".into())));
         }
     }
 }
@@ -696,7 +716,9 @@ fn run_in_savepoint<T>(
     connection: Option<&Connection>,
     write: impl FnOnce(&Connection) -> Result<T, Error>,
 ) -> Result<T, Error> {
-    let connection = connection.ok_or_else(|| Error::Internal("no write transaction".into()))?;
+    let connection = connection.ok_or_else(|| {
+        Error::Internal("no write transaction (the writer has stopped, or BEGIN failed)".into())
+    })?;
     execute(connection, "SAVEPOINT job")?;
     let result = catch_unwind(AssertUnwindSafe(|| write(connection)))
         .unwrap_or_else(|_| Err(Error::Internal("a write panicked".into())));
@@ -755,14 +777,14 @@ fn write_loop(connection: Connection, queue: mpsc::Receiver<Job>) {
                     let _ = connection.execute_batch("ROLLBACK");
                 }
                 for finish in finishers.drain(..) {
-                    finish(committed.as_ref().map(|_| ()));
+                    answer(finish, committed.as_ref().map(|_| ()));
                 }
             }
             Err(error) => {
                 crate::log::error(&format!("cannot begin a write transaction: {error}"));
                 // The jobs do not run; each still gets its answer (the error).
                 for job in group.drain(..) {
-                    (job.run)(None)(Err(&error));
+                    answer((job.run)(None), Err(&error));
                 }
             }
         }
@@ -771,6 +793,14 @@ fn write_loop(connection: Connection, queue: mpsc::Receiver<Job>) {
     // checkpoint fsyncs whatever was committed without a sync).
     if let Err(error) = connection.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
         crate::log::error(&format!("final WAL checkpoint failed: {error}"));
+    }
+}
+
+/// Gives one job its outcome. What a job does then (`Writer::run_then`) is not the writer's
+/// business: a panic there costs that answer, never the writer thread.
+fn answer(finish: Finish, committed: Result<(), &Error>) {
+    if catch_unwind(AssertUnwindSafe(|| finish(committed))).is_err() {
+        crate::log::error("a write's answer panicked on the writer thread");
     }
 }
 
