@@ -4,10 +4,11 @@
 //!
 //! Every handler validates its whole input before it calls WeChat or writes anything, so bad input
 //! leaves nothing half-written. `register` ends in a `Deferred`: its write and its answer are made
-//! on the writer thread, so the worker goes on to its next request instead of waiting there. Reads use the worker's connection (an account a write changes is
-//! read back in that write); writes go through the writer and are durable before the handler
-//! answers, except login bookkeeping (`last_login`, `last_ip`), whose answer shows the new values
-//! while the write completes in the background.
+//! on the writer thread, so the worker goes on to its next request instead of waiting there. Reads
+//! use the worker's connection (an account a write changes is read back in that write); writes go
+//! through the writer and are durable before the handler answers, except login bookkeeping
+//! (`last_login`, `last_ip`), whose answer shows the new values while the write completes in the
+//! background.
 
 use std::net::IpAddr;
 use std::sync::Arc;

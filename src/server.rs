@@ -10,7 +10,8 @@
 //! after the group commit, saving a wake of the worker per write. The writer never waits for a
 //! client: it sends what the socket takes at once, and a rest (only a client that is not reading
 //! its answers leaves one) goes to the `slow-answers` thread, which may wait. The writer drains
-//! its queue before it stops, so these requests too are answered at a graceful stop.
+//! its queue before it stops, so these requests too are answered at a graceful stop; only a rest
+//! still waiting for such a client when the process exits is cut off.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::panic::{AssertUnwindSafe, catch_unwind};

@@ -1274,4 +1274,46 @@ mod tests {
         drop(writer);
         handle.join().unwrap();
     }
+
+    #[test]
+    fn run_then_answers_on_the_writer_after_the_commit_and_survives_a_panicking_answer() {
+        let path = temp_database("run-then");
+        let (connection, _) = open_writer(&path).unwrap();
+        let (writer, handle) = Writer::start(connection);
+        let (sender, answers) = mpsc::channel();
+        let reader_path = path.clone();
+        writer.run_then(
+            |c| login_account(c, "wxa", "openid-1", "127.0.0.1", 100),
+            move |result| {
+                // Committed when `then` runs: another connection sees the account.
+                let reader = open_reader(&reader_path).unwrap();
+                let seen = account_by_openid(&reader, "wxa", "openid-1").unwrap().map(|a| a.id);
+                let thread = thread::current().name().map(str::to_string);
+                sender.send((result.unwrap(), seen, thread)).unwrap();
+            },
+        );
+        let (id, seen, thread) = answers.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(seen, Some(id));
+        assert_eq!(thread.as_deref(), Some("writer"));
+
+        // A failing write reaches `then` as its error, rolled back alone.
+        let (sender, answers) = mpsc::channel();
+        writer.run_then(
+            |c| {
+                login_account(c, "wxa", "openid-2", "127.0.0.1", 100)?;
+                Err::<(), _>(Error::InvalidParameter("boom".into()))
+            },
+            move |result| sender.send(result.is_err()).unwrap(),
+        );
+        assert!(answers.recv_timeout(Duration::from_secs(10)).unwrap());
+
+        // A panic in an answer costs that answer, not the writer: the next write still runs.
+        writer.run_then(|_| Ok(()), |_| panic!("an answer panics"));
+        let after = writer.run(|c| login_account(c, "wxa", "openid-3", "127.0.0.1", 100));
+        assert!(after.is_ok());
+        let reader = open_reader(&path).unwrap();
+        assert!(account_by_openid(&reader, "wxa", "openid-2").unwrap().is_none());
+        drop(writer);
+        handle.join().unwrap();
+    }
 }
