@@ -112,19 +112,27 @@ pub(crate) fn reply_of(result: Result<Reply, Error>) -> Reply {
 }
 
 fn dispatch(ctx: &Ctx, request: &mut Request) -> Result<Handled, Error> {
-    // Every route but register answers now.
-    let now = |reply: Result<Reply, Error>| reply.map(Handled::Now);
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let route = route(&ctx.config.prefix, request.method().as_str(), path)?;
+    if route == Route::Register {
+        let body = read_body(request, ctx.config.max_body_bytes, body_deadline(ctx))?;
+        let write = api::register(ctx, header(request, "Authorization").as_deref(), &body)?;
+        return Ok(Handled::Later(Box::new(move |connection| success(&write(connection)?))));
+    }
+    answer(ctx, request, route, query).map(Handled::Now)
+}
+
+/// The reply of every route but register, made on the worker.
+fn answer(ctx: &Ctx, request: &mut Request, route: Route, query: &str) -> Result<Reply, Error> {
     match route {
         Route::GetOpenidByCode => {
             let code = query_value(query, "code")?;
-            now(success(&api::get_openid_by_code(ctx, code.as_deref())?))
+            success(&api::get_openid_by_code(ctx, code.as_deref())?)
         }
         Route::IsOpenidRegistered => {
             let openid = query_value(query, "openid")?;
-            now(success(&api::is_openid_registered(ctx, openid.as_deref())?))
+            success(&api::is_openid_registered(ctx, openid.as_deref())?)
         }
         Route::Verify => {
             // No body is read: nginx's auth_request subrequests have none.
@@ -133,29 +141,23 @@ fn dispatch(ctx: &Ctx, request: &mut Request) -> Result<Handled, Error> {
                 Ok(answer) => {
                     let mut reply = success(&answer)?;
                     reply.headers.push((USER_ID_HEADER, answer.user_id.to_string()));
-                    now(Ok(reply))
+                    Ok(reply)
                 }
-                Err(error) if error.is_authentication() => now(Ok(unauthorized(&error))),
+                Err(error) if error.is_authentication() => Ok(unauthorized(&error)),
                 Err(error) => Err(error),
             }
         }
-        Route::Me => now(success(&api::me(ctx, header(request, "Authorization").as_deref())?)),
+        Route::Me => success(&api::me(ctx, header(request, "Authorization").as_deref())?),
         Route::Logout => {
             // The body, if any, is read (within the limit) and ignored.
             read_body(request, ctx.config.max_body_bytes, body_deadline(ctx))?;
-            now(success(&api::logout(ctx, header(request, "Authorization").as_deref())?))
+            success(&api::logout(ctx, header(request, "Authorization").as_deref())?)
         }
-        Route::Login | Route::Register => {
+        Route::Login => {
             let body = read_body(request, ctx.config.max_body_bytes, body_deadline(ctx))?;
-            let authorization = header(request, "Authorization");
-            let authorization = authorization.as_deref();
-            if route == Route::Login {
-                now(success(&api::login(ctx, authorization, &body)?))
-            } else {
-                let write = api::register(ctx, authorization, &body)?;
-                Ok(Handled::Later(Box::new(move |connection| success(&write(connection)?))))
-            }
+            success(&api::login(ctx, header(request, "Authorization").as_deref(), &body)?)
         }
+        Route::Register => unreachable!("register is deferred in dispatch"),
     }
 }
 

@@ -184,7 +184,7 @@ impl Worker {
             });
         match handled {
             Handled::Now(reply) => {
-                let request = record(&self.shared, request, &reply, started, client);
+                record(&self.shared, &request, &reply, started, client);
                 respond(request, reply);
             }
             Handled::Later(write) => {
@@ -192,7 +192,7 @@ impl Worker {
                 self.writer.run_then(write, move |result| {
                     // On the writer thread, right after the group commit: it must not wait.
                     let reply = router::reply_of(result);
-                    let request = record(&shared, request, &reply, started, client);
+                    record(&shared, &request, &reply, started, client);
                     if let Err(unsent) = request.respond_without_waiting(response(reply)) {
                         // The slow-answers thread lives as long as any sender; this one is ours.
                         let _ = slow.send(unsent);
@@ -206,13 +206,7 @@ impl Worker {
 /// Counts and logs a request's reply before the answer is written, so a client that has its
 /// answer can rely on the metrics and the log already holding it. The duration is ours: it leaves
 /// out the time a slow client takes to read the answer.
-fn record(
-    shared: &Shared,
-    request: Request,
-    reply: &Reply,
-    started: Instant,
-    client: IpAddr,
-) -> Request {
+fn record(shared: &Shared, request: &Request, reply: &Reply, started: Instant, client: IpAddr) {
     let duration = started.elapsed();
     // The query may hold a wx.login code: metrics and the log get the path only.
     let path = request.url().split('?').next().unwrap_or("");
@@ -227,7 +221,6 @@ fn record(
         error: reply.error.zip(reply.log.as_deref()),
         probe: route.is_probe(),
     });
-    request
 }
 
 fn respond(request: Request, reply: Reply) {
