@@ -6,6 +6,8 @@
 --   token PREFIX TOKEN        POST PREFIXlogin {} with Authorization: jwt TOKEN
 --   register PREFIX TAG       POST PREFIXregister with a typed phone and an openid never sent
 --                             before: oB<TAG>t<thread>n<counter>
+--   openid PREFIX TAG         POST PREFIXlogin with an openid never sent before, which creates
+--                             its account: oL<TAG>t<thread>n<counter>
 --   code PREFIX TAG           GET PREFIXget_openid_by_code?code=bench.<TAG>.<thread>.<counter>,
 --                             a code never sent before (the fake WeChat's codes are single-use)
 --
@@ -22,12 +24,16 @@ end
 
 local mode, prefix, argument
 local counter = 0
-local json_headers = { ["Content-Type"] = "application/json" }
 local plain_request
+-- A request made anew each time is built from constant pieces by concatenation alone:
+-- wrk.format builds a table of headers and formats each of them, which on 2 cores costs the
+-- server a few percent of the machine. The bytes sent are those wrk.format would send.
+local get_head, get_tail, post_head
 
 function init(args)
    mode, prefix, argument = args[1], args[2], args[3]
    math.randomseed(os.time() * 100 + (thread_number or 0))
+   get_head, get_tail = "GET ", " HTTP/1.1\r\nHost: " .. wrk.headers["Host"] .. "\r\n\r\n"
    if mode == "plain" then
       plain_request = wrk.format("GET")
    elseif mode == "select" then
@@ -37,7 +43,11 @@ function init(args)
    elseif mode == "token" then
       plain_request = wrk.format("POST", prefix .. "login",
          { ["Content-Type"] = "application/json", ["Authorization"] = "jwt " .. argument }, "{}")
-   elseif mode ~= "register" and mode ~= "code" then
+   elseif mode == "register" or mode == "openid" then
+      post_head = "POST " .. prefix .. (mode == "register" and "register" or "login")
+         .. " HTTP/1.1\r\nHost: " .. wrk.headers["Host"]
+         .. "\r\nContent-Type: application/json\r\nContent-Length: "
+   elseif mode ~= "code" then
       error("bench/wrk.lua: unknown mode " .. tostring(mode))
    end
 end
@@ -47,17 +57,20 @@ function request()
    if plain_request then
       return plain_request
    elseif mode == "select" then
-      return wrk.format("GET", "/select?openid=oBase" .. math.random(0, argument - 1))
+      return get_head .. "/select?openid=oBase" .. math.random(0, argument - 1) .. get_tail
    elseif mode == "registered" then
-      return wrk.format("GET",
-         prefix .. "is_openid_registered?openid=oSeed" .. math.random(0, argument - 1))
+      return get_head .. prefix .. "is_openid_registered?openid=oSeed"
+         .. math.random(0, argument - 1) .. get_tail
    elseif mode == "register" then
-      local openid = "oB" .. argument .. "t" .. thread_number .. "n" .. counter
-      return wrk.format("POST", prefix .. "register", json_headers,
-         '{"openid":"' .. openid .. '","phone":"13800138000","nickname":"bench"}')
+      local body = '{"openid":"oB' .. argument .. "t" .. thread_number .. "n" .. counter
+         .. '","phone":"13800138000","nickname":"bench"}'
+      return post_head .. #body .. "\r\n\r\n" .. body
+   elseif mode == "openid" then
+      local body = '{"openid":"oL' .. argument .. "t" .. thread_number .. "n" .. counter .. '"}'
+      return post_head .. #body .. "\r\n\r\n" .. body
    else
-      return wrk.format("GET", prefix .. "get_openid_by_code?code=bench." .. argument .. "."
-         .. thread_number .. "." .. counter)
+      return get_head .. prefix .. "get_openid_by_code?code=bench." .. argument .. "."
+         .. thread_number .. "." .. counter .. get_tail
    end
 end
 
