@@ -3,12 +3,12 @@
 //! included, so a handler can be called from a test without a socket.
 //!
 //! Every handler validates its whole input before it calls WeChat or writes anything, so bad input
-//! leaves nothing half-written. `register` ends in a `Deferred`: its write and its answer are made
-//! on the writer thread, so the worker goes on to its next request instead of waiting there. Reads
-//! use the worker's connection (an account a write changes is read back in that write); writes go
-//! through the writer and are durable before the handler answers, except login bookkeeping
-//! (`last_login`, `last_ip`), whose answer shows the new values while the write completes in the
-//! background.
+//! leaves nothing half-written. `register`, and a `login` that writes its account, end in a
+//! `Deferred`: its write and its answer are made on the writer thread, so the worker goes on to its
+//! next request instead of waiting there. Reads use the worker's connection (an account a write
+//! changes is read back in that write); writes go through the writer and are durable before the
+//! handler answers, except login bookkeeping (`last_login`, `last_ip`), whose answer shows the new
+//! values while the write completes in the background.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -87,6 +87,13 @@ pub(crate) struct Ctx<'a> {
 /// group is on disk; the worker meanwhile takes its next request. For a handler whose answer
 /// waits for nothing but a durable write.
 pub(crate) type Deferred<T> = Box<dyn FnOnce(&Connection) -> Result<T, Error> + Send>;
+
+/// A handler's answer when only some of its cases wait for a durable write: made now, or
+/// `Deferred`.
+pub(crate) enum Answer<T> {
+    Now(T),
+    Later(Deferred<T>),
+}
 
 /// What a token says besides its account, fixed when the request arrived: a `Deferred` answer
 /// issues its token on the writer thread.
@@ -270,20 +277,22 @@ impl Ctx<'_> {
     }
 
     /// In one durable write: the account `known_id`, or the one for `openid` (created if absent),
-    /// gets `change` and this login's bookkeeping; returns the account as committed. The account
-    /// is read back in the write, from pages the writer has just changed and still holds: read on
-    /// the worker's connection after the commit it cost a new read transaction, which empties that
-    /// connection's page cache after every commit and reads the pages again from the file (3
-    /// preads and ~10% more CPU per request, measured on bench/run's register row when
-    /// registration came through here; `store::register` reads back in its write the same way).
-    fn write_login(
+    /// gets `change` and this login's bookkeeping; the answer is the account as committed, with
+    /// its token. The account is read back in the write, from pages the writer has just changed
+    /// and still holds: read on the worker's connection after the commit it cost a new read
+    /// transaction, which empties that connection's page cache after every commit and reads the
+    /// pages again from the file (3 preads and ~10% more CPU per request, measured on bench/run's
+    /// register row when registration came through here; `store::register` reads back in its
+    /// write the same way).
+    fn login_write(
         &self,
         known_id: Option<i64>,
         openid: String,
         change: impl FnOnce(&Connection, i64) -> Result<(), Error> + Send + 'static,
-    ) -> Result<Account, Error> {
+    ) -> Deferred<SessionAnswer> {
         let (appid, ip, now) = (self.appid().to_string(), self.client_ip(), self.now);
-        self.writer.run(move |connection| {
+        let issuer = self.token_issuer();
+        Box::new(move |connection| {
             let id = match known_id {
                 Some(id) => {
                     store::touch_login(connection, id, &ip, now)?;
@@ -292,8 +301,10 @@ impl Ctx<'_> {
                 None => store::login_account(connection, &appid, &openid, &ip, now)?,
             };
             change(connection, id)?;
-            store::account_by_id(connection, id)?
-                .ok_or_else(|| Error::Internal(format!("account {id} vanished")))
+            let account = store::account_by_id(connection, id)?
+                .ok_or_else(|| Error::Internal(format!("account {id} vanished")))?;
+            let token = issuer.issue(&account);
+            Ok(SessionAnswer { account, token })
         })
     }
 
@@ -349,12 +360,14 @@ pub(crate) fn is_openid_registered(
     Ok(RegisteredAnswer { is_registered })
 }
 
-/// `POST login`: by token, else by openid under the openid login policy.
+/// `POST login`: by token, else by openid under the openid login policy. A bare token login is
+/// answered now (its bookkeeping need not be on disk first); a login that writes the account
+/// (creating it, or with profile fields) is answered by its durable write, like `register`.
 pub(crate) fn login(
     ctx: &Ctx,
     authorization: Option<&str>,
     body: &Map<String, Value>,
-) -> Result<SessionAnswer, Error> {
+) -> Result<Answer<SessionAnswer>, Error> {
     let openid = optional_openid(body)?;
     let session_key = text(body, "session_key", MAX_SESSION_KEY)?;
     let profile = Profile {
@@ -369,25 +382,24 @@ pub(crate) fn login(
     if let Some(account) = ctx.token_account(authorization, openid.is_some())? {
         // Profile fields sent with a token update the token's account, durably; a bare token
         // login only needs its bookkeeping, which may complete after the answer.
-        let account = if profile.is_empty() {
-            ctx.note_login(account)
-        } else {
-            let openid = account.wx_openid.clone();
-            ctx.write_login(Some(account.id), openid, move |connection, id| {
-                store::update_profile(connection, id, &profile)
-            })?
-        };
-        let token = ctx.issue_token(&account);
-        return Ok(SessionAnswer { account, token });
+        if profile.is_empty() {
+            let account = ctx.note_login(account);
+            let token = ctx.issue_token(&account);
+            return Ok(Answer::Now(SessionAnswer { account, token }));
+        }
+        let openid = account.wx_openid.clone();
+        return Ok(Answer::Later(ctx.login_write(
+            Some(account.id),
+            openid,
+            move |connection, id| store::update_profile(connection, id, &profile),
+        )));
     }
     let openid = openid.ok_or(Error::NotAuthenticated)?;
     ctx.check_openid_login(&openid, session_key.as_deref())?;
     ctx.rate_limit()?;
-    let account = ctx.write_login(None, openid, move |connection, id| {
+    Ok(Answer::Later(ctx.login_write(None, openid, move |connection, id| {
         store::update_profile(connection, id, &profile)
-    })?;
-    let token = ctx.issue_token(&account);
-    Ok(SessionAnswer { account, token })
+    })))
 }
 
 /// The answer of `logout`.

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tiny_http::Request;
 
-use crate::api::{self, Ctx, Deferred};
+use crate::api::{self, Answer, Ctx, Deferred};
 use crate::error::Error;
 use crate::{health, metrics};
 
@@ -115,15 +115,29 @@ fn dispatch(ctx: &Ctx, request: &mut Request) -> Result<Handled, Error> {
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let route = route(&ctx.config.prefix, request.method().as_str(), path)?;
-    if route == Route::Register {
-        let body = read_body(request, ctx.config.max_body_bytes, body_deadline(ctx))?;
-        let write = api::register(ctx, header(request, "Authorization").as_deref(), &body)?;
-        return Ok(Handled::Later(Box::new(move |connection| success(&write(connection)?))));
+    match route {
+        Route::Register => {
+            let body = read_body(request, ctx.config.max_body_bytes, body_deadline(ctx))?;
+            let write = api::register(ctx, header(request, "Authorization").as_deref(), &body)?;
+            Ok(later(write))
+        }
+        Route::Login => {
+            let body = read_body(request, ctx.config.max_body_bytes, body_deadline(ctx))?;
+            match api::login(ctx, header(request, "Authorization").as_deref(), &body)? {
+                Answer::Now(answer) => success(&answer).map(Handled::Now),
+                Answer::Later(write) => Ok(later(write)),
+            }
+        }
+        _ => answer(ctx, request, route, query).map(Handled::Now),
     }
-    answer(ctx, request, route, query).map(Handled::Now)
 }
 
-/// The reply of every route but register, made on the worker.
+/// The reply a deferred write makes, once it is on disk.
+fn later<T: Serialize + 'static>(write: Deferred<T>) -> Handled {
+    Handled::Later(Box::new(move |connection| success(&write(connection)?)))
+}
+
+/// The reply of every route but register and login, made on the worker.
 fn answer(ctx: &Ctx, request: &mut Request, route: Route, query: &str) -> Result<Reply, Error> {
     match route {
         Route::GetOpenidByCode => {
@@ -153,11 +167,7 @@ fn answer(ctx: &Ctx, request: &mut Request, route: Route, query: &str) -> Result
             read_body(request, ctx.config.max_body_bytes, body_deadline(ctx))?;
             success(&api::logout(ctx, header(request, "Authorization").as_deref())?)
         }
-        Route::Login => {
-            let body = read_body(request, ctx.config.max_body_bytes, body_deadline(ctx))?;
-            success(&api::login(ctx, header(request, "Authorization").as_deref(), &body)?)
-        }
-        Route::Register => unreachable!("register is deferred in dispatch"),
+        Route::Register | Route::Login => unreachable!("register and login answer in dispatch"),
     }
 }
 

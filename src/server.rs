@@ -5,13 +5,14 @@
 //! it looks at the stop flag, so a request in flight when the stop comes still gets its answer. A
 //! panic in a handler costs that request a 500, never the worker.
 //!
-//! A registration is answered by the writer thread instead (`router::Handled::Later`): the worker
-//! hands over the request with its write and takes the next one, and the writer answers right
-//! after the group commit, saving a wake of the worker per write. The writer never waits for a
-//! client: it sends what the socket takes at once, and a rest (only a client that is not reading
-//! its answers leaves one) goes to the `slow-answers` thread, which may wait. The writer drains
-//! its queue before it stops, so these requests too are answered at a graceful stop; only a rest
-//! still waiting for such a client when the process exits is cut off.
+//! A registration, and a login that writes its account, is answered by the writer thread instead
+//! (`router::Handled::Later`): the worker hands over the request with its write and takes the next
+//! one, and the writer answers right after the group commit, saving a wake of the worker per
+//! write. The writer never waits for a client: it sends what the socket takes at once, and a rest
+//! (only a client that is not reading its answers leaves one) goes to the `slow-answers` thread,
+//! which may wait. The writer drains its queue before it stops, so these requests too are answered
+//! at a graceful stop; only a rest still waiting for such a client when the process exits is cut
+//! off.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::panic::{AssertUnwindSafe, catch_unwind};

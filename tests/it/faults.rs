@@ -64,12 +64,25 @@ fn a_thousand_openids_from_32_clients_all_land() {
 
 #[test]
 fn acknowledged_registrations_survive_kill_9() {
+    acknowledged_writes_survive_kill_9("register", 1);
+}
+
+/// A first login by openid creates its account; with a phone it also writes a profile field.
+#[test]
+fn acknowledged_first_logins_survive_kill_9() {
+    acknowledged_writes_survive_kill_9("login", 0);
+}
+
+/// Loads `endpoint` with new openids and phones, kills the server mid-load 20 times, and checks
+/// that every account whose answer arrived is there after each restart, with its phone and
+/// `is_register`.
+fn acknowledged_writes_survive_kill_9(endpoint: &str, is_register: i64) {
     let env = [("WXAUTH_OPENID_LOGIN", "open")];
     let mut server = Wxauth::start(&env);
     let mut acknowledged: Vec<(String, String)> = Vec::new();
     for cycle in 0..20u64 {
         let acked = Arc::new(Mutex::new(Vec::new()));
-        let url = server.url("register");
+        let url = server.url(endpoint);
         let loaders: Vec<_> = (0..6)
             .map(|thread| {
                 let (url, acked) = (url.clone(), acked.clone());
@@ -106,7 +119,7 @@ fn acknowledged_registrations_survive_kill_9() {
                 statement.query_row([openid], |row| Ok((row.get(0)?, row.get(1)?))).unwrap_or_else(
                     |error| panic!("cycle {cycle}: acknowledged {openid} lost: {error}"),
                 );
-            assert_eq!(row, (phone.clone(), 1));
+            assert_eq!(row, (phone.clone(), is_register), "{endpoint} of {openid}");
         }
         // And it serves again.
         let openid = &acknowledged
