@@ -94,7 +94,8 @@ pub(crate) struct WechatConfig {
     pub(crate) connect_timeout_ms: u64,
     /// Whole-call timeout for calls to WeChat, milliseconds.
     pub(crate) timeout_ms: u64,
-    /// Calls to WeChat allowed in flight at once; more fail fast with `wechat_unavailable`.
+    /// Calls to WeChat allowed in flight at once; more wait while WeChat is answering, and fail
+    /// fast with `wechat_unavailable` when it is not.
     pub(crate) max_in_flight: usize,
 }
 

@@ -26,7 +26,8 @@ pub(crate) enum Error {
     WechatUserBlocked,
     /// Any other WeChat errcode; errcode and errmsg go to the log only.
     Wechat { api: &'static str, errcode: i64, errmsg: String },
-    /// WeChat could not be reached, answered garbage, was busy, or too many calls are in flight.
+    /// WeChat could not be reached, answered garbage, was busy, or too many calls are in flight
+    /// while it is not answering.
     WechatUnavailable { api: &'static str, reason: String },
     /// Neither a valid token nor a usable openid.
     NotAuthenticated,

@@ -106,7 +106,7 @@ pub(crate) enum WechatOutcome {
     ConnectionError,
     /// An answer that is not HTTP 200 with a JSON object, or is too large.
     BadAnswer,
-    /// Not sent: `wechat.max_in_flight` calls were already in flight.
+    /// Not sent: `wechat.max_in_flight` calls were in flight and WeChat was not answering.
     InFlightCap,
 }
 
@@ -421,7 +421,7 @@ impl Metrics {
             &mut out,
             "wxauth_wechat_calls_total",
             "counter",
-            "Calls to WeChat by API and outcome: ok, an errcode class (invalid_code, code_used, rate_limited, user_blocked, busy, other_errcode), a transport failure (timeout, refused, connection_error, bad_answer), or in_flight_cap (not sent: too many in flight).",
+            "Calls to WeChat by API and outcome: ok, an errcode class (invalid_code, code_used, rate_limited, user_blocked, busy, other_errcode), a transport failure (timeout, refused, connection_error, bad_answer), or in_flight_cap (not sent: too many in flight and WeChat not answering).",
         );
         for (api, outcomes) in WECHAT_APIS.iter().zip(&self.wechat_calls) {
             for (outcome, counter) in WECHAT_OUTCOMES.iter().zip(outcomes) {

@@ -6,11 +6,11 @@
 //! answers errors with HTTP 200 and an `errcode` (absent on some successes), sometimes as
 //! `text/plain`, so the body is parsed as JSON whatever its content type. errcode -1 (busy) is
 //! retried once; the documented user errors never are. Calls in flight are bounded separately from
-//! the worker pool, and a call past the bound fails at once. URLs carry the app secret or an access
-//! token, so nothing here ever logs a URL or lets ureq's error text (which may quote one) out.
+//! the worker pool (`Slots`): a call past the bound waits only while WeChat keeps answering, and
+//! fails at once when it does not. URLs carry the app secret or an access token, so nothing here
+//! ever logs a URL or lets ureq's error text (which may quote one) out.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -52,8 +52,9 @@ pub(crate) struct WeChat {
     base_url: String,
     appid: String,
     secret: String,
-    max_in_flight: usize,
-    in_flight: AtomicUsize,
+    slots: Slots,
+    /// The longest a call waits for a slot (`wechat.timeout_ms`, as long as a call may take).
+    wait_for_slot: Duration,
     /// The cached access token, shared by all workers. Held across a refresh, so that concurrent
     /// callers wait for one refresh instead of each asking WeChat.
     access_token: Mutex<Option<AccessToken>>,
@@ -61,12 +62,104 @@ pub(crate) struct WeChat {
     resolver: CachingResolver,
 }
 
-/// Counts a call as in flight until dropped.
-struct InFlight<'a>(&'a AtomicUsize);
+/// A call past `max_in_flight` waits for a slot only while some call has had an answer from
+/// WeChat within this long; when none has (WeChat hangs, or has not answered yet), it fails at
+/// once, so the workers beyond `max_in_flight` are taken by waiting calls for at most this long
+/// after WeChat stops answering.
+const ANSWERING_WINDOW: Duration = Duration::from_millis(50);
 
-impl Drop for InFlight<'_> {
+/// The bound on calls in flight. Failing every call past it at once kept workers free when WeChat
+/// hangs, but also failed a third of the requests of a burst of logins (bench/run's
+/// get_openid_by_code at 64 connections) while WeChat answered in a millisecond; waiting only
+/// while calls are being answered keeps the first and drops the second.
+struct Slots {
+    max: usize,
+    /// `ANSWERING_WINDOW`, but for tests.
+    window: Duration,
+    state: Mutex<SlotState>,
+    freed: Condvar,
+}
+
+struct SlotState {
+    in_flight: usize,
+    /// Calls waiting for a slot that none has been handed to yet.
+    waiting: usize,
+    /// Slots given back while calls were waiting, handed to them and not yet taken: a slot
+    /// freed while calls wait goes to one of them, not to whichever call asks next, so that a
+    /// waiting call is not woken for nothing.
+    handed: usize,
+    /// When a call last had an answer from WeChat (any HTTP answer, errcodes included; not a
+    /// timeout or a connection failure), or the client was made.
+    answered_at: Instant,
+}
+
+/// A slot taken by one call; given back when dropped.
+struct Slot<'a> {
+    slots: &'a Slots,
+    answered: bool,
+}
+
+impl Slots {
+    fn new(max: usize, window: Duration) -> Slots {
+        // Counted as an answer at start, so that a burst of logins right after a start waits
+        // as one a minute later would (at most ANSWERING_WINDOW, if WeChat never answers).
+        let state = SlotState { in_flight: 0, waiting: 0, handed: 0, answered_at: Instant::now() };
+        Slots { max, window, state: Mutex::new(state), freed: Condvar::new() }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A slot: at once if one is free; else the next one given back, as long as WeChat keeps
+    /// answering (an answer within `window`) and for at most `longest` in all. `None`: no slot.
+    fn take(&self, longest: Duration) -> Option<Slot<'_>> {
+        let slot = || Some(Slot { slots: self, answered: false });
+        let mut state = self.lock();
+        if state.in_flight < self.max {
+            state.in_flight += 1;
+            return slot();
+        }
+        let give_up = Instant::now() + longest;
+        state.waiting += 1;
+        loop {
+            if state.handed > 0 {
+                state.handed -= 1;
+                return slot();
+            }
+            let now = Instant::now();
+            let until = (state.answered_at + self.window).min(give_up);
+            match until.checked_duration_since(now) {
+                Some(timeout) if !timeout.is_zero() => {
+                    state = match self.freed.wait_timeout(state, timeout) {
+                        Ok((state, _)) => state,
+                        Err(poisoned) => poisoned.into_inner().0,
+                    };
+                }
+                _ => {
+                    // Not handed one (checked above), so still counted in `waiting`.
+                    state.waiting -= 1;
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut state = self.slots.lock();
+        if self.answered {
+            state.answered_at = Instant::now();
+        }
+        if state.waiting > 0 {
+            state.waiting -= 1;
+            state.handed += 1;
+            drop(state);
+            self.slots.freed.notify_one();
+        } else {
+            state.in_flight -= 1;
+        }
     }
 }
 
@@ -103,8 +196,8 @@ impl WeChat {
             base_url: base_url.trim_end_matches('/').to_string(),
             appid: appid.to_string(),
             secret: secret.to_string(),
-            max_in_flight: config.max_in_flight,
-            in_flight: AtomicUsize::new(0),
+            slots: Slots::new(config.max_in_flight, ANSWERING_WINDOW),
+            wait_for_slot: Duration::from_millis(config.timeout_ms),
             access_token: Mutex::new(None),
         }
     }
@@ -228,15 +321,14 @@ impl WeChat {
         }
     }
 
-    /// Makes one call (and, on errcode -1, one retry), bounded by `max_in_flight`, and returns the
-    /// answer's JSON once its errcode is 0 or absent.
+    /// Makes one call (and, on errcode -1, one retry) in a slot of `max_in_flight`, and returns
+    /// the answer's JSON once its errcode is 0 or absent.
     fn call(
         &self,
         api: &'static str,
         send: impl Fn(&ureq::Agent, &str) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<Value, Error> {
-        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.max_in_flight {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let Some(mut slot) = self.slots.take(self.wait_for_slot) else {
             crate::metrics::METRICS.wechat_call(
                 api,
                 WechatOutcome::InFlightCap,
@@ -244,17 +336,16 @@ impl WeChat {
             );
             return Err(Error::WechatUnavailable {
                 api,
-                reason: format!("{} calls already in flight", self.max_in_flight),
+                reason: format!("{} calls in flight and WeChat not answering", self.slots.max),
             });
-        }
-        let _in_flight = InFlight(&self.in_flight);
-        let result = match self.call_once(api, &send) {
-            Err((_, WechatOutcome::Busy)) => {
-                std::thread::sleep(BUSY_RETRY_DELAY);
-                self.call_once(api, &send)
-            }
-            other => other,
         };
+        let mut result = self.call_once(api, &send);
+        if matches!(result, Err((_, WechatOutcome::Busy))) {
+            slot.answered = true;
+            std::thread::sleep(BUSY_RETRY_DELAY);
+            result = self.call_once(api, &send);
+        }
+        slot.answered |= result.as_ref().map_or_else(|(_, outcome)| outcome.answered(), |_| true);
         result.map_err(|(error, _)| error)
     }
 
@@ -476,6 +567,106 @@ fn transport_outcome(error: &ureq::Error) -> WechatOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `in_flight`, `waiting` and `handed` of `slots`.
+    fn counts(slots: &Slots) -> (usize, usize, usize) {
+        let state = slots.lock();
+        (state.in_flight, state.waiting, state.handed)
+    }
+
+    /// Waits until `waiting` calls wait on `slots`.
+    fn until_waiting(slots: &Slots, waiting: usize) {
+        while counts(slots).1 + counts(slots).2 < waiting {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_call_past_the_bound_is_handed_the_next_slot_given_back() {
+        let slots = Slots::new(2, Duration::from_secs(60));
+        let (first, second) = (slots.take(Duration::ZERO), slots.take(Duration::ZERO));
+        assert!(first.is_some() && second.is_some());
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| slots.take(Duration::from_secs(60)));
+            until_waiting(&slots, 1);
+            assert_eq!(counts(&slots), (2, 1, 0));
+            drop(first);
+            let handed = waiter.join().unwrap().expect("handed the slot");
+            // Handed over, not freed: two in flight all along, the waiter's and `second`.
+            assert_eq!(counts(&slots), (2, 0, 0));
+            drop(handed);
+            assert_eq!(counts(&slots), (1, 0, 0));
+        });
+        drop(second);
+        assert_eq!(counts(&slots), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_call_past_the_bound_fails_at_once_when_nothing_was_answered_lately() {
+        let window = Duration::from_secs(10);
+        let slots = Slots::new(1, window);
+        let held = slots.take(Duration::ZERO).unwrap();
+        slots.lock().answered_at = Instant::now().checked_sub(2 * window).expect("up for 20 s");
+        let started = Instant::now();
+        assert!(slots.take(Duration::from_secs(60)).is_none());
+        // Not the window (10 s) nor the longest wait (60 s): at once.
+        assert!(started.elapsed() < Duration::from_secs(5), "waited {:?}", started.elapsed());
+        assert_eq!(counts(&slots), (1, 0, 0));
+        // A call that got no answer (a timeout) frees its slot without counting as an answer.
+        let before = slots.lock().answered_at;
+        drop(held);
+        assert_eq!(slots.lock().answered_at, before);
+        let mut answered = slots.take(Duration::ZERO).unwrap();
+        answered.answered = true;
+        drop(answered);
+        assert!(slots.lock().answered_at > before);
+    }
+
+    #[test]
+    fn a_waiting_call_gives_up_once_wechat_has_not_answered_for_the_window() {
+        let slots = Slots::new(1, Duration::from_millis(50));
+        let held = slots.take(Duration::ZERO).unwrap();
+        slots.lock().answered_at = Instant::now();
+        let started = Instant::now();
+        assert!(slots.take(Duration::from_secs(60)).is_none());
+        assert!(
+            started.elapsed() >= Duration::from_millis(40),
+            "gave up after {:?}",
+            started.elapsed()
+        );
+        assert_eq!(counts(&slots), (1, 0, 0));
+        // And never later than `longest`.
+        slots.lock().answered_at = Instant::now() + Duration::from_secs(60);
+        assert!(slots.take(Duration::from_millis(10)).is_none());
+        drop(held);
+        assert_eq!(counts(&slots), (0, 0, 0));
+    }
+
+    #[test]
+    fn slots_stay_bounded_and_balanced_under_contention() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let slots = Slots::new(2, Duration::from_secs(60));
+        let (holding, most, taken) =
+            (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    for _ in 0..500 {
+                        let mut slot = slots.take(Duration::from_secs(60)).expect("a slot");
+                        let now = holding.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::yield_now();
+                        holding.fetch_sub(1, Ordering::SeqCst);
+                        slot.answered = true;
+                        taken.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        assert_eq!(taken.into_inner(), 8 * 500);
+        assert_eq!(most.into_inner(), 2, "never more than the bound, and the bound reached");
+        assert_eq!(counts(&slots), (0, 0, 0));
+    }
 
     /// Regression: ureq resolved WeChat's host on every call, in a thread of its own.
     #[test]

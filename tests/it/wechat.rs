@@ -298,11 +298,44 @@ fn a_configured_appid_talks_to_the_configured_base_url() {
 }
 
 #[test]
-fn calls_past_max_in_flight_fail_at_once() {
+fn calls_past_max_in_flight_wait_while_wechat_answers() {
+    // One call at a time, and eight clients at once: before, seven of eight failed with 502.
+    let server = Wxauth::start(&[("WXAUTH_WECHAT_MAX_IN_FLIGHT", "1")]);
+    let (clients, each) = (8, 25);
+    let barrier = Barrier::new(clients);
+    let openids: Vec<Vec<String>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..clients)
+            .map(|client| {
+                let (server, barrier) = (&server, &barrier);
+                scope.spawn(move || {
+                    barrier.wait();
+                    (0..each)
+                        .map(|_| {
+                            let code = fresh_code(&format!("wechat-burst-{client}"));
+                            let answer = exchange(server, &code);
+                            assert_eq!(answer.status, 200, "{}", answer.body);
+                            answer.result()["openid"].as_str().unwrap().to_string()
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        threads.into_iter().map(|thread| thread.join().unwrap()).collect()
+    });
+    assert!(openids.iter().flatten().all(|openid| openid.len() == 28));
+    assert_eq!(server.fake("/fake/stats")["jscode2session"], clients * each);
+    assert_eq!(rows(&server, "wechat_sessions"), clients as i64);
+}
+
+#[test]
+fn calls_past_max_in_flight_fail_at_once_when_wechat_stops_answering() {
     let server = Wxauth::start(&[
         ("WXAUTH_WECHAT_MAX_IN_FLIGHT", "1"),
         ("WXAUTH_WECHAT_TIMEOUT_MS", "3000"),
     ]);
+    // WeChat has just answered: a call past the cap would wait for the slot while it keeps
+    // answering, and gives up once it has not for a moment (50 ms).
+    server.openid_for(&fresh_code("wechat-in-flight-before"));
     std::thread::scope(|scope| {
         let hanging = scope.spawn(|| {
             let started = Instant::now();
@@ -310,7 +343,7 @@ fn calls_past_max_in_flight_fail_at_once() {
         });
         // Wait until the hanging call has reached WeChat, and so holds the one slot.
         let deadline = Instant::now() + Duration::from_secs(2);
-        while server.fake("/fake/stats")["jscode2session"] != 1 {
+        while server.fake("/fake/stats")["jscode2session"] != 2 {
             assert!(Instant::now() < deadline, "the hanging call never reached the fake");
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -332,7 +365,7 @@ fn calls_past_max_in_flight_fail_at_once() {
         let (answer, elapsed) = hanging.join().unwrap();
         answer.assert_error(502, "wechat_unavailable");
         assert!(elapsed >= Duration::from_millis(2500), "the hang ended early: {elapsed:?}");
-        assert_eq!(server.fake("/fake/stats")["jscode2session"], 1, "the refused call never left");
+        assert_eq!(server.fake("/fake/stats")["jscode2session"], 2, "the refused call never left");
     });
     // The slot is free again.
     server.openid_for(&fresh_code("wechat-in-flight-after"));
