@@ -234,13 +234,16 @@ impl WeChat {
 
     /// Exchanges a phone `code` (from `getPhoneNumber`, base library 2.21.2 and later) for the
     /// user's phone number. Refreshes the access token once if WeChat says it is invalid (40001)
-    /// or expired (42001).
+    /// or expired (42001). One slot of `max_in_flight` covers the whole: a caller that waits for
+    /// another's token refresh holds a slot while it waits, so callers stuck behind a hung
+    /// `stable_token` are bounded like calls in flight, and do not take the workers kept free.
     pub(crate) fn phone_number(&self, phone_code: &str) -> Result<PhoneNumber, Error> {
         const API: &str = "getuserphonenumber";
+        let mut slot = self.slot(API)?;
         let mut refreshed = false;
         loop {
-            let token = self.access_token(false)?;
-            let result = self.call(API, |agent, base| {
+            let token = self.access_token(&mut slot, false)?;
+            let result = self.call_in(&mut slot, API, |agent, base| {
                 agent
                     .post(format!("{base}/wxa/business/getuserphonenumber"))
                     .query("access_token", &token)
@@ -254,7 +257,7 @@ impl WeChat {
                     if errcode == 40001 {
                         // Invalid rather than expired: the normal mode would hand back the same
                         // token, so ask for a new one.
-                        self.access_token(true)?;
+                        self.access_token(&mut slot, true)?;
                     }
                 }
                 Err(error) => return Err(error),
@@ -276,8 +279,9 @@ impl WeChat {
         }
     }
 
-    /// The current access token from `stable_token`, cached until shortly before it expires.
-    fn access_token(&self, force_refresh: bool) -> Result<String, Error> {
+    /// The current access token from `stable_token`, cached until shortly before it expires;
+    /// a refresh is called in the caller's `slot`.
+    fn access_token(&self, slot: &mut Slot<'_>, force_refresh: bool) -> Result<String, Error> {
         const API: &str = "stable_token";
         let mut cached = self.access_token.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(token) = cached.as_ref().filter(|token| Instant::now() < token.refresh_at)
@@ -285,7 +289,7 @@ impl WeChat {
         {
             return Ok(token.value.clone());
         }
-        let answer = self.call(API, |agent, base| {
+        let answer = self.call_in(slot, API, |agent, base| {
             agent
                 .post(format!("{base}/cgi-bin/stable_token"))
                 .content_type("application/json")
@@ -321,24 +325,39 @@ impl WeChat {
         }
     }
 
-    /// Makes one call (and, on errcode -1, one retry) in a slot of `max_in_flight`, and returns
-    /// the answer's JSON once its errcode is 0 or absent.
-    fn call(
-        &self,
-        api: &'static str,
-        send: impl Fn(&ureq::Agent, &str) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<Value, Error> {
-        let Some(mut slot) = self.slots.take(self.wait_for_slot) else {
+    /// A slot of `max_in_flight` for a call to `api`, or `wechat_unavailable`.
+    fn slot(&self, api: &'static str) -> Result<Slot<'_>, Error> {
+        self.slots.take(self.wait_for_slot).ok_or_else(|| {
             crate::metrics::METRICS.wechat_call(
                 api,
                 WechatOutcome::InFlightCap,
                 crate::time::now(),
             );
-            return Err(Error::WechatUnavailable {
+            Error::WechatUnavailable {
                 api,
                 reason: format!("{} calls in flight and WeChat not answering", self.slots.max),
-            });
-        };
+            }
+        })
+    }
+
+    /// Makes one call (and, on errcode -1, one retry) in a slot of its own; see `call_in`.
+    fn call(
+        &self,
+        api: &'static str,
+        send: impl Fn(&ureq::Agent, &str) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Value, Error> {
+        let mut slot = self.slot(api)?;
+        self.call_in(&mut slot, api, send)
+    }
+
+    /// Makes one call (and, on errcode -1, one retry) in `slot`, and returns the answer's JSON
+    /// once its errcode is 0 or absent.
+    fn call_in(
+        &self,
+        slot: &mut Slot<'_>,
+        api: &'static str,
+        send: impl Fn(&ureq::Agent, &str) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Value, Error> {
         let mut result = self.call_once(api, &send);
         if matches!(result, Err((_, WechatOutcome::Busy))) {
             slot.answered = true;

@@ -150,6 +150,68 @@ fn wechat_refusing_connections_is_unavailable_at_once() {
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
 }
 
+/// Regression: requests waiting for another's access token refresh waited on a lock, not in a
+/// slot of `wechat.max_in_flight`; behind a hung `stable_token` they took every worker.
+#[test]
+fn a_hung_token_refresh_leaves_other_endpoints_answering() {
+    // A WeChat that takes connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base_url = format!("http://{}", listener.local_addr().unwrap());
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let holder = held.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            holder.lock().unwrap().push(stream);
+        }
+    });
+    let server = Wxauth::start(&[
+        ("WXAUTH_WECHAT_APPID", "wxhungtoken"),
+        ("WXAUTH_WECHAT_SECRET", "hung-token-secret"),
+        ("WXAUTH_WECHAT_BASE_URL", &base_url),
+        ("WXAUTH_OPENID_LOGIN", "open"),
+        ("WXAUTH_WORKERS", "4"),
+        ("WXAUTH_WECHAT_MAX_IN_FLIGHT", "2"),
+        ("WXAUTH_WECHAT_TIMEOUT_MS", "2000"),
+    ]);
+    std::thread::scope(|scope| {
+        // As many phone-code registrations as there are workers; the first refreshes the token.
+        let registrations: Vec<_> = (0..4)
+            .map(|index| {
+                let server = &server;
+                scope.spawn(move || {
+                    let openid = format!("oHungTokenTest{index:014}");
+                    let body = json!({"openid": openid, "phone_code": format!("phone-{index}")});
+                    server.post("register", &body)
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while held.lock().unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "the refresh never reached WeChat");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        for _ in 0..5 {
+            let started = Instant::now();
+            let answer = server.get("is_openid_registered?openid=oSomebodyElse");
+            assert_eq!(answer.result(), &json!({"is_registered": false}));
+            // Behind the refresh, this waited for WeChat's 2 s timeout.
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "slowed to {:?}",
+                started.elapsed()
+            );
+        }
+        for registration in registrations {
+            registration.join().unwrap().assert_error(502, "wechat_unavailable");
+        }
+    });
+    // Nothing was written for the refused registrations.
+    let accounts: i64 =
+        server.database().query_row("SELECT count(*) FROM accounts", [], |row| row.get(0)).unwrap();
+    assert_eq!(accounts, 0);
+}
+
 #[test]
 fn stuck_wechat_calls_leave_other_endpoints_answering() {
     let server = Wxauth::start(&[
