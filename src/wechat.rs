@@ -62,10 +62,10 @@ pub(crate) struct WeChat {
     resolver: CachingResolver,
 }
 
-/// A call past `max_in_flight` waits for a slot only while some call has had an answer from
-/// WeChat within this long; when none has (WeChat hangs, or has not answered yet), it fails at
-/// once, so the workers beyond `max_in_flight` are taken by waiting calls for at most this long
-/// after WeChat stops answering.
+/// A call past `max_in_flight` waits for a slot only while WeChat is answering: calls have been
+/// in flight for less than this long without an answer. When they have (WeChat hangs), it fails
+/// at once, so the workers beyond `max_in_flight` are taken by waiting calls for at most this
+/// long after WeChat stops answering.
 const ANSWERING_WINDOW: Duration = Duration::from_millis(50);
 
 /// The bound on calls in flight. Failing every call past it at once kept workers free when WeChat
@@ -89,7 +89,9 @@ struct SlotState {
     /// waiting call is not woken for nothing.
     handed: usize,
     /// When a call last had an answer from WeChat (any HTTP answer, errcodes included; not a
-    /// timeout or a connection failure), or the client was made.
+    /// timeout or a connection failure), or a call started with none in flight: the time since is
+    /// how long calls have been in flight without an answer. (The last answer alone would be
+    /// minutes old after a quiet spell, and the first burst of logins after it would fail.)
     answered_at: Instant,
 }
 
@@ -101,8 +103,6 @@ struct Slot<'a> {
 
 impl Slots {
     fn new(max: usize, window: Duration) -> Slots {
-        // Counted as an answer at start, so that a burst of logins right after a start waits
-        // as one a minute later would (at most ANSWERING_WINDOW, if WeChat never answers).
         let state = SlotState { in_flight: 0, waiting: 0, handed: 0, answered_at: Instant::now() };
         Slots { max, window, state: Mutex::new(state), freed: Condvar::new() }
     }
@@ -112,11 +112,14 @@ impl Slots {
     }
 
     /// A slot: at once if one is free; else the next one given back, as long as WeChat keeps
-    /// answering (an answer within `window`) and for at most `longest` in all. `None`: no slot.
+    /// answering (see `answered_at`) and for at most `longest` in all. `None`: no slot.
     fn take(&self, longest: Duration) -> Option<Slot<'_>> {
         let slot = || Some(Slot { slots: self, answered: false });
         let mut state = self.lock();
         if state.in_flight < self.max {
+            if state.in_flight == 0 {
+                state.answered_at = Instant::now();
+            }
             state.in_flight += 1;
             return slot();
         }
@@ -639,6 +642,25 @@ mod tests {
         answered.answered = true;
         drop(answered);
         assert!(slots.lock().answered_at > before);
+    }
+
+    #[test]
+    fn the_first_burst_after_a_quiet_spell_waits_for_slots() {
+        let window = Duration::from_secs(10);
+        let slots = Slots::new(1, window);
+        // The last answer is long past, and nothing is in flight.
+        slots.lock().answered_at = Instant::now().checked_sub(2 * window).expect("up for 20 s");
+        let first = slots.take(Duration::ZERO).unwrap();
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| slots.take(Duration::from_secs(60)).is_some());
+            until_waiting(&slots, 1);
+            drop(first);
+            assert!(
+                waiter.join().unwrap(),
+                "the first call after the quiet spell started the clock"
+            );
+        });
+        assert_eq!(counts(&slots), (0, 0, 0));
     }
 
     #[test]
