@@ -333,8 +333,8 @@ fn calls_past_max_in_flight_fail_at_once_when_wechat_stops_answering() {
         ("WXAUTH_WECHAT_MAX_IN_FLIGHT", "1"),
         ("WXAUTH_WECHAT_TIMEOUT_MS", "3000"),
     ]);
-    // WeChat has just answered: a call past the cap would wait for the slot while it keeps
-    // answering, and gives up once it has not for a moment (50 ms).
+    // WeChat has just answered, yet a call past the cap does not wait for the hanging one: it
+    // gives up once the call in flight has gone 50 ms without an answer.
     server.openid_for(&fresh_code("wechat-in-flight-before"));
     std::thread::scope(|scope| {
         let hanging = scope.spawn(|| {
