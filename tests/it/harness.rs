@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -220,6 +220,18 @@ impl Wxauth {
         let answer = send(&self.agent, "GET", &format!("{fake}{path_and_query}"), &[], None);
         assert_eq!(answer.status, 200, "{answer:?}");
         answer.body
+    }
+
+    /// Checks that reads still answer while something else is stuck (WeChat, hostile clients):
+    /// five `is_openid_registered` requests, each answered correctly within `within`.
+    pub fn assert_reads_answer_within(&self, within: Duration) {
+        for _ in 0..5 {
+            let started = Instant::now();
+            let answer = self.get("is_openid_registered?openid=oNobodyWhileSomethingIsStuck");
+            assert_eq!(answer.result(), &serde_json::json!({"is_registered": false}));
+            let elapsed = started.elapsed();
+            assert!(elapsed < within, "answered after {elapsed:?}");
+        }
     }
 
     /// code → openid, through the API; returns the results object.

@@ -449,16 +449,7 @@ fn five_hundred_slow_connections_do_not_stop_an_honest_client() {
         }
         attackers.push(stream);
     }
-    for _ in 0..5 {
-        let started = Instant::now();
-        let answer = server.get("is_openid_registered?openid=oHonestClient00000000000001");
-        assert_eq!(answer.result(), &json!({"is_registered": false}));
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "answered after {:?}",
-            started.elapsed()
-        );
-    }
+    server.assert_reads_answer_within(Duration::from_secs(2));
     // And the attackers are let go once their time is up.
     let started = Instant::now();
     for stream in attackers.iter_mut().step_by(50) {
