@@ -313,9 +313,7 @@ impl Ctx<'_> {
         let (id, ip, now) = (account.id, self.client_ip(), self.now);
         account.last_login = Some(now);
         account.last_ip = Some(ip.clone());
-        self.writer.submit("login bookkeeping", move |connection| {
-            store::touch_login(connection, id, &ip, now)
-        });
+        self.writer.note_login(id, ip, now);
         account
     }
 }

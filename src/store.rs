@@ -5,15 +5,16 @@
 //! Every write goes through the one `Writer` connection, which commits in groups: it takes every
 //! job waiting, runs each in its own savepoint (a failing job rolls back alone), commits once, and
 //! only then answers each job. A write made with `Writer::run` is answered on disk
-//! (`synchronous = FULL`), many of them sharing one fsync; `run_visible` and `submit` writes (a
-//! WeChat session, login bookkeeping) are answered committed, and reach the disk with the next
-//! fsync or checkpoint. One account per WeChat identity is a unique index, never a
+//! (`synchronous = FULL`), many of them sharing one fsync; `run_visible` writes (a WeChat
+//! session) are answered once committed, and login bookkeeping (`note_login`, written at the start
+//! of the next group) is not waited for; both reach the disk with the next fsync or checkpoint. One account per WeChat identity is a unique index, never a
 //! check-then-insert.
 
+use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, ToSql, params};
 use serde::Serialize;
@@ -31,6 +32,12 @@ const MAX_GROUP: usize = 512;
 
 /// Pending writes the queue holds before workers wait to hand theirs over.
 const QUEUE_DEPTH: usize = 4096;
+
+/// A group commit with nothing in it but login bookkeeping waits until this long after the last
+/// commit. Every commit costs the writer a transaction and costs every worker's read connection
+/// its page cache (the next read finds the database changed); a bookkeeping commit per token
+/// login, thousands a second, cost both for writes nobody waits for.
+const BOOKKEEPING_EVERY: Duration = Duration::from_millis(20);
 
 /// An account, as the API shows it. Field names and formats are the original backend's.
 #[derive(Debug, Clone, Serialize)]
@@ -595,7 +602,8 @@ type Finish = Box<dyn FnOnce(Result<(), &Error>) + Send>;
 /// A write and how durable its acknowledgement must be.
 struct Job {
     durability: Durability,
-    run: Run,
+    /// `None`: nothing but the login bookkeeping waiting (`Writer::note_login`) to write.
+    run: Option<Run>,
 }
 
 /// When a write is acknowledged.
@@ -613,17 +621,54 @@ enum Durability {
 #[derive(Clone)]
 pub(crate) struct Writer {
     jobs: mpsc::SyncSender<Job>,
+    logins: Logins,
+}
+
+/// Login bookkeeping not yet written: the newest login per account, its time and address. Every
+/// group commit writes all of it first, in a savepoint of its own. Whoever finds it empty also
+/// queues an empty job, so that a group follows; everyone else finds that group on its way.
+/// Before, each token login queued a job of its own and woke the writer for it.
+#[derive(Clone, Default)]
+struct Logins(Arc<Mutex<HashMap<i64, (String, i64)>>>);
+
+impl Logins {
+    fn lock(&self) -> MutexGuard<'_, HashMap<i64, (String, i64)>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes what is waiting, in one write, and logs its failure. Runs in the group's transaction
+    /// (`None`: there is none, and what was waiting is lost, as a failed group's writes are).
+    fn write(&self, connection: Option<&Connection>) {
+        let waiting = std::mem::take(&mut *self.lock());
+        if waiting.is_empty() {
+            return;
+        }
+        let result = run_in_savepoint(connection, |connection| {
+            for (id, (ip, now)) in &waiting {
+                touch_login(connection, *id, ip, *now)?;
+            }
+            Ok(())
+        });
+        if let Err(error) = result {
+            crate::log::error(&format!(
+                "login bookkeeping of {} accounts failed: {error}",
+                waiting.len()
+            ));
+        }
+    }
 }
 
 impl Writer {
     /// Starts the writer thread on `connection` (from `open_writer`).
     pub(crate) fn start(connection: Connection) -> (Writer, thread::JoinHandle<()>) {
         let (jobs, queue) = mpsc::sync_channel(QUEUE_DEPTH);
+        let logins = Logins::default();
+        let waiting = logins.clone();
         let handle = thread::Builder::new()
             .name("writer".into())
-            .spawn(move || write_loop(connection, queue))
+            .spawn(move || write_loop(connection, queue, waiting))
             .expect("cannot start the writer thread");
-        (Writer { jobs }, handle)
+        (Writer { jobs, logins }, handle)
     }
 
     /// Runs `write` in the writer's transaction and returns its result once it is committed and
@@ -674,17 +719,20 @@ impl Writer {
         answer.recv().map_err(|_| Error::Internal("the writer dropped a write".into()))?
     }
 
-    /// Queues `write` without waiting for it (login bookkeeping); failures are logged. It is
-    /// fsynced with the next synced commit or checkpoint, like `run_visible`.
-    pub(crate) fn submit<F>(&self, what: &'static str, write: F)
-    where
-        F: FnOnce(&Connection) -> Result<(), Error> + Send + 'static,
-    {
-        self.queue(Durability::Visible, write, move |result| {
-            if let Err(error) = result {
-                crate::log::error(&format!("background write {what} failed: {error}"));
-            }
-        });
+    /// Records a login's bookkeeping (`touch_login`) without waiting for it: it is written first
+    /// in the next group commit, so every write queued after it sees it, and fsynced with the
+    /// next synced commit or checkpoint, like `run_visible`. Of several logins of one account
+    /// waiting for that commit, the last one recorded is written; failures are logged.
+    pub(crate) fn note_login(&self, id: i64, ip: String, now: i64) {
+        let mut waiting = self.logins.lock();
+        let first = waiting.is_empty();
+        waiting.insert(id, (ip, now));
+        drop(waiting);
+        if first {
+            // Taken by the group this job is in, or by an earlier one; either way it is written.
+            // The writer has stopped only once every handle is gone, and this is one.
+            let _ = self.jobs.send(Job { durability: Durability::Visible, run: None });
+        }
     }
 
     /// Hands `write` to the writer thread; `then` gets its result once its group has committed
@@ -705,8 +753,10 @@ impl Writer {
                 })
             })
         });
-        if let Err(mpsc::SendError(job)) = self.jobs.send(Job { durability, run }) {
-            (job.run)(None)(Err(&Error::Internal("the writer has stopped".into())));
+        if let Err(mpsc::SendError(Job { run: Some(run), .. })) =
+            self.jobs.send(Job { durability, run: Some(run) })
+        {
+            run(None)(Err(&Error::Internal("the writer has stopped".into())));
         }
     }
 }
@@ -737,18 +787,28 @@ fn execute(connection: &Connection, sql: &str) -> Result<(), Error> {
     Ok(())
 }
 
-fn write_loop(connection: Connection, queue: mpsc::Receiver<Job>) {
+fn write_loop(connection: Connection, queue: mpsc::Receiver<Job>, logins: Logins) {
     let mut group: Vec<Job> = Vec::with_capacity(MAX_GROUP);
     let mut finishers = Vec::with_capacity(MAX_GROUP);
     // What `open_writer` set; changed only when a group needs the other level.
     let mut synced = true;
+    // When the last group committed: one of login bookkeeping alone waits for BOOKKEEPING_EVERY
+    // since, and meanwhile for any write someone waits for.
+    let mut committed_at: Option<Instant> = None;
     while let Ok(first) = queue.recv() {
         group.push(first);
-        while group.len() < MAX_GROUP {
-            match queue.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
+        take_waiting(&queue, &mut group);
+        if let Some(at) = committed_at {
+            let until = at + BOOKKEEPING_EVERY;
+            while group.iter().all(|job| job.run.is_none()) {
+                let left = until.saturating_duration_since(Instant::now());
+                match queue.recv_timeout(left) {
+                    Ok(job) => group.push(job),
+                    // A stop (every handle gone) writes what is waiting at once.
+                    Err(_) => break,
+                }
             }
+            take_waiting(&queue, &mut group);
         }
         // One fsync per group when any job in it waits for one; none when none does. Set outside
         // the transaction, and only on a change.
@@ -765,10 +825,13 @@ fn write_loop(connection: Connection, queue: mpsc::Receiver<Job>) {
         let outcome = outcome.and_then(|()| execute(&connection, "BEGIN IMMEDIATE"));
         match outcome {
             Ok(()) => {
-                for job in group.drain(..) {
-                    finishers.push((job.run)(Some(&connection)));
-                }
+                // Before the jobs: a job queued after a login was recorded sees that login.
+                logins.write(Some(&connection));
+                finishers.extend(
+                    group.drain(..).filter_map(|job| job.run).map(|run| run(Some(&connection))),
+                );
                 let committed = execute(&connection, "COMMIT");
+                committed_at = Some(Instant::now());
                 if let Err(error) = &committed {
                     crate::log::error(&format!(
                         "group commit of {} writes failed: {error}",
@@ -782,9 +845,10 @@ fn write_loop(connection: Connection, queue: mpsc::Receiver<Job>) {
             }
             Err(error) => {
                 crate::log::error(&format!("cannot begin a write transaction: {error}"));
+                logins.write(None);
                 // The jobs do not run; each still gets its answer (the error).
-                for job in group.drain(..) {
-                    answer((job.run)(None), Err(&error));
+                for run in group.drain(..).filter_map(|job| job.run) {
+                    answer(run(None), Err(&error));
                 }
             }
         }
@@ -793,6 +857,16 @@ fn write_loop(connection: Connection, queue: mpsc::Receiver<Job>) {
     // checkpoint fsyncs whatever was committed without a sync).
     if let Err(error) = connection.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
         crate::log::error(&format!("final WAL checkpoint failed: {error}"));
+    }
+}
+
+/// Adds to `group` the jobs waiting in `queue`, up to `MAX_GROUP`.
+fn take_waiting(queue: &mpsc::Receiver<Job>, group: &mut Vec<Job>) {
+    while group.len() < MAX_GROUP {
+        match queue.try_recv() {
+            Ok(job) => group.push(job),
+            Err(_) => break,
+        }
     }
 }
 
@@ -1245,6 +1319,52 @@ mod tests {
             assert_eq!(level, 2, "FULL: answered after its fsync");
             let account = account_by_id(&reader, id).unwrap().unwrap();
             assert_eq!(account.last_login, Some(200 + round));
+        }
+        drop(writer);
+        handle.join().unwrap();
+    }
+
+    #[test]
+    fn noted_logins_are_written_newest_per_account_before_later_writes() {
+        let path = temp_database("logins");
+        let (connection, _) = open_writer(&path).unwrap();
+        let (writer, handle) = Writer::start(connection);
+        let first = writer.run(|c| login_account(c, "wxa", "openid-1", "127.0.0.1", 100)).unwrap();
+        let second = writer.run(|c| login_account(c, "wxa", "openid-2", "127.0.0.1", 100)).unwrap();
+        // Many logins, from many threads: the last one recorded for each account is written.
+        thread::scope(|scope| {
+            for thread in 0..4 {
+                let writer = writer.clone();
+                scope.spawn(move || {
+                    for round in 0..50 {
+                        writer.note_login(second, format!("10.0.{thread}.{round}"), 200 + round);
+                    }
+                });
+            }
+        });
+        writer.note_login(first, "192.0.2.1".into(), 300);
+        writer.note_login(first, "192.0.2.2".into(), 301);
+        // A write queued after them sees them, and so does every reader once it is answered.
+        let seen = writer
+            .run(move |c| Ok(account_by_id(c, first)?.and_then(|account| account.last_login)))
+            .unwrap();
+        assert_eq!(seen, Some(301));
+        let reader = open_reader(&path).unwrap();
+        let account = account_by_id(&reader, first).unwrap().unwrap();
+        assert_eq!(
+            (account.last_login, account.last_ip.as_deref()),
+            (Some(301), Some("192.0.2.2"))
+        );
+        let account = account_by_id(&reader, second).unwrap().unwrap();
+        assert_eq!(account.last_login, Some(249));
+        assert!(account.last_ip.as_deref().is_some_and(|ip| ip.ends_with(".49")), "{account:?}");
+        assert!(writer.logins.lock().is_empty(), "nothing left waiting");
+        // Noted with nothing queued after it, a login is still written by itself.
+        writer.note_login(first, "192.0.2.3".into(), 400);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while account_by_id(&reader, first).unwrap().unwrap().last_login != Some(400) {
+            assert!(std::time::Instant::now() < deadline, "the login was never written");
+            thread::sleep(Duration::from_millis(5));
         }
         drop(writer);
         handle.join().unwrap();
