@@ -792,8 +792,8 @@ fn write_loop(connection: Connection, queue: mpsc::Receiver<Job>, logins: Logins
     let mut finishers = Vec::with_capacity(MAX_GROUP);
     // What `open_writer` set; changed only when a group needs the other level.
     let mut synced = true;
-    // When the last group committed: one of login bookkeeping alone waits for BOOKKEEPING_EVERY
-    // since, and meanwhile for any write someone waits for.
+    // When the last group committed. A group of nothing but login bookkeeping waits until
+    // BOOKKEEPING_EVERY after it, and goes at once when a write that is waited for arrives.
     let mut committed_at: Option<Instant> = None;
     while let Ok(first) = queue.recv() {
         group.push(first);
@@ -1366,6 +1366,37 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "the login was never written");
             thread::sleep(Duration::from_millis(5));
         }
+        drop(writer);
+        handle.join().unwrap();
+    }
+
+    #[test]
+    fn logins_alone_commit_at_most_once_per_bookkeeping_interval() {
+        let path = temp_database("logins-interval");
+        let (connection, _) = open_writer(&path).unwrap();
+        let (writer, handle) = Writer::start(connection);
+        let id = writer.run(|c| login_account(c, "wxa", "openid-1", "127.0.0.1", 100)).unwrap();
+        // Commits counted by the WAL's frames (no checkpoint runs below 1000), each of these
+        // commits writing the same page(s): one bookkeeping commit's worth first.
+        let frames =
+            || (std::fs::metadata(format!("{path}-wal")).unwrap().len() - 32) / (24 + 4096);
+        let before = frames();
+        writer.note_login(id, "192.0.2.1".into(), 101);
+        writer.run(|_| Ok(())).unwrap();
+        let per_commit = frames() - before;
+        assert!(per_commit > 0);
+        // 100 logins a millisecond or more apart: one commit each without the interval.
+        let (before, started) = (frames(), std::time::Instant::now());
+        for round in 0..100 {
+            writer.note_login(id, "192.0.2.2".into(), 200 + round);
+            thread::sleep(Duration::from_millis(1));
+        }
+        let most = started.elapsed().as_millis() / BOOKKEEPING_EVERY.as_millis() + 2;
+        writer.run(|_| Ok(())).unwrap();
+        let commits = (frames() - before) / per_commit;
+        assert!(commits as u128 <= most, "{commits} commits, at most {most} expected");
+        let reader = open_reader(&path).unwrap();
+        assert_eq!(account_by_id(&reader, id).unwrap().unwrap().last_login, Some(299));
         drop(writer);
         handle.join().unwrap();
     }
