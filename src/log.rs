@@ -1,5 +1,6 @@
-//! Log lines on stderr, one write each: plain (`time LEVEL message`) or one JSON object per line,
-//! filtered by level, and the access log (one line per request). Callers pass text that is already
+//! Log lines on stderr, whole lines in each write: plain (`time LEVEL message`) or one JSON object
+//! per line, filtered by level, and the access log (one line per request; those at info and debug
+//! are written a few at a time, see `WAITING`). Callers pass text that is already
 //! free of secrets; this module adds the time and the level, and escapes what a client sent (the
 //! method and path) so that no request can forge or break a line.
 //!
@@ -12,6 +13,7 @@ use std::fmt::Write as _;
 use std::io::Write;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -42,9 +44,68 @@ fn level_name(level: LogLevel) -> &'static str {
     }
 }
 
+/// Writes `text` now, after the access lines waiting (so lines stay in order).
 fn write(text: String) {
-    // One write per line, so lines from different threads do not interleave.
-    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    let mut waiting = lock_waiting();
+    waiting.push_str(&text);
+    write_out(&mut waiting);
+}
+
+/// Access lines at info and debug wait here, and are written together: by the `log-flush` thread
+/// `FLUSH_AFTER` after the first of them arrived, by whoever makes them more than `MAX_WAITING`
+/// bytes, or before any other line. A write per access line cost about a tenth of the throughput
+/// of `is_openid_registered` and a quarter of its p99 at 16 connections (bench/run); the other
+/// lines, failures' access lines among them, are written before the request is answered.
+static WAITING: Mutex<String> = Mutex::new(String::new());
+static ARRIVED: Condvar = Condvar::new();
+/// Whether the `log-flush` thread runs; started with the first access line.
+static FLUSHER: OnceLock<bool> = OnceLock::new();
+const FLUSH_AFTER: Duration = Duration::from_millis(20);
+const MAX_WAITING: usize = 32 * 1024;
+
+fn lock_waiting() -> MutexGuard<'static, String> {
+    WAITING.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One write of everything waiting (held locked, so that no line overtakes another).
+fn write_out(waiting: &mut String) {
+    if !waiting.is_empty() {
+        let _ = std::io::stderr().lock().write_all(waiting.as_bytes());
+        waiting.clear();
+    }
+}
+
+/// Adds an access line to those waiting.
+fn write_later(text: &str) {
+    let flushing = *FLUSHER.get_or_init(|| {
+        let flusher = std::thread::Builder::new().name("log-flush".into()).spawn(|| {
+            loop {
+                let mut waiting = lock_waiting();
+                while waiting.is_empty() {
+                    waiting =
+                        ARRIVED.wait(waiting).unwrap_or_else(|poisoned| poisoned.into_inner());
+                }
+                drop(waiting);
+                std::thread::sleep(FLUSH_AFTER);
+                write_out(&mut lock_waiting());
+            }
+        });
+        flusher.is_ok()
+    });
+    let mut waiting = lock_waiting();
+    let first = waiting.is_empty();
+    waiting.push_str(text);
+    // Without the thread (it could not start), no line waits.
+    if waiting.len() > MAX_WAITING || !flushing {
+        write_out(&mut waiting);
+    } else if first {
+        ARRIVED.notify_one();
+    }
+}
+
+/// Writes the access lines waiting: at exit, so that none is lost.
+pub(crate) fn flush() {
+    write_out(&mut lock_waiting());
 }
 
 /// `yyyy-mm-ddTHH:MM:SSZ`, which log collectors read without being told the format.
@@ -135,9 +196,11 @@ pub(crate) fn access(entry: &Access) {
             fields.insert("error".into(), name.into());
             fields.insert("detail".into(), detail.into());
         }
-        write(json_line(level, fields));
+        let text = json_line(level, fields);
+        if level <= LogLevel::Info { write_later(&text) } else { write(text) }
     } else {
-        write(plain_access_line(entry, level));
+        let text = plain_access_line(entry, level);
+        if level <= LogLevel::Info { write_later(&text) } else { write(text) }
     }
 }
 

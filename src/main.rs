@@ -230,6 +230,8 @@ fn main() -> ExitCode {
         Command::Migrate { config } => config::load(config.as_deref())
             .and_then(|config| to_stdout(|out| admin::migrate(&config, out))),
     };
+    // Access lines still waiting to be written (log.rs) go out before the process ends.
+    log::flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

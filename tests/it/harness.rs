@@ -188,6 +188,26 @@ impl Wxauth {
         std::fs::read_to_string(self.dir.0.join("stderr.log")).unwrap_or_default()
     }
 
+    /// The log once `ready` holds for it, waiting at most 5 s. An answered request's access line
+    /// reaches the log within moments of the answer, not before it (README), unless it is a
+    /// failure on wxauth's side; a check that a line is absent waits for a later line first.
+    pub fn log_when(&self, what: &str, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = self.stderr();
+            if ready(&log) {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "the log never showed {what}:\n{log}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The log once it contains `needle` (see `log_when`).
+    pub fn log_containing(&self, needle: &str) -> String {
+        self.log_when(&format!("{needle:?}"), |log| log.contains(needle))
+    }
+
     pub fn url(&self, endpoint: &str) -> String {
         format!("{}{}{}", self.base, self.prefix, endpoint)
     }

@@ -400,7 +400,7 @@ fn plain_access_lines_have_path_status_and_duration_but_never_the_query() {
     server
         .get("get_openid_by_code?code=fake-40029.SECRETVALUE")
         .assert_error(403, "wechat_code_invalid");
-    let log = server.stderr();
+    let log = server.log_containing("wechat_code_invalid");
     assert!(!log.contains("SECRETVALUE"), "a code reached the log:\n{log}");
     let lines = access_lines(&log);
     assert_eq!(lines.len(), 2, "{log}");
@@ -428,7 +428,7 @@ fn json_access_lines_parse_and_never_hold_the_query() {
     server
         .get("get_openid_by_code?code=fake-40029.SECRETVALUE")
         .assert_error(403, "wechat_code_invalid");
-    let log = server.stderr();
+    let log = server.log_containing("wechat_code_invalid");
     assert!(!log.contains("SECRETVALUE"), "a code reached the log:\n{log}");
     let lines: Vec<Value> = log
         .lines()
@@ -456,6 +456,24 @@ fn json_access_lines_parse_and_never_hold_the_query() {
     assert_eq!(access[1]["detail"], "wechat: code invalid (40029)");
 }
 
+/// Access lines at info wait a moment to be written together; a failure on wxauth's side is in
+/// the log when its answer arrives, after every line before it.
+#[test]
+fn a_failure_is_logged_before_its_answer_and_after_the_lines_before_it() {
+    let server = Wxauth::start(&[]);
+    for openid in ["oFirst", "oSecond"] {
+        server.get(&format!("is_openid_registered?openid={openid}")).result();
+    }
+    server
+        .get(&format!("get_openid_by_code?code={}", fresh_code("fake-500")))
+        .assert_error(502, "wechat_unavailable");
+    let log = server.stderr();
+    let lines = access_lines(&log);
+    assert_eq!(lines.len(), 3, "{log}");
+    assert!(lines[0].contains(" INFO ") && lines[1].contains(" INFO "), "{log}");
+    assert!(lines[2].contains(" WARN 127.0.0.1 GET /miniprog/wx_auth/get_openid_by_code 502 "));
+}
+
 #[test]
 fn log_level_warn_hides_info_lines_but_not_failures() {
     let server = Wxauth::start(&[("WXAUTH_LOG_LEVEL", "warn")]);
@@ -476,14 +494,15 @@ fn probes_log_at_debug_and_access_false_keeps_only_failures() {
     let server = Wxauth::start(&[("WXAUTH_LOG_LEVEL", "debug")]);
     assert_eq!(get(&server, "/healthz").status, 200);
     assert_eq!(get(&server, "/metrics").status, 200);
-    let log = server.stderr();
+    let log = server.log_containing(" DEBUG 127.0.0.1 GET /metrics 200 ");
     assert!(log.contains(" DEBUG 127.0.0.1 GET /healthz 200 "), "{log}");
     assert!(log.contains(" DEBUG 127.0.0.1 GET /metrics 200 "), "{log}");
 
     let server = Wxauth::start(&[]);
     assert_eq!(get(&server, "/healthz").status, 200);
     server.get("is_openid_registered?openid=oSeen").result();
-    let log = server.stderr();
+    // After the probe's line, had it been written.
+    let log = server.log_containing("GET /miniprog/wx_auth/is_openid_registered 200");
     assert!(!log.contains("/healthz"), "probes are debug:\n{log}");
     assert_eq!(access_lines(&log).len(), 1, "{log}");
 

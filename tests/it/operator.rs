@@ -88,7 +88,9 @@ fn the_access_log_has_no_codes_or_tokens() {
     let login = server.post("login", &json!({ "openid": openid })).result().clone();
     let token = login["token"].as_str().unwrap();
     server.post_with("login", &json!({}), &[("Authorization", &format!("jwt {token}"))]).result();
-    let log = server.stderr();
+    let log = server.log_when("both logins", |log| {
+        log.matches("POST /miniprog/wx_auth/login 200").count() == 2
+    });
     assert!(log.contains("GET /miniprog/wx_auth/get_openid_by_code 200"), "{log}");
     assert!(!log.contains(&code), "the wx.login code leaked into the log");
     assert!(!log.contains(token), "the token leaked into the log");

@@ -28,20 +28,6 @@ fn exchange(server: &Wxauth, code: &str) -> Answer {
     server.get(&format!("get_openid_by_code?code={code}"))
 }
 
-/// Waits (at most 5 s) until the server's log contains `needle`: the access log line is written
-/// just after the answer, so it may lag the response by a moment.
-fn wait_for_log(server: &Wxauth, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let log = server.stderr();
-        if log.contains(needle) {
-            return log;
-        }
-        assert!(Instant::now() < deadline, "the log never mentioned {needle:?}: {log}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn documented_errcodes_map_to_their_errors() {
     let server = Wxauth::start(&[]);
@@ -68,7 +54,7 @@ fn another_errcode_is_wechat_error_and_only_the_log_names_it() {
     let body = answer.body.to_string();
     assert!(!body.contains("40013"), "the errcode reached the client: {body}");
     assert!(!body.contains("fake errcode"), "the errmsg reached the client: {body}");
-    wait_for_log(&server, "40013");
+    server.log_containing("40013");
     assert_eq!(calls(&server, "jscode2session"), 1);
     assert_eq!(rows(&server, "wechat_sessions"), 0);
 }
@@ -138,7 +124,7 @@ fn a_hanging_wechat_times_out_as_unavailable() {
     answer.assert_error(502, "wechat_unavailable");
     assert!(elapsed >= Duration::from_millis(450), "answered before the timeout: {elapsed:?}");
     assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
-    wait_for_log(&server, "timeout");
+    server.log_containing("timeout");
     assert_eq!(rows(&server, "wechat_sessions"), 0);
 }
 
