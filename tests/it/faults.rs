@@ -175,7 +175,7 @@ fn a_hung_token_refresh_leaves_other_endpoints_answering() {
     ]);
     std::thread::scope(|scope| {
         // As many phone-code registrations as there are workers; the first refreshes the token.
-        // The two past the cap wait for a slot at most the second the answering window allows.
+        // The two past the cap wait for a slot for at most the answering window (1 s), then fail.
         let registrations: Vec<_> = (0..4)
             .map(|index| {
                 let server = &server;
