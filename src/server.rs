@@ -206,8 +206,8 @@ impl Worker {
 
 /// Counts and logs a request's reply before the answer is written, so a client that has its
 /// answer can rely on the metrics holding it, and on the log when it is a failure on our side (the
-/// other access lines wait a moment to be written together, log.rs). The duration is ours: it leaves
-/// out the time a slow client takes to read the answer.
+/// other access lines wait a moment to be written together, log.rs). The duration is ours: it
+/// leaves out the time a slow client takes to read the answer.
 fn record(shared: &Shared, request: &Request, reply: &Reply, started: Instant, client: IpAddr) {
     let duration = started.elapsed();
     // The query may hold a wx.login code: metrics and the log get the path only.

@@ -7,8 +7,8 @@
 //! only then answers each job. A write made with `Writer::run` is answered on disk
 //! (`synchronous = FULL`), many of them sharing one fsync; `run_visible` writes (a WeChat
 //! session) are answered once committed, and login bookkeeping (`note_login`, written at the start
-//! of the next group) is not waited for; both reach the disk with the next fsync or checkpoint. One account per WeChat identity is a unique index, never a
-//! check-then-insert.
+//! of the next group) is not waited for; both reach the disk with the next fsync or checkpoint.
+//! One account per WeChat identity is a unique index, never a check-then-insert.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -1361,9 +1361,9 @@ mod tests {
         assert!(writer.logins.lock().is_empty(), "nothing left waiting");
         // Noted with nothing queued after it, a login is still written by itself.
         writer.note_login(first, "192.0.2.3".into(), 400);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(10);
         while account_by_id(&reader, first).unwrap().unwrap().last_login != Some(400) {
-            assert!(std::time::Instant::now() < deadline, "the login was never written");
+            assert!(Instant::now() < deadline, "the login was never written");
             thread::sleep(Duration::from_millis(5));
         }
         drop(writer);
@@ -1386,7 +1386,7 @@ mod tests {
         let per_commit = frames() - before;
         assert!(per_commit > 0);
         // 100 logins a millisecond or more apart: one commit each without the interval.
-        let (before, started) = (frames(), std::time::Instant::now());
+        let (before, started) = (frames(), Instant::now());
         for round in 0..100 {
             writer.note_login(id, "192.0.2.2".into(), 200 + round);
             thread::sleep(Duration::from_millis(1));
