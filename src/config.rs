@@ -72,6 +72,9 @@ pub(crate) struct Config {
     pub(crate) request_timeout_ms: u64,
     /// Time an open connection may sit without starting a request, in milliseconds.
     pub(crate) idle_timeout_ms: u64,
+    /// Most client connections open at once; 0 sizes it from the open-file limit
+    /// (`Config::connections_for`).
+    pub(crate) max_connections: usize,
     /// On SIGTERM/SIGINT, time requests in flight get to finish, in milliseconds.
     pub(crate) shutdown_timeout_ms: u64,
     pub(crate) wechat: WechatConfig,
@@ -152,6 +155,25 @@ pub(crate) const MIN_JWT_SECRET_BYTES: usize = 32;
 /// The appid the fake WeChat and demo mode use.
 pub(crate) const DEMO_APPID: &str = "wxdemo";
 
+impl Config {
+    /// The largest `max_connections`: each open connection has a thread of its own.
+    pub(crate) const MOST_CONNECTIONS: usize = 65_536;
+    /// `max_connections` when it is left at 0: what the open-file limit allows, at most this.
+    pub(crate) const DEFAULT_MOST_CONNECTIONS: usize = 4096;
+
+    /// How many client connections may be open at once under an open-file limit of
+    /// `open_files`: `max_connections` when set, else what the limit leaves after the
+    /// database, WeChat and log files (each connection takes two descriptors), at least 16.
+    pub(crate) fn connections_for(&self, open_files: u64) -> usize {
+        if self.max_connections > 0 {
+            return self.max_connections;
+        }
+        let reserved = 64 + 4 * self.workers as u64;
+        let usable = open_files.saturating_sub(reserved) / 2;
+        usable.clamp(16, Config::DEFAULT_MOST_CONNECTIONS as u64) as usize
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -166,6 +188,7 @@ impl Default for Config {
             max_body_bytes: 64 * 1024,
             request_timeout_ms: 10_000,
             idle_timeout_ms: 30_000,
+            max_connections: 0,
             shutdown_timeout_ms: 15_000,
             wechat: WechatConfig::default(),
             jwt: JwtConfig::default(),
@@ -508,6 +531,12 @@ fn validate(config: &Config) -> Result<(), String> {
     if config.request_timeout_ms < 100 || config.idle_timeout_ms < 100 {
         return Err("request_timeout_ms and idle_timeout_ms: must be at least 100".into());
     }
+    if config.max_connections > Config::MOST_CONNECTIONS {
+        return Err(format!(
+            "max_connections: must be at most {} (0: sized from the open-file limit)",
+            Config::MOST_CONNECTIONS
+        ));
+    }
     let wechat = &config.wechat;
     if wechat.appid.is_empty() != wechat.secret.is_empty() {
         return Err(
@@ -580,6 +609,18 @@ mod tests {
         assert_eq!(config.openid_login, OpenidLogin::RecentCode);
         assert!(config.rate_limit.enabled);
         assert!(config.demo_mode());
+    }
+
+    #[test]
+    fn connections_are_sized_from_the_open_file_limit_unless_set() {
+        let config = parse("workers = 4", &env(&[])).unwrap();
+        // 1024 descriptors, 80 kept for files: 472 connections of two each.
+        assert_eq!(config.connections_for(1024), 472);
+        assert_eq!(config.connections_for(1 << 20), Config::DEFAULT_MOST_CONNECTIONS);
+        assert_eq!(config.connections_for(50), 16);
+        let set = parse("", &env(&[("WXAUTH_MAX_CONNECTIONS", "300")])).unwrap();
+        assert_eq!(set.connections_for(1024), 300);
+        assert!(parse("max_connections = 1000000", &env(&[])).is_err());
     }
 
     #[test]

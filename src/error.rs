@@ -53,6 +53,10 @@ pub(crate) enum Error {
     HeadersTooLarge,
     /// The request head or body did not arrive in time.
     RequestTimeout,
+    /// The request named an HTTP version other than 1.0 and 1.1.
+    HttpVersionNotSupported,
+    /// `max_connections` client connections are open; a new one is refused until some close.
+    TooManyConnections,
     /// Too many requests from this client; retry after this many seconds.
     RateLimited { retry_after: u64 },
     /// No such path.
@@ -71,6 +75,8 @@ impl Error {
             Error::UriTooLong => 414,
             Error::HeadersTooLarge => 431,
             Error::RequestTimeout => 408,
+            Error::HttpVersionNotSupported => 505,
+            Error::TooManyConnections => 503,
             Error::RateLimited { .. } => 429,
             Error::NotFound => 404,
             Error::MethodNotAllowed(_) => 405,
@@ -115,6 +121,8 @@ impl Error {
             Error::UriTooLong => 4014,
             Error::HeadersTooLarge => 4031,
             Error::RequestTimeout => 4008,
+            Error::HttpVersionNotSupported => 4505,
+            Error::TooManyConnections => 5003,
             Error::RateLimited { .. } => 4029,
             Error::NotFound => 4004,
             Error::MethodNotAllowed(_) => 4005,
@@ -145,6 +153,8 @@ impl Error {
             Error::UriTooLong => "uri_too_long",
             Error::HeadersTooLarge => "headers_too_large",
             Error::RequestTimeout => "request_timeout",
+            Error::HttpVersionNotSupported => "http_version_not_supported",
+            Error::TooManyConnections => "too_many_connections",
             Error::RateLimited { .. } => "rate_limited",
             Error::NotFound => "not_found",
             Error::MethodNotAllowed(_) => "method_not_allowed",
@@ -176,6 +186,8 @@ impl Error {
             Error::UriTooLong => "请求地址过长".into(),
             Error::HeadersTooLarge => "请求头过大".into(),
             Error::RequestTimeout => "请求超时".into(),
+            Error::HttpVersionNotSupported => "不支持的 HTTP 版本, 请使用 HTTP/1.1".into(),
+            Error::TooManyConnections => "服务器繁忙, 请稍后重试".into(),
             Error::RateLimited { retry_after } => {
                 format!("请求过于频繁, 请 {retry_after} 秒后再试")
             }
@@ -213,6 +225,8 @@ impl fmt::Display for Error {
             Error::UriTooLong => f.write_str("request line too long"),
             Error::HeadersTooLarge => f.write_str("request headers too large"),
             Error::RequestTimeout => f.write_str("request did not arrive in time"),
+            Error::HttpVersionNotSupported => f.write_str("HTTP version not supported"),
+            Error::TooManyConnections => f.write_str("too many connections open"),
             Error::RateLimited { retry_after } => {
                 write!(f, "rate limited, retry after {retry_after}s")
             }

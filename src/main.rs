@@ -436,6 +436,8 @@ impl Rest {
 fn serve(config_path: Option<String>) -> Result<(), String> {
     let config = config::load(config_path.as_deref())?;
     log::configure(&config.log);
+    let open_files = raise_open_files_limit();
+    let max_connections = config.connections_for(open_files);
     // Installed before anything is announced, so a stop signal is never the default (fatal) one.
     let mut signals = stop_signals()?;
 
@@ -468,7 +470,7 @@ fn serve(config_path: Option<String>) -> Result<(), String> {
         .map(|_| store::open_reader(&config.database))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| error.to_string())?;
-    let (server, address) = server::bind(&config)?;
+    let (server, address) = server::bind(&config, max_connections)?;
     let (writer, writer_thread) = store::Writer::start(connection);
 
     let shared = Arc::new(server::Shared {
@@ -484,7 +486,8 @@ fn serve(config_path: Option<String>) -> Result<(), String> {
     // Both lines go to the log before the address is announced, so whoever waits for that
     // announcement finds them written.
     log::info(&format!(
-        "wxauth {} serving {} on http://{address} with {} workers, database {}{}",
+        "wxauth {} serving {} on http://{address} with {} workers and up to {max_connections} \
+         connections (open-file limit {open_files}), database {}{}",
         env!("CARGO_PKG_VERSION"),
         shared.config.prefix,
         shared.config.workers,
@@ -560,6 +563,35 @@ fn random_hex(bytes: usize) -> Result<String, String> {
     let mut buffer = vec![0u8; bytes];
     getrandom::fill(&mut buffer).map_err(|error| format!("no randomness from the OS: {error}"))?;
     Ok(buffer.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
+/// Raises this process's soft limit on open files to its hard limit, and returns the soft limit
+/// in force. Each client connection takes two descriptors, and the usual soft limit (1024, also
+/// systemd's default) would otherwise cap wxauth near 450 connections whatever the hard limit or
+/// the unit's `LimitNOFILE` allows.
+#[cfg(unix)]
+fn raise_open_files_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one `rlimit` through a pointer to a live local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    // Linux refuses an unlimited soft limit for open files (it may not pass fs.nr_open).
+    let wanted = if limit.rlim_max == libc::RLIM_INFINITY { 1 << 20 } else { limit.rlim_max };
+    if limit.rlim_cur < wanted {
+        let raised = libc::rlimit { rlim_cur: wanted, rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit reads one `rlimit` through a pointer to a live local. A refusal
+        // (a system whose own cap is lower) leaves the soft limit as it was.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = wanted;
+        }
+    }
+    limit.rlim_cur
+}
+
+#[cfg(not(unix))]
+fn raise_open_files_limit() -> u64 {
+    1024
 }
 
 /// glibc gives threads their own malloc arenas, up to eight per core, each keeping freed memory

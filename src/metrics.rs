@@ -57,8 +57,8 @@ const PROBES: [&str; 3] = ["healthz", "readyz", "metrics"];
 
 /// Status labels: every status wxauth answers (`Error::status`, 401 from `verify`, 503 from an
 /// unready `/readyz`, and tiny_http's refusals); any other status is counted as `other`.
-const STATUSES: [u16; 15] =
-    [200, 400, 401, 403, 404, 405, 408, 413, 414, 417, 429, 431, 500, 502, 503];
+const STATUSES: [u16; 16] =
+    [200, 400, 401, 403, 404, 405, 408, 413, 414, 417, 429, 431, 500, 502, 503, 505];
 
 /// Upper bounds of the latency buckets, in microseconds, and as the `le` label shows them.
 const BUCKETS: [(u64, &str); 14] = [

@@ -5,7 +5,6 @@
 
 use std::io::Read;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -117,12 +116,12 @@ fn dispatch(ctx: &Ctx, request: &mut Request) -> Result<Handled, Error> {
     let route = route(&ctx.config.prefix, request.method().as_str(), path)?;
     match route {
         Route::Register => {
-            let body = read_body(request, ctx.config.max_body_bytes, body_deadline(ctx))?;
+            let body = read_body(request, ctx.config.max_body_bytes)?;
             let write = api::register(ctx, header(request, "Authorization").as_deref(), &body)?;
             Ok(later(write))
         }
         Route::Login => {
-            let body = read_body(request, ctx.config.max_body_bytes, body_deadline(ctx))?;
+            let body = read_body(request, ctx.config.max_body_bytes)?;
             match api::login(ctx, header(request, "Authorization").as_deref(), &body)? {
                 Answer::Now(answer) => success(&answer).map(Handled::Now),
                 Answer::Later(write) => Ok(later(write)),
@@ -164,7 +163,7 @@ fn answer(ctx: &Ctx, request: &mut Request, route: Route, query: &str) -> Result
         Route::Me => success(&api::me(ctx, header(request, "Authorization").as_deref())?),
         Route::Logout => {
             // The body, if any, is read (within the limit) and ignored.
-            read_body(request, ctx.config.max_body_bytes, body_deadline(ctx))?;
+            read_body(request, ctx.config.max_body_bytes)?;
             success(&api::logout(ctx, header(request, "Authorization").as_deref())?)
         }
         Route::Register | Route::Login => unreachable!("register and login answer in dispatch"),
@@ -204,11 +203,6 @@ const JSON: &str = "application/json; charset=utf-8";
 fn plain_reply(status: u16, body: String, content_type: &'static str) -> Reply {
     let headers = vec![("Content-Type", content_type.to_string())];
     Reply { status, body, headers, error: None, log: None }
-}
-
-/// When a body must have arrived: `request_timeout_ms` after the worker took the request.
-fn body_deadline(ctx: &Ctx) -> Instant {
-    Instant::now() + Duration::from_millis(ctx.config.request_timeout_ms)
 }
 
 /// The success envelope around one result object, serialized straight into the body (no
@@ -349,13 +343,10 @@ pub(crate) fn percent_decode(text: &str) -> Option<String> {
     String::from_utf8(decoded).ok()
 }
 
-/// Reads the body (at most `limit` bytes, within `deadline` of the start) as a JSON object or an
-/// urlencoded form. An empty body is an empty object.
-fn read_body(
-    request: &mut Request,
-    limit: usize,
-    deadline: Instant,
-) -> Result<Map<String, Value>, Error> {
+/// Reads the body (at most `limit` bytes) as a JSON object or an urlencoded form. An empty body is
+/// an empty object. tiny_http's connection thread has already read it whole, within the limit and
+/// `request_timeout_ms`, so this never waits for the client.
+fn read_body(request: &mut Request, limit: usize) -> Result<Map<String, Value>, Error> {
     let announced = request.body_length();
     if announced.is_some_and(|length| length > limit) {
         return Err(Error::BodyTooLarge { limit });
@@ -364,36 +355,10 @@ fn read_body(
     // Read straight into the body's own buffer, sized from Content-Length: no scratch buffer to
     // zero and copy out of on every request.
     let mut bytes = Vec::with_capacity(announced.unwrap_or(0));
-    let body = BeforeDeadline { inner: request.as_reader(), deadline };
-    match body.take(limit as u64 + 1).read_to_end(&mut bytes) {
+    match request.as_reader().take(limit as u64 + 1).read_to_end(&mut bytes) {
         Ok(_) if bytes.len() > limit => Err(Error::BodyTooLarge { limit }),
         Ok(_) => parse_body(&content_type, &bytes),
-        Err(error)
-            if matches!(
-                error.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
-            Err(Error::RequestTimeout)
-        }
         Err(error) => Err(Error::InvalidParameter(format!("请求体读取失败: {}", error.kind()))),
-    }
-}
-
-/// A body reader that fails with `TimedOut` once `deadline` has passed. Each read is bounded by
-/// the socket's read timeout; the deadline bounds their sum, so a client trickling its body
-/// cannot hold a worker for long.
-struct BeforeDeadline<R> {
-    inner: R,
-    deadline: Instant,
-}
-
-impl<R: Read> Read for BeforeDeadline<R> {
-    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
-        if Instant::now() > self.deadline {
-            return Err(std::io::ErrorKind::TimedOut.into());
-        }
-        self.inner.read(buffer)
     }
 }
 

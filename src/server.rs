@@ -55,10 +55,15 @@ pub(crate) struct Running {
     finished: mpsc::Receiver<()>,
 }
 
-/// Binds the listen address with the request-head limits and socket timeouts that keep hostile
-/// clients from tying up connection threads (see vendor/tiny_http/PATCHES.md). Separate from
-/// `start` so the address can be announced first.
-pub(crate) fn bind(config: &Config) -> Result<(Server, SocketAddr), String> {
+/// Binds the listen address with the limits that keep hostile clients from tying up threads
+/// (see vendor/tiny_http/PATCHES.md): request heads and bodies are read whole, within their size
+/// limits and `request_timeout_ms`, by tiny_http's connection threads before a worker sees them,
+/// and at most `max_connections` are open. Separate from `start` so the address can be announced
+/// first.
+pub(crate) fn bind(
+    config: &Config,
+    max_connections: usize,
+) -> Result<(Server, SocketAddr), String> {
     let listen = &config.listen;
     let listener =
         TcpListener::bind(listen).map_err(|error| format!("cannot listen on {listen}: {error}"))?;
@@ -71,6 +76,8 @@ pub(crate) fn bind(config: &Config) -> Result<(Server, SocketAddr), String> {
         head_timeout: Some(Duration::from_millis(config.request_timeout_ms)),
         idle_timeout: Some(Duration::from_millis(config.idle_timeout_ms)),
         write_timeout: Some(Duration::from_millis(config.request_timeout_ms)),
+        max_body_bytes: config.max_body_bytes,
+        max_connections: Some(max_connections),
         error_body: Some(refusal_body),
     };
     let server = Server::from_listener_with_limits(listener, limits)
@@ -78,16 +85,19 @@ pub(crate) fn bind(config: &Config) -> Result<(Server, SocketAddr), String> {
     Ok((server, address))
 }
 
-/// The envelope for a request tiny_http refuses before it reaches a worker. tiny_http calls this
-/// once per refusal, so it is also where refusals are counted.
-fn refusal_body(status: u16) -> String {
+/// The envelope for a request, or a connection, tiny_http refuses before it reaches a worker.
+/// tiny_http calls this once per refusal, so it is also where refusals are counted.
+fn refusal_body(status: u16, limits: &tiny_http::Limits) -> String {
     METRICS.refused(status);
     let error = match status {
         408 => Error::RequestTimeout,
+        413 => Error::BodyTooLarge { limit: limits.max_body_bytes },
         414 => Error::UriTooLong,
         431 => Error::HeadersTooLarge,
         400 => Error::InvalidParameter("HTTP 请求格式不正确".into()),
         417 => Error::InvalidParameter("不支持的 Expect 请求头".into()),
+        503 => Error::TooManyConnections,
+        505 => Error::HttpVersionNotSupported,
         other => Error::Internal(format!("connection refused with {other}")),
     };
     router::failure(&error).body
@@ -117,10 +127,9 @@ pub(crate) fn start(
                     match server.recv_timeout(POLL) {
                         Ok(Some(request)) => worker.serve(request),
                         Ok(None) => {}
-                        Err(error) => crate::log::warn(&format!(
-                            "accepting a request failed: {}",
-                            error.kind()
-                        )),
+                        // A shortage of connections, descriptors or threads, once per burst;
+                        // tiny_http's text, which holds nothing of a client's.
+                        Err(error) => crate::log::warn(&format!("connections: {error}")),
                     }
                 }
                 // Requests already read when the stop came still get their answers.

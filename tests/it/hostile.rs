@@ -502,7 +502,8 @@ fn a_huge_announced_body_is_refused_and_does_not_hold_the_workers() {
 }
 
 /// Regression: a bare LF inside a header line (kept, as HTTP/1.1 parsers may) reached the log
-/// through an error's detail and started a forged line of its own.
+/// through an error's detail and started a forged line of its own. Such a line is now refused
+/// before any handler sees it (RFC 9112 §2.2: a front end may read a bare LF as a line's end).
 #[test]
 fn a_header_cannot_forge_a_log_line() {
     let server = Wxauth::start(&[("WXAUTH_OPENID_LOGIN", "open")]);
@@ -510,13 +511,11 @@ fn a_header_cannot_forge_a_log_line() {
         Content-Type: x/y\n2026-01-01 00:00:00 ERROR forged line\r\n\
         Content-Length: 2\r\nConnection: close\r\n\r\n{}";
     let answer = raw_exchange(&server, request, Duration::from_secs(5));
-    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
-    assert!(answer.contains("invalid_parameter"), "{answer}");
-    let log = server.log_containing("forged line");
-    assert!(
-        !log.lines().any(|line| line.starts_with("2026-01-01 00:00:00 ERROR forged")),
-        "a forged log line: {log}"
-    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(envelope(&answer)["error"], "invalid_parameter");
+    server.get("is_openid_registered?openid=oAfterTheForgery").result();
+    let log = server.log_containing("is_openid_registered");
+    assert!(!log.contains("forged line"), "a forged log line: {log}");
 }
 
 /// The head reader scans buffered bytes for a line's end (vendor/tiny_http PATCHES.md): a CRLF

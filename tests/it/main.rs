@@ -7,6 +7,7 @@ mod harness;
 mod api;
 mod cli;
 mod faults;
+mod front;
 mod hostile;
 mod login;
 mod observe;

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use crate::common::{HTTPVersion, Method};
+use crate::common::{HTTPVersion, Header, Method};
 use crate::util::RefinedTcpStream;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::{Limits, Request};
@@ -57,10 +57,12 @@ enum ReadError {
     // [wxauth patch] the next three happen only under limits
     /// no request started within the idle timeout
     Idle,
-    /// the request head was not complete by its deadline
+    /// the request head, or its body, was not complete by its deadline
     HeadTimeout,
-    /// the request head broke a size limit; the status to answer (414 or 431)
-    HeadTooLarge(u16),
+    /// the request is refused with this status before the application sees it: a broken size
+    /// limit (413, 414, 431), malformed head or framing (400), an unknown expectation (417), an
+    /// HTTP version other than 1.0 and 1.1 (505)
+    Refused(u16),
 }
 
 impl ClientConnection {
@@ -159,26 +161,73 @@ impl ClientConnection {
     /// [wxauth patch] Answers a request head refused under limits, before the application sees
     /// it; the caller then closes the connection. The socket's write timeout bounds the writes.
     fn refuse(&mut self, status: u16) {
-        use crate::StatusCode;
-
-        let body = match self.limits.and_then(|limits| limits.error_body) {
-            Some(error_body) => error_body(status),
-            None => String::new(),
+        let response = match self.limits {
+            Some(ref limits) => crate::refusal(status, limits),
+            None => return,
         };
-        let head = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: application/json; charset=utf-8\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n",
-            status,
-            StatusCode(status).default_reason_phrase(),
-            body.len()
-        );
-
         let mut writer = self.sink.next().unwrap();
-        writer
-            .write_all(head.as_bytes())
-            .and_then(|()| writer.write_all(body.as_bytes()))
-            .and_then(|()| writer.flush())
-            .ok();
+        let written = writer.write_all(&response).and_then(|()| writer.flush());
+        drop(writer);
+        if written.is_ok() {
+            self.linger();
+        }
+    }
+
+    /// [wxauth patch] After a refusal: tells the client the answer is complete (a FIN), then
+    /// reads and throws away what it still sends (a refused body) for a moment before the
+    /// connection is closed. Closing with unread bytes makes the kernel send a reset, and some
+    /// clients then lose the answer they had not read yet. Bounded in time and bytes, on the
+    /// connection thread, never a worker.
+    fn linger(&mut self) {
+        const LINGER: Duration = Duration::from_secs(1);
+        const LINGER_BYTES: usize = 256 * 1024;
+        self.next_header_source.get_mut().get_mut().shutdown_write();
+        self.head_deadline = Some(Instant::now() + LINGER);
+        let mut thrown_away = 0;
+        while thrown_away < LINGER_BYTES && self.fill().is_ok() {
+            let reader = self.next_header_source.get_mut();
+            let buffered = reader.buffer().len();
+            reader.consume(buffered);
+            thrown_away += buffered;
+        }
+    }
+
+    /// [wxauth patch] Makes sure the read buffer holds at least one byte of the request, reading
+    /// the socket if it is empty; under a deadline (`self.head_deadline`), no read waits past it.
+    fn fill(&mut self) -> Result<(), ReadError> {
+        loop {
+            // A read that will reach the socket may not wait past the deadline, so a client
+            // trickling its bytes gets no more time than one that stalls.
+            if let Some(deadline) = self.head_deadline {
+                if self.next_header_source.get_mut().buffer().is_empty() {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if remaining.is_zero() {
+                        return Err(ReadError::HeadTimeout);
+                    }
+                    self.set_read_timeout(Some(remaining))
+                        .map_err(ReadError::ReadIoError)?;
+                }
+            }
+            return match self.next_header_source.get_mut().fill_buf() {
+                Ok([]) => Err(ReadError::ReadIoError(IoError::new(
+                    ErrorKind::ConnectionAborted,
+                    "Unexpected EOF",
+                ))),
+                Ok(_) => Ok(()),
+                Err(ref err) if err.kind() == ErrorKind::Interrupted => continue,
+                // under limits, the only read timeout here is the deadline's
+                Err(ref err) if self.head_deadline.is_some() && is_timeout(err) => {
+                    Err(ReadError::HeadTimeout)
+                }
+                Err(err) => Err(ReadError::ReadIoError(err)),
+            };
+        }
+    }
+
+    /// [wxauth patch] true if bytes of a next request are already buffered (a pipelining
+    /// client): the connection thread must not wait for the socket before reading them.
+    pub(crate) fn has_buffered_bytes(&mut self) -> bool {
+        !self.next_header_source.get_mut().buffer().is_empty()
     }
 
     /// Reads the next line from self.next_header_source.
@@ -192,39 +241,13 @@ impl ClientConnection {
         let mut buf = Vec::new();
 
         loop {
-            // [wxauth patch] A read that will reach the socket may not wait past the deadline,
-            // so a client trickling its head gets no more time than one that stalls.
-            if let Some(deadline) = self.head_deadline {
-                if self.next_header_source.get_mut().buffer().is_empty() {
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    if remaining == Duration::from_secs(0) {
-                        return Err(ReadError::HeadTimeout);
-                    }
-                    self.set_read_timeout(Some(remaining))
-                        .map_err(ReadError::ReadIoError)?;
-                }
-            }
-
             // [wxauth patch] Scan what is buffered for the line's end instead of taking one byte
             // at a time through three `Read` layers (about a hundred instructions a byte). Only
             // the line itself is consumed: what follows stays buffered for the next line or the
-            // body.
+            // body. `fill` keeps every read within the head's deadline.
+            self.fill()?;
             let reader = self.next_header_source.get_mut();
-            let available = match reader.fill_buf() {
-                Ok(available) => available,
-                Err(ref err) if err.kind() == ErrorKind::Interrupted => continue,
-                // [wxauth patch] under limits, the only read timeout here is the deadline's
-                Err(ref err) if self.head_deadline.is_some() && is_timeout(err) => {
-                    return Err(ReadError::HeadTimeout)
-                }
-                Err(err) => return Err(ReadError::ReadIoError(err)),
-            };
-            if available.is_empty() {
-                return Err(ReadError::ReadIoError(IoError::new(
-                    ErrorKind::ConnectionAborted,
-                    "Unexpected EOF",
-                )));
-            }
+            let available = reader.buffer();
             let newline = available.iter().position(|&byte| byte == b'\n');
             let taken = newline.map_or(available.len(), |index| index + 1);
             buf.extend_from_slice(&available[..taken]);
@@ -238,10 +261,16 @@ impl ClientConnection {
             // [wxauth patch] the line so far, not counting a '\r' that may begin its CRLF
             let length = buf.len() - usize::from(!complete && buf.ends_with(b"\r"));
             if length > max_len {
-                return Err(ReadError::HeadTooLarge(too_long));
+                return Err(ReadError::Refused(too_long));
             }
             if complete {
+                let limited = self.limits.is_some();
                 return AsciiString::from_ascii(buf).map_err(|_| {
+                    // [wxauth patch] under limits a head that is not ASCII is answered, not
+                    // dropped without a word
+                    if limited {
+                        return ReadError::Refused(400);
+                    }
                     ReadError::ReadIoError(IoError::new(
                         ErrorKind::InvalidInput,
                         "Header is not in ASCII",
@@ -276,9 +305,14 @@ impl ClientConnection {
                 let line = self.read_next_line(max_len, 414)?;
                 head_length += line.len() + 2;
 
-                parse_request_line(
-                    line.as_str().trim(), // TODO: remove this conversion
-                )?
+                // [wxauth patch] under limits, only the form RFC 9112 allows
+                if limits.is_some() {
+                    parse_request_line_strictly(line.as_str())?
+                } else {
+                    parse_request_line(
+                        line.as_str().trim(), // TODO: remove this conversion
+                    )?
+                }
             };
 
             // getting all headers
@@ -294,7 +328,12 @@ impl ClientConnection {
                     };
                     // [wxauth patch]
                     if headers.len() == max_headers {
-                        return Err(ReadError::HeadTooLarge(431));
+                        return Err(ReadError::Refused(431));
+                    }
+                    // [wxauth patch] under limits, only the form RFC 9112 allows
+                    if limits.is_some() {
+                        headers.push(parse_header_strictly(line.as_str())?);
+                        continue;
                     }
                     headers.push(match FromStr::from_str(line.as_str().trim()) {
                         // TODO: remove this conversion
@@ -309,14 +348,6 @@ impl ClientConnection {
             (method, path, version, headers)
         };
 
-        // [wxauth patch] The head is complete. Reads of the body, which the application does
-        // later, each get the head timeout, so a stalled body cannot block it forever.
-        if let Some(ref limits) = limits {
-            self.head_deadline = None;
-            self.set_read_timeout(limits.head_timeout)
-                .map_err(ReadError::ReadIoError)?;
-        }
-
         // [wxauth patch] a client that reset the connection before we asked for its address
         // made upstream panic here
         let remote_addr = match self.remote_addr {
@@ -328,6 +359,23 @@ impl ClientConnection {
                 )))
             }
         };
+
+        // [wxauth patch] Under limits the body is read here, whole, before the application sees
+        // the request.
+        if let Some(ref limits) = limits {
+            let body = self.read_body(&version, &headers, limits)?;
+            let writer = self.sink.next().unwrap();
+            return Ok(crate::request::buffered_request(
+                self.secure,
+                method,
+                path,
+                version,
+                headers,
+                remote_addr,
+                body,
+                writer,
+            ));
+        }
 
         // building the writer for the request
         let writer = self.sink.next().unwrap();
@@ -346,8 +394,7 @@ impl ClientConnection {
             remote_addr,
             data_source,
             writer,
-            // [wxauth patch] under limits the connection thread never waits for body bytes
-            limits.is_none(),
+            true, // [wxauth patch] upstream's small-body buffering; limits read bodies above
         )
         .map_err(|e| {
             use crate::request;
@@ -362,6 +409,198 @@ impl ClientConnection {
         // return the request
         Ok(request)
     }
+}
+
+/// [wxauth patch] How a request's body is delimited (RFC 9112 §6.3).
+#[derive(Debug, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(usize),
+    Chunked,
+}
+
+impl ClientConnection {
+    /// [wxauth patch] Reads the request's body whole, within `max_body_bytes` and within
+    /// `head_timeout` from the end of the head (every read waits only for what is left of it),
+    /// so that no worker ever waits for a client's body and nothing of a body is ever read as a
+    /// next request. Framing that two HTTP parsers could read differently is refused.
+    fn read_body(
+        &mut self,
+        version: &HTTPVersion,
+        headers: &[Header],
+        limits: &Limits,
+    ) -> Result<Vec<u8>, ReadError> {
+        let framing = framing(version, headers, limits.max_body_bytes)?;
+        let continue_expected = expects_continue(version, headers)?;
+        if framing == Framing::None {
+            return Ok(Vec::new());
+        }
+        self.head_deadline = limits.head_timeout.map(|timeout| Instant::now() + timeout);
+        if continue_expected && !self.has_buffered_bytes() {
+            let mut writer = self.sink.next().unwrap();
+            writer
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .and_then(|()| writer.flush())
+                .map_err(ReadError::ReadIoError)?;
+        }
+        let body = match framing {
+            Framing::Length(length) => self.read_exactly(length),
+            _ => self.read_chunks(limits.max_body_bytes),
+        };
+        self.head_deadline = None;
+        body
+    }
+
+    fn read_exactly(&mut self, length: usize) -> Result<Vec<u8>, ReadError> {
+        let mut body = Vec::with_capacity(length);
+        while body.len() < length {
+            self.fill()?;
+            let reader = self.next_header_source.get_mut();
+            let available = reader.buffer();
+            let taken = available.len().min(length - body.len());
+            body.extend_from_slice(&available[..taken]);
+            reader.consume(taken);
+        }
+        Ok(body)
+    }
+
+    fn read_chunks(&mut self, max_body_bytes: usize) -> Result<Vec<u8>, ReadError> {
+        let mut body = Vec::new();
+        let mut chunks = crate::util::ChunkedDecoder::new(BodyBytes(self));
+        let read = chunks
+            .by_ref()
+            .take(max_body_bytes as u64 + 1)
+            .read_to_end(&mut body);
+        match read {
+            Ok(_) if body.len() > max_body_bytes => Err(ReadError::Refused(413)),
+            Ok(_) => Ok(body),
+            Err(err) if err.kind() == ErrorKind::TimedOut => Err(ReadError::HeadTimeout),
+            Err(err) if err.kind() == ErrorKind::InvalidInput => Err(ReadError::Refused(400)),
+            Err(err) => Err(ReadError::ReadIoError(err)),
+        }
+    }
+}
+
+/// [wxauth patch] The connection's bytes as a `Read`, each read within the body's deadline, for
+/// the chunked decoder; a missed deadline is `TimedOut`.
+struct BodyBytes<'a>(&'a mut ClientConnection);
+
+impl Read for BodyBytes<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
+        match self.0.fill() {
+            Ok(()) => self.0.next_header_source.get_mut().read(buf),
+            Err(ReadError::HeadTimeout) => Err(ErrorKind::TimedOut.into()),
+            Err(ReadError::ReadIoError(err)) => Err(err),
+            Err(_) => Err(ErrorKind::InvalidInput.into()),
+        }
+    }
+}
+
+/// [wxauth patch] The body's framing, refusing what RFC 9112 §6.1–6.3 says a server must not
+/// guess at: both Content-Length and Transfer-Encoding, a transfer coding other than `chunked`
+/// alone, Transfer-Encoding in HTTP/1.0, more than one of either header, or a Content-Length
+/// that is not digits (400); a length over `max_body_bytes` is 413.
+fn framing(
+    version: &HTTPVersion,
+    headers: &[Header],
+    max_body_bytes: usize,
+) -> Result<Framing, ReadError> {
+    let mut lengths = headers.iter().filter(|h| h.field.equiv("Content-Length"));
+    let mut codings = headers
+        .iter()
+        .filter(|h| h.field.equiv("Transfer-Encoding"));
+    let (length, coding) = (lengths.next(), codings.next());
+    if lengths.next().is_some() || codings.next().is_some() {
+        return Err(ReadError::Refused(400));
+    }
+    match (length, coding) {
+        (None, None) => Ok(Framing::None),
+        (Some(_), Some(_)) => Err(ReadError::Refused(400)),
+        (None, Some(coding)) => {
+            let chunked = coding.value.as_str().eq_ignore_ascii_case("chunked");
+            if chunked && *version == HTTPVersion(1, 1) {
+                Ok(Framing::Chunked)
+            } else {
+                Err(ReadError::Refused(400))
+            }
+        }
+        (Some(length), None) => {
+            let digits = length.value.as_str();
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ReadError::Refused(400));
+            }
+            // Digits too many for a usize are a length over any limit.
+            match digits.parse::<usize>() {
+                Ok(0) => Ok(Framing::None),
+                Ok(length) if length <= max_body_bytes => Ok(Framing::Length(length)),
+                _ => Err(ReadError::Refused(413)),
+            }
+        }
+    }
+}
+
+/// [wxauth patch] Whether the client waits for `100 Continue` before sending its body. Any
+/// other expectation is 417; HTTP/1.0 expectations are ignored (RFC 9110 §10.1.1).
+fn expects_continue(version: &HTTPVersion, headers: &[Header]) -> Result<bool, ReadError> {
+    let mut expectations = headers.iter().filter(|h| h.field.equiv("Expect"));
+    match (expectations.next(), expectations.next()) {
+        (None, _) => Ok(false),
+        _ if *version == HTTPVersion(1, 0) => Ok(false),
+        (Some(expect), None) if expect.value.as_str().eq_ignore_ascii_case("100-continue") => {
+            Ok(true)
+        }
+        _ => Err(ReadError::Refused(417)),
+    }
+}
+
+/// [wxauth patch] A token character (RFC 9110 §5.6.2): what method and field names are made of.
+fn is_tchar(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+}
+
+/// [wxauth patch] `method SP request-target SP HTTP-version`, nothing more (RFC 9112 §3): one
+/// space each, no leading or trailing whitespace, no control characters in the target. A
+/// malformed line is 400; a well-formed version other than HTTP/1.0 and HTTP/1.1 is 505.
+fn parse_request_line_strictly(line: &str) -> Result<(Method, String, HTTPVersion), ReadError> {
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ReadError::Refused(400));
+    };
+    let method_ok = !method.is_empty() && method.bytes().all(is_tchar);
+    let target_ok = !target.is_empty() && !target.bytes().any(|b| b <= b' ' || b == 0x7f);
+    let version = match version.as_bytes() {
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            HTTPVersion(major - b'0', minor - b'0')
+        }
+        _ => return Err(ReadError::Refused(400)),
+    };
+    let method: Method = match method.parse() {
+        Ok(method) if method_ok && target_ok => method,
+        _ => return Err(ReadError::Refused(400)),
+    };
+    if version != HTTPVersion(1, 0) && version != HTTPVersion(1, 1) {
+        return Err(ReadError::Refused(505));
+    }
+    Ok((method, target.to_owned(), version))
+}
+
+/// [wxauth patch] `field-name ":" OWS field-value OWS` (RFC 9112 §5): a name of token
+/// characters right before the colon, and a value without control characters other than tab.
+/// An obs-fold line (one that starts with a space or tab), a bare CR or LF, and a space before
+/// the colon are all 400, as §5.1 and §5.2 allow, rather than guessed at.
+fn parse_header_strictly(line: &str) -> Result<Header, ReadError> {
+    let (name, value) = line.split_once(':').ok_or(ReadError::Refused(400))?;
+    let value = value.trim_matches(|c| c == ' ' || c == '\t');
+    let name_ok = !name.is_empty() && name.bytes().all(is_tchar);
+    let value_ok = !value.bytes().any(|b| (b < b' ' && b != b'\t') || b == 0x7f);
+    if !name_ok || !value_ok {
+        return Err(ReadError::Refused(400));
+    }
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).map_err(|_| ReadError::Refused(400))
 }
 
 impl Iterator for ClientConnection {
@@ -385,7 +624,7 @@ impl Iterator for ClientConnection {
                     match err {
                         ReadError::Idle | ReadError::ReadIoError(_) => (), // closing silently
                         ReadError::HeadTimeout => self.refuse(408),
-                        ReadError::HeadTooLarge(status) => self.refuse(status),
+                        ReadError::Refused(status) => self.refuse(status),
                         ReadError::WrongRequestLine | ReadError::WrongHeader(_) => self.refuse(400),
                         ReadError::ExpectationFailed(_) => self.refuse(417),
                     }

@@ -211,12 +211,21 @@ pub struct Limits {
     /// How long a connection may wait for the first byte of a request, the first one or the
     /// next one on a kept-alive connection. An idle connection is closed without a response.
     pub idle_timeout: Option<Duration>,
-    /// The socket write timeout: how long one write to the client may block.
+    /// How long the writes of one response may wait for the client, in all. Past it the
+    /// connection is closed.
     pub write_timeout: Option<Duration>,
+    /// Largest request body. The connection thread reads every body whole, within
+    /// `head_timeout` from the end of the head, before the application sees the request; a
+    /// larger one is answered with 413.
+    pub max_body_bytes: usize,
+    /// Most client connections open at once (`None`: no bound). Past it a new connection is
+    /// answered with 503 and `Retry-After: 1`, and closed; open connections are served as usual.
+    pub max_connections: Option<usize>,
     /// Makes the body of the responses written for a broken limit (and for the other requests
-    /// refused before the application sees them: 400 and 417), sent as
-    /// `application/json; charset=utf-8`. `None` sends an empty body.
-    pub error_body: Option<fn(u16) -> String>,
+    /// refused before the application sees them: 400, 417, 505, and 503 past
+    /// `max_connections`), sent as `application/json; charset=utf-8`, from the status and these
+    /// limits. `None` sends an empty body.
+    pub error_body: Option<fn(u16, &Limits) -> String>,
 }
 
 impl Default for Limits {
@@ -228,6 +237,8 @@ impl Default for Limits {
             head_timeout: Some(Duration::from_secs(10)),
             idle_timeout: Some(Duration::from_secs(30)),
             write_timeout: Some(Duration::from_secs(30)),
+            max_body_bytes: 1024 * 1024,
+            max_connections: None,
             error_body: None,
         }
     }
@@ -359,105 +370,133 @@ impl Server {
 
         let inside_close_trigger = close_trigger.clone();
         let inside_messages = messages.clone();
-        thread::spawn(move || {
+        // [wxauth patch] `Builder` reports a failure to start the thread instead of panicking
+        let accept_thread = thread::Builder::new().spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
+            // [wxauth patch] what keeps a limited server accepting through a shortage
+            let mut accepting = limits.map(Accepting::new);
 
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
-                let new_client = match server.accept() {
-                    Ok((sock, _)) => {
-                        // [wxauth patch]
-                        if let Err(e) = set_timeouts(&sock, limits.as_ref()) {
-                            log::debug!("Cannot set socket timeouts: {}", e);
+                let sock = match server.accept() {
+                    Ok((sock, _)) => sock,
+                    // [wxauth patch] A limited server keeps accepting, whatever the error.
+                    Err(e) => match accepting.as_mut() {
+                        Some(accepting) => {
+                            accepting.accept_failed(&server, e, &inside_messages);
                             continue;
                         }
-
-                        // [wxauth patch] The socket the connection thread waits on between
-                        // requests (plain HTTP under limits). It is the descriptor of the
-                        // connection's write half, which `ClientConnection` owns for as long as
-                        // its thread runs.
-                        let ready_fd = match (&limits, &ssl) {
-                            (Some(_), None) => sock.raw_fd(),
-                            _ => None,
-                        };
-
-                        use util::RefinedTcpStream;
-                        let (read_closable, write_closable) = match ssl {
-                            None => RefinedTcpStream::new(sock),
-                            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                            Some(ref ssl) => {
-                                // trying to apply SSL over the connection
-                                // if an error occurs, we just close the socket and resume listening
-                                let sock = match ssl.accept(sock) {
-                                    Ok(s) => s,
-                                    Err(_) => continue,
-                                };
-
-                                RefinedTcpStream::new(sock)
-                            }
-                            #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-                            Some(ref _ssl) => unreachable!(),
-                        };
-
-                        let client = ClientConnection::new(write_closable, read_closable);
-                        Ok((client.with_limits(limits), ready_fd)) // [wxauth patch]
-                    }
-                    Err(e) => Err(e),
+                        None => {
+                            log::error!("Error accepting new client: {}", e);
+                            inside_messages.push(e.into());
+                            break;
+                        }
+                    },
                 };
 
-                match new_client {
-                    Ok((client, ready_fd)) => {
-                        let messages = inside_messages.clone();
-                        let idle_timeout = limits.and_then(|limits| limits.idle_timeout);
-                        let mut client = Some(client);
-                        tasks_pool.spawn(Box::new(move || {
-                            if let Some(mut client) = client.take() {
-                                // Synchronization is needed for HTTPS requests to avoid a deadlock
-                                // [wxauth patch] and under limits, so that a client cannot queue
-                                // requests (and memory) faster than they are answered
-                                if client.secure() || client.limited() {
-                                    let (sender, receiver) = mpsc::channel();
-                                    while let Some(rq) = client.next() {
-                                        messages.push(rq.with_notify_sender(sender.clone()).into());
-                                        // [wxauth patch] Sleep until the client sends again,
-                                        // which it does once it has the answer, so the answer's
-                                        // notice is then waiting: one sleep per request, not
-                                        // one for the notice and one for the next bytes.
-                                        // Not after a last request: nothing will come, the
-                                        // connection ends once it is answered.
-                                        if let Some(fd) = ready_fd.filter(|_| client.expects_more())
-                                        {
-                                            util::wait_readable(fd, idle_timeout);
-                                        }
-                                        let answered = receiver.recv().unwrap();
-                                        client.answered_at(answered);
-                                    }
-                                } else {
-                                    for rq in client {
-                                        messages.push(rq.into());
-                                    }
+                // [wxauth patch] counted while open; refused with 503 past `max_connections`
+                let open = match accepting.as_mut() {
+                    Some(accepting) => match accepting.admit(&sock, &inside_messages) {
+                        Some(open) => Some(open),
+                        None => continue,
+                    },
+                    None => None,
+                };
+
+                // [wxauth patch]
+                if let Err(e) = set_timeouts(&sock, limits.as_ref()) {
+                    log::debug!("Cannot set socket timeouts: {}", e);
+                    continue;
+                }
+
+                // [wxauth patch] The socket the connection thread waits on between requests
+                // (plain HTTP under limits). It is the descriptor of the connection's write half,
+                // which `ClientConnection` owns for as long as its thread runs.
+                let ready_fd = match (&limits, &ssl) {
+                    (Some(_), None) => sock.raw_fd(),
+                    _ => None,
+                };
+                let write_budget = limits.and_then(|limits| limits.write_timeout);
+
+                use util::RefinedTcpStream;
+                let halves = match ssl {
+                    None => RefinedTcpStream::new(sock, write_budget, open),
+                    #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+                    Some(ref ssl) => {
+                        // trying to apply SSL over the connection
+                        // if an error occurs, we just close the socket and resume listening
+                        let sock = match ssl.accept(sock) {
+                            Ok(s) => s,
+                            Err(_) => continue,
+                        };
+
+                        RefinedTcpStream::new(sock, None, open)
+                    }
+                    #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
+                    Some(ref _ssl) => unreachable!(),
+                };
+                // [wxauth patch] The socket could not be duplicated (no descriptor left): the
+                // connection is closed, and accepting goes on.
+                let (read_closable, write_closable) = match halves {
+                    Ok(halves) => halves,
+                    Err(e) => {
+                        if let Some(accepting) = accepting.as_mut() {
+                            accepting.shortage(e, &inside_messages);
+                        }
+                        continue;
+                    }
+                };
+
+                let client = ClientConnection::new(write_closable, read_closable);
+                let mut client = Some(client.with_limits(limits)); // [wxauth patch]
+                let messages = inside_messages.clone();
+                let idle_timeout = limits.and_then(|limits| limits.idle_timeout);
+                let spawned = tasks_pool.spawn(Box::new(move || {
+                    if let Some(mut client) = client.take() {
+                        // Synchronization is needed for HTTPS requests to avoid a deadlock
+                        // [wxauth patch] and under limits, so that a client cannot queue
+                        // requests (and memory) faster than they are answered
+                        if client.secure() || client.limited() {
+                            let (sender, receiver) = mpsc::channel();
+                            while let Some(rq) = client.next() {
+                                messages.push(rq.with_notify_sender(sender.clone()).into());
+                                // [wxauth patch] Sleep until the client sends again, which it
+                                // does once it has the answer, so the answer's notice is then
+                                // waiting: one sleep per request, not one for the notice and
+                                // one for the next bytes. Not after a last request (nothing
+                                // will come, the connection ends once it is answered), and not
+                                // when the next request is already buffered (a pipelining
+                                // client sends nothing more until it is answered).
+                                if let Some(fd) = ready_fd.filter(|_| {
+                                    client.expects_more() && !client.has_buffered_bytes()
+                                }) {
+                                    util::wait_readable(fd, idle_timeout);
+                                }
+                                // We hold a sender, so this ends with the answer's notice.
+                                match receiver.recv() {
+                                    Ok(answered) => client.answered_at(answered),
+                                    Err(_) => break,
                                 }
                             }
-                        }));
-                    }
-
-                    Err(e) => {
-                        log::error!("Error accepting new client: {}", e);
-                        inside_messages.push(e.into());
-                        // [wxauth patch] A limited server keeps accepting: the likely errors
-                        // (too many open files, after a flood of connections) pass as
-                        // connections close, and stopping here would stop the server for good.
-                        if limits.is_some() {
-                            thread::sleep(Duration::from_millis(100));
-                            continue;
+                        } else {
+                            for rq in client {
+                                messages.push(rq.into());
+                            }
                         }
-                        break;
+                    }
+                }));
+                // [wxauth patch] No thread for the connection: it was dropped, so closed.
+                if let Err(e) = spawned {
+                    match accepting.as_mut() {
+                        Some(accepting) => accepting.shortage(e, &inside_messages),
+                        None => log::error!("Cannot start a connection thread: {}", e),
                     }
                 }
             }
             log::debug!("Terminating accept thread");
         });
+        accept_thread?;
 
         // result
         Ok(Server {
@@ -536,6 +575,169 @@ fn set_timeouts(sock: &Connection, limits: Option<&Limits>) -> IoResult<()> {
         }
         None => Ok(()),
     }
+}
+
+/// [wxauth patch] How long the accept loop pauses after a failure to accept or to start a
+/// connection, so that a shortage that lasts does not become a busy loop.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// [wxauth patch] Keeps a limited server's accept loop going through a shortage: no descriptor,
+/// no thread, or `max_connections` open. The connection at hand is refused or closed, the loop
+/// backs off where waiting helps, and each kind of trouble is reported through `recv()` once
+/// per burst (a burst ends after a second without that trouble). Service resumes by itself
+/// once connections close.
+struct Accepting {
+    limits: Limits,
+    /// Client connections open now.
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    /// A descriptor held back: when the process has none left, it is let go for a moment to
+    /// accept a waiting connection and close it, instead of leaving that client hanging.
+    spare: Option<std::fs::File>,
+    /// The last trouble reported, and when that trouble last happened.
+    last_trouble: Option<(Trouble, std::time::Instant)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trouble {
+    Full,
+    Descriptors,
+    Other,
+}
+
+impl Accepting {
+    fn new(limits: Limits) -> Accepting {
+        Accepting {
+            limits,
+            open: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            spare: spare_descriptor(),
+            last_trouble: None,
+        }
+    }
+
+    /// The connection's place in the count, or `None` when `max_connections` are open: it
+    /// is then answered 503 (without waiting: what its socket does not take at once is lost)
+    /// and closed.
+    fn admit(
+        &mut self,
+        sock: &Connection,
+        messages: &MessagesQueue<Message>,
+    ) -> Option<util::OpenConnection> {
+        let open = self.open.load(std::sync::atomic::Ordering::Acquire);
+        match self.limits.max_connections {
+            Some(max) if open >= max => {
+                #[cfg(unix)]
+                if let Some(fd) = sock.raw_fd() {
+                    let _ = util::send_without_waiting(fd, &refusal(503, &self.limits));
+                }
+                let text = format!(
+                    "{} client connections are open, the most allowed: new ones get 503 until some close",
+                    open
+                );
+                self.report(Trouble::Full, text, messages);
+                None
+            }
+            _ => Some(util::OpenConnection::new(&self.open)),
+        }
+    }
+
+    /// `accept` failed. Out of descriptors, the spare one is let go to accept and close one
+    /// waiting connection; either way the loop backs off before it accepts again.
+    fn accept_failed(
+        &mut self,
+        listener: &Listener,
+        error: IoError,
+        messages: &MessagesQueue<Message>,
+    ) {
+        if is_out_of_descriptors(&error) && self.spare.take().is_some() {
+            if let Ok((sock, _)) = listener.accept() {
+                drop(sock);
+            }
+            self.spare = spare_descriptor();
+        }
+        self.shortage(error, messages);
+    }
+
+    /// A connection could not be set up (`error`), and was closed: report, back off.
+    fn shortage(&mut self, error: IoError, messages: &MessagesQueue<Message>) {
+        let (trouble, text) = if is_out_of_descriptors(&error) {
+            let text = format!(
+                "no file descriptor left ({}): new connections are closed until some are freed",
+                error
+            );
+            (Trouble::Descriptors, text)
+        } else {
+            let text = format!(
+                "a new connection could not be set up ({}): it was closed",
+                error
+            );
+            (Trouble::Other, text)
+        };
+        self.report(trouble, text, messages);
+        thread::sleep(ACCEPT_BACKOFF);
+    }
+
+    fn report(&mut self, trouble: Trouble, text: String, messages: &MessagesQueue<Message>) {
+        let now = std::time::Instant::now();
+        let new_burst = match self.last_trouble {
+            Some((last, at)) => last != trouble || now.duration_since(at) > Duration::from_secs(1),
+            None => true,
+        };
+        self.last_trouble = Some((trouble, now));
+        if new_burst {
+            messages.push(IoError::new(IoErrorKind::Other, text).into());
+        }
+    }
+}
+
+/// [wxauth patch] EMFILE (this process) or ENFILE (the whole system).
+fn is_out_of_descriptors(error: &IoError) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(
+            error.raw_os_error(),
+            Some(libc::EMFILE) | Some(libc::ENFILE)
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = error;
+        false
+    }
+}
+
+/// [wxauth patch] The descriptor `Accepting` holds back.
+fn spare_descriptor() -> Option<std::fs::File> {
+    #[cfg(unix)]
+    {
+        std::fs::File::open("/dev/null").ok()
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// [wxauth patch] The whole response refusing a request, or a connection, before the
+/// application sees it; the connection is closed after it. 503 says when to come back.
+pub(crate) fn refusal(status: u16, limits: &Limits) -> Vec<u8> {
+    let body = match limits.error_body {
+        Some(error_body) => error_body(status, limits),
+        None => String::new(),
+    };
+    let retry = if status == 503 {
+        "Retry-After: 1\r\n"
+    } else {
+        ""
+    };
+    let head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json; charset=utf-8\r\n\
+         Content-Length: {}\r\n{}Connection: close\r\n\r\n",
+        status,
+        StatusCode(status).default_reason_phrase(),
+        body.len(),
+        retry
+    );
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(body.as_bytes());
+    bytes
 }
 
 impl Iterator for IncomingRequests<'_> {

@@ -99,7 +99,8 @@ impl<R: Write> Write for NotifyOnDrop<R> {
 }
 impl<R> Drop for NotifyOnDrop<R> {
     fn drop(&mut self) {
-        self.sender.send(Instant::now()).unwrap();
+        // [wxauth patch] the connection thread may be gone; nothing waits for the notice then
+        let _ = self.sender.send(Instant::now());
     }
 }
 
@@ -246,6 +247,37 @@ where
         must_send_continue: expects_continue,
         notify_when_responded: None,
     })
+}
+
+/// [wxauth patch] A request whose body the connection thread has already read whole (under
+/// limits): the application reads it from memory, so reading it never waits for the client.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn buffered_request<W>(
+    secure: bool,
+    method: Method,
+    path: String,
+    version: HTTPVersion,
+    headers: Vec<Header>,
+    remote_addr: Option<SocketAddr>,
+    body: Vec<u8>,
+    writer: W,
+) -> Request
+where
+    W: Write + Send + 'static,
+{
+    Request {
+        body_length: Some(body.len()),
+        data_reader: Some(Box::new(Cursor::new(body))),
+        response_writer: Some(Box::new(writer)),
+        remote_addr,
+        secure,
+        method,
+        path,
+        http_version: version,
+        headers,
+        must_send_continue: false,
+        notify_when_responded: None,
+    }
 }
 
 impl Request {
@@ -442,7 +474,7 @@ impl Request {
     {
         let res = self.respond_impl(response);
         if let Some(sender) = self.notify_when_responded.take() {
-            sender.send(Instant::now()).unwrap();
+            let _ = sender.send(Instant::now()); // [wxauth patch] see NotifyOnDrop
         }
         res
     }
@@ -539,7 +571,7 @@ impl Drop for Request {
             let response = Response::empty(500);
             let _ = self.respond_impl(response); // ignoring any potential error
             if let Some(sender) = self.notify_when_responded.take() {
-                sender.send(Instant::now()).unwrap();
+                let _ = sender.send(Instant::now()); // [wxauth patch] see NotifyOnDrop
             }
         }
     }
@@ -603,7 +635,7 @@ impl Unsent {
     fn end(&mut self) -> bool {
         self.writer = None;
         if let Some(sender) = self.notify_when_responded.take() {
-            sender.send(Instant::now()).unwrap();
+            let _ = sender.send(Instant::now()); // [wxauth patch] see NotifyOnDrop
         }
         true
     }

@@ -18,7 +18,7 @@ fn ms(millis: u64) -> Duration {
 }
 
 /// What the application would send: a JSON envelope naming the status.
-fn envelope(status: u16) -> String {
+fn envelope(status: u16, _: &Limits) -> String {
     format!("{{\"error\":\"refused\",\"status\":{}}}", status)
 }
 
@@ -31,6 +31,8 @@ fn test_limits() -> Limits {
         head_timeout: Some(ms(500)),
         idle_timeout: Some(ms(300)),
         write_timeout: Some(ms(1000)),
+        max_body_bytes: 4096,
+        max_connections: None,
         error_body: Some(envelope),
     }
 }
@@ -120,7 +122,7 @@ fn refusal_of(address: SocketAddr, request: &[u8]) -> String {
 
 /// The exact response a refusal must be.
 fn refusal(status: u16, reason: &str) -> String {
-    let body = envelope(status);
+    let body = envelope(status, &test_limits());
     format!(
         "HTTP/1.1 {} {}\r\nContent-Type: application/json; charset=utf-8\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{}",
@@ -140,6 +142,8 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(limits.head_timeout, Some(Duration::from_secs(10)));
     assert_eq!(limits.idle_timeout, Some(Duration::from_secs(30)));
     assert_eq!(limits.write_timeout, Some(Duration::from_secs(30)));
+    assert_eq!(limits.max_body_bytes, 1024 * 1024);
+    assert_eq!(limits.max_connections, None);
     assert!(limits.error_body.is_none());
 }
 
@@ -386,81 +390,180 @@ fn without_error_body_a_refusal_has_an_empty_body() {
 }
 
 #[test]
-fn a_stalled_body_read_fails_after_the_head_timeout() {
-    // Also: a small body is left to the application (upstream read bodies of up to 1024
-    // bytes itself, before handing over the request, with no timeout at all).
+fn a_body_is_read_whole_before_the_application_sees_the_request() {
+    // The connection thread reads the body, however slowly it comes within the deadline, so
+    // the application never waits for a client; it gets the body from memory.
     let (server, address) = start(test_limits());
     let mut client = connect(address);
+    let mut reader = BufReader::new(client.try_clone().unwrap());
     client
-        .write_all(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+        .write_all(b"POST /slow HTTP/1.1\r\nContent-Length: 6\r\n\r\nabc")
         .unwrap();
-
+    assert!(server.recv_timeout(ms(200)).unwrap().is_none());
+    client.write_all(b"def").unwrap();
     let mut request = server
         .recv_timeout(Duration::from_secs(5))
         .unwrap()
         .unwrap();
+    assert_eq!(request.body_length(), Some(6));
+    let mut body = String::new();
+    request.as_reader().read_to_string(&mut body).unwrap();
+    assert_eq!(body, "abcdef");
+    request.respond(Response::from_string("ok")).unwrap();
+    assert_eq!(read_response(&mut reader).2, "ok");
+
+    // Chunked, and `Expect: 100-continue` answered by the connection thread.
+    client
+        .write_all(
+            b"POST /chunked HTTP/1.1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .unwrap();
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line, "HTTP/1.1 100 Continue\r\n");
+    reader.read_line(&mut line).unwrap();
+    client
+        .write_all(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+        .unwrap();
+    let mut request = server
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap()
+        .unwrap();
+    let mut body = String::new();
+    request.as_reader().read_to_string(&mut body).unwrap();
+    assert_eq!(body, "abcde");
+    request.respond(Response::from_string("chunks")).unwrap();
+    assert_eq!(read_response(&mut reader).2, "chunks");
+}
+
+#[test]
+fn a_stalled_body_is_refused_with_408_and_never_reaches_the_application() {
+    let (server, address) = start(test_limits());
     let started = Instant::now();
-    let mut body = Vec::new();
-    let error = request.as_reader().read_to_end(&mut body).unwrap_err();
-    let elapsed = started.elapsed();
-
-    assert_eq!(body, b"abc");
+    let received = refusal_of(address, b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
+    assert_eq!(received, refusal(408, "Request Timeout"));
     assert!(
-        error.kind() == ErrorKind::WouldBlock || error.kind() == ErrorKind::TimedOut,
-        "{:?}",
-        error
+        started.elapsed() >= ms(450),
+        "after {:?}",
+        started.elapsed()
     );
-    assert!(elapsed >= ms(450), "failed after {:?}", elapsed);
-    assert!(elapsed < ms(3000), "failed after {:?}", elapsed);
+    assert!(server.try_recv().unwrap().is_none());
 }
 
 #[test]
-fn an_unread_body_with_a_huge_content_length_is_drained_in_bounded_memory() {
-    // Upstream allocated the whole remaining Content-Length when it drained an unread body,
-    // which aborts the process for a length like this one.
+fn a_body_over_the_limit_is_refused_with_413() {
     let (server, address) = start(test_limits());
-    let mut client = connect(address);
-    let mut reader = BufReader::new(client.try_clone().unwrap());
-    client
-        .write_all(b"POST / HTTP/1.1\r\nContent-Length: 1000000000000000\r\n\r\nsome")
-        .unwrap();
+    for request in [
+        &b"POST / HTTP/1.1\r\nContent-Length: 1000000000000000\r\n\r\nsome"[..],
+        &b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999999\r\n\r\n"[..],
+        &b"POST / HTTP/1.1\r\nContent-Length: 4097\r\n\r\n"[..],
+    ] {
+        assert_eq!(
+            refusal_of(address, request),
+            refusal(413, "Payload Too Large")
+        );
+    }
+    let mut chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..5 {
+        chunked.extend_from_slice(b"400\r\n");
+        chunked.extend_from_slice(&[b'x'; 0x400]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    assert_eq!(
+        refusal_of(address, &chunked),
+        refusal(413, "Payload Too Large")
+    );
+    assert!(server.try_recv().unwrap().is_none());
+}
 
-    let request = server
-        .recv_timeout(Duration::from_secs(5))
-        .unwrap()
-        .unwrap();
-    request
-        .respond(Response::from_string("not reading that"))
-        .unwrap();
-    let (status, _, body) = read_response(&mut reader);
-    assert_eq!(status, 200);
-    assert_eq!(body, "not reading that");
-    client.shutdown(Shutdown::Write).unwrap();
+#[test]
+fn an_endless_chunk_size_line_is_refused_with_400() {
+    let (server, address) = start(test_limits());
+    let mut request = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    request.extend_from_slice(&[b'1'; 64 * 1024]);
+    assert_eq!(refusal_of(address, &request), refusal(400, "Bad Request"));
+    assert!(server.try_recv().unwrap().is_none());
+}
 
-    // The server is still here.
+#[test]
+fn framing_two_parsers_could_read_differently_is_refused_with_400() {
+    let (server, address) = start(test_limits());
     answer_all(&server);
-    let client = connect(address);
-    let mut reader = BufReader::new(client.try_clone().unwrap());
-    (&client).write_all(b"GET /after HTTP/1.1\r\n\r\n").unwrap();
-    assert_eq!(read_response(&mut reader).0, 200);
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let cases = [
+        "Content-Length: 5\r\nTransfer-Encoding: chunked",
+        "Transfer-Encoding: identity",
+        "Transfer-Encoding: xchunked",
+        "Transfer-Encoding: chunked, identity",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+        "X-Folded: a\r\n Transfer-Encoding: chunked",
+        "X-Folded: a\r\n\tContent-Length: 5",
+        "Content-Length: 5\r\nContent-Length: 6",
+        "Content-Length: 5\r\nContent-Length: 5",
+        "Content-Length: +5",
+        "Content-Length: -5",
+        "Content-Length: 5 5",
+        "Content-Length: 0x5",
+        "Content-Length: five",
+        "Content-Length:",
+        "Content-Length : 5",
+        ": empty name",
+        "X-Bare-LF: a\nContent-Length: 5",
+        "X-Bare-CR: a\rContent-Length: 5",
+        "X-Control: a\x01b",
+    ];
+    for headers in cases {
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: x\r\n{}\r\n\r\n0\r\n\r\n{}",
+            headers, smuggled
+        );
+        let received = refusal_of(address, request.as_bytes());
+        assert_eq!(received, refusal(400, "Bad Request"), "{:?}", headers);
+    }
+    let http10 = format!(
+        "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{}",
+        smuggled
+    );
+    assert_eq!(
+        refusal_of(address, http10.as_bytes()),
+        refusal(400, "Bad Request")
+    );
+    let not_ascii = b"GET / HTTP/1.1\r\nX-Name: caf\xc3\xa9\r\n\r\n";
+    assert_eq!(refusal_of(address, not_ascii), refusal(400, "Bad Request"));
 }
 
 #[test]
-fn an_endless_chunk_size_line_is_an_error_not_a_growing_buffer() {
+fn request_lines_other_than_rfc_9112_allows_are_refused() {
     let (server, address) = start(test_limits());
-    let mut client = connect(address);
-    client
-        .write_all(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
-        .unwrap();
-    client.write_all(&[b'1'; 64 * 1024]).unwrap();
-
-    let mut request = server
-        .recv_timeout(Duration::from_secs(5))
-        .unwrap()
-        .unwrap();
-    let mut body = Vec::new();
-    let error = request.as_reader().read_to_end(&mut body).unwrap_err();
-    assert_eq!(error.kind(), ErrorKind::InvalidInput, "{:?}", error);
+    answer_all(&server);
+    for line in [
+        "GET  / HTTP/1.1",
+        "GET / HTTP/1.1 ",
+        " GET / HTTP/1.1",
+        "GET / HTTP/1.1 extra",
+        "GET /\x7f HTTP/1.1",
+        "GET / HTTP/1.10",
+        "GET / http/1.1",
+        "G(T / HTTP/1.1",
+    ] {
+        let request = format!("{}\r\n\r\n", line);
+        assert_eq!(
+            refusal_of(address, request.as_bytes()),
+            refusal(400, "Bad Request"),
+            "{:?}",
+            line
+        );
+    }
+    for version in ["HTTP/2.0", "HTTP/3.0", "HTTP/0.9", "HTTP/1.2"] {
+        let request = format!("GET / {}\r\nHost: x\r\n\r\n", version);
+        let received = refusal_of(address, request.as_bytes());
+        assert_eq!(
+            received,
+            refusal(505, "HTTP Version Not Supported"),
+            "{:?}",
+            version
+        );
+    }
 }
 
 #[test]
@@ -612,4 +715,120 @@ fn a_last_request_ends_the_connection_as_soon_as_it_is_answered() {
             started.elapsed()
         );
     }
+}
+
+#[test]
+fn a_pipelined_request_is_answered_at_once() {
+    // The second request is already in the connection's buffer when the first is answered: the
+    // connection thread must not wait for the socket (until the idle timeout) before reading it.
+    let limits = Limits {
+        idle_timeout: Some(Duration::from_secs(5)),
+        ..test_limits()
+    };
+    let (server, address) = start(limits);
+    answer_all(&server);
+    let client = connect(address);
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    let started = Instant::now();
+    (&client)
+        .write_all(b"GET /1 HTTP/1.1\r\n\r\nPOST /2 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+        .unwrap();
+    assert_eq!(read_response(&mut reader).2, "GET /1 ");
+    assert_eq!(read_response(&mut reader).2, "POST /2 abc");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered after {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn past_max_connections_a_new_connection_gets_503_and_open_ones_are_served() {
+    let limits = Limits {
+        idle_timeout: Some(Duration::from_secs(5)),
+        max_connections: Some(2),
+        ..test_limits()
+    };
+    let (server, address) = start(limits);
+    let troubles = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let answering = server.clone();
+    let reported = troubles.clone();
+    thread::spawn(move || loop {
+        match answering.recv() {
+            Ok(request) => {
+                let text = request.url().to_string();
+                request.respond(Response::from_string(text)).unwrap();
+            }
+            Err(error) => reported.lock().unwrap().push(error.to_string()),
+        }
+    });
+    let ask = |client: &TcpStream, reader: &mut BufReader<TcpStream>, path: &str| {
+        (&*client)
+            .write_all(format!("GET {} HTTP/1.1\r\n\r\n", path).as_bytes())
+            .unwrap();
+        read_response(reader).2
+    };
+    let first = connect(address);
+    let mut first_reader = BufReader::new(first.try_clone().unwrap());
+    let second = connect(address);
+    let mut second_reader = BufReader::new(second.try_clone().unwrap());
+    assert_eq!(ask(&first, &mut first_reader, "/a"), "/a");
+    assert_eq!(ask(&second, &mut second_reader, "/b"), "/b");
+
+    for _ in 0..3 {
+        let refused = refusal_of(address, b"GET /c HTTP/1.1\r\n\r\n");
+        assert!(refused.starts_with("HTTP/1.1 503 "), "{:?}", refused);
+        assert!(refused.contains("\r\nRetry-After: 1\r\n"), "{:?}", refused);
+        assert!(
+            refused.ends_with(&envelope(503, &test_limits())),
+            "{:?}",
+            refused
+        );
+    }
+    // Open connections are still served.
+    assert_eq!(ask(&first, &mut first_reader, "/d"), "/d");
+    let reports = troubles.lock().unwrap().clone();
+    assert_eq!(reports.len(), 1, "reported once per burst: {:?}", reports);
+    assert!(reports[0].contains("2 client connections"), "{:?}", reports);
+
+    // Once one closes, a new connection is served again.
+    drop(first_reader);
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let client = connect(address);
+        let mut reader = BufReader::new(client.try_clone().unwrap());
+        (&client).write_all(b"GET /e HTTP/1.1\r\n\r\n").unwrap();
+        let mut status = String::new();
+        let _ = reader.read_line(&mut status);
+        if status.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still refused: {:?}", status);
+        thread::sleep(ms(50));
+    }
+}
+
+#[test]
+fn a_client_that_does_not_read_holds_an_answer_for_the_write_timeout_in_all() {
+    let limits = Limits {
+        write_timeout: Some(ms(500)),
+        ..test_limits()
+    };
+    let (server, address) = start(limits);
+    let mut client = connect(address);
+    client.write_all(b"GET /big HTTP/1.1\r\n\r\n").unwrap();
+    let request = server
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap()
+        .unwrap();
+    let started = Instant::now();
+    let result = request.respond(Response::from_data(vec![b'x'; 64 * 1024 * 1024]));
+    let elapsed = started.elapsed();
+    assert!(
+        result.is_err(),
+        "a 64 MiB answer to a client that reads nothing"
+    );
+    assert!(elapsed >= ms(450), "gave up after {:?}", elapsed);
+    assert!(elapsed < ms(3000), "gave up after {:?}", elapsed);
 }

@@ -91,24 +91,33 @@ where
 
         self.read_line_feed()?;
 
+        // [wxauth patch] 1*HEXDIG, then optional spaces (before extensions): `from_str_radix`
+        // alone also takes a sign, and upstream trimmed leading spaces too, sizes another parser
+        // may read differently.
         let chunk_size = String::from_utf8(chunk_size_bytes)
             .ok()
-            .and_then(|c| usize::from_str_radix(c.trim(), 16).ok())
+            .map(|c| c.trim_end_matches([' ', '\t']).to_owned())
+            .filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|c| usize::from_str_radix(&c, 16).ok())
             .ok_or_else(|| IoError::new(ErrorKind::InvalidInput, DecoderError))?;
 
         Ok(chunk_size)
     }
 
     fn read_carriage_return(&mut self) -> IoResult<()> {
-        match self.source.by_ref().bytes().next() {
-            Some(Ok(b'\r')) => Ok(()),
-            _ => Err(IoError::new(ErrorKind::InvalidInput, DecoderError)),
-        }
+        self.read_byte(b'\r')
     }
 
     fn read_line_feed(&mut self) -> IoResult<()> {
+        self.read_byte(b'\n')
+    }
+
+    /// [wxauth patch] A failed read is passed on as it is (a timeout stays a timeout); only a
+    /// wrong byte or the end of the input is a decoding error.
+    fn read_byte(&mut self, expected: u8) -> IoResult<()> {
         match self.source.by_ref().bytes().next() {
-            Some(Ok(b'\n')) => Ok(()),
+            Some(Ok(byte)) if byte == expected => Ok(()),
+            Some(Err(error)) => Err(error),
             _ => Err(IoError::new(ErrorKind::InvalidInput, DecoderError)),
         }
     }
@@ -213,6 +222,10 @@ mod test {
         read_err("1X\r\n");
         read_err("-\r\n");
         read_err("-1\r\n");
+        // [wxauth patch] a sign or leading whitespace
+        read_err("+1\r\n");
+        read_err(" 1\r\n");
+        read_err("\r\n");
         // Acceptable (if not fully valid) extensions do not influence the size
         read("1;extension\r\n", 1);
         read("a;ext name=value\r\n", 10);

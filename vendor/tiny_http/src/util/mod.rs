@@ -4,8 +4,9 @@ pub use self::equal_reader::EqualReader;
 pub use self::fused_reader::FusedReader;
 pub use self::messages_queue::MessagesQueue;
 #[cfg(unix)]
-pub(crate) use self::readiness::send_without_waiting; // [wxauth patch]
+pub(crate) use self::readiness::{send_without_waiting, wait_writable}; // [wxauth patch]
 pub(crate) use self::readiness::{wait_readable, RawFd}; // [wxauth patch]
+pub(crate) use self::refined_tcp_stream::OpenConnection; // [wxauth patch]
 pub use self::refined_tcp_stream::RefinedTcpStream;
 pub use self::sequential::{SequentialReader, SequentialReaderBuilder};
 pub use self::sequential::{SequentialWriter, SequentialWriterBuilder};

@@ -15,15 +15,31 @@ use std::time::Duration;
 /// and nothing is reported: the caller goes on exactly as it would have without waiting, so the
 /// wait only changes where its thread sleeps, never what it does.
 #[cfg(unix)]
-#[allow(unsafe_code)]
 pub(crate) fn wait_readable(fd: RawFd, timeout: Option<Duration>) {
+    poll_one(fd, libc::POLLIN, timeout);
+}
+
+/// Waits until the socket `fd` has room to write, is closed or fails, or `timeout` has passed;
+/// like `wait_readable`, the caller learns nothing and simply tries again.
+#[cfg(unix)]
+pub(crate) fn wait_writable(fd: RawFd, timeout: Duration) {
+    poll_one(fd, libc::POLLOUT, Some(timeout));
+}
+
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn poll_one(fd: RawFd, events: libc::c_short, timeout: Option<Duration>) {
+    // Rounded up: a wait of less than a millisecond must still wait, not spin.
     let milliseconds = match timeout {
-        Some(timeout) => timeout.as_millis().min(i32::MAX as u128) as i32,
+        Some(timeout) => {
+            let rounded = timeout.as_nanos().div_ceil(1_000_000);
+            rounded.min(i32::MAX as u128) as i32
+        }
         None => -1,
     };
     let mut pollfd = libc::pollfd {
         fd,
-        events: libc::POLLIN,
+        events,
         revents: 0,
     };
     // SAFETY: `pollfd` is one initialised `pollfd` that outlives the call, and the count says one.

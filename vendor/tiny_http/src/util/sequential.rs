@@ -141,23 +141,28 @@ impl<R: Read + Send> Read for SequentialReader<R> {
     }
 }
 
+impl<W: Write + Send> SequentialWriter<W> {
+    /// [wxauth patch] Waits for the previous writer to be done, then locks the writer. The
+    /// previous writer gives its turn when dropped, so the wait always ends, and a lock poisoned
+    /// by a thread that panicked while writing still holds a usable writer (upstream unwrapped
+    /// both, so one panic spread to every later response on the connection).
+    fn my_turn(&mut self) -> std::sync::MutexGuard<'_, W> {
+        if let Some(mut previous) = self.trigger.take() {
+            let _ = previous.take();
+        }
+        self.writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 impl<W: Write + Send> Write for SequentialWriter<W> {
     fn write(&mut self, buf: &[u8]) -> IoResult<usize> {
-        if let Some(v) = self.trigger.as_mut() {
-            v.take().unwrap()
-        }
-        self.trigger = None;
-
-        self.writer.lock().unwrap().write(buf)
+        self.my_turn().write(buf)
     }
 
     fn flush(&mut self) -> IoResult<()> {
-        if let Some(v) = self.trigger.as_mut() {
-            v.take().unwrap()
-        }
-        self.trigger = None;
-
-        self.writer.lock().unwrap().flush()
+        self.my_turn().flush()
     }
 }
 

@@ -1,6 +1,6 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::Duration;
 
@@ -47,6 +47,8 @@ impl<'a> Drop for Registration<'a> {
 }
 
 impl TaskPool {
+    /// [wxauth patch] The pool starts with up to `MIN_THREADS` threads: one that cannot be
+    /// started now is started later, when a task needs it.
     pub fn new() -> TaskPool {
         let pool = TaskPool {
             sharing: Arc::new(Sharing {
@@ -58,7 +60,7 @@ impl TaskPool {
         };
 
         for _ in 0..MIN_THREADS {
-            pool.add_thread(None)
+            let _ = pool.add_thread(None);
         }
 
         pool
@@ -66,8 +68,12 @@ impl TaskPool {
 
     /// Executes a function in a thread.
     /// If no thread is available, spawns a new one.
-    pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
-        let mut queue = self.sharing.todo.lock().unwrap();
+    ///
+    /// [wxauth patch] Fails when a new thread is needed and the system will not start one (a
+    /// thread limit, no memory); `code` is then dropped, not run. Upstream panicked there, on the
+    /// caller's thread and with the queue's lock held, which poisoned it for every pool thread.
+    pub fn spawn(&self, code: Box<dyn FnMut() + Send>) -> std::io::Result<()> {
+        let mut queue = lock(&self.sharing.todo);
 
         // [wxauth patch] Upstream compared the idle threads with 0 only. Two tasks spawned before
         // one idle thread woke both went to the queue; that thread took the first (a connection,
@@ -75,17 +81,20 @@ impl TaskPool {
         // thread to free up: seconds, or for ever. A task is queued only if an idle thread is
         // left for it after the tasks already queued.
         if self.sharing.waiting_tasks.load(Ordering::Acquire) <= queue.len() {
-            self.add_thread(Some(code));
+            self.add_thread(Some(code))
         } else {
             queue.push_back(code);
             self.sharing.condvar.notify_one();
+            Ok(())
         }
     }
 
-    fn add_thread(&self, initial_fn: Option<Box<dyn FnMut() + Send>>) {
+    fn add_thread(&self, initial_fn: Option<Box<dyn FnMut() + Send>>) -> std::io::Result<()> {
         let sharing = self.sharing.clone();
 
-        thread::spawn(move || {
+        // [wxauth patch] `Builder::spawn` reports a failure (and drops the closure) where
+        // `thread::spawn` panicked.
+        let spawned = thread::Builder::new().spawn(move || {
             let sharing = sharing;
             let _active_guard = Registration::new(&sharing.active_tasks);
 
@@ -95,7 +104,7 @@ impl TaskPool {
 
             loop {
                 let mut task: Box<dyn FnMut() + Send> = {
-                    let mut todo = sharing.todo.lock().unwrap();
+                    let mut todo = lock(&sharing.todo);
 
                     let task;
                     loop {
@@ -107,13 +116,16 @@ impl TaskPool {
 
                         let received =
                             if sharing.active_tasks.load(Ordering::Acquire) <= MIN_THREADS {
-                                todo = sharing.condvar.wait(todo).unwrap();
+                                todo = sharing
+                                    .condvar
+                                    .wait(todo)
+                                    .unwrap_or_else(PoisonError::into_inner);
                                 true
                             } else {
                                 let (new_lock, waitres) = sharing
                                     .condvar
                                     .wait_timeout(todo, Duration::from_millis(5000))
-                                    .unwrap();
+                                    .unwrap_or_else(PoisonError::into_inner);
                                 todo = new_lock;
                                 !waitres.timed_out()
                             };
@@ -129,7 +141,14 @@ impl TaskPool {
                 task();
             }
         });
+        spawned.map(drop)
     }
+}
+
+/// [wxauth patch] The queue stays consistent whatever a panicking thread was doing (a task runs
+/// outside the lock), so a poisoned lock is taken as it is instead of panicking in turn.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Drop for TaskPool {
