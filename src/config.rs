@@ -123,7 +123,7 @@ pub(crate) struct JwtConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RateLimitConfig {
-    /// Limit WeChat-bound and account-creating requests per client address.
+    /// Limit WeChat-bound and account-creating requests per client (IPv4 address, IPv6 /64).
     pub(crate) enabled: bool,
     /// Requests a client may make at once.
     pub(crate) burst: u32,

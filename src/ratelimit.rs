@@ -1,5 +1,7 @@
 //! Per-client rate limiting for the requests that cost something: calls to WeChat and account
-//! creation. A token bucket per client address: `burst` requests at once, then `per_second`.
+//! creation. A token bucket per client: `burst` requests at once, then `per_second`. A client is
+//! an IPv4 address or an IPv6 /64, what one subscriber gets (a phone may use any address in its
+//! /64); an IPv4-mapped IPv6 address is its IPv4 address.
 //!
 //! Mobile carriers put many users behind one address, so the defaults are generous. The address is
 //! the one the server decided on (the peer, or `X-Forwarded-For` from a trusted proxy); this module
@@ -8,7 +10,7 @@
 //! are counted in `metrics`.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -39,11 +41,13 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one request from `client`'s bucket: `Ok` if allowed, else `Err(seconds to wait)`.
-    pub(crate) fn check(&self, client: IpAddr, now: Instant) -> Result<(), u64> {
+    /// Takes one request from the bucket of the client `address` belongs to: `Ok` if allowed,
+    /// else `Err(seconds to wait)`.
+    pub(crate) fn check(&self, address: IpAddr, now: Instant) -> Result<(), u64> {
         if !self.enabled {
             return Ok(());
         }
+        let client = client_of(address);
         let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if buckets.len() > SWEEP_ABOVE {
             let (burst, per_second) = (self.burst, self.per_second);
@@ -63,6 +67,19 @@ impl RateLimiter {
             crate::metrics::METRICS.rate_limit_refused();
             Err(((1.0 - bucket.tokens) / self.per_second).ceil().max(1.0) as u64)
         }
+    }
+}
+
+/// The client an address belongs to, as a bucket's key: an IPv4 address as it is, an IPv6 address
+/// as its /64, an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, as a dual-stack listener sees an
+/// IPv4 peer) as its IPv4 address. A few integer operations, as it runs on every limited request.
+fn client_of(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & (u128::MAX << 64))),
+        },
     }
 }
 
@@ -97,6 +114,26 @@ mod tests {
         let off = RateLimiter::new(&RateLimitConfig { enabled: false, burst: 1, per_second: 1 });
         for _ in 0..100 {
             assert!(off.check("10.0.0.1".parse().unwrap(), now).is_ok());
+        }
+    }
+
+    /// Regression: each IPv6 address had its own bucket, so one phone, which may use any address
+    /// of its /64, had as many buckets as it liked.
+    #[test]
+    fn an_ipv6_slash_64_is_one_client_and_a_mapped_ipv4_address_is_its_ipv4_address() {
+        let limiter = limiter(2, 1);
+        let now = Instant::now();
+        let allowed = |client: &str| limiter.check(client.parse().unwrap(), now).is_ok();
+        assert!(allowed("2001:db8:1:2::1"));
+        assert!(allowed("2001:db8:1:2:ffff:ffff:ffff:ffff"));
+        assert!(!allowed("2001:db8:1:2:abcd::9"), "a third address of the same /64");
+        assert!(allowed("2001:db8:1:3::1"), "the next /64 is another subscriber");
+        assert!(allowed("10.0.0.1"));
+        assert!(allowed("::ffff:10.0.0.1"));
+        assert!(!allowed("10.0.0.1"), "::ffff:10.0.0.1 is 10.0.0.1");
+        // Mapped addresses are IPv4 clients each, though they share a /64.
+        for client in ["::ffff:10.0.0.2", "::ffff:10.0.0.3", "::ffff:10.0.0.4"] {
+            assert!(allowed(client), "{client}");
         }
     }
 }

@@ -706,18 +706,26 @@ fn forwarded_for_from_a_trusted_proxy_is_the_client() {
     assert_eq!(row(&server, &chained).unwrap()["last_ip"], "203.0.113.9");
 }
 
-#[test]
-fn the_rate_limit_is_per_forwarded_client_behind_a_trusted_proxy() {
-    let server = Wxauth::start(&[
+/// A server behind a trusted proxy (127.0.0.1) whose rate limit has this burst, then 1 a second.
+fn behind_a_proxy_with_burst(burst: &str) -> Wxauth {
+    Wxauth::start(&[
         ("WXAUTH_TRUSTED_PROXIES", "127.0.0.1"),
         ("WXAUTH_RATE_LIMIT_ENABLED", "true"),
-        ("WXAUTH_RATE_LIMIT_BURST", "2"),
+        ("WXAUTH_RATE_LIMIT_BURST", burst),
         ("WXAUTH_RATE_LIMIT_PER_SECOND", "1"),
-    ]);
-    let exchange = |client: &str| {
-        let url = server.url(&format!("get_openid_by_code?code={}", fresh_code("limited")));
-        send(&agent(), "GET", &url, &[("X-Forwarded-For", client)], None)
-    };
+    ])
+}
+
+/// `get_openid_by_code` with a fresh code, forwarded for `client` by the trusted proxy.
+fn exchange_for(server: &Wxauth, client: &str) -> Answer {
+    let url = server.url(&format!("get_openid_by_code?code={}", fresh_code("limited")));
+    send(&agent(), "GET", &url, &[("X-Forwarded-For", client)], None)
+}
+
+#[test]
+fn the_rate_limit_is_per_forwarded_client_behind_a_trusted_proxy() {
+    let server = behind_a_proxy_with_burst("2");
+    let exchange = |client: &str| exchange_for(&server, client);
     for client in ["203.0.113.7", "203.0.113.8"] {
         for _ in 0..2 {
             exchange(client).result();
@@ -726,6 +734,26 @@ fn the_rate_limit_is_per_forwarded_client_behind_a_trusted_proxy() {
     }
     // The proxy itself (no header) has its own bucket too.
     server.openid_for(&fresh_code("limited"));
+}
+
+/// Regression: every IPv6 address had a bucket of its own, while a phone gets a whole /64 and may
+/// use any address in it.
+#[test]
+fn the_rate_limit_counts_an_ipv6_slash_64_as_one_client() {
+    let server = behind_a_proxy_with_burst("3");
+    let exchange = |client: &str| exchange_for(&server, client);
+    for client in ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2::3"] {
+        exchange(client).result();
+    }
+    exchange("2001:db8:1:2::4").assert_error(429, "rate_limited");
+    exchange("2001:db8:1:2:ffff:ffff:ffff:ffff").assert_error(429, "rate_limited");
+    // The next /64 is another subscriber.
+    exchange("2001:db8:1:3::1").result();
+    // An IPv4-mapped address is its IPv4 address.
+    for client in ["203.0.113.7", "::ffff:203.0.113.7", "203.0.113.7"] {
+        exchange(client).result();
+    }
+    exchange("::ffff:203.0.113.7").assert_error(429, "rate_limited");
 }
 
 #[test]
