@@ -2,7 +2,8 @@
 //! per line, filtered by level, and the access log (one line per request; those at info and debug
 //! are written a few at a time, see `WAITING`). Callers pass text that is already
 //! free of secrets; this module adds the time and the level, and escapes what a client sent (the
-//! method and path) so that no request can forge or break a line.
+//! method and path) so that no request can forge or break a line, and copies at most
+//! `MAX_CLIENT_TEXT` bytes of each so that no request can make its line long.
 //!
 //! The settings are process-wide atomics set once at start-up by `configure`, because log lines
 //! come from everywhere (the writer thread, WeChat calls) and none of those places should need a
@@ -187,8 +188,8 @@ pub(crate) fn access(entry: &Access) {
         let mut fields = json!({
             "type": "access",
             "client": entry.client.to_string(),
-            "method": entry.method,
-            "path": entry.path,
+            "method": bounded(entry.method),
+            "path": bounded(entry.path),
             "status": entry.status,
             "duration_ms": (millis * 1000.0).round() / 1000.0,
         });
@@ -208,7 +209,8 @@ pub(crate) fn access(entry: &Access) {
 /// before every answer, and `format!` (a float with one decimal above all) made it cost as much
 /// as the indexed read behind `is_openid_registered` (bench/profile).
 fn plain_access_line(entry: &Access, level: LogLevel) -> String {
-    let mut text = String::with_capacity(96 + entry.path.len());
+    let (method, path) = (bounded(entry.method), bounded(entry.path));
+    let mut text = String::with_capacity(96 + path.len());
     text.push_str(&crate::time::format_datetime(crate::time::now()));
     text.push(' ');
     text.push_str(level_name(level));
@@ -227,9 +229,9 @@ fn plain_access_line(entry: &Access, level: LogLevel) -> String {
         }
     }
     text.push(' ');
-    text.push_str(&escape(entry.method));
+    text.push_str(&escape(&method));
     text.push(' ');
-    text.push_str(&escape(entry.path));
+    text.push_str(&escape(&path));
     text.push(' ');
     push_decimal(&mut text, u64::from(entry.status));
     text.push(' ');
@@ -265,6 +267,27 @@ fn push_decimal(text: &mut String, value: u64) {
         }
     }
     text.extend(digits[start..].iter().map(|&digit| char::from(digit)));
+}
+
+/// The most bytes of a client's method or path an access line copies: a request line may be
+/// 8 KiB, and anyone may send one to make its access line that long.
+const MAX_CLIENT_TEXT: usize = 128;
+
+/// Text a client sent as an access line shows it: whole up to `MAX_CLIENT_TEXT` bytes (borrowed,
+/// as nearly every path is), else its first `MAX_CLIENT_TEXT` bytes at most, cut on a character
+/// boundary, and `...[NB]` with its whole length N in bytes. The marker has no space, so the
+/// plain line keeps one field for it.
+fn bounded(text: &str) -> Cow<'_, str> {
+    if text.len() <= MAX_CLIENT_TEXT {
+        return Cow::Borrowed(text);
+    }
+    let kept = &text[..text.floor_char_boundary(MAX_CLIENT_TEXT)];
+    let mut cut = String::with_capacity(kept.len() + 16);
+    cut.push_str(kept);
+    cut.push_str("...[");
+    push_decimal(&mut cut, text.len() as u64);
+    cut.push_str("B]");
+    Cow::Owned(cut)
 }
 
 /// Text a client sent, with control characters and spaces escaped, so it stays one field of one
@@ -373,6 +396,33 @@ mod tests {
             fields(&entry("0.0.0.0", "/登录", 200, 50, None)),
             "INFO 0.0.0.0 GET /登录 200 0.1ms"
         );
+    }
+
+    #[test]
+    fn client_text_is_cut_to_its_first_128_bytes_on_a_character_boundary() {
+        let short = "/".repeat(MAX_CLIENT_TEXT);
+        assert!(matches!(bounded(&short), Cow::Borrowed(text) if text == short));
+        let long = format!("/{}", "a".repeat(8999));
+        assert_eq!(bounded(&long), format!("{}...[9000B]", &long[..128]));
+        // "登" is 3 bytes: bytes 126 to 128 of this path, so only 126 bytes are kept.
+        let wide = format!("{}登{}", "b".repeat(126), "c".repeat(100));
+        assert_eq!(bounded(&wide), format!("{}...[229B]", "b".repeat(126)));
+        // The method too: tiny_http takes any token as one.
+        let method = "M".repeat(7000);
+        let entry = Access {
+            client: "127.0.0.1".parse().unwrap(),
+            method: &method,
+            path: &long,
+            status: 404,
+            duration: Duration::ZERO,
+            error: None,
+            probe: false,
+        };
+        let line = plain_access_line(&entry, entry.level());
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(fields[4], format!("{}...[7000B]", &method[..128]));
+        assert_eq!(fields[5], format!("{}...[9000B]", &long[..128]));
+        assert!(line.len() < 400, "{line}");
     }
 
     #[test]

@@ -456,6 +456,31 @@ fn json_access_lines_parse_and_never_hold_the_query() {
     assert_eq!(access[1]["detail"], "wechat: code invalid (40029)");
 }
 
+/// Regression: an unknown path of up to 8 KiB went into its access line whole, so a client could
+/// make the log grow by 8 KiB a request. The line keeps the path's first 128 bytes, says it was
+/// cut and gives the whole length, in both formats.
+#[test]
+fn a_long_path_is_cut_in_the_access_line() {
+    let head = "/not-an-endpoint/long-path-start-";
+    let path = format!("{head}{}", "x".repeat(8000 - head.len()));
+    assert_eq!(path.len(), 8000);
+    for format in ["plain", "json"] {
+        let server = Wxauth::start(&[("WXAUTH_LOG_FORMAT", format)]);
+        server.raw("GET", &path, &[], None).assert_error(404, "not_found");
+        let log = server.log_containing(head);
+        let line = log.lines().find(|line| line.contains(head)).unwrap();
+        assert!(line.len() < 400, "{format}: a line of {} bytes: {line:.300}", line.len());
+        let shown = if format == "json" {
+            let line: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(line["status"], 404, "{line}");
+            line["path"].as_str().unwrap().to_string()
+        } else {
+            line.split(' ').nth(5).unwrap().to_string()
+        };
+        assert_eq!(shown, format!("{}...[8000B]", &path[..128]), "{format}");
+    }
+}
+
 /// Access lines at info wait a moment to be written together; a failure on wxauth's side is in
 /// the log when its answer arrives, after every line before it.
 #[test]
