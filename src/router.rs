@@ -386,7 +386,10 @@ pub(crate) fn parse_body(content_type: &str, bytes: &[u8]) -> Result<Map<String,
                 let (Some(key), Some(value)) = (key, value) else {
                     return Err(Error::InvalidParameter("表单编码不正确".into()));
                 };
-                form.entry(key).or_insert(Value::String(value));
+                // Refused as in JSON: which of two values counts is a guess parsers disagree on.
+                if form.insert(key, Value::String(value)).is_some() {
+                    return Err(duplicate_key());
+                }
             }
             Ok(form)
         }
@@ -414,9 +417,7 @@ fn parse_json_object(text: &str) -> Result<Map<String, Value>, Error> {
     let mut deserializer = serde_json::Deserializer::from_str(text);
     let object = match serde::Deserialize::deserialize(&mut deserializer) {
         Ok(UniqueKeys(object)) => object,
-        Err(error) if error.to_string().starts_with(DUPLICATE_KEY) => {
-            return Err(Error::InvalidParameter("JSON 中有重复的键".into()));
-        }
+        Err(error) if error.to_string().starts_with(DUPLICATE_KEY) => return Err(duplicate_key()),
         Err(error) if error.is_data() => {
             return Err(Error::InvalidParameter("请求体须为 JSON 对象".into()));
         }
@@ -453,6 +454,11 @@ fn json_depth(text: &str) -> usize {
 }
 
 const DUPLICATE_KEY: &str = "duplicate key";
+
+/// The refusal of a body, JSON or form, that names a key twice.
+fn duplicate_key() -> Error {
+    Error::InvalidParameter("请求体中有重复的键".into())
+}
 
 /// A top-level JSON object whose keys must be unique.
 struct UniqueKeys(Map<String, Value>);
@@ -559,6 +565,24 @@ mod tests {
         assert!(parse_body("", br#"{"a": "[[[[[[[[[[[[{{{{{{{{"}"#).is_ok());
         assert!(parse_body("", br#"{"a": 1} {"b": 2}"#).is_err());
         assert!(parse_body("", br#"{"a": "\"}"}"#).is_ok());
+    }
+
+    /// Regression: a form's repeated key was taken first-wins, while JSON's is refused.
+    #[test]
+    fn a_repeated_form_key_is_refused_as_a_repeated_json_key_is() {
+        const FORM: &str = "application/x-www-form-urlencoded";
+        let detail = |result: Result<Map<String, Value>, Error>| match result {
+            Err(Error::InvalidParameter(detail)) => detail,
+            other => panic!("{other:?}"),
+        };
+        let json = detail(parse_body("", br#"{"openid": "a", "openid": "b"}"#));
+        assert_eq!(detail(parse_body(FORM, b"openid=a&openid=b")), json);
+        assert_eq!(detail(parse_body(FORM, b"openid=a&wx_city=x&openid=a")), json);
+        // The same key however it is encoded.
+        assert_eq!(detail(parse_body(FORM, b"openid=a&open%69d=b")), json);
+        assert_eq!(detail(parse_body(FORM, b"openid&openid=")), json);
+        let form = parse_body(FORM, b"openid=a&&wx_city=b&").unwrap();
+        assert_eq!((form["openid"].as_str(), form["wx_city"].as_str()), (Some("a"), Some("b")));
     }
 
     #[test]

@@ -35,6 +35,16 @@ fn login_with(server: &Wxauth, token: &str) -> Answer {
     server.post_with("login", &json!({}), &[("Authorization", &format!("jwt {token}"))])
 }
 
+/// POSTs `body` as it is to `endpoint`, labelled with `content_type`.
+fn post_raw(server: &Wxauth, endpoint: &str, content_type: &str, body: &[u8]) -> Answer {
+    let path = format!("/miniprog/wx_auth/{endpoint}");
+    server.raw("POST", &path, &[("Content-Type", content_type)], Some(body))
+}
+
+fn account_count(server: &Wxauth) -> i64 {
+    server.database().query_row("SELECT count(*) FROM accounts", [], |row| row.get(0)).unwrap()
+}
+
 /// A server with a known JWT secret, and an account on it: (server, account id, valid claims).
 fn server_with_account() -> (Wxauth, i64, Value) {
     let server = Wxauth::start(&[("WXAUTH_JWT_SECRET", SECRET)]);
@@ -239,25 +249,53 @@ fn json_bodies_must_be_plain_objects() {
         ("a string", r#""oHostileString0000000000001""#),
         ("truncated", r#"{"openid": "oHostileTruncated00000000001""#),
     ] {
-        let answer = server.raw(
-            "POST",
-            "/miniprog/wx_auth/login",
-            &[("Content-Type", "application/json")],
-            Some(body.as_bytes()),
-        );
+        let answer = post_raw(&server, "login", "application/json", body.as_bytes());
         answer.assert_error(403, "invalid_parameter");
         assert!(!answer.body["detail"].as_str().unwrap().is_empty(), "{what}");
     }
-    let accounts: i64 =
-        server.database().query_row("SELECT count(*) FROM accounts", [], |row| row.get(0)).unwrap();
-    assert_eq!(accounts, 0, "no refused body created an account");
-    let answer = server.raw(
-        "POST",
-        "/miniprog/wx_auth/login",
-        &[("Content-Type", "application/json; charset=utf-8")],
-        Some(br#"{"openid": "oHostileFine0000000000000001", "wx_city": "[{\"not nesting\"}]"}"#),
+    assert_eq!(account_count(&server), 0, "no refused body created an account");
+    let answer = post_raw(
+        &server,
+        "login",
+        "application/json; charset=utf-8",
+        br#"{"openid": "oHostileFine0000000000000001", "wx_city": "[{\"not nesting\"}]"}"#,
     );
     answer.result();
+}
+
+/// Regression: a form body's repeated key was taken first-wins (`openid=a&openid=b` logged `a`
+/// in) while a JSON body's is refused, so the two parsers in front of one field disagreed.
+#[test]
+fn form_bodies_with_a_repeated_key_are_refused_as_json_ones_are() {
+    let server = Wxauth::start(&[("WXAUTH_OPENID_LOGIN", "open")]);
+    let (first, second) = ("oHostileFormDuplicate0000001", "oHostileFormDuplicate0000002");
+    let json = post_raw(
+        &server,
+        "login",
+        "application/json",
+        format!(r#"{{"openid": "{first}", "openid": "{second}"}}"#).as_bytes(),
+    );
+    json.assert_error(403, "invalid_parameter");
+    for (endpoint, body) in [
+        ("login", format!("openid={first}&openid={second}")),
+        ("login", format!("openid={first}&wx_city=x&openid={first}")),
+        ("register", format!("openid={first}&phone=13800138000&openid={second}")),
+        ("register", format!("phone=13800138000&openid={first}&phone=13900139000")),
+    ] {
+        let answer =
+            post_raw(&server, endpoint, "application/x-www-form-urlencoded", body.as_bytes());
+        answer.assert_error(403, "invalid_parameter");
+        assert_eq!(answer.body["detail"], json.body["detail"], "{endpoint} {body}");
+    }
+    assert_eq!(account_count(&server), 0, "no refused body created an account");
+    // The same form without the repeat logs in.
+    let answer = post_raw(
+        &server,
+        "login",
+        "application/x-www-form-urlencoded",
+        format!("openid={first}&wx_city=x").as_bytes(),
+    );
+    assert_eq!(answer.result()["account"]["wx_openid"], first);
 }
 
 #[test]
@@ -290,12 +328,7 @@ fn raw_exchange(server: &Wxauth, bytes: &[u8], wait: Duration) -> String {
 fn non_utf8_and_odd_encodings_are_refused_cleanly() {
     let server = Wxauth::start(&[("WXAUTH_OPENID_LOGIN", "open")]);
     let latin1 = b"{\"openid\": \"oHostile\xe9\xe9\"}";
-    let answer = server.raw(
-        "POST",
-        "/miniprog/wx_auth/login",
-        &[("Content-Type", "application/json")],
-        Some(latin1),
-    );
+    let answer = post_raw(&server, "login", "application/json", latin1);
     answer.assert_error(403, "invalid_parameter");
     let answer =
         server.raw("GET", "/miniprog/wx_auth/is_openid_registered?openid=%C3%28", &[], None);
@@ -430,9 +463,7 @@ fn a_stalled_body_is_cut_off_with_408() {
     assert!(raw.starts_with("HTTP/1.1 408"), "{raw:.200}");
     assert_eq!(envelope(&raw)["error"], "request_timeout");
     assert!(started.elapsed() < Duration::from_secs(4), "cut off after {:?}", started.elapsed());
-    let accounts: i64 =
-        server.database().query_row("SELECT count(*) FROM accounts", [], |row| row.get(0)).unwrap();
-    assert_eq!(accounts, 0);
+    assert_eq!(account_count(&server), 0);
 }
 
 #[test]
