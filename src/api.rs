@@ -199,7 +199,7 @@ impl Ctx<'_> {
                 jwt::JwtError::Expired => Error::TokenExpired,
                 jwt::JwtError::Invalid => Error::TokenInvalid,
             })?;
-        let id: i64 = claims.sub.parse().map_err(|_| Error::TokenInvalid)?;
+        let id = account_id(&claims.sub).ok_or(Error::TokenInvalid)?;
         let account = store::account_by_id(self.db, id)?.ok_or(Error::TokenInvalid)?;
         // A token older than its account was issued to an earlier account with the same id: one
         // a restored backup no longer holds, whose id has since been given out again.
@@ -551,6 +551,17 @@ fn bearer_token(header: &str) -> Option<&str> {
     (known && !token.is_empty() && !token.contains(' ')).then_some(token)
 }
 
+/// The account id a token's `sub` names: only the decimal wxauth writes for an id (digits, no
+/// sign, no leading zero, greater than 0, within i64). `str::parse` would take "01" and "+1" too,
+/// giving one account several subjects, which a service comparing `sub` as text tells apart.
+fn account_id(sub: &str) -> Option<i64> {
+    if sub.starts_with('0') || !sub.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    // Refuses "" and what is beyond i64.
+    sub.parse().ok()
+}
+
 /// Compares two secrets in time independent of where they differ.
 fn same_secret(given: &str, expected: &str) -> bool {
     let (given, expected) = (given.as_bytes(), expected.as_bytes());
@@ -697,6 +708,30 @@ mod tests {
         assert!(gender(&body, "g3").is_err());
         assert!(gender(&body, "g4").is_err());
         assert_eq!(phone(&body, "p").unwrap().as_deref(), Some("13800138000"));
+    }
+
+    #[test]
+    fn only_the_canonical_decimal_of_an_id_is_an_account_id() {
+        assert_eq!(account_id("1"), Some(1));
+        assert_eq!(account_id("42"), Some(42));
+        assert_eq!(account_id("9223372036854775807"), Some(i64::MAX));
+        for sub in [
+            "",
+            "0",
+            "01",
+            "00",
+            "+1",
+            "-1",
+            " 1",
+            "1 ",
+            "1.0",
+            "1e0",
+            "0x1",
+            "１",
+            "9223372036854775808",
+        ] {
+            assert_eq!(account_id(sub), None, "{sub:?}");
+        }
     }
 
     #[test]

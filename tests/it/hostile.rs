@@ -183,6 +183,52 @@ fn tokens_altered_or_malformed_in_any_way_are_refused() {
     login_with(&server, &barely).result();
 }
 
+/// Regression: `sub` was read with Rust's integer parser, so "01" and "+1" named account 1 too:
+/// one account had many subjects, which any service comparing `sub` as a string tells apart.
+#[test]
+fn only_the_canonical_decimal_of_an_account_id_names_it() {
+    let (server, id, claims) = server_with_account();
+    assert_eq!(id, 1);
+    let header = json!({"alg": "HS256", "typ": "JWT"});
+    let verify = |token: &str| {
+        let authorization = format!("Bearer {token}");
+        server.raw("GET", "/miniprog/wx_auth/verify", &[("Authorization", &authorization)], None)
+    };
+    for sub in [
+        "01",
+        "+1",
+        " 1",
+        "1 ",
+        "1.0",
+        "001",
+        "0",
+        "-1",
+        "",
+        "1e0",
+        "0x1",
+        "１",
+        "9223372036854775808",
+        "-9223372036854775808",
+    ] {
+        let token = forge(&header, &with(&claims, "sub", json!(sub)), SECRET);
+        let answer = login_with(&server, &token);
+        assert_eq!(
+            (answer.status, &answer.body["error"]),
+            (403, &json!("token_invalid")),
+            "{sub:?}"
+        );
+        let answer = verify(&token);
+        assert_eq!(
+            (answer.status, &answer.body["error"]),
+            (401, &json!("token_invalid")),
+            "{sub:?}"
+        );
+    }
+    let token = forge(&header, &with(&claims, "sub", json!("1")), SECRET);
+    assert_eq!(login_with(&server, &token).result()["account"]["id"], 1);
+    assert_eq!(verify(&token).result()["user_id"], 1);
+}
+
 #[test]
 fn logout_revokes_every_token_issued_until_then() {
     let server = Wxauth::start(&[]);
