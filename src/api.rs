@@ -370,7 +370,7 @@ pub(crate) fn login(
     let session_key = text(body, "session_key", MAX_SESSION_KEY)?;
     let profile = Profile {
         wx_nickname: text(body, "wx_nickname", MAX_NICKNAME)?,
-        wx_avatar: text(body, "wx_avatar", MAX_AVATAR)?,
+        wx_avatar: web_url(body, "wx_avatar", MAX_AVATAR)?,
         wx_gender: gender(body, "wx_gender")?,
         wx_country: text(body, "wx_country", MAX_REGION)?,
         wx_province: text(body, "wx_province", MAX_REGION)?,
@@ -613,6 +613,36 @@ fn text(body: &Map<String, Value>, key: &'static str, max: usize) -> Result<Opti
     }
 }
 
+/// A URL field, such as an avatar, that pages show as a link or an image: absent, null and "" are
+/// `None` as in `text`; anything else must be an `http://` or `https://` URL (the scheme in any
+/// case) with a host after the `//` and no whitespace or control character. `javascript:` or
+/// `data:` would run in the page, and a scheme-relative `//host` would take the page's scheme.
+fn web_url(
+    body: &Map<String, Value>,
+    key: &'static str,
+    max: usize,
+) -> Result<Option<String>, Error> {
+    let url = text(body, key, max)?;
+    match &url {
+        Some(url) if !is_web_url(url) => {
+            Err(Error::InvalidParameter(format!("{key} 须为 http:// 或 https:// 网址")))
+        }
+        _ => Ok(url),
+    }
+}
+
+fn is_web_url(url: &str) -> bool {
+    let after_scheme = ["http://", "https://"].into_iter().find_map(|scheme| {
+        let head = url.get(..scheme.len())?;
+        head.eq_ignore_ascii_case(scheme).then(|| &url[scheme.len()..])
+    });
+    let plain = !url.chars().any(|character| character.is_whitespace() || character.is_control());
+    // A host right after the `//`: browsers read "https:///x" and "https://\\x" as "https://x/",
+    // other parsers differently.
+    after_scheme.is_some_and(|rest| !rest.is_empty() && !rest.starts_with(['/', '\\', '?', '#']))
+        && plain
+}
+
 /// A gender: 0 unknown, 1 male, 2 female; as a number or a numeric string (form bodies).
 fn gender(body: &Map<String, Value>, key: &'static str) -> Result<Option<i64>, Error> {
     let value = match body.get(key) {
@@ -732,6 +762,48 @@ mod tests {
         ] {
             assert_eq!(account_id(sub), None, "{sub:?}");
         }
+    }
+
+    #[test]
+    fn web_urls_are_http_or_https_with_a_host() {
+        for good in [
+            "https://thirdwx.qlogo.cn/mmopen/x/132",
+            "http://a",
+            "HTTPS://example.com",
+            "hTtP://example.com:8080/a?b=c#d",
+            "https://例子.测试/头像.png",
+        ] {
+            assert!(is_web_url(good), "{good:?}");
+        }
+        for bad in [
+            "javascript:alert(1)",
+            "JaVaScRiPt:alert(1)",
+            "data:text/html,<script>alert(1)</script>",
+            "//evil.example/x",
+            "https:",
+            "https:/x",
+            "https://",
+            "https:///x",
+            "https://\\x",
+            "https://?x",
+            "ftp://example.com",
+            "httpx://example.com",
+            " https://example.com",
+            "https://example.com/a b",
+            "https://example.com/\u{3000}",
+            "https://example.com/\n",
+            "",
+            "h",
+            "登录://x",
+        ] {
+            assert!(!is_web_url(bad), "{bad:?}");
+        }
+        let body: Map<String, Value> =
+            serde_json::from_str(r#"{"empty": "", "null": null, "bad": "javascript:x"}"#).unwrap();
+        assert_eq!(web_url(&body, "empty", 10).unwrap(), None);
+        assert_eq!(web_url(&body, "null", 10).unwrap(), None);
+        assert_eq!(web_url(&body, "missing", 10).unwrap(), None);
+        assert!(matches!(web_url(&body, "bad", 100), Err(Error::InvalidParameter(_))));
     }
 
     #[test]

@@ -387,6 +387,57 @@ fn bad_profile_fields_are_refused_and_change_nothing() {
     }
 }
 
+/// Regression: `wx_avatar` took any text, so `javascript:` and `data:` URLs were stored and
+/// answered to whatever page shows the avatar as a link or an image.
+#[test]
+fn wx_avatar_must_be_an_http_or_https_url() {
+    let server = Wxauth::start(&[]);
+    let openid = fresh_openid(&server, "avatar");
+    let avatar = "https://thirdwx.qlogo.cn/mmopen/x/132";
+    let first = server.post("login", &json!({"openid": openid, "wx_avatar": avatar}));
+    assert_eq!(first.result()["account"]["wx_avatar"], avatar);
+    assert_eq!(row(&server, &openid).unwrap()["wx_avatar"], avatar);
+    let token = jwt(&token_of(first.result()));
+    let stranger = fresh_openid(&server, "avatar-stranger");
+    for bad in [
+        "javascript:alert(1)",
+        "JaVaScRiPt:alert(document.cookie)",
+        "data:text/html,<script>alert(1)</script>",
+        "//evil.example/x",
+        "vbscript:msgbox(1)",
+        "ftp://example.com/a.png",
+        "https:",
+        "https://",
+        "https:///evil.example/x",
+        "https:/evil.example/x",
+        "https:\\\\evil.example/x",
+        " https://example.com/a.png",
+        "https://example.com/a b.png",
+        "https://example.com/a\u{3000}b.png",
+        "https://example.com/\tx",
+    ] {
+        for who in [&openid, &stranger] {
+            let answer = server.post("login", &json!({"openid": who, "wx_avatar": bad}));
+            answer.assert_error(403, "invalid_parameter");
+        }
+        server
+            .post_with("login", &json!({ "wx_avatar": bad }), &[("Authorization", &token)])
+            .assert_error(403, "invalid_parameter");
+        assert_eq!(row(&server, &openid).unwrap()["wx_avatar"], avatar, "after {bad:?}");
+        assert!(row(&server, &stranger).is_none(), "an account created by {bad:?}");
+    }
+    // Absent or empty leaves the avatar as it is.
+    for body in [json!({"openid": openid}), json!({"openid": openid, "wx_avatar": ""})] {
+        assert_eq!(server.post("login", &body).result()["account"]["wx_avatar"], avatar);
+    }
+    // The scheme in any case; the rest as it is.
+    for good in ["HTTP://thirdwx.qlogo.cn/mmopen/y/0", "Https://example.com/a.png?x=1#y", avatar] {
+        let answer = server.post("login", &json!({"openid": openid, "wx_avatar": good}));
+        assert_eq!(answer.result()["account"]["wx_avatar"], good);
+        assert_eq!(row(&server, &openid).unwrap()["wx_avatar"], good);
+    }
+}
+
 // 3. Tokens.
 
 #[test]
