@@ -129,3 +129,13 @@ INSERT INTO sqlite_sequence (name, seq)
 DROP TABLE accounts;
 ALTER TABLE accounts_v3 RENAME TO accounts;
 CREATE UNIQUE INDEX accounts_wechat_identity ON accounts (wx_appid, wx_openid);
+
+-- version: 4
+
+-- Logout ends the sign-in that produced the revoked tokens: the `recent_code` window and the
+-- `session_key` of a WeChat session recorded before the account's latest logout let no one log in
+-- by openid. A session keeps the token version its account had when it was recorded (0 when there
+-- was none); a different version on the account now means a logout since. Sessions recorded
+-- before this version count as recorded at version 0, so those of an account that has ever logged
+-- out end here: the user's next `wx.login` code records a current one.
+ALTER TABLE wechat_sessions ADD COLUMN token_version INTEGER NOT NULL DEFAULT 0;

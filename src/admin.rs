@@ -27,7 +27,8 @@ pub(crate) enum UsersAction {
     Show { who: String },
     /// Every account, streamed.
     Export { format: ExportFormat },
-    /// Revoke every token issued to the account so far, as the API's logout does.
+    /// Revoke every token issued to the account so far and end the sign-in that produced them,
+    /// as the API's logout does.
     Revoke { id: i64 },
 }
 

@@ -227,7 +227,9 @@ impl Ctx<'_> {
         }
     }
 
-    /// Applies the openid login policy to a request that names an account by openid alone.
+    /// Applies the openid login policy to a request that names an account by openid alone. A
+    /// WeChat session recorded before the account's latest logout ended with it and lets no one
+    /// in.
     fn check_openid_login(&self, openid: &str, session_key: Option<&str>) -> Result<(), Error> {
         let policy = self.config.openid_login;
         if policy == OpenidLogin::Open {
@@ -236,7 +238,9 @@ impl Ctx<'_> {
         if policy == OpenidLogin::Off {
             return Err(Error::OpenidLoginRefused);
         }
-        let session = store::wechat_session(self.db, self.appid(), openid)?;
+        let session = store::wechat_session(self.db, self.appid(), openid)?
+            .filter(|recorded| !recorded.ended())
+            .map(|recorded| recorded.session);
         let allowed = match (policy, session) {
             (OpenidLogin::RecentCode, Some(session)) => {
                 self.now <= session.created_at + self.config.openid_login_window as i64
@@ -250,12 +254,14 @@ impl Ctx<'_> {
     }
 
     /// Exchanges a `wx.login` code with WeChat and records the session server-side, both once: a
-    /// repeat of the code gets the first answer. A code whose session could not be recorded is not
+    /// repeat of the code gets the first answer, unless the account has logged out since the
+    /// exchange, which ended the sign-in the code began: the code is then answered as WeChat
+    /// answers a spent one (`WechatCodeUsed`). A code whose session could not be recorded is not
     /// remembered, so a retry does both again. The write that records the session also reads the
-    /// openid's account (`Exchanged::account`), from pages the writer holds: read on the worker
-    /// after that commit, it cost a new read transaction with an emptied page cache.
+    /// openid's account, from pages the writer holds: read on the worker after that commit, it
+    /// cost a new read transaction with an emptied page cache.
     fn exchange_code(&self, code: &str) -> Result<Exchanged, Error> {
-        let mut account = None;
+        let mut exchanged = None;
         let answer = self.codes.exchange(codes::key(self.appid(), code), self.now, || {
             let session = self.wechat.code_to_session(code)?;
             let (appid, openid) = (self.appid().to_string(), session.openid.clone());
@@ -265,14 +271,28 @@ impl Ctx<'_> {
                 created_at: self.now,
             };
             // Visible to every worker before the answer; not worth an fsync of its own, as the
-            // next wx.login code records it again (see Writer::run_visible).
+            // next wx.login code records it again (see Writer::run_visible). The session and the
+            // answer remembered for the code get the token version the account has in this write,
+            // so a logout is either before both or after both.
             let found = self.writer.run_visible(move |connection| {
                 store::save_wechat_session(connection, &appid, &openid, &record)?;
                 store::account_by_openid(connection, &appid, &openid)
             })?;
-            account = Some(found);
-            Ok(session)
+            let version = token_version(found.as_ref());
+            exchanged = Some(found);
+            Ok((session, version))
         })?;
+        let account = match exchanged {
+            Some(account) => account,
+            None => {
+                // Answered from memory: a logout since the exchange ended what the code began.
+                let account = store::account_by_openid(self.db, self.appid(), &answer.openid)?;
+                if token_version(account.as_ref()) != answer.token_version {
+                    return Err(Error::WechatCodeUsed);
+                }
+                account
+            }
+        };
         Ok(Exchanged { answer, account })
     }
 
@@ -321,9 +341,15 @@ impl Ctx<'_> {
 /// What `Ctx::exchange_code` learnt.
 struct Exchanged {
     answer: CodeAnswer,
-    /// The openid's account (or that it has none) as of the write that recorded the session;
-    /// `None` when the code was answered from memory and no write happened.
-    account: Option<Option<Account>>,
+    /// The openid's account, or `None` when it has none: as of the write that recorded the
+    /// session, or as the worker reads it now for a code answered from memory.
+    account: Option<Account>,
+}
+
+/// The token version of `account`, 0 when there is none, as a recorded session or a remembered
+/// code answer holds it.
+fn token_version(account: Option<&Account>) -> i64 {
+    account.map_or(0, |account| account.token_version)
 }
 
 /// `GET get_openid_by_code?code=…`
@@ -332,10 +358,6 @@ pub(crate) fn get_openid_by_code(ctx: &Ctx, code: Option<&str>) -> Result<Openid
     check_code(code, "code")?;
     ctx.rate_limit()?;
     let Exchanged { answer: session, account } = ctx.exchange_code(code)?;
-    let account = match account {
-        Some(account) => account,
-        None => store::account_by_openid(ctx.db, ctx.appid(), &session.openid)?,
-    };
     Ok(OpenidAnswer {
         is_registered: account.as_ref().is_some_and(|account| account.is_register),
         token: account.as_ref().map(|account| ctx.issue_token(account)),
@@ -406,7 +428,10 @@ pub(crate) struct LogoutAnswer {
     pub(crate) logged_out: bool,
 }
 
-/// `POST logout`: revokes every token issued to the token's account until now, this one included.
+/// `POST logout`: revokes every token issued to the token's account until now, this one included,
+/// and so ends the sign-in that produced them: the account's recorded WeChat session and the
+/// codes answered before now carry an older token version, and give no token any more
+/// (`Ctx::check_openid_login`, `Ctx::exchange_code`). A new `wx.login` code signs in again.
 pub(crate) fn logout(ctx: &Ctx, authorization: Option<&str>) -> Result<LogoutAnswer, Error> {
     let account = ctx.account_from_token(authorization.ok_or(Error::NotAuthenticated)?)?;
     let id = account.id;
@@ -510,7 +535,8 @@ pub(crate) fn register(
         PhoneSource::Typed(phone) => phone,
         PhoneSource::Encrypted { data, iv } => {
             let session = store::wechat_session(ctx.db, ctx.appid(), &openid)?
-                .ok_or(Error::SessionExpired)?;
+                .ok_or(Error::SessionExpired)?
+                .session;
             if client_session_key.is_some_and(|given| !same_secret(&given, &session.session_key)) {
                 return Err(Error::SessionExpired);
             }

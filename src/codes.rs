@@ -4,11 +4,15 @@
 //! Codes are credentials: only a hash of each is kept, with its answer, in memory, for five
 //! minutes (a code's life at WeChat; an expired answer goes when the next code is remembered). The
 //! answers live in one fixed-size ring of bytes with an open-addressing index into it, both
-//! allocated once: however busy the server, remembering codes costs at most 1.6 MB of answers
-//! (2.1 MB with session_keys) and 128 KiB of index, and no allocation per code (a map and a queue
+//! allocated once: however busy the server, remembering codes costs at most 1.7 MB of answers
+//! (2.2 MB with session_keys) and 128 KiB of index, and no allocation per code (a map and a queue
 //! of separate answers took three times the memory under load, most of it the allocator's
 //! leftovers). A second request for a code whose exchange is still in flight waits for that
 //! exchange rather than racing it to WeChat.
+//!
+//! An answer keeps the token version its account had when the code was exchanged; whether the
+//! account has logged out since (and the answer is no longer to be given) is the caller's to
+//! decide, as only the database knows.
 
 use std::collections::HashSet;
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -27,9 +31,9 @@ pub(crate) const CODE_LIFE: i64 = 300;
 /// growing with traffic.
 const MAX_REMEMBERED: usize = 20_000;
 
-/// Bytes of one answer of WeChat's usual size: the 23-byte header, a 28-character openid and
+/// Bytes of one answer of WeChat's usual size: the 27-byte header, a 28-character openid and
 /// unionid; and a 24-character session_key when they are kept (`expose_session_key`).
-const USUAL_ANSWER: usize = 80;
+const USUAL_ANSWER: usize = 84;
 const USUAL_SESSION_KEY: usize = 24;
 
 /// How long a repeated code waits for the first exchange before giving up.
@@ -47,6 +51,9 @@ pub(crate) struct CodeAnswer {
     pub(crate) openid: String,
     pub(crate) unionid: Option<String>,
     pub(crate) session_key: Option<String>,
+    /// The token version of the openid's account when the code was exchanged (0 when it had
+    /// none): a logout since then raised the account's, and ended the sign-in this code began.
+    pub(crate) token_version: i64,
 }
 
 /// The key of `code` for the mini-program `appid`.
@@ -83,15 +90,16 @@ impl RecentCodes {
     }
 
     /// The answer for the code `key`: the remembered one, or what `exchange` (the call to WeChat,
-    /// which also records the session) returns, remembered until `now + CODE_LIFE`. One code is
-    /// never exchanged by two requests at once: the second waits for the first and gets its
-    /// answer (or, if it failed, tries itself). The first answer and a remembered one are the
-    /// same, session_key (or its absence) included.
+    /// which also records the session, and the token version of the openid's account as that
+    /// record saw it) returns, remembered until `now + CODE_LIFE`. One code is never exchanged by
+    /// two requests at once: the second waits for the first and gets its answer (or, if it
+    /// failed, tries itself). The first answer and a remembered one are the same, session_key (or
+    /// its absence) and token version included.
     pub(crate) fn exchange(
         &self,
         key: Key,
         now: i64,
-        exchange: impl FnOnce() -> Result<CodeSession, Error>,
+        exchange: impl FnOnce() -> Result<(CodeSession, i64), Error>,
     ) -> Result<CodeAnswer, Error> {
         let deadline = Instant::now() + WAIT_FOR_FIRST;
         let mut state = self.lock();
@@ -119,10 +127,11 @@ impl RecentCodes {
         drop(state);
         // Settled however this ends, a panic included, so that no later request waits for it.
         let settle = Settle { codes: self, key };
-        let answer = exchange().map(|session| CodeAnswer {
+        let answer = exchange().map(|(session, token_version)| CodeAnswer {
             openid: session.openid,
             unionid: session.unionid,
             session_key: self.keep_session_keys.then_some(session.session_key),
+            token_version,
         });
         if let Ok(answer) = &answer {
             self.lock().memory.remember(key, answer, now + CODE_LIFE, now);
@@ -152,9 +161,9 @@ impl Drop for Settle<'_> {
 /// Marks an empty index slot.
 const EMPTY: u32 = u32::MAX;
 
-/// A record's header: key, expiry (Unix seconds, u32), and the byte lengths of openid, and of
-/// session_key and unionid (plus one; 0 when there is none).
-const HEADER: usize = 16 + 4 + 3;
+/// A record's header: key, expiry (Unix seconds, u32), token version (u32), and the byte lengths
+/// of openid, and of session_key and unionid (plus one; 0 when there is none).
+const HEADER: usize = 16 + 4 + 4 + 3;
 
 /// Answers, oldest first, as records in a ring of bytes (a record may wrap around its end), and
 /// an index from key to record: linear probing over at least 1.5 slots per answer, each slot a
@@ -193,7 +202,8 @@ impl Memory {
         if i64::from(expires) <= now {
             return None;
         }
-        let (openid, session_key, unionid) = (header[20], header[21], header[22]);
+        let token_version = u32::from_le_bytes(header[20..24].try_into().expect("4 bytes"));
+        let (openid, session_key, unionid) = (header[24], header[25], header[26]);
         let mut at = at + HEADER;
         let mut field = |length: usize| {
             let mut bytes = vec![0u8; length];
@@ -205,17 +215,19 @@ impl Memory {
         let openid = field(openid.into());
         let session_key = (session_key > 0).then(|| field(usize::from(session_key) - 1));
         let unionid = (unionid > 0).then(|| field(usize::from(unionid) - 1));
-        Some(CodeAnswer { openid, unionid, session_key })
+        Some(CodeAnswer { openid, unionid, session_key, token_version: token_version.into() })
     }
 
     /// Remembers `answer` for `key` until `expires`, first dropping what has expired by `now`
     /// and, oldest first, whatever the new record needs room for. An answer with a field longer
-    /// than 254 bytes (WeChat's are under 40) is not remembered.
+    /// than 254 bytes (WeChat's are under 40), or a token version past u32 (four billion
+    /// logouts), is not remembered.
     fn remember(&mut self, key: Key, answer: &CodeAnswer, expires: i64, now: i64) {
         let (session_key, unionid) =
             (answer.session_key.as_deref().unwrap_or(""), answer.unionid.as_deref().unwrap_or(""));
         let lengths = [answer.openid.len(), session_key.len(), unionid.len()];
         let size = HEADER + lengths.iter().sum::<usize>();
+        let Ok(token_version) = u32::try_from(answer.token_version) else { return };
         if lengths.iter().any(|length| *length >= 255) || size > self.ring_bytes {
             return;
         }
@@ -240,6 +252,7 @@ impl Memory {
         let mut record = Vec::with_capacity(size);
         record.extend_from_slice(&key);
         record.extend_from_slice(&u32::try_from(expires.max(0)).unwrap_or(u32::MAX).to_le_bytes());
+        record.extend_from_slice(&token_version.to_le_bytes());
         let present =
             |field: &Option<String>| field.as_ref().map_or(0, |text| text.len() as u8 + 1);
         record.extend_from_slice(&[
@@ -276,7 +289,7 @@ impl Memory {
             self.unindex(slot);
         }
         let present = |length: u8| usize::from(length).saturating_sub(1);
-        let size = HEADER + usize::from(header[20]) + present(header[21]) + present(header[22]);
+        let size = HEADER + usize::from(header[24]) + present(header[25]) + present(header[26]);
         self.head = (self.head + size) % self.ring_bytes;
         self.used -= size;
         self.records -= 1;
@@ -361,8 +374,13 @@ mod tests {
         CodeSession { openid: openid.into(), unionid: None, session_key: "key".into() }
     }
 
+    /// WeChat's answer for `openid`, as recorded for an account that never logged out.
+    fn recorded(openid: &str) -> Result<(CodeSession, i64), Error> {
+        Ok((session(openid), 0))
+    }
+
     fn exchange(codes: &RecentCodes, code: &str, now: i64, openid: &str) -> CodeAnswer {
-        codes.exchange(key("wxa", code), now, || Ok(session(openid))).unwrap()
+        codes.exchange(key("wxa", code), now, || recorded(openid)).unwrap()
     }
 
     fn remembered(codes: &RecentCodes, code: &str, now: i64) -> Option<CodeAnswer> {
@@ -370,7 +388,8 @@ mod tests {
     }
 
     fn answer(openid: &str, unionid: Option<&str>) -> CodeAnswer {
-        CodeAnswer { openid: openid.into(), unionid: unionid.map(Into::into), session_key: None }
+        let unionid = unionid.map(Into::into);
+        CodeAnswer { openid: openid.into(), unionid, session_key: None, token_version: 0 }
     }
 
     #[test]
@@ -389,7 +408,7 @@ mod tests {
             .exchange(key("wxa", "code-1"), 1100, || panic!("must not call WeChat again"))
             .unwrap();
         assert_eq!(again.openid, "a");
-        let other_appid = codes.exchange(key("wxb", "code-1"), 1100, || Ok(session("b")));
+        let other_appid = codes.exchange(key("wxb", "code-1"), 1100, || recorded("b"));
         assert_eq!(other_appid.unwrap().openid, "b", "codes belong to one mini-program");
         let later =
             codes.exchange(key("wxa", "code-1"), 1000 + CODE_LIFE, || Err(Error::WechatCodeUsed));
@@ -406,24 +425,24 @@ mod tests {
                 session_key: "k/1+=".into(),
             };
             let first = full.clone();
-            let fresh = codes.exchange(key("wxa", "code-4"), 1000, move || Ok(first)).unwrap();
+            let fresh = codes.exchange(key("wxa", "code-4"), 1000, move || Ok((first, 7))).unwrap();
             let again = remembered(&codes, "code-4", 1001).unwrap();
             let kept = keep.then(|| full.session_key.clone());
             for answer in [fresh, again] {
                 assert_eq!(
-                    (answer.openid, answer.unionid, answer.session_key),
-                    ("o-1".into(), full.unionid.clone(), kept.clone()),
+                    (answer.openid, answer.unionid, answer.session_key, answer.token_version),
+                    ("o-1".into(), full.unionid.clone(), kept.clone(), 7),
                     "keep session keys: {keep}"
                 );
             }
             let empty_unionid = CodeSession { unionid: Some(String::new()), ..session("o-2") };
-            codes.exchange(key("wxa", "code-5"), 1000, || Ok(empty_unionid)).unwrap();
+            codes.exchange(key("wxa", "code-5"), 1000, || Ok((empty_unionid, 0))).unwrap();
             let again = remembered(&codes, "code-5", 1001).unwrap();
             assert_eq!((again.openid.as_str(), again.unionid.as_deref()), ("o-2", Some("")));
             exchange(&codes, "code-6", 1000, "o-3");
             assert_eq!(remembered(&codes, "code-6", 1001).unwrap().unionid, None);
             let state = codes.lock();
-            let ring = if keep { 20_000 * 104 } else { 20_000 * 80 };
+            let ring = if keep { 20_000 * 108 } else { 20_000 * 84 };
             assert_eq!(state.memory.ring.len(), ring, "allocated once, for the usual answers");
         }
     }
@@ -456,7 +475,7 @@ mod tests {
         let codes = RecentCodes::new(false);
         let code = key("wxa", "code-2");
         assert!(codes.exchange(code, 1000, || Err(Error::WechatCodeInvalid)).is_err());
-        let retried = codes.exchange(code, 1001, || Ok(session("b"))).unwrap();
+        let retried = codes.exchange(code, 1001, || recorded("b")).unwrap();
         assert_eq!(retried.openid, "b", "WeChat was asked again");
         assert!(codes.lock().in_flight.is_empty());
     }
@@ -470,7 +489,7 @@ mod tests {
         }));
         assert!(panicked.is_err());
         assert!(codes.lock().in_flight.is_empty());
-        assert_eq!(codes.exchange(code, 1000, || Ok(session("p"))).unwrap().openid, "p");
+        assert_eq!(codes.exchange(code, 1000, || recorded("p")).unwrap().openid, "p");
     }
 
     #[test]
@@ -485,7 +504,7 @@ mod tests {
                         .exchange(key("wxa", "code-3"), 1000, || {
                             calls.fetch_add(1, Ordering::SeqCst);
                             std::thread::sleep(Duration::from_millis(50));
-                            Ok(session("c"))
+                            recorded("c")
                         })
                         .map(|session| session.openid)
                 })
@@ -508,7 +527,7 @@ mod tests {
             key: Key,
             size: usize,
             expires: i64,
-            answer: Option<(String, Option<String>, Option<String>)>,
+            answer: Option<(String, Option<String>, Option<String>, i64)>,
         }
         let (max_answers, ring_bytes) = (8, 8 * (HEADER + 8));
         let mut memory = Memory::new(max_answers, ring_bytes);
@@ -538,10 +557,12 @@ mod tests {
             let unionid = (random(2) == 0).then(|| "u".repeat(random(6) as usize));
             let session_key = (random(2) == 0).then(|| "s".repeat(random(4) as usize));
             let expires = now + 1 + random(5) as i64;
+            let token_version = random(1 << 32) as i64;
             let given = CodeAnswer {
                 openid: openid.clone(),
                 unionid: unionid.clone(),
                 session_key: session_key.clone(),
+                token_version,
             };
             memory.remember(key, &given, expires, now);
 
@@ -566,7 +587,7 @@ mod tests {
                 }
                 model.pop_front();
             }
-            let answer = Some((openid, unionid, session_key));
+            let answer = Some((openid, unionid, session_key, token_version));
             model.push_back(Record { key, size, expires, answer });
 
             for key in &keys {
@@ -575,9 +596,9 @@ mod tests {
                     .find(|record| record.key == *key && record.answer.is_some())
                     .filter(|record| record.expires > now)
                     .and_then(|record| record.answer.clone());
-                let found = memory
-                    .recall(key, now)
-                    .map(|found| (found.openid, found.unionid, found.session_key));
+                let found = memory.recall(key, now).map(|found| {
+                    (found.openid, found.unionid, found.session_key, found.token_version)
+                });
                 assert_eq!(found, expected, "step {step}");
             }
             assert_eq!(memory.records, model.len(), "step {step}");
@@ -595,7 +616,7 @@ mod tests {
     }
 
     #[test]
-    fn answers_with_fields_too_long_to_record_are_not_remembered() {
+    fn answers_with_fields_or_token_versions_too_large_to_record_are_not_remembered() {
         let mut memory = Memory::new(4, 4096);
         let fits = answer(&"o".repeat(254), Some(&"u".repeat(254)));
         memory.remember([1; 16], &fits, 100, 0);
@@ -603,6 +624,14 @@ mod tests {
         let too_long = CodeAnswer { session_key: Some("k".repeat(255)), ..answer("x", None) };
         memory.remember([2; 16], &too_long, 100, 0);
         assert!(memory.recall(&[2; 16], 0).is_none());
+        let last = CodeAnswer { token_version: u32::MAX.into(), ..answer("x", None) };
+        memory.remember([4; 16], &last, 100, 0);
+        assert_eq!(memory.recall(&[4; 16], 0).unwrap().token_version, i64::from(u32::MAX));
+        for beyond in [i64::from(u32::MAX) + 1, -1] {
+            let beyond = CodeAnswer { token_version: beyond, ..answer("x", None) };
+            memory.remember([5; 16], &beyond, 100, 0);
+            assert!(memory.recall(&[5; 16], 0).is_none(), "{}", beyond.token_version);
+        }
         let mut small = Memory::new(4, 64);
         small.remember([3; 16], &answer(&"o".repeat(50), None), 100, 0);
         assert!(small.recall(&[3; 16], 0).is_none(), "a record larger than the ring");

@@ -142,6 +142,22 @@ pub(crate) struct WechatSession {
     pub(crate) created_at: i64,
 }
 
+/// A recorded session as `wechat_session` reads it back: with the token version its account had
+/// when it was recorded and has now (each 0 when there is no account), which differ once the
+/// account has logged out since.
+pub(crate) struct RecordedSession {
+    pub(crate) session: WechatSession,
+    pub(crate) token_version: i64,
+    pub(crate) account_token_version: i64,
+}
+
+impl RecordedSession {
+    /// The account logged out after the session was recorded, which ended the sign-in it began.
+    pub(crate) fn ended(&self) -> bool {
+        self.token_version != self.account_token_version
+    }
+}
+
 /// Fields a login by openid may update; `None` leaves a column as it is.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Profile {
@@ -396,22 +412,29 @@ pub(crate) fn wechat_session(
     connection: &Connection,
     appid: &str,
     openid: &str,
-) -> Result<Option<WechatSession>, Error> {
+) -> Result<Option<RecordedSession>, Error> {
     let mut statement = connection.prepare_cached(
-        "SELECT unionid, session_key, created_at FROM wechat_sessions WHERE appid = ?1 AND openid = ?2",
+        "SELECT unionid, session_key, created_at, token_version,
+                coalesce((SELECT token_version FROM accounts WHERE wx_appid = ?1 AND wx_openid = ?2), 0)
+         FROM wechat_sessions WHERE appid = ?1 AND openid = ?2",
     )?;
     Ok(statement
         .query_row(params![appid, openid], |row| {
-            Ok(WechatSession {
-                unionid: row.get(0)?,
-                session_key: row.get(1)?,
-                created_at: row.get(2)?,
+            Ok(RecordedSession {
+                session: WechatSession {
+                    unionid: row.get(0)?,
+                    session_key: row.get(1)?,
+                    created_at: row.get(2)?,
+                },
+                token_version: row.get(3)?,
+                account_token_version: row.get(4)?,
             })
         })
         .optional()?)
 }
 
-/// Records a `jscode2session` answer, and the unionid on an existing account that lacked one.
+/// Records a `jscode2session` answer with the token version of the openid's account as of this
+/// write (0 when there is none), and the unionid on an existing account that lacked one.
 pub(crate) fn save_wechat_session(
     connection: &Connection,
     appid: &str,
@@ -420,12 +443,14 @@ pub(crate) fn save_wechat_session(
 ) -> Result<(), Error> {
     connection
         .prepare_cached(
-            "INSERT INTO wechat_sessions (appid, openid, unionid, session_key, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)
+            "INSERT INTO wechat_sessions (appid, openid, unionid, session_key, created_at, token_version)
+             VALUES (?1, ?2, ?3, ?4, ?5,
+                     coalesce((SELECT token_version FROM accounts WHERE wx_appid = ?1 AND wx_openid = ?2), 0))
              ON CONFLICT (appid, openid) DO UPDATE SET
                  unionid = coalesce(excluded.unionid, unionid),
                  session_key = excluded.session_key,
-                 created_at = excluded.created_at",
+                 created_at = excluded.created_at,
+                 token_version = excluded.token_version",
         )?
         .execute(params![
             appid,
@@ -572,7 +597,9 @@ pub(crate) fn register(
     }
 }
 
-/// Revokes every token issued to the account so far; false when there is no such account.
+/// Revokes every token issued to the account so far, and so ends the sign-ins that produced them:
+/// its recorded WeChat session, and any remembered code answer, now carry an older token version
+/// (`RecordedSession::ended`). False when there is no such account.
 pub(crate) fn revoke_tokens(connection: &Connection, id: i64) -> Result<bool, Error> {
     let changed = connection
         .prepare_cached("UPDATE accounts SET token_version = token_version + 1 WHERE id = ?1")?
@@ -1123,7 +1150,7 @@ mod tests {
         drop(connection);
 
         let (connection, applied) = open_writer(&path).unwrap();
-        assert_eq!(applied, vec![3]);
+        assert_eq!(applied, (3..=current_version()).collect::<Vec<_>>());
         assert_eq!(all_accounts(&connection), before, "every row and column kept");
         let id = login_account(&connection, "wxa", "openid-4", "::1", 200).unwrap();
         assert_eq!(id, 4, "AUTOINCREMENT's mark survives the rebuild");
@@ -1149,6 +1176,58 @@ mod tests {
         let integrity: String =
             connection.query_row("PRAGMA integrity_check", [], |row| row.get(0)).unwrap();
         assert_eq!(integrity, "ok");
+    }
+
+    #[test]
+    fn version_4_ends_the_sessions_of_accounts_that_have_logged_out() {
+        let (path, connection) = database_at_version("v4", 3);
+        for (openid, version) in [("openid-in", 0), ("openid-out", 2)] {
+            login_account(&connection, "wxa", openid, "::1", 100).unwrap();
+            connection
+                .execute(
+                    "UPDATE accounts SET token_version = ?2 WHERE wx_openid = ?1",
+                    params![openid, version],
+                )
+                .unwrap();
+            connection
+                .execute(
+                    "INSERT INTO wechat_sessions (appid, openid, session_key, created_at)
+                     VALUES ('wxa', ?1, 'key', 100)",
+                    params![openid],
+                )
+                .unwrap();
+        }
+        drop(connection);
+
+        let (connection, applied) = open_writer(&path).unwrap();
+        assert_eq!(applied, (4..=current_version()).collect::<Vec<_>>());
+        let ended = |openid| wechat_session(&connection, "wxa", openid).unwrap().unwrap().ended();
+        assert!(!ended("openid-in"), "an account that never logged out keeps its session");
+        assert!(ended("openid-out"), "the session may predate the logout: it ends");
+    }
+
+    #[test]
+    fn a_session_ends_when_its_account_logs_out_and_the_next_one_is_current() {
+        let path = temp_database("session-ends");
+        let (connection, _) = open_writer(&path).unwrap();
+        let session = WechatSession { unionid: None, session_key: "key".into(), created_at: 100 };
+        let read = |openid| wechat_session(&connection, "wxa", openid).unwrap().unwrap();
+        let versions = |recorded: RecordedSession| {
+            (recorded.token_version, recorded.account_token_version, recorded.ended())
+        };
+        // Recorded before its account exists: at version 0, which a new account has.
+        save_wechat_session(&connection, "wxa", "openid-s", &session).unwrap();
+        save_wechat_session(&connection, "wxa", "openid-other", &session).unwrap();
+        assert_eq!(versions(read("openid-s")), (0, 0, false));
+        let id = login_account(&connection, "wxa", "openid-s", "::1", 100).unwrap();
+        login_account(&connection, "wxa", "openid-other", "::1", 100).unwrap();
+        assert_eq!(versions(read("openid-s")), (0, 0, false));
+
+        assert!(revoke_tokens(&connection, id).unwrap());
+        assert_eq!(versions(read("openid-s")), (0, 1, true));
+        assert_eq!(versions(read("openid-other")), (0, 0, false), "other accounts keep theirs");
+        save_wechat_session(&connection, "wxa", "openid-s", &session).unwrap();
+        assert_eq!(versions(read("openid-s")), (1, 1, false), "a new code signs in again");
     }
 
     #[test]
@@ -1308,7 +1387,7 @@ mod tests {
                 .run_visible(move |c| save_wechat_session(c, "wxa", "openid-v", &record))
                 .unwrap();
             let seen = wechat_session(&reader, "wxa", "openid-v").unwrap().unwrap();
-            assert_eq!(seen.created_at, 100 + round);
+            assert_eq!(seen.session.created_at, 100 + round);
             // A synced write after an unsynced group switches the level back and commits too.
             let (id, level) = writer
                 .run(move |c| {

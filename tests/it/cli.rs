@@ -269,18 +269,18 @@ fn migrate_upgrades_an_old_database_and_then_says_it_is_current() {
     let environment = [("WXAUTH_DATABASE", "wxauth.db")];
 
     run_in(&dir.0, &["users", "list"], &environment)
-        .failure("has schema version 1, this wxauth needs 3: run `wxauth migrate` first");
+        .failure("has schema version 1, this wxauth needs 4: run `wxauth migrate` first");
     assert_eq!(
         run_in(&dir.0, &["migrate"], &environment).success(),
-        "wxauth.db: applied schema versions 2, 3\n"
+        "wxauth.db: applied schema versions 2, 3, 4\n"
     );
     assert_eq!(
         run_in(&dir.0, &["migrate"], &environment).success(),
-        "wxauth.db: schema is current (version 3)\n"
+        "wxauth.db: schema is current (version 4)\n"
     );
     let database = rusqlite::Connection::open(dir.0.join("wxauth.db")).unwrap();
     let version: u32 = database.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     let list = run_in(&dir.0, &["users", "list"], &environment);
     assert!(list.success().contains("oFixtureRegistered0000000001"), "{list:#?}");
 
@@ -602,7 +602,7 @@ fn backup_of_a_serving_database_is_complete_and_verified() {
     assert!(after > before, "no write completed while the backup ran ({before} → {after})");
     let text = run.success();
     assert!(text.starts_with(&format!("wrote {}: a copy of ", copy.display())), "{text}");
-    assert!(text.contains("schema version 3"), "{text}");
+    assert!(text.contains("schema version 4"), "{text}");
     assert!(text.ends_with("integrity_check ok\n"), "{text}");
 
     let backup = rusqlite::Connection::open(&copy).unwrap();

@@ -353,7 +353,7 @@ fn soak_keeps_descriptors_threads_and_memory_flat() {
     assert!(after.0 <= before.0 + 12, "file descriptors grew: {before:?} → {after:?}");
     assert!(after.1 <= before.1 + 12, "threads grew: {before:?} → {after:?}");
     // Memory fills caches with bounded sizes: SQLite's page caches (1 MiB for the writer, 64 KiB
-    // per worker), the remembered wx.login codes (at most 20,000, in 1.6 MB) and
+    // per worker), the remembered wx.login codes (at most 20,000, in 1.7 MB) and
     // the demo fake's codes of the last five minutes. A leak would grow past them.
     assert!(after.2 <= before.2 + 24 * 1024, "memory grew: {before:?} → {after:?} KiB");
 }

@@ -10,6 +10,7 @@ mod faults;
 mod front;
 mod hostile;
 mod login;
+mod logout;
 mod observe;
 mod operator;
 mod python;

@@ -36,7 +36,7 @@ fn a_database_from_the_first_schema_upgrades_in_place() {
 
     let database = server.database();
     let version: u32 = database.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     let secret: String = database
         .query_row("SELECT value FROM meta WHERE key = 'jwt_secret'", [], |row| row.get(0))
         .unwrap();
@@ -44,5 +44,5 @@ fn a_database_from_the_first_schema_upgrades_in_place() {
     let integrity: String =
         database.query_row("PRAGMA integrity_check", [], |row| row.get(0)).unwrap();
     assert_eq!(integrity, "ok");
-    assert!(server.stderr().contains("applied schema versions [2, 3]"), "{}", server.stderr());
+    assert!(server.stderr().contains("applied schema versions [2, 3, 4]"), "{}", server.stderr());
 }

@@ -58,7 +58,7 @@ fn sign_with_header(secret: &str, header: &str, claims: &Value) -> String {
 
 /// Asserts that `verify` accepts `token` for account `id` with its own `exp`, as nginx's
 /// `auth_request` and another service read it.
-fn assert_verified(server: &Wxauth, token: &str, id: i64) {
+pub(crate) fn assert_verified(server: &Wxauth, token: &str, id: i64) {
     let claims = &inspect_token(token, "")["claims"];
     let exp = claims["exp"].as_i64().expect("exp");
     let answer = verify(server, Some(&jwt(token)));
@@ -68,7 +68,7 @@ fn assert_verified(server: &Wxauth, token: &str, id: i64) {
 
 /// Asserts that `verify` (GET and HEAD) answers 401 with `error` and no user, and that `me`
 /// answers the API's usual 403 with the same `error`.
-fn assert_refused(server: &Wxauth, authorization: Option<&str>, error: &str) {
+pub(crate) fn assert_refused(server: &Wxauth, authorization: Option<&str>, error: &str) {
     let answer = verify(server, authorization);
     answer.assert_error(401, error);
     assert_eq!(answer.header("X-Wxauth-User-Id"), None, "{answer:?}");
