@@ -229,28 +229,36 @@ impl Ctx<'_> {
 
     /// Applies the openid login policy to a request that names an account by openid alone. A
     /// WeChat session recorded before the account's latest logout ended with it and lets no one
-    /// in.
-    fn check_openid_login(&self, openid: &str, session_key: Option<&str>) -> Result<(), Error> {
+    /// in. When a session lets the request in, returns the token version it was recorded at, for
+    /// `still_signed_in` to check again in the write that issues the token: a logout committed
+    /// between this check and that write ends the session too.
+    fn check_openid_login(
+        &self,
+        openid: &str,
+        session_key: Option<&str>,
+    ) -> Result<Option<i64>, Error> {
         let policy = self.config.openid_login;
         if policy == OpenidLogin::Open {
-            return Ok(());
+            return Ok(None);
         }
         if policy == OpenidLogin::Off {
             return Err(Error::OpenidLoginRefused);
         }
-        let session = store::wechat_session(self.db, self.appid(), openid)?
-            .filter(|recorded| !recorded.ended())
-            .map(|recorded| recorded.session);
-        let allowed = match (policy, session) {
-            (OpenidLogin::RecentCode, Some(session)) => {
-                self.now <= session.created_at + self.config.openid_login_window as i64
+        let recorded = store::wechat_session(self.db, self.appid(), openid)?
+            .filter(|recorded| !recorded.ended());
+        let allowed = match (policy, &recorded) {
+            (OpenidLogin::RecentCode, Some(recorded)) => {
+                self.now <= recorded.session.created_at + self.config.openid_login_window as i64
             }
-            (OpenidLogin::SessionKey, Some(session)) => {
-                session_key.is_some_and(|given| same_secret(given, &session.session_key))
+            (OpenidLogin::SessionKey, Some(recorded)) => {
+                session_key.is_some_and(|given| same_secret(given, &recorded.session.session_key))
             }
             _ => false,
         };
-        if allowed { Ok(()) } else { Err(Error::OpenidLoginRefused) }
+        match recorded {
+            Some(recorded) if allowed => Ok(Some(recorded.token_version)),
+            _ => Err(Error::OpenidLoginRefused),
+        }
     }
 
     /// Exchanges a `wx.login` code with WeChat and records the session server-side, both once: a
@@ -304,10 +312,15 @@ impl Ctx<'_> {
     /// pages again from the file (3 preads and ~10% more CPU per request, measured on bench/run's
     /// register row when registration came through here; `store::register` reads back in its
     /// write the same way).
+    ///
+    /// `session_version` is what `check_openid_login` returned for a login by openid (`None` for
+    /// a token's account): the write refuses the login if the account has logged out since
+    /// (`still_signed_in`).
     fn login_write(
         &self,
         known_id: Option<i64>,
         openid: String,
+        session_version: Option<i64>,
         change: impl FnOnce(&Connection, i64) -> Result<(), Error> + Send + 'static,
     ) -> Deferred<SessionAnswer> {
         let (appid, ip, now) = (self.appid().to_string(), self.client_ip(), self.now);
@@ -323,6 +336,7 @@ impl Ctx<'_> {
             change(connection, id)?;
             let account = store::account_by_id(connection, id)?
                 .ok_or_else(|| Error::Internal(format!("account {id} vanished")))?;
+            still_signed_in(&account, session_version)?;
             let token = issuer.issue(&account);
             Ok(SessionAnswer { account, token })
         })
@@ -350,6 +364,16 @@ struct Exchanged {
 /// code answer holds it.
 fn token_version(account: Option<&Account>) -> i64 {
     account.map_or(0, |account| account.token_version)
+}
+
+/// Refuses, in the write that would issue its token, a login by openid whose WeChat session has
+/// ended since `Ctx::check_openid_login` let it in (`session_version` is what that returned): the
+/// account logged out in between.
+fn still_signed_in(account: &Account, session_version: Option<i64>) -> Result<(), Error> {
+    match session_version {
+        Some(version) if version != account.token_version => Err(Error::OpenidLoginRefused),
+        _ => Ok(()),
+    }
 }
 
 /// `GET get_openid_by_code?code=…`
@@ -411,13 +435,14 @@ pub(crate) fn login(
         return Ok(Answer::Later(ctx.login_write(
             Some(account.id),
             openid,
+            None,
             move |connection, id| store::update_profile(connection, id, &profile),
         )));
     }
     let openid = openid.ok_or(Error::NotAuthenticated)?;
-    ctx.check_openid_login(&openid, session_key.as_deref())?;
+    let session_version = ctx.check_openid_login(&openid, session_key.as_deref())?;
     ctx.rate_limit()?;
-    Ok(Answer::Later(ctx.login_write(None, openid, move |connection, id| {
+    Ok(Answer::Later(ctx.login_write(None, openid, session_version, move |connection, id| {
         store::update_profile(connection, id, &profile)
     })))
 }
@@ -528,9 +553,10 @@ pub(crate) fn register(
             return Err(Error::InvalidParameter("code 不属于该 openid 的用户".into()));
         }
     }
-    if token_account.is_none() {
-        ctx.check_openid_login(&openid, client_session_key.as_deref())?;
-    }
+    let session_version = match token_account {
+        None => ctx.check_openid_login(&openid, client_session_key.as_deref())?,
+        Some(_) => None,
+    };
     let phone = match source {
         PhoneSource::Typed(phone) => phone,
         PhoneSource::Encrypted { data, iv } => {
@@ -565,6 +591,7 @@ pub(crate) fn register(
             Some(id) => Error::Internal(format!("register: account {id} vanished")),
             None => Error::Internal("register: the account written is not there".into()),
         })?;
+        still_signed_in(&account, session_version)?;
         let token = issuer.issue(&account);
         Ok(SessionAnswer { account, token })
     }))

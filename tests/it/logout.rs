@@ -4,10 +4,12 @@
 //! a new `wx.login` code does. Each check runs also after a restart where the state that decides
 //! it lives in the database.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 use serde_json::{Value, json};
 
 use crate::cli::run_on;
-use crate::harness::{Wxauth, fresh_code};
+use crate::harness::{Wxauth, agent, fresh_code, send};
 use crate::login::{SECRET, jwt, restart, token_of};
 use crate::verify::{assert_refused, assert_verified};
 
@@ -92,6 +94,50 @@ fn an_openid_login_window_opened_before_logout_is_closed_by_it() {
     let server = restart(server, &[("WXAUTH_JWT_SECRET", SECRET)]);
     server.post("login", &json!({ "openid": openid })).assert_error(403, "openid_login_refused");
     assert_refused(&server, Some(&jwt(&token_of(&login))), "token_revoked");
+}
+
+#[test]
+fn logins_by_openid_racing_a_logout_leave_no_working_token() {
+    let server = Wxauth::start(&[("WXAUTH_JWT_SECRET", SECRET)]);
+    let (openid, login) = server.login_as("logout-race");
+    let (url, body) = (server.url("login"), json!({ "openid": openid }).to_string().into_bytes());
+    let (logins, stop) = (AtomicUsize::new(0), AtomicBool::new(false));
+    // Logins by openid from four clients, one after another each, until well after the logout: a
+    // login the policy let in before the logout committed, whose write (and token) comes after
+    // it, must be refused there.
+    let tokens: Vec<String> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    let (agent, mut tokens) = (agent(), Vec::new());
+                    while !stop.load(Ordering::SeqCst) {
+                        let answer = send(&agent, "POST", &url, &[], Some(&body));
+                        if answer.status == 200 {
+                            tokens.push(token_of(answer.result()));
+                        } else {
+                            answer.assert_error(403, "openid_login_refused");
+                        }
+                        logins.fetch_add(1, Ordering::SeqCst);
+                    }
+                    tokens
+                })
+            })
+            .collect();
+        while logins.load(Ordering::SeqCst) < 40 {
+            std::thread::yield_now();
+        }
+        logout(&server, &token_of(&login));
+        let after = logins.load(Ordering::SeqCst);
+        while logins.load(Ordering::SeqCst) < after + 40 {
+            std::thread::yield_now();
+        }
+        stop.store(true, Ordering::SeqCst);
+        clients.into_iter().flat_map(|client| client.join().unwrap()).collect()
+    });
+    assert!(tokens.len() >= 40, "{} logins succeeded before the logout", tokens.len());
+    for token in tokens {
+        assert_refused(&server, Some(&jwt(&token)), "token_revoked");
+    }
 }
 
 #[test]
