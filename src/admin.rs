@@ -4,7 +4,9 @@
 //! one-line reason on failure. Nothing here prints, exits or holds SQL (that is store.rs).
 //!
 //! No command creates a database: a mistyped `database` path fails with a clear reason instead
-//! of answering from a new, empty file (`wxauth serve` is what creates one). Reads use a
+//! of answering from a new, empty file (`wxauth serve` is what creates one). The commands that
+//! write (`migrate`, `users revoke`) refuse a file that is not safely theirs, as the server does
+//! (`store::Opener::Operator`: root may write to the service user's file). Reads use a
 //! read-only connection, so they never hold the write lock; `users revoke` writes one row with a
 //! busy timeout, so it works while the server runs. Nothing here shows a secret: the
 //! configuration is printed redacted, and accounts exactly as the API shows them, which leaves
@@ -294,7 +296,8 @@ pub(crate) fn backup(
 /// `wxauth migrate`: applies the schema versions `config.database` lacks.
 pub(crate) fn migrate(config: &Config, out: &mut dyn Write) -> Result<(), String> {
     require_database(&config.database)?;
-    let (_connection, applied) = store::open_writer(&config.database).map_err(failure)?;
+    let (_connection, applied) =
+        store::open_writer(&config.database, store::Opener::Operator).map_err(failure)?;
     let message = match applied.as_slice() {
         [] => format!("schema is current (version {})", store::current_version()),
         [version] => format!("applied schema version {version}"),
@@ -343,7 +346,7 @@ fn require_current_schema(connection: &Connection, path: &str) -> Result<(), Str
 }
 
 /// The operator's reason for a store failure, without the "internal:" a client's log would get.
-fn failure(error: Error) -> String {
+pub(crate) fn failure(error: Error) -> String {
     match error {
         Error::Internal(message) => message,
         other => other.to_string(),

@@ -76,7 +76,9 @@ Usage: wxauth [serve] [--config PATH]
 
 Runs the server. The first line it prints is `listening on http://HOST:PORT`; in demo mode the
 next names the built-in fake WeChat. The database file is created (owner-only) when missing and
-upgraded in place when older. SIGTERM or SIGINT stops it gracefully, with exit status 0.
+upgraded in place when older; an existing one (and its -wal, -shm, -journal) must be a regular
+file of the user wxauth runs as, not writable by others and not a link, or wxauth exits 1 saying
+how to fix it. SIGTERM or SIGINT stops it gracefully, with exit status 0.
 
 ",
     config_option!()
@@ -116,7 +118,8 @@ revoke  revokes every token issued to the account so far, as `POST logout` does:
 
 Session keys and token versions are never shown. The database (`database` in the config) must
 exist and have the current schema (`wxauth migrate`); it is read without taking the write lock.
-An unknown account exits 1.
+revoke writes, so it refuses a database file that is not safely its user's, as serve does (root
+may revoke in the service user's). An unknown account exits 1.
 
 ",
     config_option!()
@@ -142,7 +145,9 @@ Usage: wxauth migrate [--config PATH]
 
 Applies the schema versions the database lacks (as `serve` does at start) and says which:
 `applied schema version N`, or `schema is current (version N)`. The database must exist:
-migrate never creates one (`serve` does), so a mistyped path fails instead of looking done.
+migrate never creates one (`serve` does), so a mistyped path fails instead of looking done. It
+refuses a database file that is not safely its user's, as serve does (root may migrate the
+service user's).
 
 ",
     config_option!()
@@ -459,17 +464,16 @@ fn serve(config_path: Option<String>) -> Result<(), String> {
     };
 
     let (connection, applied) =
-        store::open_writer(&config.database).map_err(|error| error.to_string())?;
+        store::open_writer(&config.database, store::Opener::Server).map_err(admin::failure)?;
     let jwt_secret = if config.jwt.secret.is_empty() {
-        store::jwt_secret_or_insert(&connection, &random_hex(32)?)
-            .map_err(|error| error.to_string())?
+        store::jwt_secret_or_insert(&connection, &random_hex(32)?).map_err(admin::failure)?
     } else {
         config.jwt.secret.clone()
     };
     let readers = (0..config.workers)
         .map(|_| store::open_reader(&config.database))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| error.to_string())?;
+        .map_err(admin::failure)?;
     let (server, address) = server::bind(&config, max_connections)?;
     let (writer, writer_thread) = store::Writer::start(connection);
 

@@ -9,9 +9,14 @@
 //! session) are answered once committed, and login bookkeeping (`note_login`, written at the start
 //! of the next group) is not waited for; both reach the disk with the next fsync or checkpoint.
 //! One account per WeChat identity is a unique index, never a check-then-insert.
+//!
+//! A connection that writes opens only a file that is safely wxauth's (`open_read_write`): a
+//! regular file of its user, writable by nobody else, reached through no link, with the same
+//! true of SQLite's files beside it; wxauth creates a missing database itself, owner-only.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -219,12 +224,14 @@ fn configure_sqlite() {
     });
 }
 
-/// Opens the writer connection: creates the file (owner-only) if needed, sets durable pragmas and
-/// applies pending schema versions. Returns the connection and the versions it applied.
-pub(crate) fn open_writer(path: &str) -> Result<(Connection, Vec<u32>), Error> {
+/// Opens the writer connection for `opener`: creates the file (owner-only) if needed, checks it
+/// (`open_read_write`), sets durable pragmas and applies pending schema versions. Returns the
+/// connection and the versions it applied.
+pub(crate) fn open_writer(path: &str, opener: Opener) -> Result<(Connection, Vec<u32>), Error> {
     configure_sqlite();
-    create_private_file(path)?;
-    let connection = Connection::open(path)?;
+    create_private_file(path)
+        .map_err(|error| Error::Internal(format!("cannot create database file {path}: {error}")))?;
+    let connection = open_read_write(path, opener)?;
     enable_lookaside(&connection);
     connection.busy_timeout(BUSY_TIMEOUT)?;
     // WAL lets readers proceed while the writer commits; FULL makes every commit durable before
@@ -273,7 +280,7 @@ fn enable_lookaside(connection: &Connection) {
 
 /// Opens a read connection for one worker. It cannot write, by construction.
 pub(crate) fn open_reader(path: &str) -> Result<Connection, Error> {
-    let connection = open_existing_with(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let connection = open_existing_with(path, None)?;
     // A small page cache per reader: there is one per worker, the OS caches the file anyway, and
     // in WAL mode any commit empties it at the reader's next transaction. 64 KiB holds the pages
     // of any one query wxauth makes; 128 KiB cost 16 × 64 KiB more peak memory (bench/run).
@@ -281,30 +288,169 @@ pub(crate) fn open_reader(path: &str) -> Result<Connection, Error> {
     Ok(connection)
 }
 
-/// Opens a database file that must exist, with `access` (read-only or read-write), the busy
-/// timeout and foreign keys on.
-fn open_existing_with(path: &str, access: OpenFlags) -> Result<Connection, Error> {
+/// Opens a database file that must exist, read-only (`None`) or read-write for `Some(opener)`
+/// (`open_read_write`), with the busy timeout and foreign keys on.
+fn open_existing_with(path: &str, writer: Option<Opener>) -> Result<Connection, Error> {
     configure_sqlite();
-    let flags = access | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
-    let connection = Connection::open_with_flags(path, flags)?;
+    let connection = match writer {
+        None => {
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI;
+            Connection::open_with_flags(path, flags)?
+        }
+        Some(opener) => open_read_write(path, opener)?,
+    };
     connection.busy_timeout(BUSY_TIMEOUT)?;
     connection.execute_batch("PRAGMA foreign_keys = ON;")?;
     Ok(connection)
 }
 
-#[cfg(unix)]
-fn create_private_file(path: &str) -> Result<(), Error> {
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
-        Ok(_) => Ok(()),
-        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(error) => Err(Error::Internal(format!("cannot create database file {path}: {error}"))),
-    }
+/// Who opens the database for writing, which decides whose file it may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Opener {
+    /// `wxauth serve`, which keeps session keys, and the generated JWT secret, in the file: it
+    /// must be the file of the user wxauth runs as, or its owner could read them.
+    Server,
+    /// An operator's command that writes (`migrate`, `users revoke`): as the server, except that
+    /// root may also write to another user's file, as the deployment has root do to the service
+    /// user's. These commands write no secret, and the files SQLite creates as root it gives to
+    /// the database's owner.
+    Operator,
 }
 
-#[cfg(not(unix))]
-fn create_private_file(_path: &str) -> Result<(), Error> {
+/// The files SQLite keeps beside a database: the WAL, its shared-memory index, and the rollback
+/// journal (used while a new database switches to WAL). An existing WAL or journal is read into
+/// the database when it opens, and the WAL holds everything written.
+const BESIDE: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+/// Opens the existing database `path` read-write once it and the files `BESIDE` it that exist
+/// pass `check_database_file` for `opener`; each is then made readable by its owner only, as
+/// wxauth creates it (an older wxauth, or a copy, may have left it readable by all), because it
+/// holds the secrets. SQLite does not create the database here, and follows no link to it.
+fn open_read_write(path: &str, opener: Opener) -> Result<Connection, Error> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let user = effective_uid();
+        let owner = match opener {
+            Opener::Operator if user == 0 => None,
+            _ => Some(user),
+        };
+        for suffix in std::iter::once("").chain(BESIDE) {
+            let (file, database) = (format!("{path}{suffix}"), suffix.is_empty());
+            let metadata = match std::fs::symlink_metadata(&file) {
+                Ok(metadata) => metadata,
+                Err(error) if !database && error.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(Error::Internal(format!("database {file}: {error}"))),
+            };
+            check_database_file(&file, database, &metadata, owner).map_err(Error::Internal)?;
+            if metadata.mode() & 0o077 != 0 {
+                let private = std::fs::Permissions::from_mode(metadata.mode() & 0o700);
+                std::fs::set_permissions(&file, private).map_err(|error| {
+                    Error::Internal(format!("cannot make database file {file} owner-only: {error}"))
+                })?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = opener;
+    Ok(Connection::open_with_flags(linkless_path(path)?, private_flags())?)
+}
+
+/// Why wxauth must not write to `file` (the database when `database`, else a file `BESIDE` it),
+/// which `symlink_metadata` found as `metadata`, with the fix, in one line: it must be a regular
+/// file, not a symbolic link, owned by `owner` (anyone's: `None`) and not writable by group or
+/// others. Otherwise another user could read what wxauth writes (the JWT secret it generates,
+/// session keys) or write the database.
+#[cfg(unix)]
+fn check_database_file(
+    file: &str,
+    database: bool,
+    metadata: &std::fs::Metadata,
+    owner: Option<u32>,
+) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let kind = metadata.file_type();
+    if kind.is_symlink() {
+        return Err(if database {
+            format!(
+                "database file {file} is a symbolic link: point `database` at the real file, not a symlink"
+            )
+        } else {
+            format!("database file {file} is a symbolic link: move it away (SQLite makes its own)")
+        });
+    }
+    if !kind.is_file() {
+        return Err(if database {
+            format!("database file {file} is not a regular file: point `database` at a file")
+        } else {
+            format!("database file {file} is not a regular file: move it away")
+        });
+    }
+    if let Some(owner) = owner
+        && metadata.uid() != owner
+    {
+        return Err(format!(
+            "database file {file} belongs to uid {}, not to uid {owner} that wxauth runs as: `chown {owner} {file}` if it is this wxauth's, else move it away",
+            metadata.uid()
+        ));
+    }
+    if metadata.mode() & 0o022 != 0 {
+        return Err(format!(
+            "database file {file} is writable by other users (mode {:04o}): `chmod 600 {file}`",
+            metadata.mode() & 0o7777
+        ));
+    }
     Ok(())
+}
+
+/// The user wxauth runs as: its effective uid.
+#[cfg(unix)]
+fn effective_uid() -> u32 {
+    unsafe extern "C" {
+        // Always succeeds and touches no memory (POSIX).
+        safe fn geteuid() -> u32;
+    }
+    geteuid()
+}
+
+/// How wxauth opens a file of its own read-write: it exists (wxauth created it, or it passed
+/// `check_database_file`), so SQLite must not create one, and SQLite refuses a symbolic link.
+fn private_flags() -> OpenFlags {
+    OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_NOFOLLOW
+}
+
+/// `path` with the links in its directory resolved and its last component as it is, to open with
+/// `SQLITE_OPEN_NOFOLLOW`: SQLite then refuses a link anywhere in the path it is given, and a
+/// deployment may keep the database in a linked directory (systemd's `DynamicUser` links
+/// /var/lib/wxauth to /var/lib/private/wxauth).
+fn linkless_path(path: &str) -> Result<PathBuf, Error> {
+    let given = Path::new(path);
+    let (Some(directory), Some(name)) = (given.parent(), given.file_name()) else {
+        return Err(Error::Internal(format!("{path} is not a file name")));
+    };
+    let directory = if directory.as_os_str().is_empty() { Path::new(".") } else { directory };
+    let directory = std::fs::canonicalize(directory)
+        .map_err(|error| Error::Internal(format!("{path}: {error}")))?;
+    Ok(directory.join(name))
+}
+
+/// Creates `path` empty and readable by its owner only; false when something is there already.
+/// O_CREAT|O_EXCL never follows a symbolic link (POSIX): a link there, dangling or not, is
+/// "something", so no link can make this create a file elsewhere.
+fn create_private_file(path: &str) -> std::io::Result<bool> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(true),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(error) => Err(error),
+    }
 }
 
 /// The schema's sections, as (version, SQL), in order: each starts at a line `-- version: N`.
@@ -930,10 +1076,10 @@ pub(crate) fn account_counts(connection: &Connection) -> Result<AccountCounts, E
 // exist yet; admin.rs checks that first and says so.
 
 /// Opens an existing database for one write from outside the server (`wxauth users revoke`):
-/// never creates the file, and waits up to `BUSY_TIMEOUT` for the server's writer between its
+/// never creates the file, checks it as an operator's (`Opener::Operator`), and waits up to `BUSY_TIMEOUT` for the server's writer between its
 /// group commits rather than failing with `database is locked`.
 pub(crate) fn open_existing(path: &str) -> Result<Connection, Error> {
-    open_existing_with(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+    open_existing_with(path, Some(Opener::Operator))
 }
 
 /// Every account with this openid, whatever its appid (one deployment may serve several
@@ -991,29 +1137,18 @@ pub(crate) struct BackupReport {
 /// overwritten; on any failure the partial copy is removed. The copy is created readable by its
 /// owner only: it holds session keys and perhaps the generated JWT secret.
 pub(crate) fn backup(source: &Connection, destination: &str) -> Result<BackupReport, Error> {
-    create_new_private_file(destination)?;
+    let created = create_private_file(destination)
+        .map_err(|error| Error::Internal(format!("cannot create {destination}: {error}")))?;
+    if !created {
+        return Err(Error::Internal(format!("{destination} already exists; not overwriting it")));
+    }
     let result = copy_and_verify(source, destination);
     if result.is_err() {
-        for suffix in ["", "-wal", "-shm", "-journal"] {
+        for suffix in std::iter::once("").chain(BESIDE) {
             let _ = std::fs::remove_file(format!("{destination}{suffix}"));
         }
     }
     result
-}
-
-/// Creates `path`, readable by its owner only; an error if anything is there already.
-fn create_new_private_file(path: &str) -> Result<(), Error> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(path) {
-        Ok(_) => Ok(()),
-        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-            Err(Error::Internal(format!("{path} already exists; not overwriting it")))
-        }
-        Err(error) => Err(Error::Internal(format!("cannot create {path}: {error}"))),
-    }
 }
 
 fn copy_and_verify(source: &Connection, destination: &str) -> Result<BackupReport, Error> {
@@ -1085,6 +1220,72 @@ mod tests {
         dir.join("test.db").to_string_lossy().into_owned()
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn database_files_must_be_ours_regular_and_not_writable_by_others() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let path = temp_database("file-check");
+        std::fs::write(&path, b"").unwrap();
+        let check = |file: &str, database: bool, owner: Option<u32>| {
+            let metadata = std::fs::symlink_metadata(file).unwrap();
+            check_database_file(file, database, &metadata, owner)
+        };
+        let user = effective_uid();
+        for (mode, accepted) in [
+            (0o600, true),
+            (0o400, true),
+            (0o640, true),
+            (0o644, true),
+            (0o620, false),
+            (0o602, false),
+            (0o666, false),
+            (0o1777, false),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let expected = if accepted {
+                Ok(())
+            } else {
+                Err(format!(
+                    "database file {path} is writable by other users (mode {mode:04o}): `chmod 600 {path}`"
+                ))
+            };
+            assert_eq!(check(&path, true, Some(user)), expected, "{mode:o}");
+        }
+
+        // Another user's file is refused whatever its mode, unless anyone's will do.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let other = user.wrapping_add(1);
+        assert_eq!(
+            check(&path, true, Some(other)),
+            Err(format!(
+                "database file {path} belongs to uid {user}, not to uid {other} that wxauth runs as: `chown {other} {path}` if it is this wxauth's, else move it away"
+            ))
+        );
+        assert_eq!(check(&path, true, None), Ok(()));
+        // A file of root's, as any other user (only looked at: never opened).
+        let passwd = std::fs::symlink_metadata("/etc/passwd").unwrap();
+        let verdict = check_database_file("/etc/passwd", true, &passwd, Some(user));
+        if passwd.uid() == user {
+            assert_eq!(verdict, Ok(()));
+        } else {
+            assert!(verdict.unwrap_err().contains("belongs to uid 0"));
+        }
+
+        // A link, to a good file of ours, and anything but a regular file.
+        let link = format!("{path}-link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let refusal = check(&link, true, Some(user)).unwrap_err();
+        assert!(refusal.ends_with("point `database` at the real file, not a symlink"), "{refusal}");
+        let refusal = check(&link, false, None).unwrap_err();
+        assert!(refusal.ends_with("is a symbolic link: move it away (SQLite makes its own)"));
+        let directory = Path::new(&path).parent().unwrap().to_str().unwrap().to_string();
+        let refusal = check(&directory, true, Some(user)).unwrap_err();
+        assert!(
+            refusal.ends_with("is not a regular file: point `database` at a file"),
+            "{refusal}"
+        );
+    }
+
     #[test]
     fn schema_sections_are_numbered_from_one() {
         let versions: Vec<u32> = schema_versions().iter().map(|(version, _)| *version).collect();
@@ -1094,11 +1295,11 @@ mod tests {
     #[test]
     fn migrations_apply_once() {
         let path = temp_database("migrate");
-        let (connection, applied) = open_writer(&path).unwrap();
+        let (connection, applied) = open_writer(&path, Opener::Server).unwrap();
         assert_eq!(applied, (1..=current_version()).collect::<Vec<_>>());
         assert_eq!(schema_version(&connection).unwrap(), current_version());
         drop(connection);
-        let (_, applied) = open_writer(&path).unwrap();
+        let (_, applied) = open_writer(&path, Opener::Server).unwrap();
         assert!(applied.is_empty());
     }
 
@@ -1149,7 +1350,7 @@ mod tests {
         assert_eq!(before.len(), 2);
         drop(connection);
 
-        let (connection, applied) = open_writer(&path).unwrap();
+        let (connection, applied) = open_writer(&path, Opener::Server).unwrap();
         assert_eq!(applied, (3..=current_version()).collect::<Vec<_>>());
         assert_eq!(all_accounts(&connection), before, "every row and column kept");
         let id = login_account(&connection, "wxa", "openid-4", "::1", 200).unwrap();
@@ -1199,7 +1400,7 @@ mod tests {
         }
         drop(connection);
 
-        let (connection, applied) = open_writer(&path).unwrap();
+        let (connection, applied) = open_writer(&path, Opener::Server).unwrap();
         assert_eq!(applied, (4..=current_version()).collect::<Vec<_>>());
         let ended = |openid| wechat_session(&connection, "wxa", openid).unwrap().unwrap().ended();
         assert!(!ended("openid-in"), "an account that never logged out keeps its session");
@@ -1209,7 +1410,7 @@ mod tests {
     #[test]
     fn a_session_ends_when_its_account_logs_out_and_the_next_one_is_current() {
         let path = temp_database("session-ends");
-        let (connection, _) = open_writer(&path).unwrap();
+        let (connection, _) = open_writer(&path, Opener::Server).unwrap();
         let session = WechatSession { unionid: None, session_key: "key".into(), created_at: 100 };
         let read = |openid| wechat_session(&connection, "wxa", openid).unwrap().unwrap();
         let versions = |recorded: RecordedSession| {
@@ -1239,7 +1440,7 @@ mod tests {
         let before = all_accounts(&connection);
         drop(connection);
 
-        assert!(open_writer(&path).is_err());
+        assert!(open_writer(&path, Opener::Server).is_err());
         let connection = Connection::open(&path).unwrap();
         assert_eq!(schema_version(&connection).unwrap(), 1, "no version applied in part");
         assert_eq!(all_accounts(&connection), before);
@@ -1259,7 +1460,7 @@ mod tests {
         // that wrote the column (schema version 3 says why). The schema's rules are what matter,
         // so a write of every column stands for every write wxauth makes.
         let path = temp_database("ephemeral");
-        let (connection, _) = open_writer(&path).unwrap();
+        let (connection, _) = open_writer(&path, Opener::Server).unwrap();
         let columns: Vec<String> = connection
             .prepare("SELECT name FROM pragma_table_info('accounts') WHERE name <> 'id'")
             .unwrap()
@@ -1287,7 +1488,7 @@ mod tests {
     #[test]
     fn register_creates_a_registered_account_or_registers_the_existing_one() {
         let path = temp_database("register");
-        let (connection, _) = open_writer(&path).unwrap();
+        let (connection, _) = open_writer(&path, Opener::Server).unwrap();
         let session = WechatSession {
             unionid: Some("union-1".into()),
             session_key: "key".into(),
@@ -1377,7 +1578,7 @@ mod tests {
     #[test]
     fn visible_writes_are_seen_by_readers_when_answered() {
         let path = temp_database("visible");
-        let (connection, _) = open_writer(&path).unwrap();
+        let (connection, _) = open_writer(&path, Opener::Server).unwrap();
         let (writer, handle) = Writer::start(connection);
         let reader = open_reader(&path).unwrap();
         let session = WechatSession { unionid: None, session_key: "key-1".into(), created_at: 100 };
@@ -1406,7 +1607,7 @@ mod tests {
     #[test]
     fn noted_logins_are_written_newest_per_account_before_later_writes() {
         let path = temp_database("logins");
-        let (connection, _) = open_writer(&path).unwrap();
+        let (connection, _) = open_writer(&path, Opener::Server).unwrap();
         let (writer, handle) = Writer::start(connection);
         let first = writer.run(|c| login_account(c, "wxa", "openid-1", "127.0.0.1", 100)).unwrap();
         let second = writer.run(|c| login_account(c, "wxa", "openid-2", "127.0.0.1", 100)).unwrap();
@@ -1452,7 +1653,7 @@ mod tests {
     #[test]
     fn logins_alone_commit_at_most_once_per_bookkeeping_interval() {
         let path = temp_database("logins-interval");
-        let (connection, _) = open_writer(&path).unwrap();
+        let (connection, _) = open_writer(&path, Opener::Server).unwrap();
         let (writer, handle) = Writer::start(connection);
         let id = writer.run(|c| login_account(c, "wxa", "openid-1", "127.0.0.1", 100)).unwrap();
         // Commits counted by the WAL's frames (no checkpoint runs below 1000), each of these
@@ -1483,7 +1684,7 @@ mod tests {
     #[test]
     fn one_account_per_identity_and_failed_jobs_roll_back_alone() {
         let path = temp_database("writer");
-        let (connection, _) = open_writer(&path).unwrap();
+        let (connection, _) = open_writer(&path, Opener::Server).unwrap();
         let (writer, handle) = Writer::start(connection);
         let first = writer.run(|c| login_account(c, "wxa", "openid-1", "127.0.0.1", 100)).unwrap();
         let again = writer.run(|c| login_account(c, "wxa", "openid-1", "127.0.0.2", 200)).unwrap();
@@ -1508,7 +1709,7 @@ mod tests {
     #[test]
     fn run_then_answers_on_the_writer_after_the_commit_and_survives_a_panicking_answer() {
         let path = temp_database("run-then");
-        let (connection, _) = open_writer(&path).unwrap();
+        let (connection, _) = open_writer(&path, Opener::Server).unwrap();
         let (writer, handle) = Writer::start(connection);
         let (sender, answers) = mpsc::channel();
         let reader_path = path.clone();

@@ -291,6 +291,53 @@ fn migrate_upgrades_an_old_database_and_then_says_it_is_current() {
     run_in(&dir.0, &["users", "show", "1"], &environment).failure("newer than this wxauth's");
 }
 
+#[test]
+fn commands_that_write_refuse_a_database_file_that_is_not_safely_theirs() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = TempDir::new();
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/schema-v1.db");
+    let database = dir.0.join("wxauth.db");
+    std::fs::copy(fixture, &database).unwrap();
+    let environment = [("WXAUTH_DATABASE", "wxauth.db")];
+    let writers: [&[&str]; 2] = [&["migrate"], &["users", "revoke", "1"]];
+
+    std::fs::set_permissions(&database, std::fs::Permissions::from_mode(0o666)).unwrap();
+    for arguments in writers {
+        let run = run_in(&dir.0, arguments, &environment);
+        run.failure("writable by other users (mode 0666)");
+        assert!(run.stderr.contains("`chmod 600 wxauth.db`"), "{run:#?}");
+        assert_eq!(dir.names(), ["wxauth.db"], "{arguments:?} made nothing beside it");
+    }
+
+    std::fs::set_permissions(&database, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::rename(&database, dir.0.join("real.db")).unwrap();
+    std::os::unix::fs::symlink("real.db", &database).unwrap();
+    for arguments in writers {
+        run_in(&dir.0, arguments, &environment)
+            .failure("point `database` at the real file, not a symlink");
+        assert_eq!(dir.names(), ["real.db", "wxauth.db"], "{arguments:?} made nothing beside it");
+    }
+    let before = std::fs::read(dir.0.join("real.db")).unwrap();
+    assert_eq!(std::fs::read(fixture).unwrap(), before, "nothing written through the link");
+
+    // As root, the operator's commands work on the service user's database, as the deployment
+    // runs them, and leave it (and anything SQLite left beside it) that user's.
+    std::fs::remove_file(&database).unwrap();
+    std::fs::rename(dir.0.join("real.db"), &database).unwrap();
+    if std::fs::metadata(&database).unwrap().uid() != 0 {
+        return;
+    }
+    let service = 65534;
+    std::os::unix::fs::chown(&database, Some(service), Some(service)).unwrap();
+    assert_eq!(
+        run_in(&dir.0, &["migrate"], &environment).success(),
+        "wxauth.db: applied schema versions 2, 3, 4\n"
+    );
+    for name in dir.names() {
+        assert_eq!(std::fs::metadata(dir.0.join(&name)).unwrap().uid(), service, "{name}");
+    }
+}
+
 // ----- users -----
 
 #[test]

@@ -2,7 +2,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,6 +22,16 @@ impl TempDir {
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).unwrap();
         TempDir(path)
+    }
+
+    /// The names of the files in it, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.0)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
     }
 }
 
@@ -335,6 +345,43 @@ impl Drop for Wxauth {
             self.assert_no_secrets_in_output();
         }
     }
+}
+
+/// Runs the server binary on `dir` (its working directory, with the database `dir/wxauth.db`
+/// unless `env` names another) and expects it to refuse to start: returns (status, stdout,
+/// stderr). Its output goes to a directory of its own, so `dir` holds only what the server made.
+/// Panics if it is still running after five seconds.
+pub fn refused_start(dir: &TempDir, env: &[(&str, &str)]) -> (ExitStatus, String, String) {
+    let output = TempDir::new();
+    let mut command = Command::new(binary());
+    command
+        .current_dir(&dir.0)
+        .env_clear()
+        .env("WXAUTH_LISTEN", "127.0.0.1:0")
+        .env("WXAUTH_DATABASE", dir.0.join("wxauth.db"))
+        .env("WXAUTH_RATE_LIMIT_ENABLED", "false")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(output.0.join("stdout.log")).unwrap())
+        .stderr(std::fs::File::create(output.0.join("stderr.log")).unwrap());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("wxauth started with {env:?} instead of refusing to");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = std::fs::read_to_string(output.0.join("stdout.log")).unwrap();
+    let stderr = std::fs::read_to_string(output.0.join("stderr.log")).unwrap();
+    (status, stdout, stderr)
 }
 
 static NEXT_CODE: AtomicUsize = AtomicUsize::new(0);

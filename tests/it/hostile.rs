@@ -2,6 +2,8 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -10,7 +12,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::{Sha256, Sha512};
 
-use crate::harness::{Answer, Wxauth};
+use crate::harness::{Answer, TempDir, Wxauth, refused_start};
 
 const SECRET: &str = "hostile-tests-jwt-secret-0123456789abcdef";
 
@@ -346,7 +348,6 @@ fn form_bodies_with_a_repeated_key_are_refused_as_json_ones_are() {
 
 #[test]
 fn the_database_and_its_journal_are_readable_by_the_owner_only() {
-    use std::os::unix::fs::PermissionsExt;
     let server = Wxauth::start(&[]);
     server.login_as("permissions");
     for name in ["wxauth.db", "wxauth.db-wal", "wxauth.db-shm"] {
@@ -357,6 +358,142 @@ fn the_database_and_its_journal_are_readable_by_the_owner_only() {
             .mode();
         assert_eq!(mode & 0o077, 0, "{name} has mode {mode:o}");
     }
+}
+
+// ----- The database file: wxauth's own, or it does not start -----
+
+/// `path`'s permission bits, read without following a link.
+fn mode_of(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// An empty file at `path` with exactly `mode`, whatever the umask.
+fn file_with_mode(path: &Path, mode: u32) {
+    std::fs::write(path, b"").unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Starts wxauth on `dir` (database `dir/wxauth.db`) and expects it to refuse: a failure status,
+/// nothing on stdout, one line on stderr naming `file` and saying `fix`.
+fn assert_refused(dir: &TempDir, file: &Path, fix: &str) {
+    let (status, stdout, stderr) = refused_start(dir, &[]);
+    assert!(!status.success(), "{status:?}: {stderr}");
+    assert_eq!(stdout, "", "nothing announced");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("wxauth: "), "{stderr}");
+    assert!(stderr.contains(&file.display().to_string()), "names {}: {stderr}", file.display());
+    assert!(stderr.contains(fix), "says {fix:?}: {stderr}");
+}
+
+/// Regression: a `wxauth.db` that another user could write (say, made 0666 in a shared
+/// directory) was used as it was, and the `-wal` and `-shm` files SQLite then made were 0666 too:
+/// that user could read the generated JWT secret from them.
+#[test]
+fn a_database_file_others_can_write_is_refused_and_left_as_it_was() {
+    for mode in [0o666, 0o660, 0o602] {
+        let dir = TempDir::new();
+        let database = dir.0.join("wxauth.db");
+        file_with_mode(&database, mode);
+        assert_refused(&dir, &database, &format!("chmod 600 {}", database.display()));
+        assert_eq!(dir.names(), ["wxauth.db"], "nothing made beside it ({mode:o})");
+        assert_eq!(mode_of(&database), mode, "left as it was");
+        assert_eq!(std::fs::metadata(&database).unwrap().len(), 0, "nothing written to it");
+    }
+    // The same for SQLite's files beside a database of ours: a WAL or journal is read into the
+    // database when it opens, and the WAL holds what is written.
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let dir = TempDir::new();
+        file_with_mode(&dir.0.join("wxauth.db"), 0o600);
+        let beside = dir.0.join(format!("wxauth.db{suffix}"));
+        file_with_mode(&beside, 0o666);
+        assert_refused(&dir, &beside, &format!("chmod 600 {}", beside.display()));
+        assert_eq!(dir.names(), ["wxauth.db".to_string(), format!("wxauth.db{suffix}")]);
+        assert_eq!(mode_of(&beside), 0o666, "left as it was");
+    }
+}
+
+/// Regression: a dangling symbolic link at the database path made SQLite create its target.
+#[test]
+fn a_symbolic_link_at_the_database_path_is_refused_and_not_followed() {
+    let dir = TempDir::new();
+    let database = dir.0.join("wxauth.db");
+    let target = dir.0.join("target.db");
+    std::os::unix::fs::symlink(&target, &database).unwrap();
+    let fix = "point `database` at the real file, not a symlink";
+    assert_refused(&dir, &database, fix);
+    assert_eq!(dir.names(), ["wxauth.db"], "the link's target was not created");
+
+    // A link to a good database of ours is refused the same way, and the file is left alone.
+    file_with_mode(&target, 0o600);
+    assert_refused(&dir, &database, fix);
+    assert_eq!(dir.names(), ["target.db", "wxauth.db"]);
+    assert_eq!(std::fs::metadata(&target).unwrap().len(), 0, "nothing written through the link");
+
+    // A link beside a database: SQLite makes its own files there.
+    std::fs::remove_file(&database).unwrap();
+    std::fs::rename(&target, &database).unwrap();
+    let wal = dir.0.join("wxauth.db-wal");
+    std::os::unix::fs::symlink(&target, &wal).unwrap();
+    assert_refused(&dir, &wal, "move it away");
+    assert_eq!(dir.names(), ["wxauth.db", "wxauth.db-wal"]);
+}
+
+/// A database file of another user is refused, even one only its owner can read: that user can
+/// read the secrets wxauth would keep in it. Giving a file away takes root (the suite runs as
+/// root in CI); otherwise `store::tests::database_files_must_be_ours_regular_and_not_writable_by_others`
+/// checks the refusal against a file of root's.
+#[test]
+fn a_database_file_of_another_user_is_refused() {
+    let dir = TempDir::new();
+    let database = dir.0.join("wxauth.db");
+    file_with_mode(&database, 0o600);
+    let user = std::fs::metadata(&database).unwrap().uid();
+    if user != 0 {
+        return;
+    }
+    let nobody = 65534;
+    std::os::unix::fs::chown(&database, Some(nobody), Some(nobody)).unwrap();
+    let fix = format!("chown {user} {}", database.display());
+    assert_refused(&dir, &database, &fix);
+    assert_eq!(dir.names(), ["wxauth.db"], "nothing made beside it");
+    assert_eq!(std::fs::metadata(&database).unwrap().uid(), nobody, "left as it was");
+
+    // Another user's WAL beside a database of ours.
+    std::os::unix::fs::chown(&database, Some(user), Some(user)).unwrap();
+    let wal = dir.0.join("wxauth.db-wal");
+    file_with_mode(&wal, 0o600);
+    std::os::unix::fs::chown(&wal, Some(nobody), Some(nobody)).unwrap();
+    assert_refused(&dir, &wal, "move it away");
+}
+
+/// What keeps working: a database of ours that others may read (as an older wxauth, or a copy,
+/// left it) is served and made owner-only, since it holds the secrets; a database in a directory
+/// reached through a link (systemd's `DynamicUser` links /var/lib/wxauth to
+/// /var/lib/private/wxauth) is created and served.
+#[test]
+fn an_existing_database_of_ours_is_served_and_made_owner_only() {
+    let server = Wxauth::start(&[]);
+    let (openid, login) = server.login_as("kept");
+    let database = server.dir.0.join("wxauth.db");
+    std::fs::set_permissions(&database, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let server = crate::login::restart(server, &[]);
+    assert_eq!(mode_of(&database), 0o600);
+    let code = crate::harness::fresh_code("kept");
+    assert_eq!(server.openid_for(&code)["openid"], openid.as_str());
+    let again = server.post("login", &json!({ "openid": openid })).result().clone();
+    assert_eq!(again["account"]["id"], login["account"]["id"], "the same account");
+    for name in ["wxauth.db", "wxauth.db-wal", "wxauth.db-shm"] {
+        assert_eq!(mode_of(&server.dir.0.join(name)) & 0o077, 0, "{name}");
+    }
+
+    let dir = TempDir::new();
+    std::fs::create_dir(dir.0.join("private")).unwrap();
+    std::os::unix::fs::symlink("private", dir.0.join("linked")).unwrap();
+    let database = dir.0.join("linked").join("wxauth.db");
+    let server = Wxauth::start_in(dir, &[("WXAUTH_DATABASE", database.to_str().unwrap())]);
+    server.login_as("linked");
+    let created = server.dir.0.join("private").join("wxauth.db");
+    assert_eq!(mode_of(&created), 0o600);
 }
 
 /// Sends raw bytes on a fresh connection and returns what came back (until close or timeout).

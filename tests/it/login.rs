@@ -4,7 +4,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::sync::Barrier;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,7 +15,7 @@ use rusqlite::types::ValueRef;
 use serde_json::{Map, Value, json};
 use sha2::Sha256;
 
-use crate::harness::{Answer, TempDir, Wxauth, agent, binary, fresh_code, send};
+use crate::harness::{Answer, TempDir, Wxauth, agent, fresh_code, refused_start, send};
 
 /// A JWT secret of more than 32 bytes with non-ASCII characters, so that a check with it also
 /// shows the key is the string's UTF-8 bytes.
@@ -137,41 +136,6 @@ pub(crate) fn restart(mut server: Wxauth, env: &[(&str, &str)]) -> Wxauth {
     Wxauth::start_in(dir, env)
 }
 
-/// Runs the server binary with `env` and expects it to refuse to start: returns (status, stdout,
-/// stderr). Panics if it is still running after five seconds.
-fn refused_start(env: &[(&str, &str)]) -> (std::process::ExitStatus, String, String) {
-    let dir = TempDir::new();
-    let mut command = Command::new(binary());
-    command
-        .current_dir(&dir.0)
-        .env_clear()
-        .env("WXAUTH_LISTEN", "127.0.0.1:0")
-        .env("WXAUTH_DATABASE", dir.0.join("wxauth.db"))
-        .env("WXAUTH_RATE_LIMIT_ENABLED", "false")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(dir.0.join("stdout.log")).unwrap())
-        .stderr(std::fs::File::create(dir.0.join("stderr.log")).unwrap());
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    let mut child = command.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("wxauth started with {env:?} instead of refusing to");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = std::fs::read_to_string(dir.0.join("stdout.log")).unwrap();
-    let stderr = std::fs::read_to_string(dir.0.join("stderr.log")).unwrap();
-    (status, stdout, stderr)
-}
-
 // 1. The openid login policies.
 
 #[test]
@@ -215,7 +179,8 @@ fn recent_code_refuses_an_openid_after_the_window() {
 
 #[test]
 fn session_key_policy_needs_expose_session_key_to_start() {
-    let (status, stdout, stderr) = refused_start(&[("WXAUTH_OPENID_LOGIN", "session_key")]);
+    let (status, stdout, stderr) =
+        refused_start(&TempDir::new(), &[("WXAUTH_OPENID_LOGIN", "session_key")]);
     assert!(!status.success(), "{status:?}");
     assert!(stdout.is_empty(), "nothing announced: {stdout}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
