@@ -130,8 +130,9 @@ const BACKUP_USAGE: &str = concat!(
 Usage: wxauth backup PATH [--config PATH]
 
 Copies the database to PATH with SQLite's online backup: one consistent snapshot, safe while the
-server is serving, which it never blocks. PATH must not exist yet (nothing is overwritten) and is
-created readable by its owner only, as the copy holds session keys. The copy is opened again and
+server is serving, which it never blocks. PATH must not exist yet (nothing is overwritten), nor
+PATH-wal, PATH-shm or PATH-journal (SQLite would read them into the copy), and PATH is created
+readable by its owner only, as the copy holds session keys. The copy is opened again and
 checked with PRAGMA integrity_check; the command prints the size, each table's row count and
 `integrity_check ok`. On any failure it exits 1 and removes the partial copy.
 

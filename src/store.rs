@@ -1137,6 +1137,15 @@ pub(crate) struct BackupReport {
 /// overwritten; on any failure the partial copy is removed. The copy is created readable by its
 /// owner only: it holds session keys and perhaps the generated JWT secret.
 pub(crate) fn backup(source: &Connection, destination: &str) -> Result<BackupReport, Error> {
+    // A WAL or journal there (an earlier copy's, or another user's) would be read into the copy.
+    for suffix in BESIDE {
+        let beside = format!("{destination}{suffix}");
+        if std::fs::symlink_metadata(&beside).is_ok() {
+            return Err(Error::Internal(format!(
+                "{beside} already exists: move it away, or back up to another path"
+            )));
+        }
+    }
     let created = create_private_file(destination)
         .map_err(|error| Error::Internal(format!("cannot create {destination}: {error}")))?;
     if !created {
@@ -1152,8 +1161,9 @@ pub(crate) fn backup(source: &Connection, destination: &str) -> Result<BackupRep
 }
 
 fn copy_and_verify(source: &Connection, destination: &str) -> Result<BackupReport, Error> {
+    let destination_path = linkless_path(destination)?;
     {
-        let mut copy = Connection::open(destination)?;
+        let mut copy = Connection::open_with_flags(&destination_path, private_flags())?;
         let backup = rusqlite::backup::Backup::new(source, &mut copy)?;
         // All pages in one step: one read snapshot of the source, so a write in between cannot
         // restart the copy. Busy or locked only while another connection changes the journal
@@ -1176,7 +1186,7 @@ fn copy_and_verify(source: &Connection, destination: &str) -> Result<BackupRepor
         }
     }
     // Read back from the file itself, on a fresh connection, not from what was just written.
-    let copy = Connection::open_with_flags(destination, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    let copy = Connection::open_with_flags(&destination_path, private_flags())?;
     let problems = copy
         .prepare("PRAGMA integrity_check")?
         .query_map([], |row| row.get::<_, String>(0))?

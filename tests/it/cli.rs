@@ -692,6 +692,25 @@ fn backup_of_a_serving_database_is_complete_and_verified() {
     run_on(&server, &["backup", elsewhere.to_str().unwrap()]).failure("cannot create");
 }
 
+/// A WAL or journal already beside the backup's path (left by an earlier copy, or put there by
+/// another user of the directory) would be read into the copy when it is opened.
+#[test]
+fn backup_refuses_a_path_with_a_wal_or_journal_beside_it() {
+    let server = Wxauth::start(&[]);
+    server.login_as("cli-backup-beside");
+    let copy = server.dir.0.join("copy.db");
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let beside = server.dir.0.join(format!("copy.db{suffix}"));
+        std::fs::write(&beside, b"left here").unwrap();
+        run_on(&server, &["backup", copy.to_str().unwrap()])
+            .failure(&format!("{} already exists: move it away", beside.display()));
+        assert!(!copy.exists(), "no copy made");
+        assert_eq!(std::fs::read(&beside).unwrap(), b"left here", "left as it was");
+        std::fs::remove_file(&beside).unwrap();
+    }
+    run_on(&server, &["backup", copy.to_str().unwrap()]).success();
+}
+
 #[test]
 fn a_failed_backup_leaves_no_partial_file() {
     let dir = TempDir::new();
