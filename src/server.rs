@@ -8,9 +8,9 @@
 //! A registration, and a login that writes its account, is answered by the writer thread instead
 //! (`router::Handled::Later`): the worker hands over the request with its write and takes the next
 //! one, and the writer answers right after the group commit, saving a wake of the worker per
-//! write. The writer never waits for a client: it sends what the socket takes at once, and a rest
-//! (only a client that is not reading its answers leaves one) goes to the `slow-answers` thread,
-//! which may wait. The writer drains its queue before it stops, so these requests too are answered
+//! write. Neither a worker nor the writer ever waits for a client: each sends what the socket
+//! takes at once, and a rest (only a client that is not reading its answers leaves one) goes to
+//! the `slow-answers` thread, which may wait, within the connection's write budget. The writer drains its queue before it stops, so these requests too are answered
 //! at a graceful stop; only a rest still waiting for such a client when the process exits is cut
 //! off.
 
@@ -195,18 +195,15 @@ impl Worker {
         match handled {
             Handled::Now(reply) => {
                 record(&self.shared, &request, &reply, started, client);
-                respond(request, reply);
+                respond(request, reply, &self.slow);
             }
             Handled::Later(write) => {
                 let (shared, slow) = (self.shared.clone(), self.slow.clone());
                 self.writer.run_then(write, move |result| {
-                    // On the writer thread, right after the group commit: it must not wait.
+                    // On the writer thread, right after the group commit.
                     let reply = router::reply_of(result);
                     record(&shared, &request, &reply, started, client);
-                    if let Err(unsent) = request.respond_without_waiting(response(reply)) {
-                        // The slow-answers thread lives as long as any sender; this one is ours.
-                        let _ = slow.send(unsent);
-                    }
+                    respond(request, reply, &slow);
                 });
             }
         }
@@ -234,9 +231,16 @@ fn record(shared: &Shared, request: &Request, reply: &Reply, started: Instant, c
     });
 }
 
-fn respond(request: Request, reply: Reply) {
-    // The client may have gone; nothing to do about that.
-    let _ = request.respond(response(reply));
+/// Sends the answer without waiting for the client: neither a worker nor the writer may be held
+/// by a client that does not read its answers (one that pipelines requests and never reads fills
+/// its socket within a few thousand answers). What the socket does not take at once goes to the
+/// slow-answers thread; a client that reads its answers never leaves a rest, as one request at a
+/// time leaves its socket's send buffer empty when the answer is written.
+fn respond(request: Request, reply: Reply, slow: &mpsc::Sender<Unsent>) {
+    if let Err(unsent) = request.respond_without_waiting(response(reply)) {
+        // The slow-answers thread lives as long as any sender, and the caller holds one.
+        let _ = slow.send(unsent);
+    }
 }
 
 fn response(reply: Reply) -> Response<std::io::Cursor<Vec<u8>>> {
@@ -250,9 +254,9 @@ fn response(reply: Reply) -> Response<std::io::Cursor<Vec<u8>>> {
     response
 }
 
-/// Starts the thread that finishes answers the writer could not send at once: it waits for each
-/// such client in turn, up to the connection's write timeout, so only clients that do not read
-/// their answers wait behind one another. It ends when the last sender (a worker, or an answer
+/// Starts the thread that finishes answers a worker or the writer could not send at once: it
+/// waits for each such client in turn, within the connection's write budget
+/// (`request_timeout_ms`), so only clients that do not read their answers wait behind one another. It ends when the last sender (a worker, or an answer
 /// in the writer's queue) is gone.
 fn start_slow_answers() -> Result<mpsc::Sender<Unsent>, String> {
     let (slow, answers) = mpsc::channel::<Unsent>();

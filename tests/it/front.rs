@@ -384,3 +384,56 @@ fn a_header_that_is_not_ascii_gets_400() {
     assert!(raw.starts_with("HTTP/1.1 400 "), "{raw:?}");
     assert_eq!(envelope(&raw)["error"], "invalid_parameter");
 }
+
+/// Regression: clients that pipeline requests and never read the answers filled their sockets,
+/// and each worker that answered one of them then waited `request_timeout_ms` for room, so a
+/// handful of such connections held every worker. A worker now never waits for a client: what
+/// the socket does not take at once is finished by another thread.
+#[test]
+fn clients_that_do_not_read_their_answers_do_not_hold_the_workers() {
+    let server = Wxauth::start(&[]);
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    let pipelined: Vec<u8> = request.iter().copied().cycle().take(request.len() * 20_000).collect();
+    let mut attackers = Vec::new();
+    for _ in 0..6 {
+        let stream = connect(&server);
+        shrink_receive_buffer(&stream);
+        let mut writer = stream.try_clone().unwrap();
+        let pipelined = pipelined.clone();
+        // The server stops reading once it cannot answer: the rest of the write may block.
+        std::thread::spawn(move || writer.write_all(&pipelined));
+        attackers.push(stream);
+    }
+    // Long enough for their sockets to fill and their answers to wait.
+    // Their sockets fill within a few seconds (loopback buffers grow to megabytes); meanwhile
+    // and after, honest requests keep being answered.
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        let started = Instant::now();
+        let answer = server.get("is_openid_registered?openid=oHonestBesideNonReaders");
+        assert_eq!(answer.result(), &serde_json::json!({"is_registered": false}));
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "answered after {:?}",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A receive buffer of a few KiB, so that a client that does not read fills its socket soon.
+fn shrink_receive_buffer(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 4096;
+    // SAFETY: setsockopt reads one c_int through a pointer to a live local, of the size given.
+    let result = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(result, 0, "setsockopt SO_RCVBUF");
+}
