@@ -156,6 +156,8 @@ pub(crate) const MIN_JWT_SECRET_BYTES: usize = 32;
 pub(crate) const DEMO_APPID: &str = "wxdemo";
 
 impl Config {
+    /// The largest `max_body_bytes`: a body is read whole into memory before it is handled.
+    pub(crate) const MOST_BODY_BYTES: usize = 16 * 1024 * 1024;
     /// The largest `max_connections`: each open connection has a thread of its own.
     pub(crate) const MOST_CONNECTIONS: usize = 65_536;
     /// `max_connections` when it is left at 0: what the open-file limit allows, at most this.
@@ -525,8 +527,12 @@ fn validate(config: &Config) -> Result<(), String> {
             .parse::<IpAddr>()
             .map_err(|_| format!("trusted_proxies: `{proxy}` is not an IP address"))?;
     }
-    if config.max_body_bytes < 1024 {
-        return Err("max_body_bytes: must be at least 1024".into());
+    // Each open connection may hold a body this large in memory while it is read.
+    if !(1024..=Config::MOST_BODY_BYTES).contains(&config.max_body_bytes) {
+        return Err(format!(
+            "max_body_bytes: must be between 1024 and {}",
+            Config::MOST_BODY_BYTES
+        ));
     }
     if config.request_timeout_ms < 100 || config.idle_timeout_ms < 100 {
         return Err("request_timeout_ms and idle_timeout_ms: must be at least 100".into());
@@ -621,6 +627,8 @@ mod tests {
         let set = parse("", &env(&[("WXAUTH_MAX_CONNECTIONS", "300")])).unwrap();
         assert_eq!(set.connections_for(1024), 300);
         assert!(parse("max_connections = 1000000", &env(&[])).is_err());
+        assert!(parse("max_body_bytes = 1000000000", &env(&[])).is_err());
+        assert!(parse("max_body_bytes = 16777216", &env(&[])).is_ok());
     }
 
     #[test]

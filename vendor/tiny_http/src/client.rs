@@ -120,8 +120,9 @@ impl ClientConnection {
         self.secure
     }
 
-    /// [wxauth patch] Sets the socket's read timeout. It blocks until the previous request's
-    /// body reader is done, so it never changes the timeout under the application's feet.
+    /// [wxauth patch] Sets the socket's read timeout. Without limits it blocks until the
+    /// previous request's body reader is done, so it never changes the timeout under the
+    /// application's feet; under limits the connection thread always holds the reader.
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> IoResult<()> {
         self.next_header_source
             .get_mut()
@@ -158,8 +159,9 @@ impl ClientConnection {
         }
     }
 
-    /// [wxauth patch] Answers a request head refused under limits, before the application sees
-    /// it; the caller then closes the connection. The socket's write timeout bounds the writes.
+    /// [wxauth patch] Answers a request refused under limits, before the application sees it;
+    /// the caller then closes the connection. The write budget (`Limits::write_timeout`) bounds
+    /// the writes.
     fn refuse(&mut self, status: u16) {
         let response = match self.limits {
             Some(ref limits) => crate::refusal(status, limits),
@@ -302,7 +304,13 @@ impl ClientConnection {
             // reading the request line
             let (method, path, version) = {
                 let max_len = max_line.min(max_head.saturating_sub(2));
-                let line = self.read_next_line(max_len, 414)?;
+                let mut line = self.read_next_line(max_len, 414)?;
+                // [wxauth patch] RFC 9112 §2.2: one empty line before a request line is
+                // ignored (some clients send a CRLF after a POST body)
+                if limits.is_some() && line.is_empty() {
+                    head_length += 2;
+                    line = self.read_next_line(max_len, 414)?;
+                }
                 head_length += line.len() + 2;
 
                 // [wxauth patch] under limits, only the form RFC 9112 allows
@@ -452,7 +460,8 @@ impl ClientConnection {
     }
 
     fn read_exactly(&mut self, length: usize) -> Result<Vec<u8>, ReadError> {
-        let mut body = Vec::with_capacity(length);
+        // Grown as bytes arrive, not sized from the client's word alone.
+        let mut body = Vec::with_capacity(length.min(16 * 1024));
         while body.len() < length {
             self.fill()?;
             let reader = self.next_header_source.get_mut();
@@ -466,7 +475,14 @@ impl ClientConnection {
 
     fn read_chunks(&mut self, max_body_bytes: usize) -> Result<Vec<u8>, ReadError> {
         let mut body = Vec::new();
-        let mut chunks = crate::util::ChunkedDecoder::new(BodyBytes(self));
+        // What the chunk-size lines and extensions may add to the body's bytes on the wire, so
+        // that a body of tiny chunks with long extensions cannot keep the thread decoding.
+        let framing_bytes = max_body_bytes + 64 * 1024;
+        let source = BodyBytes {
+            connection: self,
+            left: max_body_bytes.saturating_add(framing_bytes),
+        };
+        let mut chunks = crate::util::ChunkedDecoder::new(source);
         let read = chunks
             .by_ref()
             .take(max_body_bytes as u64 + 1)
@@ -475,6 +491,7 @@ impl ClientConnection {
             Ok(_) if body.len() > max_body_bytes => Err(ReadError::Refused(413)),
             Ok(_) => Ok(body),
             Err(err) if err.kind() == ErrorKind::TimedOut => Err(ReadError::HeadTimeout),
+            Err(err) if err.kind() == ErrorKind::OutOfMemory => Err(ReadError::Refused(413)),
             Err(err) if err.kind() == ErrorKind::InvalidInput => Err(ReadError::Refused(400)),
             Err(err) => Err(ReadError::ReadIoError(err)),
         }
@@ -482,17 +499,31 @@ impl ClientConnection {
 }
 
 /// [wxauth patch] The connection's bytes as a `Read`, each read within the body's deadline, for
-/// the chunked decoder; a missed deadline is `TimedOut`.
-struct BodyBytes<'a>(&'a mut ClientConnection);
+/// the chunked decoder: a missed deadline is `TimedOut`, and more than `left` bytes in all is
+/// `OutOfMemory` (a body too large).
+struct BodyBytes<'a> {
+    connection: &'a mut ClientConnection,
+    left: usize,
+}
 
 impl Read for BodyBytes<'_> {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
-        match self.0.fill() {
-            Ok(()) => self.0.next_header_source.get_mut().read(buf),
+        if self.left == 0 {
+            return Err(ErrorKind::OutOfMemory.into());
+        }
+        let buf_len = buf.len().min(self.left);
+        let read = match self.connection.fill() {
+            Ok(()) => self
+                .connection
+                .next_header_source
+                .get_mut()
+                .read(&mut buf[..buf_len]),
             Err(ReadError::HeadTimeout) => Err(ErrorKind::TimedOut.into()),
             Err(ReadError::ReadIoError(err)) => Err(err),
             Err(_) => Err(ErrorKind::InvalidInput.into()),
-        }
+        }?;
+        self.left -= read;
+        Ok(read)
     }
 }
 

@@ -204,9 +204,8 @@ pub struct Limits {
     pub max_head_bytes: usize,
     /// Most header lines in one request head. More are answered with 431.
     pub max_headers: usize,
-    /// How long the whole request head may take to arrive, from its first byte. A slower
-    /// head is answered with 408. Also the socket read timeout for every read of a request
-    /// body, so a stalled body read fails instead of blocking forever.
+    /// How long the whole request head may take to arrive, from its first byte, and then the
+    /// whole body, from the end of the head. A slower head or body is answered with 408.
     pub head_timeout: Option<Duration>,
     /// How long a connection may wait for the first byte of a request, the first one or the
     /// next one on a kept-alive connection. An idle connection is closed without a response.
@@ -306,8 +305,9 @@ impl Server {
     /// defends its connection threads against hostile clients as `limits` says.
     ///
     /// Under limits a connection also answers one request at a time: the next request head is
-    /// read only once the previous request has been answered. Bodies are always left to the
-    /// application. An accept error is reported through `recv()`, and accepting goes on.
+    /// read only once the previous request has been answered, and each request's body is read
+    /// whole by the connection's thread before the application sees the request. Trouble
+    /// accepting a connection is reported through `recv()`, and accepting goes on.
     pub fn from_listener_with_limits(
         listener: impl Into<Listener>,
         limits: Limits,
@@ -379,6 +379,9 @@ impl Server {
 
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
+                if let Some(accepting) = accepting.as_mut() {
+                    accepting.keep_spare();
+                }
                 let sock = match server.accept() {
                     Ok((sock, _)) => sock,
                     // [wxauth patch] A limited server keeps accepting, whatever the error.
@@ -466,8 +469,8 @@ impl Server {
                                 // waiting: one sleep per request, not one for the notice and
                                 // one for the next bytes. Not after a last request (nothing
                                 // will come, the connection ends once it is answered), and not
-                                // when the next request is already buffered (a pipelining
-                                // client sends nothing more until it is answered).
+                                // when bytes of the next request are already buffered (they
+                                // never make the socket readable).
                                 if let Some(fd) = ready_fd.filter(|_| {
                                     client.expects_more() && !client.has_buffered_bytes()
                                 }) {
@@ -593,15 +596,15 @@ struct Accepting {
     /// A descriptor held back: when the process has none left, it is let go for a moment to
     /// accept a waiting connection and close it, instead of leaving that client hanging.
     spare: Option<std::fs::File>,
-    /// The last trouble reported, and when that trouble last happened.
-    last_trouble: Option<(Trouble, std::time::Instant)>,
+    /// When each kind of trouble (`Trouble as usize`) last happened.
+    last_trouble: [Option<std::time::Instant>; 3],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Trouble {
-    Full,
-    Descriptors,
-    Other,
+    Full = 0,
+    Descriptors = 1,
+    Other = 2,
 }
 
 impl Accepting {
@@ -610,7 +613,14 @@ impl Accepting {
             limits,
             open: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             spare: spare_descriptor(),
-            last_trouble: None,
+            last_trouble: [None; 3],
+        }
+    }
+
+    /// Takes the spare descriptor again if it was let go and could not be had back then.
+    fn keep_spare(&mut self) {
+        if self.spare.is_none() {
+            self.spare = spare_descriptor();
         }
     }
 
@@ -625,9 +635,14 @@ impl Accepting {
         let open = self.open.load(std::sync::atomic::Ordering::Acquire);
         match self.limits.max_connections {
             Some(max) if open >= max => {
+                // Sent without waiting, then a FIN and what the client already sent read away,
+                // so that closing does not make the kernel send a reset that would lose the 503
+                // (most clients send their request at once). The accept thread never waits.
                 #[cfg(unix)]
                 if let Some(fd) = sock.raw_fd() {
                     let _ = util::send_without_waiting(fd, &refusal(503, &self.limits));
+                    let _ = sock.shutdown(std::net::Shutdown::Write);
+                    util::discard_without_waiting(fd, 16 * 1024);
                 }
                 let text = format!(
                     "{} client connections are open, the most allowed: new ones get 503 until some close",
@@ -678,11 +693,8 @@ impl Accepting {
 
     fn report(&mut self, trouble: Trouble, text: String, messages: &MessagesQueue<Message>) {
         let now = std::time::Instant::now();
-        let new_burst = match self.last_trouble {
-            Some((last, at)) => last != trouble || now.duration_since(at) > Duration::from_secs(1),
-            None => true,
-        };
-        self.last_trouble = Some((trouble, now));
+        let last = self.last_trouble[trouble as usize].replace(now);
+        let new_burst = last.map_or(true, |at| now.duration_since(at) > Duration::from_secs(1));
         if new_burst {
             messages.push(IoError::new(IoErrorKind::Other, text).into());
         }

@@ -130,8 +130,8 @@ impl From<IoError> for RequestCreationError {
 ///
 /// The `Write` object will be used by the `Request` to write the response.
 ///
-/// [wxauth patch] `buffer_small_body` false leaves every body to be read by the application,
-/// so that building the request never waits for the client.
+/// [wxauth patch] `buffer_small_body` false would leave every body to be read by the
+/// application; servers under limits build their requests with `buffered_request` instead.
 #[allow(clippy::too_many_arguments)]
 pub fn new_request<R, W>(
     secure: bool,
@@ -570,9 +570,11 @@ impl Drop for Request {
         if self.response_writer.is_some() {
             let response = Response::empty(500);
             let _ = self.respond_impl(response); // ignoring any potential error
-            if let Some(sender) = self.notify_when_responded.take() {
-                let _ = sender.send(Instant::now()); // [wxauth patch] see NotifyOnDrop
-            }
+        }
+        // [wxauth patch] Whatever became of the writer (a `respond` that panicked took it), the
+        // connection's thread waits for this notice, once.
+        if let Some(sender) = self.notify_when_responded.take() {
+            let _ = sender.send(Instant::now()); // see NotifyOnDrop
         }
     }
 }

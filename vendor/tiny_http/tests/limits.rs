@@ -520,6 +520,15 @@ fn framing_two_parsers_could_read_differently_is_refused_with_400() {
         let received = refusal_of(address, request.as_bytes());
         assert_eq!(received, refusal(400, "Bad Request"), "{:?}", headers);
     }
+    // A bare LF in a chunk extension: a parser that ends lines at LF reads other chunk sizes.
+    let extension = format!(
+        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2;a\nxx\r\n3b\r\n0\r\n\r\n{}",
+        smuggled
+    );
+    assert_eq!(
+        refusal_of(address, extension.as_bytes()),
+        refusal(400, "Bad Request")
+    );
     let http10 = format!(
         "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{}",
         smuggled
@@ -831,4 +840,42 @@ fn a_client_that_does_not_read_holds_an_answer_for_the_write_timeout_in_all() {
     );
     assert!(elapsed >= ms(450), "gave up after {:?}", elapsed);
     assert!(elapsed < ms(3000), "gave up after {:?}", elapsed);
+}
+
+#[test]
+fn one_empty_line_before_a_request_line_is_ignored() {
+    // RFC 9112 §2.2: some clients send a CRLF after a POST body.
+    let (server, address) = start(test_limits());
+    answer_all(&server);
+    let client = connect(address);
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    (&client)
+        .write_all(b"POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi\r\nGET /b HTTP/1.1\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut reader).2, "POST /a hi");
+    assert_eq!(read_response(&mut reader).2, "GET /b ");
+    // Two empty lines are not a request line.
+    assert_eq!(
+        refusal_of(address, b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"),
+        refusal(400, "Bad Request")
+    );
+}
+
+#[test]
+fn a_chunked_body_of_tiny_chunks_with_long_extensions_is_refused_with_413() {
+    // The chunk-size lines count against the body's bytes too: 4096 bytes of body in chunks of
+    // one byte, each with a 100-byte extension, is far more than the limit on the wire.
+    let (server, address) = start(test_limits());
+    let mut request = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..4096 {
+        request.extend_from_slice(b"1;");
+        request.extend_from_slice(&[b'x'; 100]);
+        request.extend_from_slice(b"\r\nx\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    assert_eq!(
+        refusal_of(address, &request),
+        refusal(413, "Payload Too Large")
+    );
+    assert!(server.try_recv().unwrap().is_none());
 }

@@ -80,6 +80,12 @@ where
                 if byte == b'\r' {
                     break;
                 }
+                // [wxauth patch] Only visible text, spaces and tabs (RFC 9112 §7.1.1): a bare
+                // LF here ends the line for a parser that accepts one, and the two would then
+                // disagree on where the body ends.
+                if (byte < b' ' && byte != b'\t') || byte >= 0x7f {
+                    return Err(IoError::new(ErrorKind::InvalidInput, DecoderError));
+                }
 
                 // [wxauth patch]
                 line_length += 1;
@@ -237,6 +243,10 @@ mod test {
         read("3   ;   \r\n", 3);
         // Invalid extensions cause an error
         read_err("1 invalid extension\r\n");
+        // [wxauth patch] control characters and bytes outside ASCII in an extension
+        read_err("2;a\nxx\r\n");
+        read_err("2;a\x00\r\n");
+        read_err("2;caf\u{e9}\r\n");
         read_err("1 A\r\n");
         read_err("1;no CRLF");
     }

@@ -4,7 +4,7 @@ pub use self::equal_reader::EqualReader;
 pub use self::fused_reader::FusedReader;
 pub use self::messages_queue::MessagesQueue;
 #[cfg(unix)]
-pub(crate) use self::readiness::{send_without_waiting, wait_writable}; // [wxauth patch]
+pub(crate) use self::readiness::{discard_without_waiting, send_without_waiting, wait_writable}; // [wxauth patch]
 pub(crate) use self::readiness::{wait_readable, RawFd}; // [wxauth patch]
 pub(crate) use self::refined_tcp_stream::OpenConnection; // [wxauth patch]
 pub use self::refined_tcp_stream::RefinedTcpStream;

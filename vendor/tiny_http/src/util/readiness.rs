@@ -76,3 +76,24 @@ pub(crate) fn send_without_waiting(fd: RawFd, buf: &[u8]) -> std::io::Result<usi
         }
     }
 }
+
+/// Reads and throws away what the socket `fd` already holds, up to `most` bytes, without waiting
+/// for more (`MSG_DONTWAIT`): before a close, so that the kernel does not answer bytes left
+/// unread with a reset.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+pub(crate) fn discard_without_waiting(fd: RawFd, most: usize) {
+    let mut buffer = [0u8; 4096];
+    let mut left = most;
+    while left > 0 {
+        let length = buffer.len().min(left);
+        // SAFETY: `buffer` is a live array for the whole call and `length` is at most its size;
+        // recv(2) only writes into it. Any `fd` value is memory-safe (a bad one fails).
+        let read =
+            unsafe { libc::recv(fd, buffer.as_mut_ptr().cast(), length, libc::MSG_DONTWAIT) };
+        if read <= 0 {
+            return;
+        }
+        left = left.saturating_sub(read as usize);
+    }
+}
