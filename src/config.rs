@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-/// Who may log in with a bare openid (see README, "openid login policy").
+/// Who may log in with a bare openid (see docs/api.md, "The openid login policy").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum OpenidLogin {

@@ -98,7 +98,7 @@ impl Error {
         )
     }
 
-    /// The numeric `code` of the envelope; listed in README, never reused.
+    /// The numeric `code` of the envelope; listed in docs/api.md, never reused.
     pub(crate) fn code(&self) -> u32 {
         match self {
             Error::MissingParameter(_) => 1001,

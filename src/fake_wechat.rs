@@ -4,8 +4,8 @@
 //! codes, the same openid for a demo user from every code, a fresh session_key per exchange.
 //!
 //! It also plays the WeChat client runtime for the one-tap phone flows (`/fake/encrypted_phone`,
-//! `/fake/phone_code`) and can be told to misbehave, by code or by switch; README lists both. It
-//! never talks to anything but its own clients.
+//! `/fake/phone_code`) and can be told to misbehave, by code or by switch; docs/fake-wechat.md
+//! lists both. It never talks to anything but its own clients.
 //!
 //! Demo users: a `wx.login` code `NAME` or `NAME.ANYTHING` logs in demo user NAME, whose openid is
 //! derived from the appid and NAME, so `alice.1` and `alice.2` are the same person.

@@ -41,7 +41,7 @@ macro_rules! config_option {
     () => {
         "\
 --config PATH picks the config file: PATH, else $WXAUTH_CONFIG, else ./wxauth.toml when present,
-else the built-in defaults; WXAUTH_* environment variables override it (see README)."
+else the built-in defaults; WXAUTH_* environment variables override it (docs/configuration.md)."
     };
 }
 
@@ -158,7 +158,8 @@ const FAKE_WECHAT_USAGE: &str = "\
 Usage: wxauth fake-wechat [--listen ADDR]
 
 Runs only the offline fake WeChat (default 127.0.0.1:9100), for pointing a configured wxauth or
-a client at it; README lists its demo users and misbehaviour codes. Stops on SIGTERM or SIGINT.";
+a client at it; docs/fake-wechat.md lists its demo users and misbehaviour codes. Stops on SIGTERM
+or SIGINT.";
 
 /// The usage text of each command, by name.
 fn command_usage(command: &str) -> Option<&'static str> {

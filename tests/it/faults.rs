@@ -285,10 +285,10 @@ fn resources(pid: u32) -> (usize, usize, usize) {
     (fds, field("Threads:"), field("VmRSS:"))
 }
 
-/// Mixed load for `SOAK_SECONDS` seconds (default 5; README shows the long run), then the server
-/// must hold at most 12 more file descriptors and threads than after warm-up (the WeChat
-/// connection pool and tiny_http's connection threads vary with the load), and at most 24 MiB more
-/// memory (bounded caches, below).
+/// Mixed load for `SOAK_SECONDS` seconds (default 5; docs/operations.md shows the long run), then
+/// the server must hold at most 12 more file descriptors and threads than after warm-up (the
+/// WeChat connection pool and tiny_http's connection threads vary with the load), and at most
+/// 24 MiB more memory (bounded caches, below).
 #[test]
 fn soak_keeps_descriptors_threads_and_memory_flat() {
     let seconds: u64 =

@@ -199,8 +199,9 @@ impl Wxauth {
     }
 
     /// The log once `ready` holds for it, waiting at most 5 s. An answered request's access line
-    /// reaches the log within moments of the answer, not before it (README), unless it is a
-    /// failure on wxauth's side; a check that a line is absent waits for a later line first.
+    /// reaches the log within moments of the answer, not before it (docs/operations.md), unless
+    /// it is a failure on wxauth's side; a check that a line is absent waits for a later line
+    /// first.
     pub fn log_when(&self, what: &str, ready: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {

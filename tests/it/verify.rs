@@ -422,9 +422,9 @@ fn check_config_redacts_every_previous_secret_and_refuses_a_short_one() {
 
 // ----- another service's JWT library -----
 
-/// Verifies `token` with PyJWT as README shows, then with a wrong secret and a wrong audience;
-/// prints the subject, the `kid`, whether README's formula for a secret's kid gives it, and how
-/// the two wrong checks ended.
+/// Verifies `token` with PyJWT as docs/api.md shows, then with a wrong secret and a wrong
+/// audience; prints the subject, the `kid`, whether docs/api.md's formula for a secret's kid gives
+/// it, and how the two wrong checks ended.
 const PYJWT_DECODE: &str = r#"
 import hashlib, json, sys
 import jwt
