@@ -180,10 +180,10 @@ fn a_thread_that_cannot_start_costs_one_connection_not_the_listener() {
     // server runs as nobody. The limit leaves room for two threads more than it starts with;
     // the pool's idle threads serve the first connections, then no thread can be started.
     let as_root = effective_uid() == 0;
-    let user: &[&str] = if as_root {
-        &["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+    let (uid, user): (u32, &[&str]) = if as_root {
+        (65534, &["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"])
     } else {
-        &[]
+        (effective_uid(), &[])
     };
     let start = |limit: Option<usize>| {
         let dir = TempDir::new();
@@ -198,11 +198,21 @@ fn a_thread_that_cannot_start_costs_one_connection_not_the_listener() {
         }
         Wxauth::start_wrapped(dir, &[], &wrapper)
     };
+    // The threads it runs once it has answered a request, counted when the count holds still.
     let unlimited = start(None);
-    let (_, threads) = descriptors_and_threads(&unlimited);
+    answered_again_within(&unlimited, Duration::from_secs(5));
+    let mut threads = descriptors_and_threads(&unlimited).1;
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = descriptors_and_threads(&unlimited).1;
+        if now == threads {
+            break;
+        }
+        threads = now;
+    }
     drop(unlimited);
-    let others = if as_root { 0 } else { tasks_of_this_user() };
-    let server = start(Some(others + threads + 2));
+    // Other tasks of the same user count against the same limit.
+    let server = start(Some(tasks_of_user(uid) + threads + 2));
 
     let mut attackers = Vec::new();
     for _ in 0..30 {
@@ -221,9 +231,9 @@ fn effective_uid() -> u32 {
     uids.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-/// Processes and threads of this user, for a thread limit that must leave room for two more.
-fn tasks_of_this_user() -> usize {
-    let uid = effective_uid().to_string();
+/// Processes and threads of the user `uid`, for a thread limit that must leave room for two more.
+fn tasks_of_user(uid: u32) -> usize {
+    let uid = uid.to_string();
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
