@@ -349,6 +349,7 @@ fn require_current_schema(connection: &Connection, path: &str) -> Result<(), Str
 pub(crate) fn failure(error: Error) -> String {
     match error {
         Error::Internal(message) => message,
+        Error::Database(error) => format!("database: {error}"),
         other => other.to_string(),
     }
 }

@@ -65,6 +65,8 @@ pub(crate) enum Error {
     MethodNotAllowed(&'static str),
     /// A bug or an environment failure on our side; the text is for the log only.
     Internal(String),
+    /// The database failed; the client sees it as `Internal`, and the error stays the source.
+    Database(rusqlite::Error),
 }
 
 impl Error {
@@ -81,7 +83,7 @@ impl Error {
             Error::NotFound => 404,
             Error::MethodNotAllowed(_) => 405,
             Error::WechatUnavailable { .. } => 502,
-            Error::Internal(_) => 500,
+            Error::Internal(_) | Error::Database(_) => 500,
             _ => 403,
         }
     }
@@ -126,7 +128,7 @@ impl Error {
             Error::RateLimited { .. } => 4029,
             Error::NotFound => 4004,
             Error::MethodNotAllowed(_) => 4005,
-            Error::Internal(_) => 5000,
+            Error::Internal(_) | Error::Database(_) => 5000,
         }
     }
 
@@ -158,7 +160,7 @@ impl Error {
             Error::RateLimited { .. } => "rate_limited",
             Error::NotFound => "not_found",
             Error::MethodNotAllowed(_) => "method_not_allowed",
-            Error::Internal(_) => "internal",
+            Error::Internal(_) | Error::Database(_) => "internal",
         }
     }
 
@@ -193,7 +195,7 @@ impl Error {
             }
             Error::NotFound => "接口不存在".into(),
             Error::MethodNotAllowed(allow) => format!("请求方法不允许 (允许: {allow})"),
-            Error::Internal(_) => "服务器内部错误".into(),
+            Error::Internal(_) | Error::Database(_) => "服务器内部错误".into(),
         }
     }
 }
@@ -233,17 +235,26 @@ impl fmt::Display for Error {
             Error::NotFound => f.write_str("not found"),
             Error::MethodNotAllowed(allow) => write!(f, "method not allowed (allow {allow})"),
             Error::Internal(message) => write!(f, "internal: {message}"),
+            // SQLite's messages name tables, columns and constraints, never a value we bound, so
+            // they are safe for the log.
+            Error::Database(error) => write!(f, "internal: database: {error}"),
         }
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Database(error) => Some(error),
+            Error::DecryptFailed(error) => Some(error),
+            _ => None,
+        }
+    }
+}
 
 impl From<rusqlite::Error> for Error {
     fn from(error: rusqlite::Error) -> Self {
-        // SQLite's messages name tables and constraints, never values we bound, so they are safe
-        // for the log; the client only ever sees "internal".
-        Error::Internal(format!("database: {error}"))
+        Error::Database(error)
     }
 }
 
@@ -253,5 +264,24 @@ impl From<DecryptError> for Error {
             DecryptError::WatermarkMismatch => Error::WatermarkMismatch,
             other => Error::DecryptFailed(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn a_database_error_is_kept_as_the_source_and_shown_as_internal() {
+        let connection = rusqlite::Connection::open_in_memory().unwrap();
+        let error =
+            Error::from(connection.execute("INSERT INTO nowhere VALUES (1)", []).unwrap_err());
+        let source = error.source().expect("the database error is kept");
+        assert!(source.downcast_ref::<rusqlite::Error>().is_some(), "{source:?}");
+        // What the client and the log see.
+        assert_eq!((error.status(), error.code(), error.name()), (500, 5000, "internal"));
+        assert_eq!(error.detail(), "服务器内部错误");
+        assert_eq!(error.to_string(), "internal: database: no such table: nowhere");
     }
 }
