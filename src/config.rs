@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Who may log in with a bare openid (see docs/api.md, "The openid login policy").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,7 +51,8 @@ pub(crate) enum LogFormat {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct Config {
     /// Address to listen on; port 0 picks a free one.
-    pub(crate) listen: String,
+    #[serde(deserialize_with = "listen_address")]
+    pub(crate) listen: SocketAddr,
     /// Path of the SQLite database file.
     pub(crate) database: String,
     /// Worker threads answering requests.
@@ -65,7 +66,8 @@ pub(crate) struct Config {
     /// Return the session_key to the client (the original did; WeChat's rules say never).
     pub(crate) expose_session_key: bool,
     /// Peers whose `X-Forwarded-For` is believed (the reverse proxy in front of wxauth).
-    pub(crate) trusted_proxies: Vec<String>,
+    #[serde(deserialize_with = "proxy_addresses")]
+    pub(crate) trusted_proxies: Vec<IpAddr>,
     /// Largest accepted request body, in bytes.
     pub(crate) max_body_bytes: usize,
     /// Time a client has to send a request head, and again its body, in milliseconds.
@@ -135,7 +137,8 @@ pub(crate) struct RateLimitConfig {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct DemoConfig {
     /// Where demo mode serves the built-in fake WeChat.
-    pub(crate) fake_listen: String,
+    #[serde(deserialize_with = "fake_listen_address")]
+    pub(crate) fake_listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -179,7 +182,7 @@ impl Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: "127.0.0.1:8000".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             database: "wxauth.db".into(),
             workers: Config::DEFAULT_WORKERS,
             prefix: "/miniprog/wx_auth/".into(),
@@ -235,7 +238,7 @@ impl Default for RateLimitConfig {
 
 impl Default for DemoConfig {
     fn default() -> Self {
-        DemoConfig { fake_listen: "127.0.0.1:0".into() }
+        DemoConfig { fake_listen: SocketAddr::from(([127, 0, 0, 1], 0)) }
     }
 }
 
@@ -252,11 +255,6 @@ impl Config {
     /// Demo mode: no WeChat credentials configured, so wxauth serves its own fake WeChat.
     pub(crate) fn demo_mode(&self) -> bool {
         self.wechat.appid.is_empty() && self.wechat.secret.is_empty()
-    }
-
-    /// Parsed trusted proxy addresses (validated in `parse`).
-    pub(crate) fn trusted_proxy_addrs(&self) -> Vec<IpAddr> {
-        self.trusted_proxies.iter().filter_map(|text| text.parse().ok()).collect()
     }
 
     /// The configuration shown by `Debug` (and `wxauth check-config`), with the values of
@@ -363,6 +361,10 @@ pub(crate) fn parse(text: &str, environment: &BTreeMap<String, String>) -> Resul
     apply_environment(&mut table, &defaults, environment)?;
     let mut config: Config = toml::Value::Table(table.clone()).try_into().map_err(
         |error: toml::de::Error| match blame(&table) {
+            // An address's own message names its key already (`parsed`).
+            Some(key) if error.message().starts_with(&format!("{key}: ")) => {
+                error.message().to_string()
+            }
             Some(key) => format!("config: `{key}`: {}", error.message()),
             None => format!("config: {}", error.message()),
         },
@@ -375,6 +377,34 @@ pub(crate) fn parse(text: &str, environment: &BTreeMap<String, String>) -> Resul
     }
     validate(&config)?;
     Ok(config)
+}
+
+/// `listen`: an IP address and port, parsed once here (a host name is refused: which address
+/// it names could change between starts).
+fn listen_address<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parsed(&text, || format!("listen: `{text}` is not an address like 127.0.0.1:8000"))
+}
+
+fn fake_listen_address<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parsed(&text, || format!("demo.fake_listen: `{text}` is not an address"))
+}
+
+fn proxy_addresses<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpAddr>, D::Error> {
+    let texts = Vec::<String>::deserialize(deserializer)?;
+    texts
+        .iter()
+        .map(|text| parsed(text, || format!("trusted_proxies: `{text}` is not an IP address")))
+        .collect()
+}
+
+/// `text` as a `T`, or the error users see for the key, which names the key itself.
+fn parsed<T: std::str::FromStr, E: serde::de::Error>(
+    text: &str,
+    message: impl FnOnce() -> String,
+) -> Result<T, E> {
+    text.parse().map_err(|_| E::custom(message()))
 }
 
 /// Three quarters of the workers may wait on WeChat at once (12 of the default 16); the rest always
@@ -500,9 +530,6 @@ fn env_value(name: &str, value: &str, default: &toml::Value) -> Result<toml::Val
 }
 
 fn validate(config: &Config) -> Result<(), String> {
-    config.listen.parse::<SocketAddr>().map_err(|_| {
-        format!("listen: `{}` is not an address like 127.0.0.1:8000", config.listen)
-    })?;
     if config.database.trim().is_empty() {
         return Err("database: must name a file".into());
     }
@@ -521,11 +548,6 @@ fn validate(config: &Config) -> Result<(), String> {
     }
     if config.openid_login_window == 0 {
         return Err("openid_login_window: must be at least 1 second".into());
-    }
-    for proxy in &config.trusted_proxies {
-        proxy
-            .parse::<IpAddr>()
-            .map_err(|_| format!("trusted_proxies: `{proxy}` is not an IP address"))?;
     }
     // Each open connection may hold a body this large in memory while it is read.
     if !(1024..=Config::MOST_BODY_BYTES).contains(&config.max_body_bytes) {
@@ -593,9 +615,6 @@ fn validate(config: &Config) -> Result<(), String> {
     {
         return Err("rate_limit: burst and per_second must be at least 1 when enabled".into());
     }
-    config.demo.fake_listen.parse::<SocketAddr>().map_err(|_| {
-        format!("demo.fake_listen: `{}` is not an address", config.demo.fake_listen)
-    })?;
     Ok(())
 }
 
@@ -610,7 +629,7 @@ mod tests {
     #[test]
     fn empty_file_gives_defaults_in_demo_mode() {
         let config = parse("", &env(&[])).unwrap();
-        assert_eq!(config.listen, "127.0.0.1:8000");
+        assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 8000)));
         assert_eq!(config.prefix, "/miniprog/wx_auth/");
         assert_eq!(config.openid_login, OpenidLogin::RecentCode);
         assert!(config.rate_limit.enabled);
@@ -663,7 +682,7 @@ mod tests {
             lifetime = 3600
         "#;
         let config = parse(text, &env(&[])).unwrap();
-        assert_eq!(config.listen, "0.0.0.0:9000");
+        assert_eq!(config.listen, SocketAddr::from(([0, 0, 0, 0], 9000)));
         assert_eq!(config.openid_login, OpenidLogin::SessionKey);
         assert_eq!(config.jwt.lifetime, 3600);
         assert!(!config.demo_mode());
@@ -689,7 +708,8 @@ mod tests {
         assert_eq!(config.wechat.appid, "wxenv");
         assert_eq!(config.wechat.secret, "file");
         assert!(!config.rate_limit.enabled);
-        assert_eq!(config.trusted_proxies, vec!["127.0.0.1", "::1"]);
+        let proxies: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
+        assert_eq!(config.trusted_proxies, proxies);
         assert_eq!(config.openid_login, OpenidLogin::Off);
         assert!(config.expose_session_key);
     }
@@ -743,6 +763,52 @@ mod tests {
         assert!(error.contains("`jwt.leeway`"), "{error}");
         let error = parse("", &env(&[("WXAUTH_WORKERS", "many")])).unwrap_err();
         assert!(error.contains("WXAUTH_WORKERS"), "{error}");
+    }
+
+    #[test]
+    fn addresses_are_typed_at_load_and_a_bad_one_is_named_as_before() {
+        let text = "listen = \"[::1]:0\"\ntrusted_proxies = [\"10.0.0.1\", \"::1\"]\n";
+        let config = parse(text, &env(&[("WXAUTH_DEMO_FAKE_LISTEN", "127.0.0.1:9999")])).unwrap();
+        assert!(config.listen.ip().is_loopback() && config.listen.port() == 0);
+        assert_eq!(
+            config.trusted_proxies,
+            [IpAddr::from([10, 0, 0, 1]), IpAddr::from([0, 0, 0, 0, 0, 0, 0, 1])]
+        );
+        assert_eq!(config.demo.fake_listen, SocketAddr::from(([127, 0, 0, 1], 9999)));
+        // The file's form, for `check-config`, is what was written.
+        let shown = format!("{config:?}");
+        assert!(shown.contains(r#"listen = "[::1]:0""#), "{shown}");
+        assert!(shown.contains(r#"trusted_proxies = ["10.0.0.1", "::1"]"#), "{shown}");
+        for (text, variables, expected) in [
+            (
+                "listen = \"nowhere\"",
+                &[][..],
+                "listen: `nowhere` is not an address like 127.0.0.1:8000",
+            ),
+            (
+                "",
+                &[("WXAUTH_LISTEN", "localhost:8000")][..],
+                "listen: `localhost:8000` is not an address like 127.0.0.1:8000",
+            ),
+            (
+                "trusted_proxies = [\"::1\", \"proxy\"]",
+                &[],
+                "trusted_proxies: `proxy` is not an IP address",
+            ),
+            (
+                "",
+                &[("WXAUTH_TRUSTED_PROXIES", "10.0.0.0/8")],
+                "trusted_proxies: `10.0.0.0/8` is not an IP address",
+            ),
+            ("[demo]\nfake_listen = \"x\"", &[], "demo.fake_listen: `x` is not an address"),
+            (
+                "listen = 8000",
+                &[],
+                "config: `listen`: invalid type: integer `8000`, expected a string",
+            ),
+        ] {
+            assert_eq!(parse(text, &env(variables)).unwrap_err(), expected, "{text} {variables:?}");
+        }
     }
 
     #[test]

@@ -80,8 +80,10 @@ pub(crate) struct FakeWeChat {
 
 impl FakeWeChat {
     /// Binds `listen` and starts answering in background threads.
-    pub(crate) fn start(listen: &str) -> Result<FakeWeChat, String> {
-        let server = Server::http(listen)
+    pub(crate) fn start(
+        listen: impl std::net::ToSocketAddrs + std::fmt::Display,
+    ) -> Result<FakeWeChat, String> {
+        let server = Server::http(&listen)
             .map_err(|error| format!("fake WeChat cannot listen on {listen}: {error}"))?;
         let address = server
             .server_addr()

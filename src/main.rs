@@ -450,7 +450,7 @@ fn serve(config_path: Option<String>) -> Result<(), String> {
 
     // Demo mode serves its own fake WeChat and talks to it with a throwaway secret.
     let demo = if config.demo_mode() {
-        Some(fake_wechat::FakeWeChat::start(&config.demo.fake_listen)?)
+        Some(fake_wechat::FakeWeChat::start(config.demo.fake_listen)?)
     } else {
         None
     };
@@ -484,7 +484,6 @@ fn serve(config_path: Option<String>) -> Result<(), String> {
         codes: codes::RecentCodes::new(config.expose_session_key),
         limiter: ratelimit::RateLimiter::new(&config.rate_limit),
         keys: api::Keys::new(&jwt_secret, &config.jwt.previous_secrets),
-        trusted_proxies: config.trusted_proxy_addrs(),
         config,
     });
     let running = server::start(server, shared.clone(), &writer, readers)?;

@@ -44,7 +44,6 @@ pub(crate) struct Shared {
     pub(crate) codes: RecentCodes,
     pub(crate) limiter: RateLimiter,
     pub(crate) keys: Keys,
-    pub(crate) trusted_proxies: Vec<IpAddr>,
 }
 
 /// A running server.
@@ -64,7 +63,7 @@ pub(crate) fn bind(
     config: &Config,
     max_connections: usize,
 ) -> Result<(Server, SocketAddr), String> {
-    let listen = &config.listen;
+    let listen = config.listen;
     let listener =
         TcpListener::bind(listen).map_err(|error| format!("cannot listen on {listen}: {error}"))?;
     let address =
@@ -175,8 +174,11 @@ impl Worker {
         let peer =
             request.remote_addr().map(SocketAddr::ip).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
         let forwarded_for = router::header(&request, "X-Forwarded-For");
-        let client =
-            router::client_address(peer, forwarded_for.as_deref(), &self.shared.trusted_proxies);
+        let client = router::client_address(
+            peer,
+            forwarded_for.as_deref(),
+            &self.shared.config.trusted_proxies,
+        );
         let ctx = Ctx {
             config: &self.shared.config,
             db: &self.db,
