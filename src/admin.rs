@@ -17,7 +17,7 @@ use std::io::Write;
 use rusqlite::Connection;
 
 use crate::config::{self, Config};
-use crate::error::Error;
+use crate::error::{Error, Fatal};
 use crate::store::{self, Account};
 use crate::time;
 
@@ -78,7 +78,7 @@ const ACCOUNT_FIELDS: [&str; 27] = [
 
 /// `wxauth check-config`: loads the configuration exactly as `serve` does and prints it, as
 /// TOML with every secret redacted. An invalid configuration is the error, naming the key.
-pub(crate) fn check_config(path: Option<&str>, out: &mut dyn Write) -> Result<(), String> {
+pub(crate) fn check_config(path: Option<&str>, out: &mut dyn Write) -> Result<(), Fatal> {
     let config = config::load(path)?;
     let source = match path {
         Some(path) => path.to_string(),
@@ -104,7 +104,7 @@ pub(crate) fn users(
     config: &Config,
     action: UsersAction,
     out: &mut dyn Write,
-) -> Result<(), String> {
+) -> Result<(), Fatal> {
     match action {
         UsersAction::List { limit, offset } => list(&open_for_reading(config)?, limit, offset, out),
         UsersAction::Show { who } => show(&open_for_reading(config)?, &who, out),
@@ -118,8 +118,8 @@ fn list(
     limit: u64,
     offset: u64,
     out: &mut dyn Write,
-) -> Result<(), String> {
-    let total = store::account_counts(connection).map_err(failure)?.accounts;
+) -> Result<(), Fatal> {
+    let total = store::account_counts(connection)?.accounts;
     writeln!(
         out,
         "{:>8}  {:<32}  {:<20}  {:<10}  {:<19}  last_login",
@@ -140,8 +140,7 @@ fn list(
             account.last_login.map_or_else(|| "-".to_string(), time::format_datetime),
         )
         .map_err(write_error)
-    })
-    .map_err(failure)?;
+    })?;
     let summary = match shown {
         0 => format!("no accounts from offset {offset} ({total} in all)"),
         _ => format!(
@@ -154,39 +153,35 @@ fn list(
     writeln!(out, "{summary}").map_err(write_failed)
 }
 
-fn show(connection: &Connection, who: &str, out: &mut dyn Write) -> Result<(), String> {
+fn show(connection: &Connection, who: &str, out: &mut dyn Write) -> Result<(), Fatal> {
     let account = find(connection, who)?;
     let text = serde_json::to_string_pretty(&account)
-        .map_err(|error| format!("cannot show account {}: {error}", account.id))?;
+        .map_err(|error| Fatal::Other(format!("cannot show account {}: {error}", account.id)))?;
     writeln!(out, "{text}").map_err(write_failed)
 }
 
 /// The one account `who` names: an id (digits) first, else an openid.
-fn find(connection: &Connection, who: &str) -> Result<Account, String> {
+fn find(connection: &Connection, who: &str) -> Result<Account, Fatal> {
     if let Ok(id) = who.parse::<i64>()
-        && let Some(account) = store::account_by_id(connection, id).map_err(failure)?
+        && let Some(account) = store::account_by_id(connection, id)?
     {
         return Ok(account);
     }
-    let mut accounts = store::accounts_with_openid(connection, who).map_err(failure)?;
+    let mut accounts = store::accounts_with_openid(connection, who)?;
     match accounts.len() {
-        0 => Err(format!("no account with id or openid `{who}`")),
+        0 => Err(Fatal::Other(format!("no account with id or openid `{who}`"))),
         1 => Ok(accounts.remove(0)),
         _ => {
             let ids: Vec<String> = accounts.iter().map(|account| account.id.to_string()).collect();
-            Err(format!(
+            Err(Fatal::Other(format!(
                 "openid `{who}` has an account in each of several mini-programs (ids {}): name one by id",
                 ids.join(", ")
-            ))
+            )))
         }
     }
 }
 
-fn export(
-    connection: &Connection,
-    format: ExportFormat,
-    out: &mut dyn Write,
-) -> Result<(), String> {
+fn export(connection: &Connection, format: ExportFormat, out: &mut dyn Write) -> Result<(), Fatal> {
     match format {
         ExportFormat::Csv => {
             out.write_all(ACCOUNT_FIELDS.join(",").as_bytes()).map_err(write_failed)?;
@@ -204,7 +199,7 @@ fn export(
                 line.push_str("\r\n");
                 out.write_all(line.as_bytes()).map_err(write_error)
             })
-            .map_err(failure)
+            .map_err(Fatal::from)
         }
         ExportFormat::Json => {
             out.write_all(b"[").map_err(write_failed)?;
@@ -214,8 +209,7 @@ fn export(
                 first = false;
                 serde_json::to_writer(&mut *out, &account)
                     .map_err(|error| Error::Internal(format!("cannot write: {error}")))
-            })
-            .map_err(failure)?;
+            })?;
             out.write_all(b"\n]\n").map_err(write_failed)
         }
     }
@@ -258,12 +252,12 @@ fn is_plain_phone(text: &str) -> bool {
     !digits.is_empty() && digits.bytes().all(|byte| byte.is_ascii_digit())
 }
 
-fn revoke(config: &Config, id: i64, out: &mut dyn Write) -> Result<(), String> {
+fn revoke(config: &Config, id: i64, out: &mut dyn Write) -> Result<(), Fatal> {
     require_database(&config.database)?;
-    let connection = store::open_existing(&config.database).map_err(failure)?;
+    let connection = store::open_existing(&config.database)?;
     require_current_schema(&connection, &config.database)?;
-    if !store::revoke_tokens(&connection, id).map_err(failure)? {
-        return Err(format!("no account with id {id}"));
+    if !store::revoke_tokens(&connection, id)? {
+        return Err(Fatal::Other(format!("no account with id {id}")));
     }
     writeln!(
         out,
@@ -273,15 +267,11 @@ fn revoke(config: &Config, id: i64, out: &mut dyn Write) -> Result<(), String> {
 }
 
 /// `wxauth backup PATH`: an online backup of `config.database` to a new file, verified.
-pub(crate) fn backup(
-    config: &Config,
-    destination: &str,
-    out: &mut dyn Write,
-) -> Result<(), String> {
+pub(crate) fn backup(config: &Config, destination: &str, out: &mut dyn Write) -> Result<(), Fatal> {
     require_database(&config.database)?;
     // Read-only: the backup reads one snapshot and never takes the write lock.
-    let source = store::open_reader(&config.database).map_err(failure)?;
-    let report = store::backup(&source, destination).map_err(failure)?;
+    let source = store::open_reader(&config.database)?;
+    let report = store::backup(&source, destination)?;
     let mut text = format!(
         "wrote {destination}: a copy of {} ({} bytes, schema version {}, readable by its owner only)\n",
         config.database, report.bytes, report.schema_version
@@ -294,10 +284,9 @@ pub(crate) fn backup(
 }
 
 /// `wxauth migrate`: applies the schema versions `config.database` lacks.
-pub(crate) fn migrate(config: &Config, out: &mut dyn Write) -> Result<(), String> {
+pub(crate) fn migrate(config: &Config, out: &mut dyn Write) -> Result<(), Fatal> {
     require_database(&config.database)?;
-    let (_connection, applied) =
-        store::open_writer(&config.database, store::Opener::Operator).map_err(failure)?;
+    let (_connection, applied) = store::open_writer(&config.database, store::Opener::Operator)?;
     let message = match applied.as_slice() {
         [] => format!("schema is current (version {})", store::current_version()),
         [version] => format!("applied schema version {version}"),
@@ -309,57 +298,49 @@ pub(crate) fn migrate(config: &Config, out: &mut dyn Write) -> Result<(), String
     writeln!(out, "{}: {message}", config.database).map_err(write_failed)
 }
 
-fn open_for_reading(config: &Config) -> Result<Connection, String> {
+fn open_for_reading(config: &Config) -> Result<Connection, Fatal> {
     require_database(&config.database)?;
-    let connection = store::open_reader(&config.database).map_err(failure)?;
+    let connection = store::open_reader(&config.database)?;
     require_current_schema(&connection, &config.database)?;
     Ok(connection)
 }
 
 /// Fails unless `path` is an existing file: opening it would otherwise create an empty database.
-fn require_database(path: &str) -> Result<(), String> {
+fn require_database(path: &str) -> Result<(), Fatal> {
     match std::fs::metadata(path) {
         Ok(metadata) if metadata.is_file() => Ok(()),
-        Ok(_) => Err(format!("database {path} is not a file")),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Err(format!(
+        Ok(_) => Err(Fatal::Other(format!("database {path} is not a file"))),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Err(Fatal::Other(format!(
             "database {path} does not exist (check `database` or WXAUTH_DATABASE; `wxauth serve` creates it)"
-        )),
-        Err(error) => Err(format!("database {path}: {error}")),
+        ))),
+        Err(error) => Err(Fatal::io(format!("database {path}"))(error)),
     }
 }
 
 /// The account queries name every column of the current schema; an older file needs `migrate`.
-fn require_current_schema(connection: &Connection, path: &str) -> Result<(), String> {
-    let found = store::schema_version(connection).map_err(failure)?;
+fn require_current_schema(connection: &Connection, path: &str) -> Result<(), Fatal> {
+    let found = store::schema_version(connection)?;
     let current = store::current_version();
     if found < current {
-        return Err(format!(
+        return Err(Fatal::Other(format!(
             "database {path} has schema version {found}, this wxauth needs {current}: run `wxauth migrate` first"
-        ));
+        )));
     }
     if found > current {
-        return Err(format!(
+        return Err(Fatal::Other(format!(
             "database {path} has schema version {found}, newer than this wxauth's ({current}): use a newer wxauth"
-        ));
+        )));
     }
     Ok(())
 }
 
-/// The operator's reason for a store failure, without the "internal:" a client's log would get.
-pub(crate) fn failure(error: Error) -> String {
-    match error {
-        Error::Internal(message) => message,
-        Error::Database(error) => format!("database: {error}"),
-        other => other.to_string(),
-    }
+pub(crate) fn write_failed(error: std::io::Error) -> Fatal {
+    Fatal::io("cannot write the output")(error)
 }
 
-fn write_failed(error: std::io::Error) -> String {
-    format!("cannot write the output: {error}")
-}
-
+/// `write_failed` inside a store callback, which fails with an `Error`.
 fn write_error(error: std::io::Error) -> Error {
-    Error::Internal(write_failed(error))
+    Error::Internal(write_failed(error).to_string())
 }
 
 #[cfg(test)]

@@ -13,6 +13,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::error::Fatal;
+
 /// Who may log in with a bare openid (see docs/api.md, "The openid login policy").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -336,14 +338,14 @@ fn redact(secret: &str) -> &'static str {
 
 /// Reads the configuration: the file at `path` if given (it must exist), else `./wxauth.toml` if
 /// present, else the defaults; then the environment; then validation.
-pub(crate) fn load(path: Option<&str>) -> Result<Config, String> {
+pub(crate) fn load(path: Option<&str>) -> Result<Config, Fatal> {
     let text = match path {
         Some(path) => std::fs::read_to_string(path)
-            .map_err(|error| format!("cannot read config file {path}: {error}"))?,
+            .map_err(Fatal::io(format!("cannot read config file {path}")))?,
         None => match std::fs::read_to_string("wxauth.toml") {
             Ok(text) => text,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(error) => return Err(format!("cannot read config file wxauth.toml: {error}")),
+            Err(error) => return Err(Fatal::io("cannot read config file wxauth.toml")(error)),
         },
     };
     let environment: BTreeMap<String, String> =
@@ -352,7 +354,11 @@ pub(crate) fn load(path: Option<&str>) -> Result<Config, String> {
 }
 
 /// Parses TOML text, applies `WXAUTH_*` overrides from `environment`, and validates.
-pub(crate) fn parse(text: &str, environment: &BTreeMap<String, String>) -> Result<Config, String> {
+pub(crate) fn parse(text: &str, environment: &BTreeMap<String, String>) -> Result<Config, Fatal> {
+    parse_and_check(text, environment).map_err(Fatal::Config)
+}
+
+fn parse_and_check(text: &str, environment: &BTreeMap<String, String>) -> Result<Config, String> {
     let mut table: toml::Table =
         toml::from_str(text).map_err(|error| format!("config file: {}", error.message()))?;
     let defaults = toml::Table::try_from(Config::default())
@@ -727,18 +733,18 @@ mod tests {
         .unwrap();
         assert_eq!(config.log.level, LogLevel::Debug);
         assert_eq!(config.log.format, LogFormat::Json);
-        let error = parse("", &env(&[("WXAUTH_LOG_LEVEL", "verbose")])).unwrap_err();
+        let error = parse("", &env(&[("WXAUTH_LOG_LEVEL", "verbose")])).unwrap_err().to_string();
         assert!(error.contains("log.level"), "{error}");
         assert!(LogLevel::Debug < LogLevel::Info && LogLevel::Warn < LogLevel::Error);
     }
 
     #[test]
     fn unknown_keys_are_named() {
-        let error = parse("lsten = \"x\"", &env(&[])).unwrap_err();
+        let error = parse("lsten = \"x\"", &env(&[])).unwrap_err().to_string();
         assert!(error.contains("`lsten`"), "{error}");
-        let error = parse("[wechat]\nappid_ = \"x\"", &env(&[])).unwrap_err();
+        let error = parse("[wechat]\nappid_ = \"x\"", &env(&[])).unwrap_err().to_string();
         assert!(error.contains("`wechat.appid_`"), "{error}");
-        let error = parse("", &env(&[("WXAUTH_WECHAT_APID", "x")])).unwrap_err();
+        let error = parse("", &env(&[("WXAUTH_WECHAT_APID", "x")])).unwrap_err().to_string();
         assert!(error.contains("WXAUTH_WECHAT_APID"), "{error}");
     }
 
@@ -754,14 +760,14 @@ mod tests {
             ("[wechat]\nbase_url = \"ftp://x\"", "wechat.base_url"),
             ("[jwt]\nsecret = \"short\"", "jwt.secret"),
         ] {
-            let error = parse(text, &env(&[])).unwrap_err();
+            let error = parse(text, &env(&[])).unwrap_err().to_string();
             assert!(error.contains(key), "{text}: {error}");
         }
-        let error = parse("workers = \"many\"", &env(&[])).unwrap_err();
+        let error = parse("workers = \"many\"", &env(&[])).unwrap_err().to_string();
         assert!(error.contains("`workers`"), "{error}");
-        let error = parse("[jwt]\nleeway = -1", &env(&[])).unwrap_err();
+        let error = parse("[jwt]\nleeway = -1", &env(&[])).unwrap_err().to_string();
         assert!(error.contains("`jwt.leeway`"), "{error}");
-        let error = parse("", &env(&[("WXAUTH_WORKERS", "many")])).unwrap_err();
+        let error = parse("", &env(&[("WXAUTH_WORKERS", "many")])).unwrap_err().to_string();
         assert!(error.contains("WXAUTH_WORKERS"), "{error}");
     }
 
@@ -807,7 +813,11 @@ mod tests {
                 "config: `listen`: invalid type: integer `8000`, expected a string",
             ),
         ] {
-            assert_eq!(parse(text, &env(variables)).unwrap_err(), expected, "{text} {variables:?}");
+            assert_eq!(
+                parse(text, &env(variables)).unwrap_err().to_string(),
+                expected,
+                "{text} {variables:?}"
+            );
         }
     }
 
@@ -828,16 +838,18 @@ mod tests {
         // Each must be as long as a secret; the error names the position, never the value.
         let error =
             parse("", &env(&[("WXAUTH_JWT_PREVIOUS_SECRETS", &format!("{old},short-old-value"))]))
-                .unwrap_err();
+                .unwrap_err()
+                .to_string();
         assert!(error.contains("jwt.previous_secrets[1]"), "{error}");
         assert!(!error.contains("short-old-value") && !error.contains(old), "{error}");
-        let error = parse("[jwt]\nprevious_secrets = \"one\"\n", &env(&[])).unwrap_err();
+        let error =
+            parse("[jwt]\nprevious_secrets = \"one\"\n", &env(&[])).unwrap_err().to_string();
         assert!(error.contains("jwt.previous_secrets"), "{error}");
     }
 
     #[test]
     fn short_jwt_secret_says_how_to_make_one() {
-        let error = parse("", &env(&[("WXAUTH_JWT_SECRET", "tooshort")])).unwrap_err();
+        let error = parse("", &env(&[("WXAUTH_JWT_SECRET", "tooshort")])).unwrap_err().to_string();
         assert!(error.contains("openssl rand"), "{error}");
         assert!(!error.contains("tooshort"), "the secret itself must not be echoed: {error}");
     }

@@ -5,6 +5,9 @@
 //! text: it may say more than the client sees (a WeChat errcode, a database message) but never a
 //! secret, a session_key, a token or a full `wx.login` code. Only the router turns an `Error` into
 //! a response.
+//!
+//! `Fatal` is the other side: why wxauth cannot start, or an operator's command cannot finish.
+//! Its `Display` is the one line main prints on stderr before exiting with status 1.
 
 use std::fmt;
 
@@ -258,6 +261,56 @@ impl From<rusqlite::Error> for Error {
     }
 }
 
+/// What ends the process with status 1: the server cannot start (or stop cleanly), or an
+/// operator's command cannot finish. `Display` is one line for the operator, without the
+/// "internal:" a client's log line gets.
+#[derive(Debug)]
+pub(crate) enum Fatal {
+    /// The configuration cannot be read or is invalid; the text names the file, key or variable.
+    Config(String),
+    /// The database cannot be opened, read or written, as store.rs reports it.
+    Store(Error),
+    /// The operating system refused something: what wxauth was doing, and why.
+    Io { doing: String, source: std::io::Error },
+    /// Anything else the operator has to act on.
+    Other(String),
+}
+
+impl Fatal {
+    /// An I/O failure while `doing` something.
+    pub(crate) fn io(doing: impl Into<String>) -> impl FnOnce(std::io::Error) -> Fatal {
+        move |source| Fatal::Io { doing: doing.into(), source }
+    }
+}
+
+impl fmt::Display for Fatal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fatal::Config(message) | Fatal::Other(message) => f.write_str(message),
+            Fatal::Store(Error::Internal(message)) => f.write_str(message),
+            Fatal::Store(Error::Database(error)) => write!(f, "database: {error}"),
+            Fatal::Store(other) => write!(f, "{other}"),
+            Fatal::Io { doing, source } => write!(f, "{doing}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for Fatal {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Fatal::Store(error) => Some(error),
+            Fatal::Io { source, .. } => Some(source),
+            Fatal::Config(_) | Fatal::Other(_) => None,
+        }
+    }
+}
+
+impl From<Error> for Fatal {
+    fn from(error: Error) -> Self {
+        Fatal::Store(error)
+    }
+}
+
 impl From<DecryptError> for Error {
     fn from(error: DecryptError) -> Self {
         match error {
@@ -283,5 +336,26 @@ mod tests {
         assert_eq!((error.status(), error.code(), error.name()), (500, 5000, "internal"));
         assert_eq!(error.detail(), "服务器内部错误");
         assert_eq!(error.to_string(), "internal: database: no such table: nowhere");
+    }
+
+    #[test]
+    fn a_fatal_error_is_the_operators_line_and_keeps_its_source() {
+        let connection = rusqlite::Connection::open_in_memory().unwrap();
+        let database = connection.execute("DROP TABLE nowhere", []).unwrap_err();
+        let fatal = Fatal::from(Error::from(database));
+        // Without the "internal:" of a client's log line.
+        assert_eq!(fatal.to_string(), "database: no such table: nowhere");
+        let source = fatal.source().and_then(|error| error.source()).expect("the database error");
+        assert!(source.downcast_ref::<rusqlite::Error>().is_some(), "{source:?}");
+        let fatal = Fatal::from(Error::Internal("database x.db is a link".into()));
+        assert_eq!(fatal.to_string(), "database x.db is a link");
+        let refused = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let fatal = Fatal::io("cannot listen on 127.0.0.1:1")(refused);
+        assert_eq!(fatal.to_string(), "cannot listen on 127.0.0.1:1: address in use");
+        assert!(fatal.source().unwrap().downcast_ref::<std::io::Error>().is_some());
+        assert_eq!(
+            Fatal::Config("workers: must be between 2 and 256".into()).to_string(),
+            "workers: must be between 2 and 256"
+        );
     }
 }

@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tiny_http::{Header, Request, Response, Server};
 
+use crate::error::Fatal;
 use crate::router::percent_decode;
 use crate::wxcrypt;
 
@@ -82,13 +83,14 @@ impl FakeWeChat {
     /// Binds `listen` and starts answering in background threads.
     pub(crate) fn start(
         listen: impl std::net::ToSocketAddrs + std::fmt::Display,
-    ) -> Result<FakeWeChat, String> {
-        let server = Server::http(&listen)
-            .map_err(|error| format!("fake WeChat cannot listen on {listen}: {error}"))?;
+    ) -> Result<FakeWeChat, Fatal> {
+        let server = Server::http(&listen).map_err(|error| {
+            Fatal::Other(format!("fake WeChat cannot listen on {listen}: {error}"))
+        })?;
         let address = server
             .server_addr()
             .to_ip()
-            .ok_or_else(|| "fake WeChat: not an IP listener".to_string())?;
+            .ok_or_else(|| Fatal::Other("fake WeChat: not an IP listener".into()))?;
         let server = Arc::new(server);
         let state: Shared = Arc::default();
         for index in 0..THREADS {
@@ -100,7 +102,7 @@ impl FakeWeChat {
                         answer(&state, request);
                     }
                 })
-                .map_err(|error| format!("fake WeChat: cannot start a thread: {error}"))?;
+                .map_err(Fatal::io("fake WeChat: cannot start a thread"))?;
         }
         Ok(FakeWeChat { address, server })
     }

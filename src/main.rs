@@ -36,6 +36,8 @@ use std::time::Duration;
 use signal_hook::consts::signal::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use crate::error::Fatal;
+
 /// The `--config` paragraph every command that reads the configuration shares.
 macro_rules! config_option {
     () => {
@@ -249,10 +251,10 @@ fn main() -> ExitCode {
 }
 
 /// Runs an operator command with a buffered stdout (an export writes millions of small pieces).
-fn to_stdout(command: impl FnOnce(&mut dyn Write) -> Result<(), String>) -> Result<(), String> {
+fn to_stdout(command: impl FnOnce(&mut dyn Write) -> Result<(), Fatal>) -> Result<(), Fatal> {
     let mut out = BufWriter::new(std::io::stdout().lock());
     command(&mut out)?;
-    out.flush().map_err(|error| format!("cannot write the output: {error}"))
+    out.flush().map_err(admin::write_failed)
 }
 
 /// Options that take a value, and what the value is.
@@ -440,7 +442,7 @@ impl Rest {
     }
 }
 
-fn serve(config_path: Option<String>) -> Result<(), String> {
+fn serve(config_path: Option<String>) -> Result<(), Fatal> {
     let config = config::load(config_path.as_deref())?;
     log::configure(&config.log);
     let open_files = raise_open_files_limit();
@@ -465,17 +467,15 @@ fn serve(config_path: Option<String>) -> Result<(), String> {
         ),
     };
 
-    let (connection, applied) =
-        store::open_writer(&config.database, store::Opener::Server).map_err(admin::failure)?;
+    let (connection, applied) = store::open_writer(&config.database, store::Opener::Server)?;
     let jwt_secret = if config.jwt.secret.is_empty() {
-        store::jwt_secret_or_insert(&connection, &random_hex(32)?).map_err(admin::failure)?
+        store::jwt_secret_or_insert(&connection, &random_hex(32)?)?
     } else {
         config.jwt.secret.clone()
     };
     let readers = (0..config.workers)
         .map(|_| store::open_reader(&config.database))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(admin::failure)?;
+        .collect::<Result<Vec<_>, _>>()?;
     let (server, address) = server::bind(&config, max_connections)?;
     let (writer, writer_thread) = store::Writer::start(connection);
 
@@ -534,10 +534,10 @@ fn serve(config_path: Option<String>) -> Result<(), String> {
     if !running.stop(grace) {
         // Whatever is still running is cut off; the database stays consistent (every write is
         // a transaction), only those requests go unanswered.
-        return Err(format!(
+        return Err(Fatal::Other(format!(
             "stopped with requests still running after shutdown_timeout_ms ({}ms); they were cut off",
             grace.as_millis()
-        ));
+        )));
     }
     drop(writer);
     drop(shared);
@@ -549,7 +549,7 @@ fn serve(config_path: Option<String>) -> Result<(), String> {
     Ok(())
 }
 
-fn fake_wechat(listen: &str) -> Result<(), String> {
+fn fake_wechat(listen: &str) -> Result<(), Fatal> {
     let mut signals = stop_signals()?;
     let fake = fake_wechat::FakeWeChat::start(listen)?;
     println!("fake WeChat listening on http://{}", fake.address);
@@ -558,15 +558,15 @@ fn fake_wechat(listen: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn stop_signals() -> Result<Signals, String> {
-    Signals::new([SIGTERM, SIGINT])
-        .map_err(|error| format!("cannot install signal handlers: {error}"))
+fn stop_signals() -> Result<Signals, Fatal> {
+    Signals::new([SIGTERM, SIGINT]).map_err(Fatal::io("cannot install signal handlers"))
 }
 
 /// `bytes` random bytes from the OS, as lowercase hex.
-fn random_hex(bytes: usize) -> Result<String, String> {
+fn random_hex(bytes: usize) -> Result<String, Fatal> {
     let mut buffer = vec![0u8; bytes];
-    getrandom::fill(&mut buffer).map_err(|error| format!("no randomness from the OS: {error}"))?;
+    getrandom::fill(&mut buffer)
+        .map_err(|error| Fatal::Other(format!("no randomness from the OS: {error}")))?;
     Ok(buffer.iter().map(|byte| format!("{byte:02x}")).collect())
 }
 

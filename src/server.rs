@@ -27,7 +27,7 @@ use tiny_http::{Header, Request, Response, Server, Unsent};
 use crate::api::{Ctx, Keys};
 use crate::codes::RecentCodes;
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{Error, Fatal};
 use crate::metrics::{METRICS, RouteLabel};
 use crate::ratelimit::RateLimiter;
 use crate::router::{self, Handled, Reply};
@@ -59,15 +59,11 @@ pub(crate) struct Running {
 /// limits and `request_timeout_ms`, by tiny_http's connection threads before a worker sees them,
 /// and at most `max_connections` are open. Separate from `start` so the address can be announced
 /// first.
-pub(crate) fn bind(
-    config: &Config,
-    max_connections: usize,
-) -> Result<(Server, SocketAddr), String> {
+pub(crate) fn bind(config: &Config, max_connections: usize) -> Result<(Server, SocketAddr), Fatal> {
     let listen = config.listen;
-    let listener =
-        TcpListener::bind(listen).map_err(|error| format!("cannot listen on {listen}: {error}"))?;
-    let address =
-        listener.local_addr().map_err(|error| format!("cannot listen on {listen}: {error}"))?;
+    let cannot_listen = || Fatal::io(format!("cannot listen on {listen}"));
+    let listener = TcpListener::bind(listen).map_err(cannot_listen())?;
+    let address = listener.local_addr().map_err(cannot_listen())?;
     let limits = tiny_http::Limits {
         max_line_bytes: 8 * 1024,
         max_head_bytes: 32 * 1024,
@@ -80,7 +76,7 @@ pub(crate) fn bind(
         error_body: Some(refusal_body),
     };
     let server = Server::from_listener_with_limits(listener, limits)
-        .map_err(|error| format!("cannot listen on {listen}: {error}"))?;
+        .map_err(|error| Fatal::Other(format!("cannot listen on {listen}: {error}")))?;
     Ok((server, address))
 }
 
@@ -108,7 +104,7 @@ pub(crate) fn start(
     shared: Arc<Shared>,
     writer: &Writer,
     readers: Vec<Connection>,
-) -> Result<Running, String> {
+) -> Result<Running, Fatal> {
     METRICS.started(crate::time::now());
     let server = Arc::new(server);
     let stop = Arc::new(AtomicBool::new(false));
@@ -137,7 +133,7 @@ pub(crate) fn start(
                 }
                 let _ = done.send(());
             })
-            .map_err(|error| format!("cannot start worker threads: {error}"))?;
+            .map_err(Fatal::io("cannot start worker threads"))?;
     }
     Ok(Running { stop, workers, finished })
 }
@@ -260,7 +256,7 @@ fn response(reply: Reply) -> Response<std::io::Cursor<Vec<u8>>> {
 /// waits for each such client in turn, within the connection's write budget
 /// (`request_timeout_ms`), so only clients that do not read their answers wait behind one another. It ends when the last sender (a worker, or an answer
 /// in the writer's queue) is gone.
-fn start_slow_answers() -> Result<mpsc::Sender<Unsent>, String> {
+fn start_slow_answers() -> Result<mpsc::Sender<Unsent>, Fatal> {
     let (slow, answers) = mpsc::channel::<Unsent>();
     thread::Builder::new()
         .name("slow-answers".into())
@@ -270,7 +266,7 @@ fn start_slow_answers() -> Result<mpsc::Sender<Unsent>, String> {
                 let _ = unsent.finish();
             }
         })
-        .map_err(|error| format!("cannot start the slow-answers thread: {error}"))?;
+        .map_err(Fatal::io("cannot start the slow-answers thread"))?;
     Ok(slow)
 }
 
