@@ -404,25 +404,48 @@ pub(crate) fn is_openid_registered(
     Ok(RegisteredAnswer { is_registered })
 }
 
+/// The body of `POST login`, every field checked (`TryFrom` the parsed JSON object or form).
+#[derive(Debug)]
+pub(crate) struct LoginBody {
+    /// A well-formed openid, to log in by under the openid login policy.
+    pub(crate) openid: Option<String>,
+    /// The session_key the client got, for the `session_key` policy.
+    pub(crate) session_key: Option<String>,
+    /// The profile fields sent, to write onto the account.
+    pub(crate) profile: Profile,
+}
+
+impl TryFrom<Map<String, Value>> for LoginBody {
+    type Error = Error;
+
+    /// Checks the fields in a fixed order, so a body with several bad fields is always refused
+    /// naming the same one.
+    fn try_from(body: Map<String, Value>) -> Result<LoginBody, Error> {
+        Ok(LoginBody {
+            openid: optional_openid(&body)?,
+            session_key: text(&body, "session_key", MAX_SESSION_KEY)?,
+            profile: Profile {
+                wx_nickname: text(&body, "wx_nickname", MAX_NICKNAME)?,
+                wx_avatar: web_url(&body, "wx_avatar", MAX_AVATAR)?,
+                wx_gender: gender(&body, "wx_gender")?,
+                wx_country: text(&body, "wx_country", MAX_REGION)?,
+                wx_province: text(&body, "wx_province", MAX_REGION)?,
+                wx_city: text(&body, "wx_city", MAX_REGION)?,
+                phone: phone(&body, "phone")?,
+            },
+        })
+    }
+}
+
 /// `POST login`: by token, else by openid under the openid login policy. A bare token login is
 /// answered now (its bookkeeping need not be on disk first); a login that writes the account
 /// (creating it, or with profile fields) is answered by its durable write, like `register`.
 pub(crate) fn login(
     ctx: &Ctx,
     authorization: Option<&str>,
-    body: &Map<String, Value>,
+    body: LoginBody,
 ) -> Result<Answer<SessionAnswer>, Error> {
-    let openid = optional_openid(body)?;
-    let session_key = text(body, "session_key", MAX_SESSION_KEY)?;
-    let profile = Profile {
-        wx_nickname: text(body, "wx_nickname", MAX_NICKNAME)?,
-        wx_avatar: web_url(body, "wx_avatar", MAX_AVATAR)?,
-        wx_gender: gender(body, "wx_gender")?,
-        wx_country: text(body, "wx_country", MAX_REGION)?,
-        wx_province: text(body, "wx_province", MAX_REGION)?,
-        wx_city: text(body, "wx_city", MAX_REGION)?,
-        phone: phone(body, "phone")?,
-    };
+    let LoginBody { openid, session_key, profile } = body;
     if let Some(account) = ctx.token_account(authorization, openid.is_some())? {
         // Profile fields sent with a token update the token's account, durably; a bare token
         // login only needs its bookkeeping, which may complete after the answer.
@@ -498,10 +521,64 @@ pub(crate) fn me(ctx: &Ctx, authorization: Option<&str>) -> Result<Account, Erro
 }
 
 /// Where a registration's phone number comes from.
-enum PhoneSource {
+#[derive(Debug)]
+pub(crate) enum PhoneSource {
+    /// A number the user typed, normalised.
     Typed(String),
+    /// WeChat's legacy encrypted phone data and its iv, decrypted with the recorded session_key.
     Encrypted { data: String, iv: String },
+    /// A one-tap phone code, for WeChat to answer with the number.
     Code(String),
+}
+
+/// The body of `POST register`, every field checked (`TryFrom` the parsed JSON object or form).
+#[derive(Debug)]
+pub(crate) struct RegisterBody {
+    /// A well-formed openid, to name the account by under the openid login policy.
+    pub(crate) openid: Option<String>,
+    /// The session_key the client got, for the `session_key` policy and encrypted data.
+    pub(crate) session_key: Option<String>,
+    /// A fresh `wx.login` code, to refresh the session_key encrypted data needs.
+    pub(crate) code: Option<String>,
+    /// The first of `phone`, `encrypted_phone` (with `iv`) and `phone_code` sent.
+    pub(crate) phone: PhoneSource,
+    pub(crate) nickname: Option<String>,
+    /// A date that exists, `yyyy-mm-dd`.
+    pub(crate) birthday: Option<String>,
+    pub(crate) gender: Option<i64>,
+}
+
+impl TryFrom<Map<String, Value>> for RegisterBody {
+    type Error = Error;
+
+    /// Checks the fields in a fixed order, as `LoginBody` does; of the phone's sources only the
+    /// one used is checked.
+    fn try_from(body: Map<String, Value>) -> Result<RegisterBody, Error> {
+        let openid = optional_openid(&body)?;
+        let session_key = text(&body, "session_key", MAX_SESSION_KEY)?;
+        let code = text(&body, "code", MAX_CODE)?;
+        if let Some(code) = &code {
+            check_code(code, "code")?;
+        }
+        let phone = if let Some(phone) = phone(&body, "phone")? {
+            PhoneSource::Typed(phone)
+        } else if let Some(data) = text(&body, "encrypted_phone", MAX_ENCRYPTED)? {
+            let iv = text(&body, "iv", MAX_SESSION_KEY)?.ok_or(Error::MissingParameter("iv"))?;
+            PhoneSource::Encrypted { data, iv }
+        } else if let Some(phone_code) = text(&body, "phone_code", MAX_CODE)? {
+            check_code(&phone_code, "phone_code")?;
+            PhoneSource::Code(phone_code)
+        } else {
+            return Err(Error::MissingParameter("phone"));
+        };
+        let nickname = text(&body, "nickname", MAX_NICKNAME)?;
+        let birthday = text(&body, "birthday", 10)?;
+        if birthday.as_deref().is_some_and(|birthday| !crate::time::is_valid_date(birthday)) {
+            return Err(Error::InvalidParameter("birthday 须为存在的日期 yyyy-mm-dd".into()));
+        }
+        let gender = gender(&body, "gender")?;
+        Ok(RegisterBody { openid, session_key, code, phone, nickname, birthday, gender })
+    }
 }
 
 /// `POST register`: a phone (typed, legacy encrypted, or phone code) onto the account named by a
@@ -510,32 +587,17 @@ enum PhoneSource {
 pub(crate) fn register(
     ctx: &Ctx,
     authorization: Option<&str>,
-    body: &Map<String, Value>,
+    body: RegisterBody,
 ) -> Result<Deferred<SessionAnswer>, Error> {
-    let openid = optional_openid(body)?;
-    let client_session_key = text(body, "session_key", MAX_SESSION_KEY)?;
-    let code = text(body, "code", MAX_CODE)?;
-    if let Some(code) = &code {
-        check_code(code, "code")?;
-    }
-    let source = if let Some(phone) = phone(body, "phone")? {
-        PhoneSource::Typed(phone)
-    } else if let Some(data) = text(body, "encrypted_phone", MAX_ENCRYPTED)? {
-        let iv = text(body, "iv", MAX_SESSION_KEY)?.ok_or(Error::MissingParameter("iv"))?;
-        PhoneSource::Encrypted { data, iv }
-    } else if let Some(phone_code) = text(body, "phone_code", MAX_CODE)? {
-        check_code(&phone_code, "phone_code")?;
-        PhoneSource::Code(phone_code)
-    } else {
-        return Err(Error::MissingParameter("phone"));
-    };
-    let wx_nickname = text(body, "nickname", MAX_NICKNAME)?;
-    let birthday = text(body, "birthday", 10)?;
-    if birthday.as_deref().is_some_and(|birthday| !crate::time::is_valid_date(birthday)) {
-        return Err(Error::InvalidParameter("birthday 须为存在的日期 yyyy-mm-dd".into()));
-    }
-    let wx_gender = gender(body, "gender")?;
-
+    let RegisterBody {
+        openid,
+        session_key: client_session_key,
+        code,
+        phone: source,
+        nickname: wx_nickname,
+        birthday,
+        gender: wx_gender,
+    } = body;
     let token_account = ctx.token_account(authorization, openid.is_some())?;
     let openid = match (&token_account, openid) {
         (Some(account), Some(openid)) if account.wx_openid != openid => {
@@ -791,6 +853,41 @@ mod tests {
         assert!(gender(&body, "g3").is_err());
         assert!(gender(&body, "g4").is_err());
         assert_eq!(phone(&body, "p").unwrap().as_deref(), Some("13800138000"));
+    }
+
+    #[test]
+    fn bodies_are_parsed_whole_in_a_fixed_order() {
+        let object = |text: &str| -> Map<String, Value> { serde_json::from_str(text).unwrap() };
+        let login = LoginBody::try_from(object(
+            r#"{"openid": "o-1", "wx_gender": "2", "phone": 13800138000, "wx_city": "", "x": [1]}"#,
+        ))
+        .unwrap();
+        assert_eq!(login.openid.as_deref(), Some("o-1"));
+        assert_eq!(login.profile.wx_gender, Some(2));
+        assert_eq!(login.profile.phone.as_deref(), Some("13800138000"));
+        assert_eq!(login.profile.wx_city, None);
+        // Of two bad fields the first in the fixed order is named, whatever the body's order.
+        let error =
+            LoginBody::try_from(object(r#"{"wx_city": 1, "openid": "an openid"}"#)).unwrap_err();
+        assert_eq!(error.detail(), "参数错误: openid 格式不正确");
+
+        // Of the phone's sources only the one used is checked.
+        let register = RegisterBody::try_from(object(
+            r#"{"phone": "138 0013-8000", "encrypted_phone": 5, "birthday": "2000-02-29"}"#,
+        ))
+        .unwrap();
+        assert!(matches!(register.phone, PhoneSource::Typed(ref phone) if phone == "13800138000"));
+        assert_eq!(register.birthday.as_deref(), Some("2000-02-29"));
+        let register =
+            RegisterBody::try_from(object(r#"{"phone_code": "abc", "gender": 1}"#)).unwrap();
+        assert!(matches!(register.phone, PhoneSource::Code(ref code) if code == "abc"));
+        let missing = |text| RegisterBody::try_from(object(text)).unwrap_err().detail();
+        assert_eq!(missing(r#"{"encrypted_phone": "abc"}"#), "缺少参数: iv");
+        assert_eq!(missing(r#"{"nickname": "x", "phone": ""}"#), "缺少参数: phone");
+        assert_eq!(
+            missing(r#"{"phone": "13800138000", "birthday": "2001-02-29"}"#),
+            "参数错误: birthday 须为存在的日期 yyyy-mm-dd"
+        );
     }
 
     #[test]

@@ -116,13 +116,13 @@ fn dispatch(ctx: &Ctx, request: &mut Request) -> Result<Handled, Error> {
     let route = route(&ctx.config.prefix, request.method().as_str(), path)?;
     match route {
         Route::Register => {
-            let body = read_body(request, ctx.config.max_body_bytes)?;
-            let write = api::register(ctx, header(request, "Authorization").as_deref(), &body)?;
+            let body = read_body(request, ctx.config.max_body_bytes)?.try_into()?;
+            let write = api::register(ctx, header(request, "Authorization").as_deref(), body)?;
             Ok(later(write))
         }
         Route::Login => {
-            let body = read_body(request, ctx.config.max_body_bytes)?;
-            match api::login(ctx, header(request, "Authorization").as_deref(), &body)? {
+            let body = read_body(request, ctx.config.max_body_bytes)?.try_into()?;
+            match api::login(ctx, header(request, "Authorization").as_deref(), body)? {
                 Answer::Now(answer) => success(&answer).map(Handled::Now),
                 Answer::Later(write) => Ok(later(write)),
             }
