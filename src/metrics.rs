@@ -2,9 +2,10 @@
 //! their Prometheus text exposition (format 0.0.4).
 //!
 //! Recording is a few relaxed atomic additions into fixed arrays, never a lock or an allocation,
-//! so it costs the hot path nothing worth measuring. Every label value comes from a fixed list
-//! here (routes, statuses, WeChat APIs and outcomes): a path nobody routes is `other`, a status
-//! not listed is `other`, so no client can grow the label set. The two account gauges are not
+//! so it costs the hot path nothing worth measuring. Every label value comes from a fixed list:
+//! the routes from the router's own (`router::Route::ALL` and `router::Operation::ALL`), the
+//! statuses, WeChat APIs and outcomes from here. A path nobody routes is `other`, a status not
+//! listed is `other`, so no client can grow the label set. The two account gauges are not
 //! kept here: a scrape counts them in SQLite (`store::account_counts`, a scan of the accounts
 //! table), at most once every `ACCOUNTS_COUNTED_EVERY`; scrapes in between reuse the last count.
 //!
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
+use crate::router::{Operation, Route};
 use crate::store::AccountCounts;
 
 /// The process's metrics.
@@ -32,28 +34,31 @@ const ACCOUNTS_COUNTED_EVERY: Duration = Duration::from_secs(15);
 /// The last count of the accounts, shared by every worker's scrapes.
 static ACCOUNT_COUNT: Mutex<Option<Counted>> = Mutex::new(None);
 
-/// Route labels: the API's endpoints (without the prefix; `router::Route::ALL`, which a test
-/// checks this against), the operational endpoints, and `other` for everything else (any 404,
+/// Route labels: the API's endpoints (`router::Route::ALL`, without the prefix), the operator's
+/// (`router::Operation::ALL`, without the `/`), and `other` for everything else (any 404,
 /// whatever its path).
-const ROUTES: [&str; 11] = [
-    "get_openid_by_code",
-    "is_openid_registered",
-    "register",
-    "login",
-    "logout",
-    "verify",
-    "me",
-    "healthz",
-    "readyz",
-    "metrics",
-    "other",
-];
+const ROUTES: [&str; PROBES.end + 1] = route_labels();
 
 /// How many of `ROUTES`, from the first, are the API's endpoints (under the prefix).
-const API_ROUTES: usize = 7;
+const API_ROUTES: usize = Route::ALL.len();
 
-/// The routes outside the API prefix, answered for operators rather than clients.
-const PROBES: [&str; 3] = ["healthz", "readyz", "metrics"];
+/// Where the operator's endpoints are in `ROUTES`.
+const PROBES: std::ops::Range<usize> = API_ROUTES..API_ROUTES + Operation::ALL.len();
+
+/// `ROUTES`, from the router's lists, made once at compile time.
+const fn route_labels() -> [&'static str; PROBES.end + 1] {
+    let mut labels = ["other"; PROBES.end + 1];
+    let mut index = 0;
+    while index < API_ROUTES {
+        labels[index] = Route::ALL[index].name();
+        index += 1;
+    }
+    while index < PROBES.end {
+        labels[index] = Operation::ALL[index - API_ROUTES].name();
+        index += 1;
+    }
+    labels
+}
 
 /// Status labels: every status wxauth answers (`Error::status`, 401 from `verify`, 503 from an
 /// unready `/readyz`, and tiny_http's refusals); any other status is counted as `other`.
@@ -171,23 +176,26 @@ impl RouteLabel {
         if status == 404 {
             return other;
         }
-        let (name, candidates) = match path.strip_prefix('/').filter(|name| PROBES.contains(name)) {
-            Some(probe) => (probe, &ROUTES[..]),
-            None => match path.strip_prefix(prefix) {
-                Some(rest) => (rest.strip_suffix('/').unwrap_or(rest), &ROUTES[..API_ROUTES]),
-                None => return other,
-            },
+        // The operator's endpoints first, so that they keep their labels with the API at `/`.
+        let probe = path.strip_prefix('/');
+        if let Some(index) = PROBES.into_iter().find(|index| Some(ROUTES[*index]) == probe) {
+            return RouteLabel(index);
+        }
+        let Some(rest) = path.strip_prefix(prefix) else {
+            return other;
         };
-        candidates.iter().position(|route| *route == name).map_or(other, RouteLabel)
+        let name = rest.strip_suffix('/').unwrap_or(rest);
+        (0..API_ROUTES).find(|index| ROUTES[*index] == name).map_or(other, RouteLabel)
     }
 
-    pub(crate) fn name(self) -> &'static str {
+    #[cfg(test)]
+    fn name(self) -> &'static str {
         ROUTES[self.0]
     }
 
     /// `/healthz`, `/readyz` or `/metrics`: asked every few seconds by machines.
     pub(crate) fn is_probe(self) -> bool {
-        PROBES.contains(&self.name())
+        PROBES.contains(&self.0)
     }
 }
 
@@ -497,13 +505,37 @@ pub(crate) fn scrape(db: &Connection) -> String {
 mod tests {
     use super::*;
 
+    /// The labels come from the router's lists, so a route added there is labelled; scrapers
+    /// depend on the values, so they are pinned here too.
     #[test]
-    fn every_api_route_has_its_own_label() {
-        for route in crate::router::Route::ALL {
+    fn every_route_the_router_answers_has_its_own_label() {
+        for route in Route::ALL {
             let path = format!("{PREFIX}{}", route.name());
             assert_eq!(RouteLabel::of(PREFIX, &path, 200).name(), route.name());
+            assert!(!RouteLabel::of(PREFIX, &path, 200).is_probe());
         }
-        assert_eq!(crate::router::Route::ALL.len(), API_ROUTES);
+        for operation in Operation::ALL {
+            let path = format!("/{}", operation.name());
+            assert_eq!(Operation::of(&path), Some(operation), "the router answers {path}");
+            assert_eq!(RouteLabel::of(PREFIX, &path, 200).name(), operation.name());
+            assert!(RouteLabel::of(PREFIX, &path, 200).is_probe());
+        }
+        assert_eq!(
+            ROUTES,
+            [
+                "get_openid_by_code",
+                "is_openid_registered",
+                "register",
+                "login",
+                "logout",
+                "verify",
+                "me",
+                "healthz",
+                "readyz",
+                "metrics",
+                "other",
+            ]
+        );
     }
 
     const PREFIX: &str = "/miniprog/wx_auth/";

@@ -45,6 +45,35 @@ pub(crate) struct Reply {
     pub(crate) log: Option<String>,
 }
 
+/// The operator's endpoints, outside the API prefix: `/healthz`, `/readyz`, `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Operation {
+    Healthz,
+    Readyz,
+    Metrics,
+}
+
+impl Operation {
+    /// Every operator's endpoint (the metrics label each by `name`, after the API's routes).
+    pub(crate) const ALL: [Operation; 3] =
+        [Operation::Healthz, Operation::Readyz, Operation::Metrics];
+
+    /// The path after its `/`.
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            Operation::Healthz => "healthz",
+            Operation::Readyz => "readyz",
+            Operation::Metrics => "metrics",
+        }
+    }
+
+    /// The operator's endpoint at `path` (without its query), if it is one.
+    pub(crate) fn of(path: &str) -> Option<Operation> {
+        let name = path.strip_prefix('/')?;
+        Operation::ALL.into_iter().find(|operation| operation.name() == name)
+    }
+}
+
 impl Route {
     /// Every endpoint under the prefix (the metrics label each by `name`).
     pub(crate) const ALL: [Route; 7] = [
@@ -58,7 +87,7 @@ impl Route {
     ];
 
     /// The path after the prefix.
-    pub(crate) fn name(self) -> &'static str {
+    pub(crate) const fn name(self) -> &'static str {
         match self {
             Route::GetOpenidByCode => "get_openid_by_code",
             Route::IsOpenidRegistered => "is_openid_registered",
@@ -173,15 +202,13 @@ fn answer(ctx: &Ctx, request: &mut Request, route: Route, query: &str) -> Result
 /// The operator's endpoints, outside the API prefix (so they stay put when `prefix` changes):
 /// `None` for any other path.
 fn operations(ctx: &Ctx, method: &str, path: &str) -> Option<Reply> {
-    if !matches!(path, "/healthz" | "/readyz" | "/metrics") {
-        return None;
-    }
+    let operation = Operation::of(path)?;
     if method != "GET" && method != "HEAD" {
         return Some(failure(&Error::MethodNotAllowed("GET")));
     }
-    Some(match path {
-        "/healthz" => plain_reply(200, health::health().to_string(), JSON),
-        "/readyz" => {
+    Some(match operation {
+        Operation::Healthz => plain_reply(200, health::health().to_string(), JSON),
+        Operation::Readyz => {
             let readiness = health::readiness(ctx.db, ctx.wechat, ctx.config.demo_mode(), ctx.now);
             let mut reply = plain_reply(
                 if readiness.ready { 200 } else { 503 },
@@ -193,7 +220,9 @@ fn operations(ctx: &Ctx, method: &str, path: &str) -> Option<Reply> {
             }
             reply
         }
-        _ => plain_reply(200, metrics::scrape(ctx.db), "text/plain; version=0.0.4; charset=utf-8"),
+        Operation::Metrics => {
+            plain_reply(200, metrics::scrape(ctx.db), "text/plain; version=0.0.4; charset=utf-8")
+        }
     })
 }
 
