@@ -43,39 +43,6 @@ pub(crate) enum ExportFormat {
     Json,
 }
 
-/// The account object's fields in the API's order, for the CSV header. The integration test
-/// `users_export_csv_quotes_and_matches_the_database` checks them against what `Account`
-/// serialises, so a new field cannot be forgotten here.
-const ACCOUNT_FIELDS: [&str; 27] = [
-    "id",
-    "username",
-    "phone",
-    "is_register",
-    "is_staff",
-    "is_superuser",
-    "flag",
-    "avatar",
-    "avatar_thumb",
-    "birthday",
-    "address",
-    "member_score",
-    "credit_score",
-    "wx_openid",
-    "wx_unionid",
-    "wx_nickname",
-    "wx_gender",
-    "wx_avatar",
-    "wx_country",
-    "wx_province",
-    "wx_city",
-    "last_ip",
-    "join_ip",
-    "love_help_num",
-    "bring_love_concern_num",
-    "last_login",
-    "date_joined",
-];
-
 /// `wxauth check-config`: loads the configuration exactly as `serve` does and prints it, as
 /// TOML with every secret redacted. An invalid configuration is the error, naming the key.
 pub(crate) fn check_config(path: Option<&str>, out: &mut dyn Write) -> Result<(), Fatal> {
@@ -184,13 +151,13 @@ fn find(connection: &Connection, who: &str) -> Result<Account, Fatal> {
 fn export(connection: &Connection, format: ExportFormat, out: &mut dyn Write) -> Result<(), Fatal> {
     match format {
         ExportFormat::Csv => {
-            out.write_all(ACCOUNT_FIELDS.join(",").as_bytes()).map_err(write_failed)?;
+            out.write_all(Account::FIELDS.join(",").as_bytes()).map_err(write_failed)?;
             out.write_all(b"\r\n").map_err(write_failed)?;
             store::each_account(connection, None, 0, |account| {
                 let object = serde_json::to_value(&account)
                     .map_err(|error| Error::Internal(format!("account {}: {error}", account.id)))?;
                 let mut line = String::new();
-                for (index, field) in ACCOUNT_FIELDS.iter().enumerate() {
+                for (index, field) in Account::FIELDS.iter().enumerate() {
                     if index > 0 {
                         line.push(',');
                     }

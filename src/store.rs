@@ -44,41 +44,105 @@ const QUEUE_DEPTH: usize = 4096;
 /// login, thousands a second, cost both for writes nobody waits for.
 const BOOKKEEPING_EVERY: Duration = Duration::from_millis(20);
 
-/// An account, as the API shows it. Field names and formats are the original backend's.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct Account {
-    pub(crate) id: i64,
-    pub(crate) username: String,
-    pub(crate) phone: Option<String>,
-    pub(crate) is_register: bool,
-    pub(crate) is_staff: bool,
-    pub(crate) is_superuser: bool,
-    pub(crate) flag: i64,
-    pub(crate) avatar: Option<String>,
-    pub(crate) avatar_thumb: Option<String>,
-    pub(crate) birthday: Option<String>,
-    pub(crate) address: Option<String>,
-    pub(crate) member_score: i64,
-    pub(crate) credit_score: i64,
-    pub(crate) wx_openid: String,
-    pub(crate) wx_unionid: Option<String>,
-    pub(crate) wx_nickname: Option<String>,
-    pub(crate) wx_gender: i64,
-    pub(crate) wx_avatar: Option<String>,
-    pub(crate) wx_country: Option<String>,
-    pub(crate) wx_province: Option<String>,
-    pub(crate) wx_city: Option<String>,
-    pub(crate) last_ip: Option<String>,
-    pub(crate) join_ip: Option<String>,
-    pub(crate) love_help_num: i64,
-    pub(crate) bring_love_concern_num: i64,
-    #[serde(serialize_with = "optional_datetime")]
-    pub(crate) last_login: Option<i64>,
-    #[serde(serialize_with = "datetime")]
-    pub(crate) date_joined: i64,
-    /// Tokens whose `ver` claim differs are revoked (logout). Not part of the account object.
-    #[serde(skip)]
-    pub(crate) token_version: i64,
+/// Makes the account from one list of its fields: the struct, its columns (`account_columns!`,
+/// each column named as its field), its row mapping (`account_from_row`) and the names the API
+/// shows (`Account::FIELDS`), so that none can fall out of step with another. The `shown` fields
+/// are the account object, in the API's order; the `hidden` ones are kept from the API.
+macro_rules! account {
+    (
+        $(#[$meta:meta])*
+        pub(crate) struct Account {
+            shown {
+                $(#[$first_meta:meta])* $first:ident: $first_type:ty,
+                $( $(#[$shown_meta:meta])* $shown:ident: $shown_type:ty, )*
+            }
+            hidden {
+                $( $(#[$hidden_meta:meta])* $hidden:ident: $hidden_type:ty, )+
+            }
+        }
+    ) => {
+        $(#[$meta])*
+        pub(crate) struct Account {
+            $(#[$first_meta])* pub(crate) $first: $first_type,
+            $( $(#[$shown_meta])* pub(crate) $shown: $shown_type, )*
+            $( $(#[$hidden_meta])* #[serde(skip)] pub(crate) $hidden: $hidden_type, )+
+        }
+
+        impl Account {
+            /// The account object's fields in the API's order (the CSV header of `users export`).
+            pub(crate) const FIELDS: &[&str] =
+                &[stringify!($first) $(, stringify!($shown))*];
+        }
+
+        /// The account's columns in `account_from_row`'s order, as a macro so that each query is
+        /// one `&'static str` (`concat!`) rather than a string formatted again at every call.
+        macro_rules! account_columns {
+            () => {
+                concat!(
+                    stringify!($first)
+                    $(, ", ", stringify!($shown))*
+                    $(, ", ", stringify!($hidden))+
+                )
+            };
+        }
+
+        fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
+            // Columns in the fields' order: the index counts up, folded to constants.
+            let mut column = 0;
+            let mut next = || {
+                column += 1;
+                column - 1
+            };
+            Ok(Account {
+                $first: row.get(next())?,
+                $( $shown: row.get(next())?, )*
+                $( $hidden: row.get(next())?, )+
+            })
+        }
+    };
+}
+
+account! {
+    /// An account, as the API shows it. Field names and formats are the original backend's.
+    #[derive(Debug, Clone, Serialize)]
+    pub(crate) struct Account {
+        shown {
+            id: i64,
+            username: String,
+            phone: Option<String>,
+            is_register: bool,
+            is_staff: bool,
+            is_superuser: bool,
+            flag: i64,
+            avatar: Option<String>,
+            avatar_thumb: Option<String>,
+            birthday: Option<String>,
+            address: Option<String>,
+            member_score: i64,
+            credit_score: i64,
+            wx_openid: String,
+            wx_unionid: Option<String>,
+            wx_nickname: Option<String>,
+            wx_gender: i64,
+            wx_avatar: Option<String>,
+            wx_country: Option<String>,
+            wx_province: Option<String>,
+            wx_city: Option<String>,
+            last_ip: Option<String>,
+            join_ip: Option<String>,
+            love_help_num: i64,
+            bring_love_concern_num: i64,
+            #[serde(serialize_with = "optional_datetime")]
+            last_login: Option<i64>,
+            #[serde(serialize_with = "datetime")]
+            date_joined: i64,
+        }
+        hidden {
+            /// Tokens whose `ver` claim differs are revoked (logout). Not part of the account
+            /// object.
+            token_version: i64,
+        }
+    }
 }
 
 fn datetime<S: serde::Serializer>(seconds: &i64, serializer: S) -> Result<S::Ok, S::Error> {
@@ -93,50 +157,6 @@ fn optional_datetime<S: serde::Serializer>(
         Some(seconds) => datetime(seconds, serializer),
         None => serializer.serialize_none(),
     }
-}
-
-/// The account's columns in `account_from_row`'s order, as a macro so that each query is one
-/// `&'static str` (`concat!`) rather than a string formatted again at every call.
-macro_rules! account_columns {
-    () => {
-        "id, username, phone, is_register, is_staff, is_superuser, flag, avatar, avatar_thumb, \
-         birthday, address, member_score, credit_score, wx_openid, wx_unionid, wx_nickname, \
-         wx_gender, wx_avatar, wx_country, wx_province, wx_city, last_ip, join_ip, love_help_num, \
-         bring_love_concern_num, last_login, date_joined, token_version"
-    };
-}
-
-fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
-    Ok(Account {
-        id: row.get(0)?,
-        username: row.get(1)?,
-        phone: row.get(2)?,
-        is_register: row.get(3)?,
-        is_staff: row.get(4)?,
-        is_superuser: row.get(5)?,
-        flag: row.get(6)?,
-        avatar: row.get(7)?,
-        avatar_thumb: row.get(8)?,
-        birthday: row.get(9)?,
-        address: row.get(10)?,
-        member_score: row.get(11)?,
-        credit_score: row.get(12)?,
-        wx_openid: row.get(13)?,
-        wx_unionid: row.get(14)?,
-        wx_nickname: row.get(15)?,
-        wx_gender: row.get(16)?,
-        wx_avatar: row.get(17)?,
-        wx_country: row.get(18)?,
-        wx_province: row.get(19)?,
-        wx_city: row.get(20)?,
-        last_ip: row.get(21)?,
-        join_ip: row.get(22)?,
-        love_help_num: row.get(23)?,
-        bring_love_concern_num: row.get(24)?,
-        last_login: row.get(25)?,
-        date_joined: row.get(26)?,
-        token_version: row.get(27)?,
-    })
 }
 
 /// The server-side record of a user's latest `jscode2session`.
@@ -1439,6 +1459,33 @@ mod tests {
         assert_eq!(versions(read("openid-other")), (0, 0, false), "other accounts keep theirs");
         save_wechat_session(&connection, "wxa", "openid-s", &session).unwrap();
         assert_eq!(versions(read("openid-s")), (1, 1, false), "a new code signs in again");
+    }
+
+    /// The account's fields are one list (`account!`): the object the API shows has exactly
+    /// `Account::FIELDS`, in that order, and the query reads those columns and the hidden ones.
+    #[test]
+    fn the_account_object_shows_its_fields_in_order() {
+        let path = temp_database("account-fields");
+        let (connection, _) = open_writer(&path, Opener::Server).unwrap();
+        let id = login_account(&connection, "wxa", "openid-f", "::1", 100).unwrap();
+        let account = account_by_id(&connection, id).unwrap().unwrap();
+        let text = serde_json::to_string(&account).unwrap();
+        let mut keys = Vec::new();
+        let mut rest = text.as_str();
+        // Every value of a new account is a number, a boolean, null, or text without a quote.
+        while let Some((_, after)) = rest.split_once(['{', ',']) {
+            let (key, after) = after.trim_start_matches('"').split_once("\":").unwrap();
+            keys.push(key);
+            rest = after;
+        }
+        assert_eq!(keys, Account::FIELDS);
+        let mut columns = Account::FIELDS.to_vec();
+        columns.push("token_version");
+        assert_eq!(account_columns!().split(", ").collect::<Vec<_>>(), columns);
+        assert_eq!(
+            (account.id, account.wx_openid.as_str(), account.token_version),
+            (id, "openid-f", 0)
+        );
     }
 
     #[test]
