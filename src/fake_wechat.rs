@@ -5,7 +5,8 @@
 //!
 //! It also plays the WeChat client runtime for the one-tap phone flows (`/fake/encrypted_phone`,
 //! `/fake/phone_code`) and can be told to misbehave, by code or by switch; docs/fake-wechat.md
-//! lists both. It never talks to anything but its own clients.
+//! lists both. The codes for the errcodes wxauth tells apart, and the errcodes themselves, come
+//! from wechat.rs's `ERRCODES`. It never talks to anything but its own clients.
 //!
 //! Demo users: a `wx.login` code `NAME` or `NAME.ANYTHING` logs in demo user NAME, whose openid is
 //! derived from the appid and NAME, so `alice.1` and `alice.2` are the same person.
@@ -25,6 +26,9 @@ use tiny_http::{Header, Request, Response, Server};
 
 use crate::error::Fatal;
 use crate::router::percent_decode;
+use crate::wechat::{
+    ACCESS_TOKEN_EXPIRED, ACCESS_TOKEN_INVALID, BUSY, CODE_USED, ERRCODES, INVALID_CODE,
+};
 use crate::wxcrypt;
 
 /// Threads answering requests; a hanging request moves to a thread of its own.
@@ -39,14 +43,10 @@ const CODE_LIFE: Duration = Duration::from_secs(300);
 /// Access tokens live two hours, as WeChat's.
 const TOKEN_LIFE: Duration = Duration::from_secs(7200);
 
-/// Codes that make the fake misbehave, for `wx.login` codes and phone codes alike.
-pub(crate) const MISBEHAVIOUR: &[(&str, &str)] = &[
-    ("fake-40029", "errcode 40029, invalid code"),
-    ("fake-40163", "errcode 40163, code already used"),
-    ("fake-45011", "errcode 45011, rate limited"),
-    ("fake-40226", "errcode 40226, user blocked"),
+/// Codes that make the fake misbehave, for `wx.login` codes and phone codes alike, besides each
+/// errcode's own in `wechat::ERRCODES` (`fake-40029`: errcode 40029, and so on).
+const MISBEHAVIOUR: &[(&str, &str)] = &[
     ("fake-errcode-N", "errcode N (any other number), with a fake errmsg"),
-    ("fake-busy", "errcode -1, system busy (every time)"),
     ("fake-busy-once", "errcode -1 the first time this code is seen, then a normal answer"),
     ("fake-hang", "no answer for 60 seconds"),
     ("fake-garbage", "HTTP 200 with a body that is not JSON"),
@@ -158,7 +158,11 @@ fn answer(state: &Shared, mut request: Request) {
             "fake-hang" => {
                 thread::spawn(move || {
                     thread::sleep(HANG);
-                    reply(request, 200, &json!({"errcode": -1, "errmsg": "system error"}));
+                    reply(
+                        request,
+                        200,
+                        &json!({"errcode": BUSY.errcode, "errmsg": "system error"}),
+                    );
                 });
                 return;
             }
@@ -176,16 +180,14 @@ fn answer(state: &Shared, mut request: Request) {
             _ => {}
         }
         let errcode = match kind {
-            "fake-40029" => Some(40029),
-            "fake-40163" => Some(40163),
-            "fake-45011" => Some(45011),
-            "fake-40226" => Some(40226),
-            "fake-busy" => Some(-1),
             "fake-busy-once" => {
                 let mut state = lock(state);
-                state.seen_busy_once.insert(format!("{path}:{code}")).then_some(-1)
+                state.seen_busy_once.insert(format!("{path}:{code}")).then_some(BUSY.errcode)
             }
-            _ => kind.strip_prefix("fake-errcode-").and_then(|number| number.parse().ok()),
+            _ => match ERRCODES.iter().find(|known| known.fake_code == kind) {
+                Some(known) => Some(known.errcode),
+                None => kind.strip_prefix("fake-errcode-").and_then(|number| number.parse().ok()),
+            },
         };
         if let Some(errcode) = errcode {
             reply(
@@ -215,14 +217,22 @@ fn usage() -> Value {
     json!({
         "fake": "wxauth's offline stand-in for WeChat",
         "wx.login codes": "NAME or NAME.ANYTHING logs in demo user NAME; each code once",
-        "misbehaviour codes": MISBEHAVIOUR.iter().map(|(code, what)| json!({"code": code, "what": what})).collect::<Vec<_>>(),
+        "misbehaviour codes": misbehaviour().map(|(code, what)| json!({"code": code, "what": what})).collect::<Vec<_>>(),
         "helpers": [
             "GET /fake/encrypted_phone?openid=…&phone=…[&appid=…] → encryptedData and iv under the user's latest session_key",
             "GET /fake/phone_code?phone=…[&appid=…] → a one-time phone code for getuserphonenumber",
-            "POST /fake/invalidate_access_token?errcode=40001|42001 → the current access token is revoked or expired",
+            format!("POST /fake/invalidate_access_token?errcode={ACCESS_TOKEN_INVALID}|{ACCESS_TOKEN_EXPIRED} → the current access token is revoked or expired"),
             "GET /fake/stats → calls per WeChat API",
         ],
     })
+}
+
+/// Every misbehaviour code and what it does: each errcode's own, then `MISBEHAVIOUR`.
+fn misbehaviour() -> impl Iterator<Item = (&'static str, String)> {
+    let errcodes = ERRCODES
+        .iter()
+        .map(|known| (known.fake_code, format!("errcode {} ({})", known.errcode, known.meaning)));
+    errcodes.chain(MISBEHAVIOUR.iter().map(|(code, what)| (*code, what.to_string())))
 }
 
 fn jscode2session(state: &Shared, query: &HashMap<String, String>) -> (u16, Value) {
@@ -251,7 +261,7 @@ fn jscode2session(state: &Shared, query: &HashMap<String, String>) -> (u16, Valu
         state.used_order.pop_front();
     }
     if !state.used_codes.insert(code.to_string()) {
-        return (200, json!({"errcode": 40163, "errmsg": "code been used"}));
+        return (200, json!({"errcode": CODE_USED.errcode, "errmsg": "code been used"}));
     }
     state.used_order.push_back((code.to_string(), now));
     let name = code.split('.').next().unwrap_or(code);
@@ -306,11 +316,14 @@ fn phone_number(state: &Shared, query: &HashMap<String, String>, body: &Value) -
         None => {
             return (
                 200,
-                json!({"errcode": 40001, "errmsg": "invalid credential, access_token is invalid"}),
+                json!({"errcode": ACCESS_TOKEN_INVALID, "errmsg": "invalid credential, access_token is invalid"}),
             );
         }
         Some((expires, _)) if *expires <= Instant::now() => {
-            return (200, json!({"errcode": 42001, "errmsg": "access_token expired"}));
+            return (
+                200,
+                json!({"errcode": ACCESS_TOKEN_EXPIRED, "errmsg": "access_token expired"}),
+            );
         }
         Some((_, appid)) => appid.clone(),
     };
@@ -318,7 +331,7 @@ fn phone_number(state: &Shared, query: &HashMap<String, String>, body: &Value) -
         return (200, json!({"errcode": 47001, "errmsg": "data format error"}));
     };
     let Some((appid, phone)) = state.phone_codes.remove(code) else {
-        return (200, json!({"errcode": 40029, "errmsg": "invalid code"}));
+        return (200, json!({"errcode": INVALID_CODE.errcode, "errmsg": "invalid code"}));
     };
     let appid = appid.unwrap_or(caller_appid);
     (
@@ -382,7 +395,7 @@ fn invalidate_token(state: &Shared, query: &HashMap<String, String>) -> (u16, Va
     let Some(token) = state.current_token.clone() else {
         return (200, json!({"errcode": 0, "errmsg": "no token issued yet"}));
     };
-    if query.get("errcode").map(String::as_str) == Some("42001") {
+    if query.get("errcode").and_then(|errcode| errcode.parse().ok()) == Some(ACCESS_TOKEN_EXPIRED) {
         // Expired: WeChat still recognises the token, but refuses it.
         if let Some((expires, _)) = state.tokens.get_mut(&token) {
             *expires = Instant::now();

@@ -22,6 +22,7 @@ use rusqlite::Connection;
 
 use crate::router::{Operation, Route};
 use crate::store::AccountCounts;
+use crate::wechat::ERRCODES;
 
 /// The process's metrics.
 pub(crate) static METRICS: Metrics = Metrics::new();
@@ -91,15 +92,11 @@ const WECHAT_APIS: [&str; 3] = ["jscode2session", "stable_token", "getuserphonen
 pub(crate) enum WechatOutcome {
     /// errcode 0 or absent.
     Ok,
-    /// errcode 40029.
+    /// The errcodes wxauth tells apart, each the outcome of one of `wechat::ERRCODES`.
     InvalidCode,
-    /// errcode 40163.
     CodeUsed,
-    /// errcode 45011.
     RateLimited,
-    /// errcode 40226.
     UserBlocked,
-    /// errcode -1 (system busy).
     Busy,
     /// Any other errcode.
     OtherErrcode,
@@ -151,16 +148,8 @@ impl WechatOutcome {
 
     /// WeChat answered (with an errcode or without): it is reachable, whatever it said.
     pub(crate) fn answered(self) -> bool {
-        matches!(
-            self,
-            WechatOutcome::Ok
-                | WechatOutcome::InvalidCode
-                | WechatOutcome::CodeUsed
-                | WechatOutcome::RateLimited
-                | WechatOutcome::UserBlocked
-                | WechatOutcome::Busy
-                | WechatOutcome::OtherErrcode
-        )
+        matches!(self, WechatOutcome::Ok | WechatOutcome::OtherErrcode)
+            || ERRCODES.iter().any(|known| known.outcome == self)
     }
 }
 

@@ -4,11 +4,13 @@
 //! Every call has a connect and a total timeout; connections are kept alive and reused, and the
 //! host's address is resolved once a minute, not per call (`CachingResolver`). WeChat
 //! answers errors with HTTP 200 and an `errcode` (absent on some successes), sometimes as
-//! `text/plain`, so the body is parsed as JSON whatever its content type. errcode -1 (busy) is
-//! retried once; the documented user errors never are. Calls in flight are bounded separately from
-//! the worker pool (`Slots`): a call past the bound waits only while WeChat keeps answering, and
-//! fails at once when it does not. URLs carry the app secret or an access token, so nothing here
-//! ever logs a URL or lets ureq's error text (which may quote one) out.
+//! `text/plain`, so the body is parsed as JSON whatever its content type. `ERRCODES` is the one
+//! list of the errcodes wxauth tells apart and what each becomes (the metrics and the fake WeChat
+//! read it too); errcode -1 (busy) is retried once, the documented user errors never are. Calls
+//! in flight are bounded separately from the worker pool (`Slots`): a call past the bound waits
+//! only while WeChat keeps answering, and fails at once when it does not. URLs carry the app
+//! secret or an access token, so nothing here ever logs a URL or lets ureq's error text (which
+//! may quote one) out.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -27,6 +29,78 @@ const BUSY_RETRY_DELAY: Duration = Duration::from_millis(200);
 
 /// An access token is refreshed this long before WeChat says it expires.
 const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(300);
+
+/// WeChat's errcodes that wxauth tells apart, each with what it becomes: the one source for the
+/// client's error (`exchange`), the metrics' outcome, the fake WeChat's misbehaviour codes and the
+/// docs' tables (checked by a test). Any other errcode is `wechat_error` to the client and
+/// `other_errcode` in the metrics; the user errors are never retried.
+pub(crate) const ERRCODES: [Errcode; 5] =
+    [INVALID_CODE, CODE_USED, RATE_LIMITED, USER_BLOCKED, BUSY];
+
+/// One of WeChat's errcodes that wxauth tells apart from the rest.
+#[derive(Clone, Copy)]
+pub(crate) struct Errcode {
+    pub(crate) errcode: i64,
+    /// What WeChat means by it (docs/fake-wechat.md shows it after the number).
+    pub(crate) meaning: &'static str,
+    /// What a call answered with it counts as in the metrics.
+    pub(crate) outcome: WechatOutcome,
+    /// The error the client gets when a call to `api` is answered with it.
+    error: fn(&Errcode, &'static str) -> Error,
+    /// The `wx.login` or phone code that makes the fake WeChat answer with it.
+    pub(crate) fake_code: &'static str,
+}
+
+pub(crate) const INVALID_CODE: Errcode = Errcode {
+    errcode: 40029,
+    meaning: "invalid code",
+    outcome: WechatOutcome::InvalidCode,
+    error: |_, _| Error::WechatCodeInvalid,
+    fake_code: "fake-40029",
+};
+
+pub(crate) const CODE_USED: Errcode = Errcode {
+    errcode: 40163,
+    meaning: "code already used",
+    outcome: WechatOutcome::CodeUsed,
+    error: |_, _| Error::WechatCodeUsed,
+    fake_code: "fake-40163",
+};
+
+const RATE_LIMITED: Errcode = Errcode {
+    errcode: 45011,
+    meaning: "rate limited",
+    outcome: WechatOutcome::RateLimited,
+    error: |_, _| Error::WechatRateLimited,
+    fake_code: "fake-45011",
+};
+
+const USER_BLOCKED: Errcode = Errcode {
+    errcode: 40226,
+    meaning: "user blocked",
+    outcome: WechatOutcome::UserBlocked,
+    error: |_, _| Error::WechatUserBlocked,
+    fake_code: "fake-40226",
+};
+
+/// errcode -1, WeChat's "system busy": retried once (`call_in`), then `wechat_unavailable`.
+pub(crate) const BUSY: Errcode = Errcode {
+    errcode: -1,
+    meaning: "system busy",
+    outcome: WechatOutcome::Busy,
+    error: |busy, api| Error::WechatUnavailable {
+        api,
+        reason: format!("errcode {} ({})", busy.errcode, busy.meaning),
+    },
+    fake_code: "fake-busy",
+};
+
+/// `getuserphonenumber`'s answer when the access token is invalid (revoked by a newer one): the
+/// token is refreshed with `force_refresh`, once.
+pub(crate) const ACCESS_TOKEN_INVALID: i64 = 40001;
+
+/// `getuserphonenumber`'s answer when the access token has expired: it is refreshed, once.
+pub(crate) const ACCESS_TOKEN_EXPIRED: i64 = 42001;
 
 /// A successful `jscode2session`.
 #[derive(Clone)]
@@ -263,10 +337,13 @@ impl WeChat {
                     .send(json!({ "code": phone_code }).to_string())
             });
             match result {
-                Err(Error::Wechat { errcode: errcode @ (40001 | 42001), .. }) if !refreshed => {
+                Err(Error::Wechat {
+                    errcode: errcode @ (ACCESS_TOKEN_INVALID | ACCESS_TOKEN_EXPIRED),
+                    ..
+                }) if !refreshed => {
                     refreshed = true;
                     self.forget_access_token(&token);
-                    if errcode == 40001 {
+                    if errcode == ACCESS_TOKEN_INVALID {
                         // Invalid rather than expired: the normal mode would hand back the same
                         // token, so ask for a new one.
                         self.access_token(&mut slot, true)?;
@@ -371,7 +448,7 @@ impl WeChat {
         send: impl Fn(&ureq::Agent, &str) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<Value, Error> {
         let mut result = self.call_once(api, &send);
-        if matches!(result, Err((_, WechatOutcome::Busy))) {
+        if result.as_ref().is_err_and(|(_, outcome)| *outcome == BUSY.outcome) {
             slot.answered = true;
             std::thread::sleep(BUSY_RETRY_DELAY);
             result = self.call_once(api, &send);
@@ -431,14 +508,12 @@ impl WeChat {
             Value::Null => 0,
             value => value.as_i64().ok_or_else(|| bad_answer("errcode is not a number".into()))?,
         };
-        match errcode {
-            0 => Ok(answer),
-            -1 => Err(unavailable(BUSY.into(), WechatOutcome::Busy)),
-            40029 => Err((Error::WechatCodeInvalid, WechatOutcome::InvalidCode)),
-            40163 => Err((Error::WechatCodeUsed, WechatOutcome::CodeUsed)),
-            45011 => Err((Error::WechatRateLimited, WechatOutcome::RateLimited)),
-            40226 => Err((Error::WechatUserBlocked, WechatOutcome::UserBlocked)),
-            errcode => {
+        if errcode == 0 {
+            return Ok(answer);
+        }
+        match ERRCODES.iter().find(|known| known.errcode == errcode) {
+            Some(known) => Err(((known.error)(known, api), known.outcome)),
+            None => {
                 let mut errmsg: String =
                     answer["errmsg"].as_str().unwrap_or("").chars().take(200).collect();
                 // WeChat's errmsg may end with "rid: …"; it never echoes secrets, but strip
@@ -512,9 +587,6 @@ impl ureq::unversioned::resolver::Resolver for CachingResolver {
         Ok(addresses)
     }
 }
-
-/// The reason recorded for errcode -1, which is retried once.
-const BUSY: &str = "errcode -1 (system busy)";
 
 /// A short, secret-free description of a transport failure. ureq's own text can quote the URL,
 /// which holds the app secret or an access token, so it is never used.
@@ -767,6 +839,58 @@ mod tests {
         assert_eq!(addresses.as_ref(), ["127.0.0.1:10".parse().unwrap()]);
         resolver.forget();
         assert!(resolver.cached.lock().unwrap().is_none(), "forgotten after a refused connection");
+    }
+
+    /// `ERRCODES` is the one list of the errcodes wxauth tells apart: the docs' tables, the
+    /// metrics' help and each error's log text (error.rs's `Display`) say what it says.
+    #[test]
+    fn the_errcode_table_is_what_the_docs_and_the_log_say() {
+        let api_doc = include_str!("../docs/api.md");
+        let fake_doc = include_str!("../docs/fake-wechat.md");
+        let operations_doc = include_str!("../docs/operations.md");
+        let metrics = crate::metrics::Metrics::new().render(None);
+        let help = metrics
+            .lines()
+            .find(|line| line.starts_with("# HELP wxauth_wechat_calls_total "))
+            .expect("help for the WeChat calls");
+        for known in ERRCODES {
+            let (errcode, outcome) = (known.errcode, known.outcome.name());
+            let error = (known.error)(&known, "jscode2session");
+            let row = format!("| {} | `{}` | {} |", error.code(), error.name(), error.status());
+            let line = api_doc.lines().find(|line| line.starts_with(&row));
+            let line = line.unwrap_or_else(|| panic!("docs/api.md has no row {row}"));
+            assert!(line.contains(&format!("errcode {errcode}")), "docs/api.md: {line}");
+            let row = format!("| `{}` | errcode {errcode} ({})", known.fake_code, known.meaning);
+            assert!(
+                fake_doc.lines().any(|line| line.starts_with(&row)),
+                "docs/fake-wechat.md has no row {row}"
+            );
+            let label = format!("`{outcome}` ({errcode})");
+            assert!(operations_doc.contains(&label), "docs/operations.md has no {label}");
+            assert!(help.split([' ', '(', ',']).any(|word| word == outcome), "{help}");
+            let log = error.to_string();
+            assert!(
+                log.contains(&format!("({errcode})"))
+                    || log.contains(&format!("errcode {errcode} ")),
+                "the log text names the errcode: {log}"
+            );
+            let alike = |same: &dyn Fn(&Errcode) -> bool| {
+                ERRCODES.iter().filter(|other| same(other)).count()
+            };
+            assert_eq!(alike(&|other| other.errcode == errcode), 1, "{errcode} listed once");
+            assert_eq!(
+                alike(&|other| other.outcome == known.outcome),
+                1,
+                "{outcome} has one errcode"
+            );
+            assert_eq!(
+                alike(&|other| other.fake_code == known.fake_code),
+                1,
+                "{}",
+                known.fake_code
+            );
+            assert!(known.outcome.answered(), "an errcode is an answer");
+        }
     }
 
     #[test]
