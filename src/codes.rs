@@ -5,10 +5,11 @@
 //! minutes (a code's life at WeChat; an expired answer goes when the next code is remembered). The
 //! answers live in one fixed-size ring of bytes with an open-addressing index into it, both
 //! allocated once: however busy the server, remembering codes costs at most 1.7 MB of answers
-//! (2.2 MB with session_keys) and 128 KiB of index, and no allocation per code (a map and a queue
-//! of separate answers took three times the memory under load, most of it the allocator's
-//! leftovers). A second request for a code whose exchange is still in flight waits for that
-//! exchange rather than racing it to WeChat.
+//! (2.2 MB with session_keys) and 128 KiB of index, and no allocation per code. Answers kept as
+//! strings of their own, each allocated by one worker and freed by another minutes later, leave
+//! the allocator's arenas fragmented: a map and a queue of them would hold several times the
+//! answers' own bytes, and nearly double a busy server's peak memory. A second request for a code
+//! whose exchange is still in flight waits for that exchange rather than racing it to WeChat.
 //!
 //! An answer keeps the token version its account had when the code was exchanged; whether the
 //! account has logged out since (and the answer is no longer to be given) is the caller's to
