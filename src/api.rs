@@ -267,7 +267,7 @@ impl Ctx<'_> {
     /// answers a spent one (`WechatCodeUsed`). A code whose session could not be recorded is not
     /// remembered, so a retry does both again. The write that records the session also reads the
     /// openid's account, from pages the writer holds: read on the worker after that commit, it
-    /// cost a new read transaction with an emptied page cache.
+    /// would cost a new read transaction with an emptied page cache.
     fn exchange_code(&self, code: &str) -> Result<Exchanged, Error> {
         let mut exchanged = None;
         let answer = self.codes.exchange(codes::key(self.appid(), code), self.now, || {
@@ -307,11 +307,9 @@ impl Ctx<'_> {
     /// In one durable write: the account `known_id`, or the one for `openid` (created if absent),
     /// gets `change` and this login's bookkeeping; the answer is the account as committed, with
     /// its token. The account is read back in the write, from pages the writer has just changed
-    /// and still holds: read on the worker's connection after the commit it cost a new read
+    /// and still holds: read on the worker's connection after the commit it would cost a new read
     /// transaction, which empties that connection's page cache after every commit and reads the
-    /// pages again from the file (3 preads and ~10% more CPU per request, measured on bench/run's
-    /// register row when registration came through here; `store::register` reads back in its
-    /// write the same way).
+    /// pages again from the file (`store::register` reads back in its write the same way).
     ///
     /// `session_version` is what `check_openid_login` returned for a login by openid (`None` for
     /// a token's account): the write refuses the login if the account has logged out since

@@ -54,9 +54,10 @@ fn write(text: String) {
 
 /// Access lines at info and debug wait here, and are written together: by the `log-flush` thread
 /// `FLUSH_AFTER` after the first of them arrived, by whoever makes them more than `MAX_WAITING`
-/// bytes, or before any other line. A write per access line cost about a tenth of the throughput
-/// of `is_openid_registered` (bench/compare against `log.access = false`); the other lines,
-/// failures' access lines among them, are still written before the request is answered.
+/// bytes, or before any other line. A write of its own per access line would be a system call in
+/// every request, a large share of what a cheap request like `is_openid_registered` costs; the
+/// other lines, failures' access lines among them, are still written before the request is
+/// answered.
 static WAITING: Mutex<String> = Mutex::new(String::new());
 static ARRIVED: Condvar = Condvar::new();
 /// Whether the `log-flush` thread runs; started with the first access line.

@@ -601,8 +601,8 @@ fn raise_open_files_limit() -> u64 {
 
 /// glibc gives threads their own malloc arenas, up to eight per core, each keeping freed memory
 /// for itself; with a worker pool, a writer and a thread per connection that is most of the
-/// resident memory beyond the data. Two arenas serve wxauth's few allocations per request as fast
-/// (measured with bench/run) in a fraction of the memory. Freed memory is kept up to a bound
+/// resident memory beyond the data. wxauth makes few allocations per request, so two arenas serve
+/// them without contention, in a fraction of the memory. Freed memory is kept up to a bound
 /// rather than returned at once (see below).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_malloc() {

@@ -125,8 +125,8 @@ pub(crate) struct WeChat {
     agent: ureq::Agent,
     base_url: String,
     /// `jscode2session`'s URL up to the code, its constant parameters encoded once: ureq's query
-    /// builder encoded and formatted each of them, and re-parsed the URL, on every call (a tenth
-    /// of what the client costs per call). Holds the app secret, like every URL here.
+    /// builder encodes and formats each of them, and parses the URL again, on every call, a
+    /// large share of what the client costs per call. Holds the app secret, like every URL here.
     code_url: String,
     appid: String,
     secret: String,
@@ -145,14 +145,14 @@ pub(crate) struct WeChat {
 /// at once, so the workers beyond `max_in_flight` are taken by waiting calls for at most this
 /// long after WeChat stops answering. Longer than WeChat takes to answer a burst of calls (tens to
 /// hundreds of milliseconds from a VPS far from it), and than a loaded machine takes to run the
-/// threads that read the answers: at 50 ms, bench/run's get_openid_by_code at 64 connections was
-/// refused about 125 times in 150,000 (0.08%) while the fake on loopback answered them all.
+/// threads that read the answers: a window of tens of milliseconds refuses, under load, some
+/// calls that WeChat answers.
 const ANSWERING_WINDOW: Duration = Duration::from_secs(1);
 
-/// The bound on calls in flight. Failing every call past it at once kept workers free when WeChat
-/// hangs, but also failed a third of the requests of a burst of logins (bench/run's
-/// get_openid_by_code at 64 connections) while WeChat answered in a millisecond; waiting only
-/// while calls are being answered keeps the first and drops the second.
+/// The bound on calls in flight. Failing every call past it at once would keep workers free when
+/// WeChat hangs, but would also fail much of a burst of logins while WeChat answers in a
+/// millisecond; waiting only while calls are being answered keeps the first and avoids the
+/// second.
 struct Slots {
     max: usize,
     /// `ANSWERING_WINDOW`, but for tests.
