@@ -1,7 +1,7 @@
 //! The operator's commands besides `serve`: `check-config`, `users list|show|export|revoke`,
 //! `backup` and `migrate`. main.rs parses the command line into the typed arguments here; each
 //! command writes what it has to say to the `out` main hands it (a buffered stdout) and returns a
-//! one-line reason on failure. Nothing here prints, exits or holds SQL (that is store.rs).
+//! one-line reason on failure. Nothing here prints, exits or holds SQL (that is `store`).
 //!
 //! No command creates a database: a mistyped `database` path fails with a clear reason instead
 //! of answering from a new, empty file (`wxauth serve` is what creates one). The commands that

@@ -268,7 +268,7 @@ impl From<rusqlite::Error> for Error {
 pub(crate) enum Fatal {
     /// The configuration cannot be read or is invalid; the text names the file, key or variable.
     Config(String),
-    /// The database cannot be opened, read or written, as store.rs reports it.
+    /// The database cannot be opened, read or written, as `store` reports it.
     Store(Error),
     /// The operating system refused something: what wxauth was doing, and why.
     Io { doing: String, source: std::io::Error },

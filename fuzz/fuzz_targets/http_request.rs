@@ -28,7 +28,7 @@ mod metrics;
 mod ratelimit;
 #[path = "../../src/router.rs"]
 mod router;
-#[path = "../../src/store.rs"]
+#[path = "../../src/store/mod.rs"]
 mod store;
 #[path = "../../src/time.rs"]
 mod time;

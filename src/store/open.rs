@@ -1,0 +1,303 @@
+//! Opening SQLite connections: the writer's (creating the database, owner-only), the workers'
+//! read-only ones and the operator's. A connection that writes opens only a file that is safely
+//! wxauth's (`open_read_write`): a regular file of its user, writable by nobody else, reached
+//! through no link, with the same true of SQLite's files beside it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::*;
+use crate::error::Error;
+
+/// How long a connection waits for a lock before `database is locked`.
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens the writer connection for `opener`: creates the file (owner-only) if needed, checks it
+/// (`open_read_write`), sets durable pragmas and applies pending schema versions. Returns the
+/// connection and the versions it applied.
+pub(crate) fn open_writer(path: &str, opener: Opener) -> Result<(Connection, Vec<u32>), Error> {
+    configure_sqlite();
+    create_private_file(path)
+        .map_err(|error| Error::Internal(format!("cannot create database file {path}: {error}")))?;
+    let connection = open_read_write(path, opener)?;
+    enable_lookaside(&connection);
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    // WAL lets readers proceed while the writer commits; FULL makes every commit durable before
+    // it is acknowledged (an fsync of the WAL per group commit).
+    let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::Internal(format!(
+            "database: cannot enable WAL (journal_mode is {mode})"
+        )));
+    }
+    // A 1 MiB page cache: inserts land on random index pages, which the OS caches as well.
+    connection.execute_batch(
+        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -1024;",
+    )?;
+    // Every statement the writer runs stays prepared: rusqlite keeps 16 by default, the writer
+    // runs more than that, and past the limit the least recent is parsed again at each use.
+    connection.set_prepared_statement_cache_capacity(64);
+    let applied = migrate(&connection)?;
+    if applied.first().is_some_and(|&first| first > 1) {
+        // An upgrade may rewrite a whole table (version 3 does) into the WAL: fold it into the
+        // database now, so readers do not start behind a WAL of that size and the file shrinks
+        // back. A new database's WAL is a few pages, and its first start stays quick.
+        connection.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
+    }
+    Ok((connection, applied))
+}
+
+/// Opens a read connection for one worker. It cannot write, by construction.
+pub(crate) fn open_reader(path: &str) -> Result<Connection, Error> {
+    let connection = open_existing_with(path, None)?;
+    // A small page cache per reader: there is one per worker, the OS caches the file anyway, and
+    // in WAL mode any commit empties it at the reader's next transaction. 64 KiB holds the pages
+    // of any one query wxauth makes; 128 KiB cost 16 × 64 KiB more peak memory (bench/run).
+    connection.execute_batch("PRAGMA cache_size = -64;")?;
+    Ok(connection)
+}
+
+/// Opens a database file that must exist, read-only (`None`) or read-write for `Some(opener)`
+/// (`open_read_write`), with the busy timeout and foreign keys on.
+fn open_existing_with(path: &str, writer: Option<Opener>) -> Result<Connection, Error> {
+    configure_sqlite();
+    let connection = match writer {
+        None => {
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI;
+            Connection::open_with_flags(path, flags)?
+        }
+        Some(opener) => open_read_write(path, opener)?,
+    };
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    connection.execute_batch("PRAGMA foreign_keys = ON;")?;
+    Ok(connection)
+}
+
+/// Who opens the database for writing, which decides whose file it may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Opener {
+    /// `wxauth serve`, which keeps session keys, and the generated JWT secret, in the file: it
+    /// must be the file of the user wxauth runs as, or its owner could read them.
+    Server,
+    /// An operator's command that writes (`migrate`, `users revoke`): as the server, except that
+    /// root may also write to another user's file, as the deployment has root do to the service
+    /// user's. These commands write no secret, and the files SQLite creates as root it gives to
+    /// the database's owner.
+    Operator,
+}
+
+/// The files SQLite keeps beside a database: the WAL, its shared-memory index, and the rollback
+/// journal (used while a new database switches to WAL). An existing WAL or journal is read into
+/// the database when it opens, and the WAL holds everything written.
+pub(super) const BESIDE: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+/// Opens the existing database `path` read-write once it and the files `BESIDE` it that exist
+/// pass `check_database_file` for `opener`; each is then made readable by its owner only, as
+/// wxauth creates it (an older wxauth, or a copy, may have left it readable by all), because it
+/// holds the secrets. SQLite does not create the database here, and follows no link to it.
+fn open_read_write(path: &str, opener: Opener) -> Result<Connection, Error> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let user = effective_uid();
+        let owner = match opener {
+            Opener::Operator if user == 0 => None,
+            _ => Some(user),
+        };
+        for suffix in std::iter::once("").chain(BESIDE) {
+            let (file, database) = (format!("{path}{suffix}"), suffix.is_empty());
+            let metadata = match std::fs::symlink_metadata(&file) {
+                Ok(metadata) => metadata,
+                Err(error) if !database && error.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(Error::Internal(format!("database {file}: {error}"))),
+            };
+            check_database_file(&file, database, &metadata, owner).map_err(Error::Internal)?;
+            if metadata.mode() & 0o077 != 0 {
+                let private = std::fs::Permissions::from_mode(metadata.mode() & 0o700);
+                std::fs::set_permissions(&file, private).map_err(|error| {
+                    Error::Internal(format!("cannot make database file {file} owner-only: {error}"))
+                })?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = opener;
+    Ok(Connection::open_with_flags(linkless_path(path)?, private_flags())?)
+}
+
+/// Why wxauth must not write to `file` (the database when `database`, else a file `BESIDE` it),
+/// which `symlink_metadata` found as `metadata`, with the fix, in one line: it must be a regular
+/// file, not a symbolic link, owned by `owner` (anyone's: `None`) and not writable by group or
+/// others. Otherwise another user could read what wxauth writes (the JWT secret it generates,
+/// session keys) or write the database.
+#[cfg(unix)]
+fn check_database_file(
+    file: &str,
+    database: bool,
+    metadata: &std::fs::Metadata,
+    owner: Option<u32>,
+) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let kind = metadata.file_type();
+    if kind.is_symlink() {
+        return Err(if database {
+            format!(
+                "database file {file} is a symbolic link: point `database` at the real file, not a symlink"
+            )
+        } else {
+            format!("database file {file} is a symbolic link: move it away (SQLite makes its own)")
+        });
+    }
+    if !kind.is_file() {
+        return Err(if database {
+            format!("database file {file} is not a regular file: point `database` at a file")
+        } else {
+            format!("database file {file} is not a regular file: move it away")
+        });
+    }
+    if let Some(owner) = owner
+        && metadata.uid() != owner
+    {
+        return Err(format!(
+            "database file {file} belongs to uid {}, not to uid {owner} that wxauth runs as: `chown {owner} {file}` if it is this wxauth's, else move it away",
+            metadata.uid()
+        ));
+    }
+    if metadata.mode() & 0o022 != 0 {
+        return Err(format!(
+            "database file {file} is writable by other users (mode {:04o}): `chmod 600 {file}`",
+            metadata.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// The user wxauth runs as: its effective uid.
+#[cfg(unix)]
+fn effective_uid() -> u32 {
+    unsafe extern "C" {
+        // Always succeeds and touches no memory (POSIX).
+        safe fn geteuid() -> u32;
+    }
+    geteuid()
+}
+
+/// How wxauth opens a file of its own read-write: it exists (wxauth created it, or it passed
+/// `check_database_file`), so SQLite must not create one, and SQLite refuses a symbolic link.
+pub(super) fn private_flags() -> OpenFlags {
+    OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_NOFOLLOW
+}
+
+/// `path` with the links in its directory resolved and its last component as it is, to open with
+/// `SQLITE_OPEN_NOFOLLOW`: SQLite then refuses a link anywhere in the path it is given, and a
+/// deployment may keep the database in a linked directory (systemd's `DynamicUser` links
+/// /var/lib/wxauth to /var/lib/private/wxauth).
+pub(super) fn linkless_path(path: &str) -> Result<PathBuf, Error> {
+    let given = Path::new(path);
+    let (Some(directory), Some(name)) = (given.parent(), given.file_name()) else {
+        return Err(Error::Internal(format!("{path} is not a file name")));
+    };
+    let directory = if directory.as_os_str().is_empty() { Path::new(".") } else { directory };
+    let directory = std::fs::canonicalize(directory)
+        .map_err(|error| Error::Internal(format!("{path}: {error}")))?;
+    Ok(directory.join(name))
+}
+
+/// Creates `path` empty and readable by its owner only; false when something is there already.
+/// O_CREAT|O_EXCL never follows a symbolic link (POSIX): a link there, dangling or not, is
+/// "something", so no link can make this create a file elsewhere.
+pub(super) fn create_private_file(path: &str) -> std::io::Result<bool> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(true),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+/// Opens an existing database for one write from outside the server (`wxauth users revoke`):
+/// never creates the file, checks it as an operator's (`Opener::Operator`), and waits up to `BUSY_TIMEOUT` for the server's writer between its
+/// group commits rather than failing with `database is locked`.
+pub(crate) fn open_existing(path: &str) -> Result<Connection, Error> {
+    open_existing_with(path, Some(Opener::Operator))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn database_files_must_be_ours_regular_and_not_writable_by_others() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let path = temp_database("file-check");
+        std::fs::write(&path, b"").unwrap();
+        let check = |file: &str, database: bool, owner: Option<u32>| {
+            let metadata = std::fs::symlink_metadata(file).unwrap();
+            check_database_file(file, database, &metadata, owner)
+        };
+        let user = effective_uid();
+        for (mode, accepted) in [
+            (0o600, true),
+            (0o400, true),
+            (0o640, true),
+            (0o644, true),
+            (0o620, false),
+            (0o602, false),
+            (0o666, false),
+            (0o1777, false),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let expected = if accepted {
+                Ok(())
+            } else {
+                Err(format!(
+                    "database file {path} is writable by other users (mode {mode:04o}): `chmod 600 {path}`"
+                ))
+            };
+            assert_eq!(check(&path, true, Some(user)), expected, "{mode:o}");
+        }
+
+        // Another user's file is refused whatever its mode, unless anyone's will do.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let other = user.wrapping_add(1);
+        assert_eq!(
+            check(&path, true, Some(other)),
+            Err(format!(
+                "database file {path} belongs to uid {user}, not to uid {other} that wxauth runs as: `chown {other} {path}` if it is this wxauth's, else move it away"
+            ))
+        );
+        assert_eq!(check(&path, true, None), Ok(()));
+        // A file of root's, as any other user (only looked at: never opened).
+        let passwd = std::fs::symlink_metadata("/etc/passwd").unwrap();
+        let verdict = check_database_file("/etc/passwd", true, &passwd, Some(user));
+        if passwd.uid() == user {
+            assert_eq!(verdict, Ok(()));
+        } else {
+            assert!(verdict.unwrap_err().contains("belongs to uid 0"));
+        }
+
+        // A link, to a good file of ours, and anything but a regular file.
+        let link = format!("{path}-link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let refusal = check(&link, true, Some(user)).unwrap_err();
+        assert!(refusal.ends_with("point `database` at the real file, not a symlink"), "{refusal}");
+        let refusal = check(&link, false, None).unwrap_err();
+        assert!(refusal.ends_with("is a symbolic link: move it away (SQLite makes its own)"));
+        let directory = Path::new(&path).parent().unwrap().to_str().unwrap().to_string();
+        let refusal = check(&directory, true, Some(user)).unwrap_err();
+        assert!(
+            refusal.ends_with("is not a regular file: point `database` at a file"),
+            "{refusal}"
+        );
+    }
+}

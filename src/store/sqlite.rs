@@ -1,0 +1,499 @@
+//! The queries, one function per query, on a rusqlite connection. One account per WeChat identity
+//! is a unique index, never a check-then-insert.
+
+use rusqlite::{Connection, OptionalExtension, ToSql, params};
+
+use super::*;
+use crate::error::Error;
+
+/// The JWT secret kept in the database, storing `generated` first if there is none yet.
+pub(crate) fn jwt_secret_or_insert(
+    connection: &Connection,
+    generated: &str,
+) -> Result<String, Error> {
+    connection.execute(
+        "INSERT INTO meta (key, value) VALUES ('jwt_secret', ?1) ON CONFLICT (key) DO NOTHING",
+        params![generated],
+    )?;
+    Ok(connection
+        .query_row("SELECT value FROM meta WHERE key = 'jwt_secret'", [], |row| row.get(0))?)
+}
+
+pub(crate) fn account_by_id(connection: &Connection, id: i64) -> Result<Option<Account>, Error> {
+    let mut statement = connection.prepare_cached(concat!(
+        "SELECT ",
+        account_columns!(),
+        " FROM accounts WHERE id = ?1"
+    ))?;
+    Ok(statement.query_row(params![id], account_from_row).optional()?)
+}
+
+pub(crate) fn account_by_openid(
+    connection: &Connection,
+    appid: &str,
+    openid: &str,
+) -> Result<Option<Account>, Error> {
+    let mut statement = connection.prepare_cached(concat!(
+        "SELECT ",
+        account_columns!(),
+        " FROM accounts WHERE wx_appid = ?1 AND wx_openid = ?2"
+    ))?;
+    Ok(statement.query_row(params![appid, openid], account_from_row).optional()?)
+}
+
+/// `Some(is_register)` for an existing account, `None` when there is none.
+pub(crate) fn is_registered(
+    connection: &Connection,
+    appid: &str,
+    openid: &str,
+) -> Result<Option<bool>, Error> {
+    let mut statement = connection.prepare_cached(
+        "SELECT is_register FROM accounts WHERE wx_appid = ?1 AND wx_openid = ?2",
+    )?;
+    Ok(statement.query_row(params![appid, openid], |row| row.get(0)).optional()?)
+}
+
+pub(crate) fn wechat_session(
+    connection: &Connection,
+    appid: &str,
+    openid: &str,
+) -> Result<Option<RecordedSession>, Error> {
+    let mut statement = connection.prepare_cached(
+        "SELECT unionid, session_key, created_at, token_version,
+                coalesce((SELECT token_version FROM accounts WHERE wx_appid = ?1 AND wx_openid = ?2), 0)
+         FROM wechat_sessions WHERE appid = ?1 AND openid = ?2",
+    )?;
+    Ok(statement
+        .query_row(params![appid, openid], |row| {
+            Ok(RecordedSession {
+                session: WechatSession {
+                    unionid: row.get(0)?,
+                    session_key: row.get(1)?,
+                    created_at: row.get(2)?,
+                },
+                token_version: row.get(3)?,
+                account_token_version: row.get(4)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Records a `jscode2session` answer with the token version of the openid's account as of this
+/// write (0 when there is none), and the unionid on an existing account that lacked one.
+pub(crate) fn save_wechat_session(
+    connection: &Connection,
+    appid: &str,
+    openid: &str,
+    session: &WechatSession,
+) -> Result<(), Error> {
+    connection
+        .prepare_cached(
+            "INSERT INTO wechat_sessions (appid, openid, unionid, session_key, created_at, token_version)
+             VALUES (?1, ?2, ?3, ?4, ?5,
+                     coalesce((SELECT token_version FROM accounts WHERE wx_appid = ?1 AND wx_openid = ?2), 0))
+             ON CONFLICT (appid, openid) DO UPDATE SET
+                 unionid = coalesce(excluded.unionid, unionid),
+                 session_key = excluded.session_key,
+                 created_at = excluded.created_at,
+                 token_version = excluded.token_version",
+        )?
+        .execute(params![
+            appid,
+            openid,
+            session.unionid,
+            session.session_key,
+            session.created_at
+        ])?;
+    if session.unionid.is_some() {
+        connection
+            .prepare_cached(
+                "UPDATE accounts SET wx_unionid = ?3
+                 WHERE wx_appid = ?1 AND wx_openid = ?2 AND wx_unionid IS NULL",
+            )?
+            .execute(params![appid, openid, session.unionid])?;
+    }
+    Ok(())
+}
+
+/// The account id for a WeChat identity, with this login's bookkeeping (`last_login`,
+/// `last_ip`) set; creates the account (not registered, username = openid, joined now from `ip`)
+/// if there is none. Safe under any concurrency: the unique index decides. A new account costs one
+/// statement (no `RETURNING`, which makes SQLite build a temporary table on every call).
+pub(crate) fn login_account(
+    connection: &Connection,
+    appid: &str,
+    openid: &str,
+    ip: &str,
+    now: i64,
+) -> Result<i64, Error> {
+    let inserted = connection
+        .prepare_cached(
+            "INSERT INTO accounts
+                 (username, wx_appid, wx_openid, wx_unionid, join_ip, date_joined, last_ip, last_login)
+             VALUES (?2, ?1, ?2,
+                     (SELECT unionid FROM wechat_sessions WHERE appid = ?1 AND openid = ?2),
+                     ?3, ?4, ?3, ?4)
+             ON CONFLICT (wx_appid, wx_openid) DO NOTHING",
+        )?
+        .execute(params![appid, openid, ip, now])?;
+    if inserted == 1 {
+        return Ok(connection.last_insert_rowid());
+    }
+    let id = connection
+        .prepare_cached("SELECT id FROM accounts WHERE wx_appid = ?1 AND wx_openid = ?2")?
+        .query_row(params![appid, openid], |row| row.get(0))?;
+    touch_login(connection, id, ip, now)?;
+    Ok(id)
+}
+
+/// Applies the fields of `profile` that are present.
+pub(crate) fn update_profile(
+    connection: &Connection,
+    id: i64,
+    profile: &Profile,
+) -> Result<(), Error> {
+    connection
+        .prepare_cached(
+            "UPDATE accounts SET
+                 wx_nickname = coalesce(?2, wx_nickname),
+                 wx_avatar = coalesce(?3, wx_avatar),
+                 wx_gender = coalesce(?4, wx_gender),
+                 wx_country = coalesce(?5, wx_country),
+                 wx_province = coalesce(?6, wx_province),
+                 wx_city = coalesce(?7, wx_city),
+                 phone = coalesce(?8, phone)
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            id,
+            profile.wx_nickname,
+            profile.wx_avatar,
+            profile.wx_gender,
+            profile.wx_country,
+            profile.wx_province,
+            profile.wx_city,
+            profile.phone
+        ])?;
+    Ok(())
+}
+
+/// What a registration sets on an account that exists, with this login's bookkeeping. The
+/// parameters are those of `register`'s statements: ?3 username, ?4 ip, ?5 now, ?6 phone,
+/// ?7 nickname, ?8 birthday, ?9 gender.
+macro_rules! registration_set {
+    () => {
+        "last_login = ?5, last_ip = ?4, phone = ?6, is_register = 1, username = ?3, \
+         wx_nickname = coalesce(?7, wx_nickname), birthday = coalesce(?8, birthday), \
+         wx_gender = coalesce(?9, wx_gender)"
+    };
+}
+
+/// Registers an account with its phone and the optional fields given, records this login, and
+/// returns the account as written: the account `known_id` (a token's) when given, else the
+/// account of `openid`, created registered when there is none. `None` when account `known_id`
+/// does not exist.
+///
+/// One write either way (an upsert, or an update), then the read back: this runs on the writer
+/// thread, which every durable write waits for, and a login, then an update, then the read cost
+/// 6.5k more instructions per registration (bench/profile). Not `RETURNING`, which SQLite
+/// buffers through an ephemeral table: 8.6k more than this.
+pub(crate) fn register(
+    connection: &Connection,
+    known_id: Option<i64>,
+    appid: &str,
+    openid: &str,
+    ip: &str,
+    now: i64,
+    registration: &Registration,
+) -> Result<Option<Account>, Error> {
+    let Registration { phone, username, wx_nickname, birthday, wx_gender } = registration;
+    let values: [&dyn ToSql; 9] =
+        [&appid, &openid, username, &ip, &now, phone, wx_nickname, birthday, wx_gender];
+    match known_id {
+        None => {
+            connection
+                .prepare_cached(concat!(
+                    "INSERT INTO accounts (username, wx_appid, wx_openid, wx_unionid, join_ip, \
+                     date_joined, last_ip, last_login, phone, is_register, wx_nickname, \
+                     birthday, wx_gender) \
+                     VALUES (?3, ?1, ?2, \
+                             (SELECT unionid FROM wechat_sessions WHERE appid = ?1 AND openid = ?2), \
+                             ?4, ?5, ?4, ?5, ?6, 1, ?7, ?8, coalesce(?9, 0)) \
+                     ON CONFLICT (wx_appid, wx_openid) DO UPDATE SET ",
+                    registration_set!()
+                ))?
+                .execute(&values[..])?;
+            account_by_openid(connection, appid, openid)
+        }
+        Some(id) => {
+            // ?1 and ?2 are not used here; they are bound so that both statements share
+            // `registration_set!`'s numbering.
+            connection
+                .prepare_cached(concat!(
+                    "UPDATE accounts SET ",
+                    registration_set!(),
+                    " WHERE id = ?10"
+                ))?
+                .execute(rusqlite::params_from_iter(
+                    values.into_iter().chain([&id as &dyn ToSql]),
+                ))?;
+            account_by_id(connection, id)
+        }
+    }
+}
+
+/// Revokes every token issued to the account so far, and so ends the sign-ins that produced them:
+/// its recorded WeChat session, and any remembered code answer, now carry an older token version
+/// (`RecordedSession::ended`). False when there is no such account.
+pub(crate) fn revoke_tokens(connection: &Connection, id: i64) -> Result<bool, Error> {
+    let changed = connection
+        .prepare_cached("UPDATE accounts SET token_version = token_version + 1 WHERE id = ?1")?
+        .execute(params![id])?;
+    Ok(changed == 1)
+}
+
+/// Login bookkeeping: when and from where.
+pub(crate) fn touch_login(
+    connection: &Connection,
+    id: i64,
+    ip: &str,
+    now: i64,
+) -> Result<(), Error> {
+    connection
+        .prepare_cached("UPDATE accounts SET last_login = ?2, last_ip = ?3 WHERE id = ?1")?
+        .execute(params![id, now, ip])?;
+    Ok(())
+}
+
+// ---- Observability: read-only queries for /readyz and /metrics --------------------------------
+
+/// Counts accounts, for the metrics gauges and `wxauth users list`: one scan of the table, so
+/// `metrics` reuses a count for a while rather than scanning at every scrape.
+pub(crate) fn account_counts(connection: &Connection) -> Result<AccountCounts, Error> {
+    Ok(connection
+        .prepare_cached("SELECT count(*), coalesce(sum(is_register), 0) FROM accounts")?
+        .query_row([], |row| Ok(AccountCounts { accounts: row.get(0)?, registered: row.get(1)? }))?)
+}
+
+// ---- End of observability queries ------------------------------------------------------------
+
+// ---------------------------------------------------------------------------------------------
+// The operator's commands (admin.rs): listing, exporting and finding accounts across appids,
+// revoking from outside the server, and backups. None of these opens a database that does not
+// exist yet; admin.rs checks that first and says so.
+
+/// Every account with this openid, whatever its appid (one deployment may serve several
+/// mini-programs), by id.
+pub(crate) fn accounts_with_openid(
+    connection: &Connection,
+    openid: &str,
+) -> Result<Vec<Account>, Error> {
+    let mut statement = connection.prepare(concat!(
+        "SELECT ",
+        account_columns!(),
+        " FROM accounts WHERE wx_openid = ?1 ORDER BY id"
+    ))?;
+    let accounts = statement.query_map(params![openid], account_from_row)?;
+    Ok(accounts.collect::<Result<_, _>>()?)
+}
+
+/// Hands the accounts to `visit` one at a time, by id, skipping `offset` and stopping after
+/// `limit` (all when `None`). Rows are read as they are visited, never collected, so a million
+/// accounts cost the memory of one; the read sees one snapshot of the database throughout.
+pub(crate) fn each_account(
+    connection: &Connection,
+    limit: Option<u64>,
+    offset: u64,
+    mut visit: impl FnMut(Account) -> Result<(), Error>,
+) -> Result<(), Error> {
+    // SQLite reads a negative LIMIT as "no limit"; numbers past i64 mean the same.
+    let limit = limit.map_or(-1, |limit| i64::try_from(limit).unwrap_or(-1));
+    let offset = i64::try_from(offset).unwrap_or(i64::MAX);
+    let mut statement = connection.prepare(concat!(
+        "SELECT ",
+        account_columns!(),
+        " FROM accounts ORDER BY id LIMIT ?1 OFFSET ?2"
+    ))?;
+    let mut rows = statement.query(params![limit, offset])?;
+    while let Some(row) = rows.next()? {
+        visit(account_from_row(row)?)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_ends_when_its_account_logs_out_and_the_next_one_is_current() {
+        let path = temp_database("session-ends");
+        let (connection, _) = open_writer(&path, Opener::Server).unwrap();
+        let session = WechatSession { unionid: None, session_key: "key".into(), created_at: 100 };
+        let read = |openid| wechat_session(&connection, "wxa", openid).unwrap().unwrap();
+        let versions = |recorded: RecordedSession| {
+            (recorded.token_version, recorded.account_token_version, recorded.ended())
+        };
+        // Recorded before its account exists: at version 0, which a new account has.
+        save_wechat_session(&connection, "wxa", "openid-s", &session).unwrap();
+        save_wechat_session(&connection, "wxa", "openid-other", &session).unwrap();
+        assert_eq!(versions(read("openid-s")), (0, 0, false));
+        let id = login_account(&connection, "wxa", "openid-s", "::1", 100).unwrap();
+        login_account(&connection, "wxa", "openid-other", "::1", 100).unwrap();
+        assert_eq!(versions(read("openid-s")), (0, 0, false));
+
+        assert!(revoke_tokens(&connection, id).unwrap());
+        assert_eq!(versions(read("openid-s")), (0, 1, true));
+        assert_eq!(versions(read("openid-other")), (0, 0, false), "other accounts keep theirs");
+        save_wechat_session(&connection, "wxa", "openid-s", &session).unwrap();
+        assert_eq!(versions(read("openid-s")), (1, 1, false), "a new code signs in again");
+    }
+
+    /// The account's fields are one list (`account!`): the object the API shows has exactly
+    /// `Account::FIELDS`, in that order, and the query reads those columns and the hidden ones.
+    #[test]
+    fn the_account_object_shows_its_fields_in_order() {
+        let path = temp_database("account-fields");
+        let (connection, _) = open_writer(&path, Opener::Server).unwrap();
+        let id = login_account(&connection, "wxa", "openid-f", "::1", 100).unwrap();
+        let account = account_by_id(&connection, id).unwrap().unwrap();
+        let text = serde_json::to_string(&account).unwrap();
+        let mut keys = Vec::new();
+        let mut rest = text.as_str();
+        // Every value of a new account is a number, a boolean, null, or text without a quote.
+        while let Some((_, after)) = rest.split_once(['{', ',']) {
+            let (key, after) = after.trim_start_matches('"').split_once("\":").unwrap();
+            keys.push(key);
+            rest = after;
+        }
+        assert_eq!(keys, Account::FIELDS);
+        let mut columns = Account::FIELDS.to_vec();
+        columns.push("token_version");
+        assert_eq!(account_columns!().split(", ").collect::<Vec<_>>(), columns);
+        assert_eq!(
+            (account.id, account.wx_openid.as_str(), account.token_version),
+            (id, "openid-f", 0)
+        );
+    }
+
+    #[test]
+    fn writes_to_accounts_build_no_temporary_tables() {
+        // A CHECK with `IN (three or more values)` made SQLite build a b-tree in every statement
+        // that wrote the column (schema version 3 says why). The schema's rules are what matter,
+        // so a write of every column stands for every write wxauth makes.
+        let path = temp_database("ephemeral");
+        let (connection, _) = open_writer(&path, Opener::Server).unwrap();
+        let columns: Vec<String> = connection
+            .prepare("SELECT name FROM pragma_table_info('accounts') WHERE name <> 'id'")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let values = vec!["NULL"; columns.len()].join(", ");
+        let sets: Vec<String> = columns.iter().map(|column| format!("{column} = NULL")).collect();
+        for sql in [
+            format!("INSERT INTO accounts ({}) VALUES ({values})", columns.join(", ")),
+            format!("UPDATE accounts SET {} WHERE id = 1", sets.join(", ")),
+        ] {
+            let mut explain = connection.prepare(&format!("EXPLAIN {sql}")).unwrap();
+            let opcodes: Vec<String> = explain
+                .query_map([], |row| row.get(1))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            assert!(opcodes.iter().any(|opcode| opcode == "Insert"), "{sql}: {opcodes:?}");
+            assert!(!opcodes.iter().any(|opcode| opcode == "OpenEphemeral"), "{sql}: {opcodes:?}");
+        }
+    }
+
+    #[test]
+    fn register_creates_a_registered_account_or_registers_the_existing_one() {
+        let path = temp_database("register");
+        let (connection, _) = open_writer(&path, Opener::Server).unwrap();
+        let session = WechatSession {
+            unionid: Some("union-1".into()),
+            session_key: "key".into(),
+            created_at: 50,
+        };
+        save_wechat_session(&connection, "wxa", "openid-new", &session).unwrap();
+        let registration =
+            |phone: &str, nickname: Option<&str>, gender: Option<i64>| Registration {
+                phone: phone.into(),
+                username: "openid-new".into(),
+                wx_nickname: nickname.map(Into::into),
+                birthday: None,
+                wx_gender: gender,
+            };
+
+        // No account yet: created registered, with this login's bookkeeping and the session's
+        // unionid, and the schema's defaults where nothing was given.
+        let created = register(
+            &connection,
+            None,
+            "wxa",
+            "openid-new",
+            "203.0.113.5",
+            100,
+            &registration("13800138000", None, None),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(created.is_register);
+        assert_eq!(created.phone.as_deref(), Some("13800138000"));
+        assert_eq!(created.username, "openid-new");
+        assert_eq!(created.wx_unionid.as_deref(), Some("union-1"));
+        assert_eq!((created.wx_gender, created.wx_nickname.as_deref()), (0, None));
+        assert_eq!((created.date_joined, created.last_login), (100, Some(100)));
+        assert_eq!(created.join_ip.as_deref(), Some("203.0.113.5"));
+        assert_eq!(created.last_ip.as_deref(), Some("203.0.113.5"));
+        assert_eq!(created.member_score, 0);
+
+        // An account from a login: registered in place, given fields set, others kept, joining
+        // kept and this login recorded.
+        let logged_in =
+            login_account(&connection, "wxa", "openid-old", "198.51.100.1", 10).unwrap();
+        let with_nickname = Profile { wx_nickname: Some("Old".into()), ..Profile::default() };
+        update_profile(&connection, logged_in, &with_nickname).unwrap();
+        let mut again = registration("13900001111", None, Some(2));
+        again.username = "openid-old".into();
+        let registered =
+            register(&connection, None, "wxa", "openid-old", "::1", 200, &again).unwrap().unwrap();
+        assert_eq!(registered.id, logged_in);
+        assert!(registered.is_register);
+        assert_eq!(registered.phone.as_deref(), Some("13900001111"));
+        assert_eq!((registered.wx_nickname.as_deref(), registered.wx_gender), (Some("Old"), 2));
+        assert_eq!((registered.date_joined, registered.last_login), (10, Some(200)));
+        assert_eq!(registered.join_ip.as_deref(), Some("198.51.100.1"));
+        assert_eq!(registered.last_ip.as_deref(), Some("::1"));
+
+        // By id (a token's account): the same, and nothing for an id that does not exist.
+        let by_id = register(
+            &connection,
+            Some(created.id),
+            "wxa",
+            "ignored",
+            "::2",
+            300,
+            &registration("13700000000", Some("New"), None),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((by_id.id, by_id.phone.as_deref()), (created.id, Some("13700000000")));
+        assert_eq!((by_id.wx_nickname.as_deref(), by_id.last_login), (Some("New"), Some(300)));
+        let missing = register(
+            &connection,
+            Some(9999),
+            "wxa",
+            "openid-none",
+            "::3",
+            400,
+            &registration("13600000000", None, None),
+        )
+        .unwrap();
+        assert!(missing.is_none());
+        let count: i64 =
+            connection.query_row("SELECT count(*) FROM accounts", [], |row| row.get(0)).unwrap();
+        assert_eq!(count, 2);
+    }
+}

@@ -1,0 +1,487 @@
+//! The single writer thread and its group commit.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use super::*;
+use crate::error::Error;
+
+/// The most jobs one group commit takes.
+const MAX_GROUP: usize = 512;
+
+/// Pending writes the queue holds before workers wait to hand theirs over.
+const QUEUE_DEPTH: usize = 4096;
+
+/// A group commit with nothing in it but login bookkeeping waits until this long after the last
+/// commit. Every commit costs the writer a transaction and costs every worker's read connection
+/// its page cache (the next read finds the database changed); a bookkeeping commit per token
+/// login, thousands a second, cost both for writes nobody waits for.
+const BOOKKEEPING_EVERY: Duration = Duration::from_millis(20);
+
+/// A write waiting for the writer: runs inside the group's transaction (or, given `None`, learns
+/// that no transaction could be started) and returns what to do once the group's commit has
+/// succeeded or failed.
+type Run = Box<dyn FnOnce(Option<&Connection>) -> Finish + Send>;
+type Finish = Box<dyn FnOnce(Result<(), &Error>) + Send>;
+
+/// A write and how durable its acknowledgement must be.
+struct Job {
+    durability: Durability,
+    /// `None`: nothing but the login bookkeeping waiting (`Writer::note_login`) to write.
+    run: Option<Run>,
+}
+
+/// When a write is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// Once its commit is fsynced (`synchronous = FULL`).
+    Synced,
+    /// Once it is committed; fsynced with a later synced commit or checkpoint
+    /// (`synchronous = NORMAL`, which in WAL mode still keeps the database consistent).
+    Visible,
+}
+
+/// The handle workers use to hand writes to the writer thread. Cloning it is cheap; the writer
+/// stops once every handle is dropped.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    jobs: mpsc::SyncSender<Job>,
+    logins: Logins,
+}
+
+/// Login bookkeeping not yet written: the newest login per account, its time and address. Every
+/// group commit writes all of it first, in a savepoint of its own. Whoever finds it empty also
+/// queues an empty job, so that a group follows; everyone else finds that group on its way.
+/// Before, each token login queued a job of its own and woke the writer for it.
+#[derive(Clone, Default)]
+struct Logins(Arc<Mutex<HashMap<i64, (String, i64)>>>);
+
+impl Logins {
+    fn lock(&self) -> MutexGuard<'_, HashMap<i64, (String, i64)>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes what is waiting, in one write, and logs its failure. Runs in the group's transaction
+    /// (`None`: there is none, and what was waiting is lost, as a failed group's writes are).
+    fn write(&self, connection: Option<&Connection>) {
+        let waiting = std::mem::take(&mut *self.lock());
+        if waiting.is_empty() {
+            return;
+        }
+        let result = run_in_savepoint(connection, |connection| {
+            for (id, (ip, now)) in &waiting {
+                touch_login(connection, *id, ip, *now)?;
+            }
+            Ok(())
+        });
+        if let Err(error) = result {
+            crate::log::error(&format!(
+                "login bookkeeping of {} accounts failed: {error}",
+                waiting.len()
+            ));
+        }
+    }
+}
+
+impl Writer {
+    /// Starts the writer thread on `connection` (from `open_writer`).
+    pub(crate) fn start(connection: Connection) -> (Writer, thread::JoinHandle<()>) {
+        let (jobs, queue) = mpsc::sync_channel(QUEUE_DEPTH);
+        let logins = Logins::default();
+        let waiting = logins.clone();
+        let handle = thread::Builder::new()
+            .name("writer".into())
+            .spawn(move || write_loop(connection, queue, waiting))
+            .expect("cannot start the writer thread");
+        (Writer { jobs, logins }, handle)
+    }
+
+    /// Runs `write` in the writer's transaction and returns its result once it is committed and
+    /// on disk (the commit is fsynced). A job that fails is rolled back alone; the others in its
+    /// group still commit.
+    pub(crate) fn run<T, F>(&self, write: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+    {
+        self.wait_for(Durability::Synced, write)
+    }
+
+    /// Like `run`, but returns once the write is committed (every reader sees it) without waiting
+    /// for the fsync: a power loss before the next synced commit or checkpoint may undo it, a
+    /// crash of wxauth alone cannot. For records that the client can recreate (a WeChat session
+    /// comes back with the next `wx.login` code), never for accounts.
+    pub(crate) fn run_visible<T, F>(&self, write: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+    {
+        self.wait_for(Durability::Visible, write)
+    }
+
+    /// Like `run`, but returns at once: `then` gets the result on the writer thread, once the
+    /// group is on disk (or has failed), so the caller need not wait for the writer to wake it.
+    /// `then` runs between the writer's groups, so it must never wait for anything (a client
+    /// socket above all); a panic in it is contained and logged.
+    pub(crate) fn run_then<T, F, G>(&self, write: F, then: G)
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+        G: FnOnce(Result<T, Error>) + Send + 'static,
+    {
+        self.queue(Durability::Synced, write, then);
+    }
+
+    fn wait_for<T, F>(&self, durability: Durability, write: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+    {
+        let (reply, answer) = mpsc::sync_channel::<Result<T, Error>>(1);
+        self.queue(durability, write, move |result| {
+            let _ = reply.send(result);
+        });
+        answer.recv().map_err(|_| Error::Internal("the writer dropped a write".into()))?
+    }
+
+    /// Records a login's bookkeeping (`touch_login`) without waiting for it: it is written first
+    /// in the next group commit, so every write queued after it sees it, and fsynced with the
+    /// next synced commit or checkpoint, like `run_visible`. Of several logins of one account
+    /// waiting for that commit, the last one recorded is written; failures are logged.
+    pub(crate) fn note_login(&self, id: i64, ip: String, now: i64) {
+        let mut waiting = self.logins.lock();
+        let first = waiting.is_empty();
+        waiting.insert(id, (ip, now));
+        drop(waiting);
+        if first {
+            // Taken by the group this job is in, or by an earlier one; either way it is written.
+            // The writer has stopped only once every handle is gone, and this is one.
+            let _ = self.jobs.send(Job { durability: Durability::Visible, run: None });
+        }
+    }
+
+    /// Hands `write` to the writer thread; `then` gets its result once its group has committed
+    /// (or failed). If the writer has stopped, `then` learns that at once, on this thread.
+    fn queue<T, F, G>(&self, durability: Durability, write: F, then: G)
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+        G: FnOnce(Result<T, Error>) + Send + 'static,
+    {
+        let run: Run = Box::new(move |connection| {
+            let result = run_in_savepoint(connection, write);
+            Box::new(move |committed| {
+                then(match (result, committed) {
+                    (Ok(value), Ok(())) => Ok(value),
+                    (Ok(_), Err(error)) => Err(Error::Internal(format!("commit failed: {error}"))),
+                    (Err(error), _) => Err(error),
+                })
+            })
+        });
+        if let Err(mpsc::SendError(Job { run: Some(run), .. })) =
+            self.jobs.send(Job { durability, run: Some(run) })
+        {
+            run(None)(Err(&Error::Internal("the writer has stopped".into())));
+        }
+    }
+}
+
+/// Runs one job inside a savepoint, so that its failure (or panic) undoes only its own changes.
+fn run_in_savepoint<T>(
+    connection: Option<&Connection>,
+    write: impl FnOnce(&Connection) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let connection = connection.ok_or_else(|| {
+        Error::Internal("no write transaction (the writer has stopped, or BEGIN failed)".into())
+    })?;
+    execute(connection, "SAVEPOINT job")?;
+    let result = catch_unwind(AssertUnwindSafe(|| write(connection)))
+        .unwrap_or_else(|_| Err(Error::Internal("a write panicked".into())));
+    if result.is_err() {
+        execute(connection, "ROLLBACK TO job")?;
+    }
+    execute(connection, "RELEASE job")?;
+    result
+}
+
+/// Runs one statement without parameters from the statement cache: the writer's transaction
+/// plumbing runs several times per request, and parsing it anew each time costs more than the
+/// statements themselves.
+fn execute(connection: &Connection, sql: &str) -> Result<(), Error> {
+    connection.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
+
+fn write_loop(connection: Connection, queue: mpsc::Receiver<Job>, logins: Logins) {
+    let mut group: Vec<Job> = Vec::with_capacity(MAX_GROUP);
+    let mut finishers = Vec::with_capacity(MAX_GROUP);
+    // What `open_writer` set; changed only when a group needs the other level.
+    let mut synced = true;
+    // When the last group committed. A group of nothing but login bookkeeping waits until
+    // BOOKKEEPING_EVERY after it, and goes at once when a write that is waited for arrives.
+    let mut committed_at: Option<Instant> = None;
+    while let Ok(first) = queue.recv() {
+        group.push(first);
+        take_waiting(&queue, &mut group);
+        if let Some(at) = committed_at {
+            let until = at + BOOKKEEPING_EVERY;
+            while group.iter().all(|job| job.run.is_none()) {
+                let left = until.saturating_duration_since(Instant::now());
+                match queue.recv_timeout(left) {
+                    Ok(job) => group.push(job),
+                    // A stop (every handle gone) writes what is waiting at once.
+                    Err(_) => break,
+                }
+            }
+            take_waiting(&queue, &mut group);
+        }
+        // One fsync per group when any job in it waits for one; none when none does. Set outside
+        // the transaction, and only on a change.
+        let needs_sync = group.iter().any(|job| job.durability == Durability::Synced);
+        let mut outcome = Ok(());
+        if needs_sync && !synced {
+            // Failing this fails the group: its writes must not be answered unsynced.
+            outcome = execute(&connection, "PRAGMA synchronous = FULL");
+            synced = outcome.is_ok();
+        } else if !needs_sync && synced {
+            // Failing this only costs an fsync: the group commits synced.
+            synced = execute(&connection, "PRAGMA synchronous = NORMAL").is_err();
+        }
+        let outcome = outcome.and_then(|()| execute(&connection, "BEGIN IMMEDIATE"));
+        match outcome {
+            Ok(()) => {
+                // Before the jobs: a job queued after a login was recorded sees that login.
+                logins.write(Some(&connection));
+                finishers.extend(
+                    group.drain(..).filter_map(|job| job.run).map(|run| run(Some(&connection))),
+                );
+                let committed = execute(&connection, "COMMIT");
+                committed_at = Some(Instant::now());
+                if let Err(error) = &committed {
+                    crate::log::error(&format!(
+                        "group commit of {} writes failed: {error}",
+                        finishers.len()
+                    ));
+                    let _ = connection.execute_batch("ROLLBACK");
+                }
+                for finish in finishers.drain(..) {
+                    answer(finish, committed.as_ref().map(|_| ()));
+                }
+            }
+            Err(error) => {
+                crate::log::error(&format!("cannot begin a write transaction: {error}"));
+                logins.write(None);
+                // The jobs do not run; each still gets its answer (the error).
+                for run in group.drain(..).filter_map(|job| job.run) {
+                    answer(run(None), Err(&error));
+                }
+            }
+        }
+    }
+    // Every handle is gone: fold the WAL back into the database so the file stands alone (the
+    // checkpoint fsyncs whatever was committed without a sync).
+    if let Err(error) = connection.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+        crate::log::error(&format!("final WAL checkpoint failed: {error}"));
+    }
+}
+
+/// Adds to `group` the jobs waiting in `queue`, up to `MAX_GROUP`.
+fn take_waiting(queue: &mpsc::Receiver<Job>, group: &mut Vec<Job>) {
+    while group.len() < MAX_GROUP {
+        match queue.try_recv() {
+            Ok(job) => group.push(job),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Gives one job its outcome. What a job does then (`Writer::run_then`) is not the writer's
+/// business: a panic there costs that answer, never the writer thread.
+fn answer(finish: Finish, committed: Result<(), &Error>) {
+    if catch_unwind(AssertUnwindSafe(|| finish(committed))).is_err() {
+        crate::log::error("a write's answer panicked on the writer thread");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn visible_writes_are_seen_by_readers_when_answered() {
+        let path = temp_database("visible");
+        let (connection, _) = open_writer(&path, Opener::Server).unwrap();
+        let (writer, handle) = Writer::start(connection);
+        let reader = open_reader(&path).unwrap();
+        let session = WechatSession { unionid: None, session_key: "key-1".into(), created_at: 100 };
+        for round in 0..3 {
+            let record = WechatSession { created_at: 100 + round, ..session.clone() };
+            writer
+                .run_visible(move |c| save_wechat_session(c, "wxa", "openid-v", &record))
+                .unwrap();
+            let seen = wechat_session(&reader, "wxa", "openid-v").unwrap().unwrap();
+            assert_eq!(seen.session.created_at, 100 + round);
+            // A synced write after an unsynced group switches the level back and commits too.
+            let (id, level) = writer
+                .run(move |c| {
+                    let id = login_account(c, "wxa", "openid-v", "::1", 200 + round)?;
+                    Ok((id, c.query_row("PRAGMA synchronous", [], |row| row.get::<_, i64>(0))?))
+                })
+                .unwrap();
+            assert_eq!(level, 2, "FULL: answered after its fsync");
+            let account = account_by_id(&reader, id).unwrap().unwrap();
+            assert_eq!(account.last_login, Some(200 + round));
+        }
+        drop(writer);
+        handle.join().unwrap();
+    }
+
+    #[test]
+    fn noted_logins_are_written_newest_per_account_before_later_writes() {
+        let path = temp_database("logins");
+        let (connection, _) = open_writer(&path, Opener::Server).unwrap();
+        let (writer, handle) = Writer::start(connection);
+        let first = writer.run(|c| login_account(c, "wxa", "openid-1", "127.0.0.1", 100)).unwrap();
+        let second = writer.run(|c| login_account(c, "wxa", "openid-2", "127.0.0.1", 100)).unwrap();
+        // Many logins, from many threads: the last one recorded for each account is written.
+        thread::scope(|scope| {
+            for thread in 0..4 {
+                let writer = writer.clone();
+                scope.spawn(move || {
+                    for round in 0..50 {
+                        writer.note_login(second, format!("10.0.{thread}.{round}"), 200 + round);
+                    }
+                });
+            }
+        });
+        writer.note_login(first, "192.0.2.1".into(), 300);
+        writer.note_login(first, "192.0.2.2".into(), 301);
+        // A write queued after them sees them, and so does every reader once it is answered.
+        let seen = writer
+            .run(move |c| Ok(account_by_id(c, first)?.and_then(|account| account.last_login)))
+            .unwrap();
+        assert_eq!(seen, Some(301));
+        let reader = open_reader(&path).unwrap();
+        let account = account_by_id(&reader, first).unwrap().unwrap();
+        assert_eq!(
+            (account.last_login, account.last_ip.as_deref()),
+            (Some(301), Some("192.0.2.2"))
+        );
+        let account = account_by_id(&reader, second).unwrap().unwrap();
+        assert_eq!(account.last_login, Some(249));
+        assert!(account.last_ip.as_deref().is_some_and(|ip| ip.ends_with(".49")), "{account:?}");
+        assert!(writer.logins.lock().is_empty(), "nothing left waiting");
+        // Noted with nothing queued after it, a login is still written by itself.
+        writer.note_login(first, "192.0.2.3".into(), 400);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while account_by_id(&reader, first).unwrap().unwrap().last_login != Some(400) {
+            assert!(Instant::now() < deadline, "the login was never written");
+            thread::sleep(Duration::from_millis(5));
+        }
+        drop(writer);
+        handle.join().unwrap();
+    }
+
+    #[test]
+    fn logins_alone_commit_at_most_once_per_bookkeeping_interval() {
+        let path = temp_database("logins-interval");
+        let (connection, _) = open_writer(&path, Opener::Server).unwrap();
+        let (writer, handle) = Writer::start(connection);
+        let id = writer.run(|c| login_account(c, "wxa", "openid-1", "127.0.0.1", 100)).unwrap();
+        // Commits counted by the WAL's frames (no checkpoint runs below 1000), each of these
+        // commits writing the same page(s): one bookkeeping commit's worth first.
+        let frames =
+            || (std::fs::metadata(format!("{path}-wal")).unwrap().len() - 32) / (24 + 4096);
+        let before = frames();
+        writer.note_login(id, "192.0.2.1".into(), 101);
+        writer.run(|_| Ok(())).unwrap();
+        let per_commit = frames() - before;
+        assert!(per_commit > 0);
+        // 100 logins a millisecond or more apart: one commit each without the interval.
+        let (before, started) = (frames(), Instant::now());
+        for round in 0..100 {
+            writer.note_login(id, "192.0.2.2".into(), 200 + round);
+            thread::sleep(Duration::from_millis(1));
+        }
+        let most = started.elapsed().as_millis() / BOOKKEEPING_EVERY.as_millis() + 2;
+        writer.run(|_| Ok(())).unwrap();
+        let commits = (frames() - before) / per_commit;
+        assert!(commits as u128 <= most, "{commits} commits, at most {most} expected");
+        let reader = open_reader(&path).unwrap();
+        assert_eq!(account_by_id(&reader, id).unwrap().unwrap().last_login, Some(299));
+        drop(writer);
+        handle.join().unwrap();
+    }
+
+    #[test]
+    fn one_account_per_identity_and_failed_jobs_roll_back_alone() {
+        let path = temp_database("writer");
+        let (connection, _) = open_writer(&path, Opener::Server).unwrap();
+        let (writer, handle) = Writer::start(connection);
+        let first = writer.run(|c| login_account(c, "wxa", "openid-1", "127.0.0.1", 100)).unwrap();
+        let again = writer.run(|c| login_account(c, "wxa", "openid-1", "127.0.0.2", 200)).unwrap();
+        assert_eq!(first, again);
+        let failed = writer.run(|c| {
+            login_account(c, "wxa", "openid-2", "127.0.0.1", 100)?;
+            Err::<(), _>(Error::InvalidParameter("boom".into()))
+        });
+        assert!(failed.is_err());
+        let reader = open_reader(&path).unwrap();
+        assert!(account_by_openid(&reader, "wxa", "openid-2").unwrap().is_none());
+        let account = account_by_openid(&reader, "wxa", "openid-1").unwrap().unwrap();
+        assert_eq!(account.join_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(account.last_ip.as_deref(), Some("127.0.0.2"));
+        assert_eq!(account.last_login, Some(200));
+        assert_eq!(account.date_joined, 100);
+        assert_eq!(account.username, "openid-1");
+        drop(writer);
+        handle.join().unwrap();
+    }
+
+    #[test]
+    fn run_then_answers_on_the_writer_after_the_commit_and_survives_a_panicking_answer() {
+        let path = temp_database("run-then");
+        let (connection, _) = open_writer(&path, Opener::Server).unwrap();
+        let (writer, handle) = Writer::start(connection);
+        let (sender, answers) = mpsc::channel();
+        let reader_path = path.clone();
+        writer.run_then(
+            |c| login_account(c, "wxa", "openid-1", "127.0.0.1", 100),
+            move |result| {
+                // Committed when `then` runs: another connection sees the account.
+                let reader = open_reader(&reader_path).unwrap();
+                let seen = account_by_openid(&reader, "wxa", "openid-1").unwrap().map(|a| a.id);
+                let thread = thread::current().name().map(str::to_string);
+                sender.send((result.unwrap(), seen, thread)).unwrap();
+            },
+        );
+        let (id, seen, thread) = answers.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(seen, Some(id));
+        assert_eq!(thread.as_deref(), Some("writer"));
+
+        // A failing write reaches `then` as its error, rolled back alone.
+        let (sender, answers) = mpsc::channel();
+        writer.run_then(
+            |c| {
+                login_account(c, "wxa", "openid-2", "127.0.0.1", 100)?;
+                Err::<(), _>(Error::InvalidParameter("boom".into()))
+            },
+            move |result| sender.send(result.is_err()).unwrap(),
+        );
+        assert!(answers.recv_timeout(Duration::from_secs(10)).unwrap());
+
+        // A panic in an answer costs that answer, not the writer: the next write still runs.
+        writer.run_then(|_| Ok(()), |_| panic!("an answer panics"));
+        let after = writer.run(|c| login_account(c, "wxa", "openid-3", "127.0.0.1", 100));
+        assert!(after.is_ok());
+        let reader = open_reader(&path).unwrap();
+        assert!(account_by_openid(&reader, "wxa", "openid-2").unwrap().is_none());
+        drop(writer);
+        handle.join().unwrap();
+    }
+}
