@@ -14,11 +14,9 @@
 
 use std::io::Write;
 
-use rusqlite::Connection;
-
 use crate::config::{self, Config};
 use crate::error::{Error, Fatal};
-use crate::store::{self, Account};
+use crate::store::{self, Account, Connection};
 use crate::time;
 
 /// What `wxauth users …` asks for.

@@ -14,7 +14,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rusqlite::Connection;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -23,7 +22,7 @@ use crate::config::{Config, OpenidLogin};
 use crate::error::Error;
 use crate::jwt;
 use crate::ratelimit::RateLimiter;
-use crate::store::{self, Account, Profile, Registration, WechatSession, Writer};
+use crate::store::{self, Account, Connection, Profile, Registration, WechatSession, Writer};
 use crate::wechat::WeChat;
 use crate::wxcrypt;
 

@@ -11,6 +11,7 @@
 
 use std::fmt;
 
+use crate::store;
 use crate::wxcrypt::DecryptError;
 
 #[derive(Debug)]
@@ -69,7 +70,7 @@ pub(crate) enum Error {
     /// A bug or an environment failure on our side; the text is for the log only.
     Internal(String),
     /// The database failed; the client sees it as `Internal`, and the error stays the source.
-    Database(rusqlite::Error),
+    Database(store::DatabaseError),
 }
 
 impl Error {
@@ -255,12 +256,6 @@ impl std::error::Error for Error {
     }
 }
 
-impl From<rusqlite::Error> for Error {
-    fn from(error: rusqlite::Error) -> Self {
-        Error::Database(error)
-    }
-}
-
 /// What ends the process with status 1: the server cannot start (or stop cleanly), or an
 /// operator's command cannot finish. `Display` is one line for the operator, without the
 /// "internal:" a client's log line gets.
@@ -325,28 +320,31 @@ mod tests {
     use super::*;
     use std::error::Error as _;
 
+    /// A database error: a query on an empty database, which has none of wxauth's tables.
+    fn database_error() -> Error {
+        let empty = store::open_reader(":memory:").unwrap();
+        store::account_counts(&empty).unwrap_err()
+    }
+
     #[test]
     fn a_database_error_is_kept_as_the_source_and_shown_as_internal() {
-        let connection = rusqlite::Connection::open_in_memory().unwrap();
-        let error =
-            Error::from(connection.execute("INSERT INTO nowhere VALUES (1)", []).unwrap_err());
+        let error = database_error();
         let source = error.source().expect("the database error is kept");
-        assert!(source.downcast_ref::<rusqlite::Error>().is_some(), "{source:?}");
+        assert!(source.downcast_ref::<store::DatabaseError>().is_some(), "{source:?}");
+        assert!(source.source().is_some(), "the engine's own error is kept: {source:?}");
         // What the client and the log see.
         assert_eq!((error.status(), error.code(), error.name()), (500, 5000, "internal"));
         assert_eq!(error.detail(), "服务器内部错误");
-        assert_eq!(error.to_string(), "internal: database: no such table: nowhere");
+        assert_eq!(error.to_string(), "internal: database: no such table: accounts");
     }
 
     #[test]
     fn a_fatal_error_is_the_operators_line_and_keeps_its_source() {
-        let connection = rusqlite::Connection::open_in_memory().unwrap();
-        let database = connection.execute("DROP TABLE nowhere", []).unwrap_err();
-        let fatal = Fatal::from(Error::from(database));
+        let fatal = Fatal::from(database_error());
         // Without the "internal:" of a client's log line.
-        assert_eq!(fatal.to_string(), "database: no such table: nowhere");
+        assert_eq!(fatal.to_string(), "database: no such table: accounts");
         let source = fatal.source().and_then(|error| error.source()).expect("the database error");
-        assert!(source.downcast_ref::<rusqlite::Error>().is_some(), "{source:?}");
+        assert!(source.downcast_ref::<store::DatabaseError>().is_some(), "{source:?}");
         let fatal = Fatal::from(Error::Internal("database x.db is a link".into()));
         assert_eq!(fatal.to_string(), "database x.db is a link");
         let refused = std::io::Error::from(std::io::ErrorKind::AddrInUse);

@@ -8,10 +8,10 @@
 //! calls WeChat, so probes cannot be used to spend WeChat's quota or wxauth's in-flight calls.
 //! No HTTP here: the router turns these answers into responses.
 
-use rusqlite::Connection;
 use serde_json::{Value, json};
 
 use crate::metrics::METRICS;
+use crate::store::Connection;
 use crate::wechat::{AccessTokenState, WeChat};
 
 /// The answer of `/readyz`: ready or not, why not, and the JSON body.

@@ -18,10 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
-
 use crate::router::{Operation, Route};
-use crate::store::AccountCounts;
+use crate::store::{AccountCounts, Connection};
 use crate::wechat::ERRCODES;
 
 /// The process's metrics.

@@ -21,7 +21,6 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
 use tiny_http::{Header, Request, Response, Server, Unsent};
 
 use crate::api::{Ctx, Keys};
@@ -31,7 +30,7 @@ use crate::error::{Error, Fatal};
 use crate::metrics::{METRICS, RouteLabel};
 use crate::ratelimit::RateLimiter;
 use crate::router::{self, Handled, Reply};
-use crate::store::Writer;
+use crate::store::{Connection, Writer};
 use crate::wechat::WeChat;
 
 /// How often an idle worker looks at the stop flag.

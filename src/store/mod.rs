@@ -1,7 +1,19 @@
-//! Storage: the account and the records the API keeps, and SQLite behind them, in files of their
-//! own: `open.rs` (opening connections), `tuning.rs` (SQLite's settings through its FFI),
-//! `migrate.rs` (`schema.sql` by version), `sqlite.rs` (one function per query), `writer.rs` (the
-//! single writer thread and its group commit) and `backup.rs`. Only this folder has SQL.
+//! Storage: the accounts and the records the API keeps, behind an interface that names no engine,
+//! and the engines behind it. Only this folder has SQL and names rusqlite (or any database crate):
+//! no connection, statement or error of an engine's is seen outside it.
+//!
+//! The interface is concrete: a `Connection`, one function per query taking it (`queries!`), and
+//! the `Writer` (`writer.rs`), whose jobs get the writer's `Connection`. A connection holds its
+//! engine in an enum, `Engine`, and each function matches on it and calls that engine's function
+//! of the same name: `sqlite.rs`, with its files in `sqlite/` (opening, SQLite's settings,
+//! `schema.sql` by version, backups). Another engine (MySQL or MariaDB through the blocking
+//! `mysql` crate) is one more variant and one more file set (`mysql.rs`, `mysql/`): the compiler
+//! then points at each `match` that needs its arm, and no caller changes. Not a trait: `Ctx`,
+//! `Deferred` and the writer's jobs (boxed closures sent to the writer thread) would have to be
+//! generic over the engine up into api.rs and server.rs, or hold a `dyn` engine and pay an
+//! indirect call per query. The enum keeps every query a direct call on the engine's own
+//! connection, where its prepared statements stay cached, with no allocation. An engine's error
+//! reaches the crate's `Error` as a `DatabaseError`, which keeps it whole as its source.
 //!
 //! Reads run on the calling worker's own connection (or, for a row a write changes, in that write).
 //! Every write goes through the one `Writer` connection, which commits in groups: it takes every
@@ -12,13 +24,17 @@
 //! of the next group) is not waited for; both reach the disk with the next fsync or checkpoint.
 //! One account per WeChat identity is a unique index, never a check-then-insert.
 //!
-//! A connection that writes opens only a file that is safely wxauth's (`open_read_write`): a
-//! regular file of its user, writable by nobody else, reached through no link, with the same
-//! true of SQLite's files beside it; wxauth creates a missing database itself, owner-only.
+//! With SQLite, a connection that writes opens only a file that is safely wxauth's
+//! (`open_read_write`): a regular file of its user, writable by nobody else, reached through no
+//! link, with the same true of SQLite's files beside it; wxauth creates a missing database
+//! itself, owner-only.
+
+use std::fmt;
 
 use rusqlite::Row;
 use serde::Serialize;
 
+use crate::error::Error;
 use crate::time;
 
 /// Makes the account from one list of its fields: the struct, its columns (`account_columns!`,
@@ -136,20 +152,11 @@ fn optional_datetime<S: serde::Serializer>(
     }
 }
 
-// The engine's files come after `account!`, whose `account_columns!` they use.
-mod backup;
-mod migrate;
-mod open;
+// The engines' files come after `account!`, whose `account_columns!` they use.
 mod sqlite;
-mod tuning;
 mod writer;
 
-pub(crate) use backup::*;
-pub(crate) use migrate::*;
-pub(crate) use open::*;
-pub(crate) use sqlite::*;
-use tuning::*;
-pub(crate) use writer::*;
+pub(crate) use writer::Writer;
 
 /// The server-side record of a user's latest `jscode2session`.
 #[derive(Clone)]
@@ -223,6 +230,162 @@ pub(crate) struct BackupReport {
     pub(crate) schema_version: u32,
     /// Every table of the copy and its row count, by name.
     pub(crate) tables: Vec<(String, i64)>,
+}
+
+/// Who opens the database for writing, which decides whose file it may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Opener {
+    /// `wxauth serve`, which keeps session keys, and the generated JWT secret, in the file: it
+    /// must be the file of the user wxauth runs as, or its owner could read them.
+    Server,
+    /// An operator's command that writes (`migrate`, `users revoke`): as the server, except that
+    /// root may also write to another user's file, as the deployment has root do to the service
+    /// user's. These commands write no secret, and the files SQLite creates as root it gives to
+    /// the database's owner.
+    Operator,
+}
+
+/// A connection to the database: a worker's read-only one, the writer's, or an operator's.
+pub(crate) struct Connection(Engine);
+
+/// The engine behind a connection, one variant per engine.
+enum Engine {
+    Sqlite(rusqlite::Connection),
+}
+
+// `path` picks the engine: a file path is SQLite's, the only engine today; a MySQL engine would
+// take a `mysql://` URL.
+
+/// Opens the writer connection for `opener`, creating the database if needed, and applies the
+/// schema versions it lacks. Returns the connection and the versions it applied.
+pub(crate) fn open_writer(path: &str, opener: Opener) -> Result<(Connection, Vec<u32>), Error> {
+    let (connection, applied) = sqlite::open_writer(path, opener)?;
+    Ok((Connection(Engine::Sqlite(connection)), applied))
+}
+
+/// Opens a read connection for one worker. It cannot write, by construction.
+pub(crate) fn open_reader(path: &str) -> Result<Connection, Error> {
+    Ok(Connection(Engine::Sqlite(sqlite::open_reader(path)?)))
+}
+
+/// Opens an existing database for one write from outside the server (`wxauth users revoke`),
+/// never creating it.
+pub(crate) fn open_existing(path: &str) -> Result<Connection, Error> {
+    Ok(Connection(Engine::Sqlite(sqlite::open_existing(path)?)))
+}
+
+/// The schema version this binary brings.
+pub(crate) fn current_version() -> u32 {
+    sqlite::current_version()
+}
+
+/// The interface's queries, one list: each function takes a `Connection` and calls its engine's
+/// function of the same name with the rest of its arguments. What each does is said on the
+/// engine's function (`sqlite.rs`).
+macro_rules! queries {
+    ($( $(#[$doc:meta])* fn $name:ident($($argument:ident: $type:ty),*) -> $output:ty; )*) => {
+        $(
+            $(#[$doc])*
+            #[inline]
+            pub(crate) fn $name(
+                connection: &Connection,
+                $($argument: $type),*
+            ) -> Result<$output, Error> {
+                match &connection.0 {
+                    Engine::Sqlite(connection) => sqlite::$name(connection, $($argument),*),
+                }
+            }
+        )*
+    };
+}
+
+queries! {
+    /// The database's schema version.
+    fn schema_version() -> u32;
+    /// The JWT secret kept in the database, storing `generated` first if there is none yet.
+    fn jwt_secret_or_insert(generated: &str) -> String;
+    fn account_by_id(id: i64) -> Option<Account>;
+    fn account_by_openid(appid: &str, openid: &str) -> Option<Account>;
+    /// `Some(is_register)` for an existing account, `None` when there is none.
+    fn is_registered(appid: &str, openid: &str) -> Option<bool>;
+    fn wechat_session(appid: &str, openid: &str) -> Option<RecordedSession>;
+    /// Records a `jscode2session` answer.
+    fn save_wechat_session(appid: &str, openid: &str, session: &WechatSession) -> ();
+    /// The account id for a WeChat identity, with this login's bookkeeping; creates the account
+    /// if there is none.
+    fn login_account(appid: &str, openid: &str, ip: &str, now: i64) -> i64;
+    /// Applies the fields of `profile` that are present.
+    fn update_profile(id: i64, profile: &Profile) -> ();
+    /// Registers an account and returns it as written; `None` when account `known_id` does not
+    /// exist.
+    fn register(
+        known_id: Option<i64>,
+        appid: &str,
+        openid: &str,
+        ip: &str,
+        now: i64,
+        registration: &Registration
+    ) -> Option<Account>;
+    /// Revokes every token issued to the account so far; false when there is no such account.
+    fn revoke_tokens(id: i64) -> bool;
+    /// Login bookkeeping: when and from where.
+    fn touch_login(id: i64, ip: &str, now: i64) -> ();
+    /// Counts accounts, for the metrics gauges and `wxauth users list`.
+    fn account_counts() -> AccountCounts;
+    /// Every account with this openid, whatever its appid, by id.
+    fn accounts_with_openid(openid: &str) -> Vec<Account>;
+    /// Hands the accounts to `visit` one at a time, by id, skipping `offset` and stopping after
+    /// `limit` (all when `None`), from one snapshot of the database.
+    fn each_account(
+        limit: Option<u64>,
+        offset: u64,
+        visit: impl FnMut(Account) -> Result<(), Error>
+    ) -> ();
+    /// Copies the database to a new file at `destination` and checks the copy.
+    fn backup(destination: &str) -> BackupReport;
+}
+
+impl Connection {
+    /// Runs one step of the writer's transaction plumbing.
+    fn step(&self, step: writer::Step) -> Result<(), Error> {
+        match &self.0 {
+            Engine::Sqlite(connection) => sqlite::step(connection, step),
+        }
+    }
+
+    /// The SQLite connection, for tests that look at what SQLite itself reports.
+    #[cfg(test)]
+    fn sqlite(&self) -> &rusqlite::Connection {
+        match &self.0 {
+            Engine::Sqlite(connection) => connection,
+        }
+    }
+}
+
+/// An engine's error, kept whole as the source of `Error::Database`. Its text, which only the log
+/// sees, is the engine's: SQLite's names tables, columns and constraints, never a value bound.
+#[derive(Debug)]
+pub(crate) struct DatabaseError(EngineError);
+
+#[derive(Debug)]
+enum EngineError {
+    Sqlite(rusqlite::Error),
+}
+
+impl fmt::Display for DatabaseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            EngineError::Sqlite(error) => error.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for DatabaseError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.0 {
+            EngineError::Sqlite(error) => Some(error),
+        }
+    }
 }
 
 #[cfg(test)]

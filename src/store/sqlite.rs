@@ -1,13 +1,59 @@
-//! The queries, one function per query, on a rusqlite connection. One account per WeChat identity
-//! is a unique index, never a check-then-insert.
+//! The SQLite engine: the queries, one function per query, on a rusqlite connection, each
+//! statement prepared once per connection (`prepare_cached`); the writer's plumbing (`step`); and
+//! beside it in `sqlite/`, opening connections (`open.rs`), SQLite's settings through its FFI
+//! (`tuning.rs`), `schema.sql` by version (`migrate.rs`) and backups (`backup.rs`). One account
+//! per WeChat identity is a unique index, never a check-then-insert.
+
+mod backup;
+mod migrate;
+mod open;
+mod tuning;
 
 use rusqlite::{Connection, OptionalExtension, ToSql, params};
 
-use super::*;
+pub(super) use backup::backup;
+pub(super) use migrate::{current_version, schema_version};
+pub(super) use open::{open_existing, open_reader, open_writer};
+
+use super::writer::Step;
+use super::{
+    Account, AccountCounts, DatabaseError, EngineError, Profile, RecordedSession, Registration,
+    WechatSession, account_from_row,
+};
 use crate::error::Error;
 
+/// SQLite's errors are the store's database errors, kept whole.
+impl From<rusqlite::Error> for Error {
+    fn from(error: rusqlite::Error) -> Self {
+        Error::Database(DatabaseError(EngineError::Sqlite(error)))
+    }
+}
+
+/// Runs one step of the writer's plumbing. All but the last two run from the statement cache:
+/// the plumbing runs several times per request, and parsing it anew each time costs more than
+/// the statements themselves.
+pub(super) fn step(connection: &Connection, step: Step) -> Result<(), Error> {
+    let sql = match step {
+        Step::Synced => "PRAGMA synchronous = FULL",
+        Step::Unsynced => "PRAGMA synchronous = NORMAL",
+        Step::Begin => "BEGIN IMMEDIATE",
+        Step::Savepoint => "SAVEPOINT job",
+        Step::RollbackToSavepoint => "ROLLBACK TO job",
+        Step::ReleaseSavepoint => "RELEASE job",
+        Step::Commit => "COMMIT",
+        // Once, after a failure or at the end: the checkpoint returns a row, which only a batch
+        // may ignore.
+        Step::Rollback => return Ok(connection.execute_batch("ROLLBACK")?),
+        Step::Checkpoint => {
+            return Ok(connection.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?);
+        }
+    };
+    connection.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
+
 /// The JWT secret kept in the database, storing `generated` first if there is none yet.
-pub(crate) fn jwt_secret_or_insert(
+pub(super) fn jwt_secret_or_insert(
     connection: &Connection,
     generated: &str,
 ) -> Result<String, Error> {
@@ -19,7 +65,7 @@ pub(crate) fn jwt_secret_or_insert(
         .query_row("SELECT value FROM meta WHERE key = 'jwt_secret'", [], |row| row.get(0))?)
 }
 
-pub(crate) fn account_by_id(connection: &Connection, id: i64) -> Result<Option<Account>, Error> {
+pub(super) fn account_by_id(connection: &Connection, id: i64) -> Result<Option<Account>, Error> {
     let mut statement = connection.prepare_cached(concat!(
         "SELECT ",
         account_columns!(),
@@ -28,7 +74,7 @@ pub(crate) fn account_by_id(connection: &Connection, id: i64) -> Result<Option<A
     Ok(statement.query_row(params![id], account_from_row).optional()?)
 }
 
-pub(crate) fn account_by_openid(
+pub(super) fn account_by_openid(
     connection: &Connection,
     appid: &str,
     openid: &str,
@@ -42,7 +88,7 @@ pub(crate) fn account_by_openid(
 }
 
 /// `Some(is_register)` for an existing account, `None` when there is none.
-pub(crate) fn is_registered(
+pub(super) fn is_registered(
     connection: &Connection,
     appid: &str,
     openid: &str,
@@ -53,7 +99,7 @@ pub(crate) fn is_registered(
     Ok(statement.query_row(params![appid, openid], |row| row.get(0)).optional()?)
 }
 
-pub(crate) fn wechat_session(
+pub(super) fn wechat_session(
     connection: &Connection,
     appid: &str,
     openid: &str,
@@ -80,7 +126,7 @@ pub(crate) fn wechat_session(
 
 /// Records a `jscode2session` answer with the token version of the openid's account as of this
 /// write (0 when there is none), and the unionid on an existing account that lacked one.
-pub(crate) fn save_wechat_session(
+pub(super) fn save_wechat_session(
     connection: &Connection,
     appid: &str,
     openid: &str,
@@ -119,7 +165,7 @@ pub(crate) fn save_wechat_session(
 /// `last_ip`) set; creates the account (not registered, username = openid, joined now from `ip`)
 /// if there is none. Safe under any concurrency: the unique index decides. A new account costs one
 /// statement (no `RETURNING`, which makes SQLite build a temporary table on every call).
-pub(crate) fn login_account(
+pub(super) fn login_account(
     connection: &Connection,
     appid: &str,
     openid: &str,
@@ -147,7 +193,7 @@ pub(crate) fn login_account(
 }
 
 /// Applies the fields of `profile` that are present.
-pub(crate) fn update_profile(
+pub(super) fn update_profile(
     connection: &Connection,
     id: i64,
     profile: &Profile,
@@ -197,7 +243,7 @@ macro_rules! registration_set {
 /// thread, which every durable write waits for, and a login, then an update, then the read cost
 /// 6.5k more instructions per registration (bench/profile). Not `RETURNING`, which SQLite
 /// buffers through an ephemeral table: 8.6k more than this.
-pub(crate) fn register(
+pub(super) fn register(
     connection: &Connection,
     known_id: Option<i64>,
     appid: &str,
@@ -245,7 +291,7 @@ pub(crate) fn register(
 /// Revokes every token issued to the account so far, and so ends the sign-ins that produced them:
 /// its recorded WeChat session, and any remembered code answer, now carry an older token version
 /// (`RecordedSession::ended`). False when there is no such account.
-pub(crate) fn revoke_tokens(connection: &Connection, id: i64) -> Result<bool, Error> {
+pub(super) fn revoke_tokens(connection: &Connection, id: i64) -> Result<bool, Error> {
     let changed = connection
         .prepare_cached("UPDATE accounts SET token_version = token_version + 1 WHERE id = ?1")?
         .execute(params![id])?;
@@ -253,7 +299,7 @@ pub(crate) fn revoke_tokens(connection: &Connection, id: i64) -> Result<bool, Er
 }
 
 /// Login bookkeeping: when and from where.
-pub(crate) fn touch_login(
+pub(super) fn touch_login(
     connection: &Connection,
     id: i64,
     ip: &str,
@@ -269,7 +315,7 @@ pub(crate) fn touch_login(
 
 /// Counts accounts, for the metrics gauges and `wxauth users list`: one scan of the table, so
 /// `metrics` reuses a count for a while rather than scanning at every scrape.
-pub(crate) fn account_counts(connection: &Connection) -> Result<AccountCounts, Error> {
+pub(super) fn account_counts(connection: &Connection) -> Result<AccountCounts, Error> {
     Ok(connection
         .prepare_cached("SELECT count(*), coalesce(sum(is_register), 0) FROM accounts")?
         .query_row([], |row| Ok(AccountCounts { accounts: row.get(0)?, registered: row.get(1)? }))?)
@@ -284,7 +330,7 @@ pub(crate) fn account_counts(connection: &Connection) -> Result<AccountCounts, E
 
 /// Every account with this openid, whatever its appid (one deployment may serve several
 /// mini-programs), by id.
-pub(crate) fn accounts_with_openid(
+pub(super) fn accounts_with_openid(
     connection: &Connection,
     openid: &str,
 ) -> Result<Vec<Account>, Error> {
@@ -300,7 +346,7 @@ pub(crate) fn accounts_with_openid(
 /// Hands the accounts to `visit` one at a time, by id, skipping `offset` and stopping after
 /// `limit` (all when `None`). Rows are read as they are visited, never collected, so a million
 /// accounts cost the memory of one; the read sees one snapshot of the database throughout.
-pub(crate) fn each_account(
+pub(super) fn each_account(
     connection: &Connection,
     limit: Option<u64>,
     offset: u64,
@@ -324,6 +370,7 @@ pub(crate) fn each_account(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{Opener, temp_database};
 
     #[test]
     fn a_session_ends_when_its_account_logs_out_and_the_next_one_is_current() {

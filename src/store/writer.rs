@@ -1,12 +1,11 @@
-//! The single writer thread and its group commit.
+//! The single writer thread and its group commit, on any engine: the transaction's plumbing is
+//! `Step`s, which each engine spells in its own SQL (`Connection::step`).
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
-
-use rusqlite::Connection;
 
 use super::*;
 use crate::error::Error;
@@ -199,22 +198,36 @@ fn run_in_savepoint<T>(
     let connection = connection.ok_or_else(|| {
         Error::Internal("no write transaction (the writer has stopped, or BEGIN failed)".into())
     })?;
-    execute(connection, "SAVEPOINT job")?;
+    connection.step(Step::Savepoint)?;
     let result = catch_unwind(AssertUnwindSafe(|| write(connection)))
         .unwrap_or_else(|_| Err(Error::Internal("a write panicked".into())));
     if result.is_err() {
-        execute(connection, "ROLLBACK TO job")?;
+        connection.step(Step::RollbackToSavepoint)?;
     }
-    execute(connection, "RELEASE job")?;
+    connection.step(Step::ReleaseSavepoint)?;
     result
 }
 
-/// Runs one statement without parameters from the statement cache: the writer's transaction
-/// plumbing runs several times per request, and parsing it anew each time costs more than the
-/// statements themselves.
-fn execute(connection: &Connection, sql: &str) -> Result<(), Error> {
-    connection.prepare_cached(sql)?.execute([])?;
-    Ok(())
+/// The writer's transaction plumbing, one statement each, which every engine spells its own way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step {
+    /// Commits wait for their fsync (SQLite: `synchronous = FULL`).
+    Synced,
+    /// Commits are visible without waiting for an fsync (SQLite: `synchronous = NORMAL`).
+    Unsynced,
+    /// Starts the group's transaction, taking the write lock at once.
+    Begin,
+    /// Starts one job's savepoint.
+    Savepoint,
+    /// Undoes one job's changes.
+    RollbackToSavepoint,
+    /// Ends one job's savepoint.
+    ReleaseSavepoint,
+    Commit,
+    /// Undoes a group whose commit failed.
+    Rollback,
+    /// The writer stops: leave the database whole on disk (SQLite folds the WAL back into it).
+    Checkpoint,
 }
 
 fn write_loop(connection: Connection, queue: mpsc::Receiver<Job>, logins: Logins) {
@@ -246,13 +259,13 @@ fn write_loop(connection: Connection, queue: mpsc::Receiver<Job>, logins: Logins
         let mut outcome = Ok(());
         if needs_sync && !synced {
             // Failing this fails the group: its writes must not be answered unsynced.
-            outcome = execute(&connection, "PRAGMA synchronous = FULL");
+            outcome = connection.step(Step::Synced);
             synced = outcome.is_ok();
         } else if !needs_sync && synced {
             // Failing this only costs an fsync: the group commits synced.
-            synced = execute(&connection, "PRAGMA synchronous = NORMAL").is_err();
+            synced = connection.step(Step::Unsynced).is_err();
         }
-        let outcome = outcome.and_then(|()| execute(&connection, "BEGIN IMMEDIATE"));
+        let outcome = outcome.and_then(|()| connection.step(Step::Begin));
         match outcome {
             Ok(()) => {
                 // Before the jobs: a job queued after a login was recorded sees that login.
@@ -260,14 +273,14 @@ fn write_loop(connection: Connection, queue: mpsc::Receiver<Job>, logins: Logins
                 finishers.extend(
                     group.drain(..).filter_map(|job| job.run).map(|run| run(Some(&connection))),
                 );
-                let committed = execute(&connection, "COMMIT");
+                let committed = connection.step(Step::Commit);
                 committed_at = Some(Instant::now());
                 if let Err(error) = &committed {
                     crate::log::error(&format!(
                         "group commit of {} writes failed: {error}",
                         finishers.len()
                     ));
-                    let _ = connection.execute_batch("ROLLBACK");
+                    let _ = connection.step(Step::Rollback);
                 }
                 for finish in finishers.drain(..) {
                     answer(finish, committed.as_ref().map(|_| ()));
@@ -285,7 +298,7 @@ fn write_loop(connection: Connection, queue: mpsc::Receiver<Job>, logins: Logins
     }
     // Every handle is gone: fold the WAL back into the database so the file stands alone (the
     // checkpoint fsyncs whatever was committed without a sync).
-    if let Err(error) = connection.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+    if let Err(error) = connection.step(Step::Checkpoint) {
         crate::log::error(&format!("final WAL checkpoint failed: {error}"));
     }
 }
@@ -330,7 +343,11 @@ mod tests {
             let (id, level) = writer
                 .run(move |c| {
                     let id = login_account(c, "wxa", "openid-v", "::1", 200 + round)?;
-                    Ok((id, c.query_row("PRAGMA synchronous", [], |row| row.get::<_, i64>(0))?))
+                    Ok((
+                        id,
+                        c.sqlite()
+                            .query_row("PRAGMA synchronous", [], |row| row.get::<_, i64>(0))?,
+                    ))
                 })
                 .unwrap();
             assert_eq!(level, 2, "FULL: answered after its fsync");

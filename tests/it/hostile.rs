@@ -440,7 +440,7 @@ fn a_symbolic_link_at_the_database_path_is_refused_and_not_followed() {
 
 /// A database file of another user is refused, even one only its owner can read: that user can
 /// read the secrets wxauth would keep in it. Giving a file away takes root (the suite runs as
-/// root in CI); otherwise `store::open::tests::database_files_must_be_ours_regular_and_not_writable_by_others`
+/// root in CI); otherwise `store::sqlite::open::tests::database_files_must_be_ours_regular_and_not_writable_by_others`
 /// checks the refusal against a file of root's.
 #[test]
 fn a_database_file_of_another_user_is_refused() {

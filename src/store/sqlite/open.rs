@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::*;
+use super::migrate::migrate;
+use super::tuning::{configure_sqlite, enable_lookaside};
 use crate::error::Error;
+use crate::store::Opener;
 
 /// How long a connection waits for a lock before `database is locked`.
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -75,19 +77,6 @@ fn open_existing_with(path: &str, writer: Option<Opener>) -> Result<Connection, 
     connection.busy_timeout(BUSY_TIMEOUT)?;
     connection.execute_batch("PRAGMA foreign_keys = ON;")?;
     Ok(connection)
-}
-
-/// Who opens the database for writing, which decides whose file it may be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Opener {
-    /// `wxauth serve`, which keeps session keys, and the generated JWT secret, in the file: it
-    /// must be the file of the user wxauth runs as, or its owner could read them.
-    Server,
-    /// An operator's command that writes (`migrate`, `users revoke`): as the server, except that
-    /// root may also write to another user's file, as the deployment has root do to the service
-    /// user's. These commands write no secret, and the files SQLite creates as root it gives to
-    /// the database's owner.
-    Operator,
 }
 
 /// The files SQLite keeps beside a database: the WAL, its shared-memory index, and the rollback
@@ -234,6 +223,7 @@ pub(crate) fn open_existing(path: &str) -> Result<Connection, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::temp_database;
 
     #[cfg(unix)]
     #[test]

@@ -1,5 +1,5 @@
-//! SQLite's process-wide settings and the writer's lookaside arena, through rusqlite's FFI: the
-//! only unsafe code of the store.
+//! SQLite's process-wide settings and the writer's lookaside arena, through SQLite's C API
+//! (rusqlite's `ffi`), which rusqlite does not wrap.
 
 use rusqlite::Connection;
 

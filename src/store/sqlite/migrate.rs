@@ -5,7 +5,7 @@ use rusqlite::Connection;
 
 use crate::error::Error;
 
-const SCHEMA: &str = include_str!("../../schema.sql");
+const SCHEMA: &str = include_str!("../../../schema.sql");
 
 /// The schema's sections, as (version, SQL), in order: each starts at a line `-- version: N`.
 pub(super) fn schema_versions() -> Vec<(u32, String)> {
@@ -66,7 +66,8 @@ mod tests {
     use rusqlite::params;
 
     use super::*;
-    use crate::store::{Opener, login_account, open_writer, temp_database, wechat_session};
+    use crate::store::sqlite::{login_account, open_writer, wechat_session};
+    use crate::store::{Opener, temp_database};
 
     #[test]
     fn schema_sections_are_numbered_from_one() {

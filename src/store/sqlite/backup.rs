@@ -4,8 +4,10 @@ use std::thread;
 
 use rusqlite::Connection;
 
-use super::*;
+use super::migrate::schema_version;
+use super::open::{BESIDE, BUSY_TIMEOUT, create_private_file, linkless_path, private_flags};
 use crate::error::Error;
+use crate::store::BackupReport;
 
 /// Copies the database behind `source` to a new file at `destination` with SQLite's online
 /// backup, then opens the copy and checks it with `PRAGMA integrity_check`. The copy is one
