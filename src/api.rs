@@ -310,14 +310,13 @@ impl Ctx<'_> {
     /// transaction, which empties that connection's page cache after every commit and reads the
     /// pages again from the file (`store::register` reads back in its write the same way).
     ///
-    /// `session_version` is what `check_openid_login` returned for a login by openid (`None` for
-    /// a token's account): the write refuses the login if the account has logged out since
-    /// (`still_signed_in`).
+    /// `sign_in` is what let the request in: the write refuses the login if the account has
+    /// logged out since (`still_signed_in`).
     fn login_write(
         &self,
         known_id: Option<i64>,
         openid: String,
-        session_version: Option<i64>,
+        sign_in: SignIn,
         change: impl FnOnce(&Connection, i64) -> Result<(), Error> + Send + 'static,
     ) -> Deferred<SessionAnswer> {
         let (appid, ip, now) = (self.appid().to_string(), self.client_ip(), self.now);
@@ -333,7 +332,7 @@ impl Ctx<'_> {
             change(connection, id)?;
             let account = store::account_by_id(connection, id)?
                 .ok_or_else(|| Error::Internal(format!("account {id} vanished")))?;
-            still_signed_in(&account, session_version)?;
+            still_signed_in(&account, sign_in)?;
             let token = issuer.issue(&account);
             Ok(SessionAnswer { account, token })
         })
@@ -363,12 +362,35 @@ fn token_version(account: Option<&Account>) -> i64 {
     account.map_or(0, |account| account.token_version)
 }
 
-/// Refuses, in the write that would issue its token, a login by openid whose WeChat session has
-/// ended since `Ctx::check_openid_login` let it in (`session_version` is what that returned): the
-/// account logged out in between.
-fn still_signed_in(account: &Account, session_version: Option<i64>) -> Result<(), Error> {
-    match session_version {
-        Some(version) if version != account.token_version => Err(Error::OpenidLoginRefused),
+/// What let a request in that a write then answers with a new token: checked again in that write
+/// (`still_signed_in`), since a logout committed between the check on the worker and the write
+/// ends that sign-in too.
+#[derive(Debug, Clone, Copy)]
+enum SignIn {
+    /// A token, issued at this token version of its account.
+    Token(i64),
+    /// A WeChat session recorded at this token version (`Ctx::check_openid_login`).
+    Session(i64),
+    /// The `open` policy: a bare openid, which no logout ends.
+    Open,
+}
+
+impl SignIn {
+    /// What `Ctx::check_openid_login` returned.
+    fn by_openid(session_version: Option<i64>) -> SignIn {
+        session_version.map_or(SignIn::Open, SignIn::Session)
+    }
+}
+
+/// Refuses, in the write that would issue its token, a request whose sign-in the account's
+/// logout has ended since it was checked: a token then gets `TokenRevoked`, as it would on its
+/// next use, and a WeChat session `OpenidLoginRefused`.
+fn still_signed_in(account: &Account, sign_in: SignIn) -> Result<(), Error> {
+    match sign_in {
+        SignIn::Token(version) if version != account.token_version => Err(Error::TokenRevoked),
+        SignIn::Session(version) if version != account.token_version => {
+            Err(Error::OpenidLoginRefused)
+        }
         _ => Ok(()),
     }
 }
@@ -455,14 +477,14 @@ pub(crate) fn login(
         return Ok(Answer::Later(ctx.login_write(
             Some(account.id),
             openid,
-            None,
+            SignIn::Token(account.token_version),
             move |connection, id| store::update_profile(connection, id, &profile),
         )));
     }
     let openid = openid.ok_or(Error::NotAuthenticated)?;
-    let session_version = ctx.check_openid_login(&openid, session_key.as_deref())?;
+    let sign_in = SignIn::by_openid(ctx.check_openid_login(&openid, session_key.as_deref())?);
     ctx.rate_limit()?;
-    Ok(Answer::Later(ctx.login_write(None, openid, session_version, move |connection, id| {
+    Ok(Answer::Later(ctx.login_write(None, openid, sign_in, move |connection, id| {
         store::update_profile(connection, id, &profile)
     })))
 }
@@ -612,9 +634,9 @@ pub(crate) fn register(
             return Err(Error::InvalidParameter("code 不属于该 openid 的用户".into()));
         }
     }
-    let session_version = match token_account {
-        None => ctx.check_openid_login(&openid, client_session_key.as_deref())?,
-        Some(_) => None,
+    let sign_in = match &token_account {
+        None => SignIn::by_openid(ctx.check_openid_login(&openid, client_session_key.as_deref())?),
+        Some(account) => SignIn::Token(account.token_version),
     };
     let phone = match source {
         PhoneSource::Typed(phone) => phone,
@@ -650,7 +672,7 @@ pub(crate) fn register(
             Some(id) => Error::Internal(format!("register: account {id} vanished")),
             None => Error::Internal("register: the account written is not there".into()),
         })?;
-        still_signed_in(&account, session_version)?;
+        still_signed_in(&account, sign_in)?;
         let token = issuer.issue(&account);
         Ok(SessionAnswer { account, token })
     }))

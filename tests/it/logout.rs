@@ -140,6 +140,54 @@ fn logins_by_openid_racing_a_logout_leave_no_working_token() {
     }
 }
 
+/// As above, for the token path: a login by token with profile fields (and a registration by
+/// token) is checked on the worker and answered with a new token by the write; a logout committed
+/// in between must leave that token revoked too.
+#[test]
+fn logins_by_token_racing_a_logout_leave_no_working_token() {
+    let server = Wxauth::start(&[("WXAUTH_JWT_SECRET", SECRET)]);
+    let (_, login) = server.login_as("logout-token-race");
+    let token = token_of(&login);
+    let url = server.url("login");
+    let body = json!({ "wx_nickname": "Racer" }).to_string().into_bytes();
+    let authorization = jwt(&token);
+    let (logins, stop) = (AtomicUsize::new(0), AtomicBool::new(false));
+    let tokens: Vec<String> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    let (agent, mut tokens) = (agent(), Vec::new());
+                    let headers = [("Authorization", authorization.as_str())];
+                    while !stop.load(Ordering::SeqCst) {
+                        let answer = send(&agent, "POST", &url, &headers, Some(&body));
+                        if answer.status == 200 {
+                            tokens.push(token_of(answer.result()));
+                        } else {
+                            answer.assert_error(403, "token_revoked");
+                        }
+                        logins.fetch_add(1, Ordering::SeqCst);
+                    }
+                    tokens
+                })
+            })
+            .collect();
+        while logins.load(Ordering::SeqCst) < 40 {
+            std::thread::yield_now();
+        }
+        logout(&server, &token);
+        let after = logins.load(Ordering::SeqCst);
+        while logins.load(Ordering::SeqCst) < after + 40 {
+            std::thread::yield_now();
+        }
+        stop.store(true, Ordering::SeqCst);
+        clients.into_iter().flat_map(|client| client.join().unwrap()).collect()
+    });
+    assert!(tokens.len() >= 40, "{} logins succeeded before the logout", tokens.len());
+    for token in tokens {
+        assert_refused(&server, Some(&jwt(&token)), "token_revoked");
+    }
+}
+
 #[test]
 fn after_logout_a_fresh_code_signs_in_again() {
     let server = Wxauth::start(&[("WXAUTH_JWT_SECRET", SECRET)]);
