@@ -96,96 +96,84 @@ fn an_openid_login_window_opened_before_logout_is_closed_by_it() {
     assert_refused(&server, Some(&jwt(&token_of(&login))), "token_revoked");
 }
 
+/// Four clients log in as `login`'s account with `body` and `headers`, one request after another
+/// each, from before `login`'s logout until well after it; every token they were given must then
+/// be revoked. A login the worker let in before the logout committed, whose write (and token)
+/// comes after it, must be refused in that write, with `refused`.
+fn logins_racing_a_logout_leave_no_working_token(
+    server: &Wxauth,
+    login: &Value,
+    body: &Value,
+    headers: &[(&str, &str)],
+    refused: &str,
+) {
+    let (url, body) = (server.url("login"), body.to_string().into_bytes());
+    let (logins, stop) = (AtomicUsize::new(0), AtomicBool::new(false));
+    let tokens: Vec<String> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    let (agent, mut tokens) = (agent(), Vec::new());
+                    while !stop.load(Ordering::SeqCst) {
+                        let answer = send(&agent, "POST", &url, headers, Some(&body));
+                        if answer.status == 200 {
+                            tokens.push(token_of(answer.result()));
+                        } else {
+                            answer.assert_error(403, refused);
+                        }
+                        logins.fetch_add(1, Ordering::SeqCst);
+                    }
+                    tokens
+                })
+            })
+            .collect();
+        while logins.load(Ordering::SeqCst) < 40 {
+            std::thread::yield_now();
+        }
+        logout(server, &token_of(login));
+        let after = logins.load(Ordering::SeqCst);
+        while logins.load(Ordering::SeqCst) < after + 40 {
+            std::thread::yield_now();
+        }
+        stop.store(true, Ordering::SeqCst);
+        clients.into_iter().flat_map(|client| client.join().unwrap()).collect()
+    });
+    assert!(tokens.len() >= 40, "{} logins succeeded before the logout", tokens.len());
+    for token in tokens {
+        assert_refused(server, Some(&jwt(&token)), "token_revoked");
+    }
+}
+
 #[test]
 fn logins_by_openid_racing_a_logout_leave_no_working_token() {
     let server = Wxauth::start(&[("WXAUTH_JWT_SECRET", SECRET)]);
     let (openid, login) = server.login_as("logout-race");
-    let (url, body) = (server.url("login"), json!({ "openid": openid }).to_string().into_bytes());
-    let (logins, stop) = (AtomicUsize::new(0), AtomicBool::new(false));
-    // Logins by openid from four clients, one after another each, until well after the logout: a
-    // login the policy let in before the logout committed, whose write (and token) comes after
-    // it, must be refused there.
-    let tokens: Vec<String> = std::thread::scope(|scope| {
-        let clients: Vec<_> = (0..4)
-            .map(|_| {
-                scope.spawn(|| {
-                    let (agent, mut tokens) = (agent(), Vec::new());
-                    while !stop.load(Ordering::SeqCst) {
-                        let answer = send(&agent, "POST", &url, &[], Some(&body));
-                        if answer.status == 200 {
-                            tokens.push(token_of(answer.result()));
-                        } else {
-                            answer.assert_error(403, "openid_login_refused");
-                        }
-                        logins.fetch_add(1, Ordering::SeqCst);
-                    }
-                    tokens
-                })
-            })
-            .collect();
-        while logins.load(Ordering::SeqCst) < 40 {
-            std::thread::yield_now();
-        }
-        logout(&server, &token_of(&login));
-        let after = logins.load(Ordering::SeqCst);
-        while logins.load(Ordering::SeqCst) < after + 40 {
-            std::thread::yield_now();
-        }
-        stop.store(true, Ordering::SeqCst);
-        clients.into_iter().flat_map(|client| client.join().unwrap()).collect()
-    });
-    assert!(tokens.len() >= 40, "{} logins succeeded before the logout", tokens.len());
-    for token in tokens {
-        assert_refused(&server, Some(&jwt(&token)), "token_revoked");
-    }
+    let body = json!({ "openid": openid });
+    logins_racing_a_logout_leave_no_working_token(
+        &server,
+        &login,
+        &body,
+        &[],
+        "openid_login_refused",
+    );
 }
 
-/// As above, for the token path: a login by token with profile fields (and a registration by
-/// token) is checked on the worker and answered with a new token by the write; a logout committed
-/// in between must leave that token revoked too.
+/// The token path: a login by token with profile fields (as a registration by token) is checked
+/// on the worker and answered with a new token by the write.
 #[test]
 fn logins_by_token_racing_a_logout_leave_no_working_token() {
     let server = Wxauth::start(&[("WXAUTH_JWT_SECRET", SECRET)]);
     let (_, login) = server.login_as("logout-token-race");
-    let token = token_of(&login);
-    let url = server.url("login");
-    let body = json!({ "wx_nickname": "Racer" }).to_string().into_bytes();
-    let authorization = jwt(&token);
-    let (logins, stop) = (AtomicUsize::new(0), AtomicBool::new(false));
-    let tokens: Vec<String> = std::thread::scope(|scope| {
-        let clients: Vec<_> = (0..4)
-            .map(|_| {
-                scope.spawn(|| {
-                    let (agent, mut tokens) = (agent(), Vec::new());
-                    let headers = [("Authorization", authorization.as_str())];
-                    while !stop.load(Ordering::SeqCst) {
-                        let answer = send(&agent, "POST", &url, &headers, Some(&body));
-                        if answer.status == 200 {
-                            tokens.push(token_of(answer.result()));
-                        } else {
-                            answer.assert_error(403, "token_revoked");
-                        }
-                        logins.fetch_add(1, Ordering::SeqCst);
-                    }
-                    tokens
-                })
-            })
-            .collect();
-        while logins.load(Ordering::SeqCst) < 40 {
-            std::thread::yield_now();
-        }
-        logout(&server, &token);
-        let after = logins.load(Ordering::SeqCst);
-        while logins.load(Ordering::SeqCst) < after + 40 {
-            std::thread::yield_now();
-        }
-        stop.store(true, Ordering::SeqCst);
-        clients.into_iter().flat_map(|client| client.join().unwrap()).collect()
-    });
-    assert!(tokens.len() >= 40, "{} logins succeeded before the logout", tokens.len());
-    for token in tokens {
-        assert_refused(&server, Some(&jwt(&token)), "token_revoked");
-    }
+    let authorization = jwt(&token_of(&login));
+    let (body, headers) =
+        (json!({ "wx_nickname": "Racer" }), [("Authorization", authorization.as_str())]);
+    logins_racing_a_logout_leave_no_working_token(
+        &server,
+        &login,
+        &body,
+        &headers,
+        "token_revoked",
+    );
 }
 
 #[test]
