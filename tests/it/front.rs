@@ -7,28 +7,13 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
-use crate::harness::{TempDir, Wxauth};
-
-fn address(server: &Wxauth) -> String {
-    server.base.trim_start_matches("http://").to_string()
-}
+use crate::harness::{TempDir, Wxauth, envelope, raw_exchange};
 
 /// A connection with a read timeout, so that a test that fails does not hang.
 fn connect(server: &Wxauth) -> TcpStream {
-    let stream = TcpStream::connect(address(server)).unwrap();
+    let stream = TcpStream::connect(server.address()).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     stream
-}
-
-/// Everything the server sends on a fresh connection after `bytes`, until it closes the
-/// connection or `wait` passes without a byte.
-fn exchange(server: &Wxauth, bytes: &[u8], wait: Duration) -> String {
-    let mut stream = connect(server);
-    stream.set_read_timeout(Some(wait)).unwrap();
-    let _ = stream.write_all(bytes);
-    read_all(&mut stream)
 }
 
 /// What arrives until the connection closes or the read timeout passes without a byte.
@@ -52,12 +37,6 @@ fn statuses(raw: &str) -> Vec<&str> {
         .collect()
 }
 
-/// The envelope of a single response.
-fn envelope(raw: &str) -> Value {
-    let body = raw.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or("");
-    serde_json::from_str(body).unwrap_or_else(|_| panic!("no JSON envelope in {raw:?}"))
-}
-
 /// Descriptors and threads the server's process has now.
 fn descriptors_and_threads(server: &Wxauth) -> (usize, usize) {
     let pid = server.pid();
@@ -76,7 +55,7 @@ fn descriptors_and_threads(server: &Wxauth) -> (usize, usize) {
 fn answered_again_within(server: &Wxauth, within: Duration) -> Duration {
     let started = Instant::now();
     loop {
-        let raw = exchange(
+        let raw = raw_exchange(
             server,
             b"GET /miniprog/wx_auth/is_openid_registered?openid=oHonest HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
             Duration::from_secs(1),
@@ -107,7 +86,7 @@ fn running_out_of_file_descriptors_never_stops_the_listener() {
         let server = start_with_open_files(limit, &[("WXAUTH_MAX_CONNECTIONS", "1000")]);
         let mut attackers = Vec::new();
         for _ in 0..120 {
-            match TcpStream::connect(address(&server)) {
+            match TcpStream::connect(server.address()) {
                 Ok(stream) => attackers.push(stream),
                 Err(_) => break,
             }
@@ -138,7 +117,7 @@ fn past_max_connections_a_new_connection_gets_503_and_open_ones_are_served() {
         let read = stream.read(&mut buffer).unwrap();
         assert!(buffer[..read].starts_with(b"HTTP/1.1 200"));
     }
-    let refused = exchange(&server, request, Duration::from_secs(5));
+    let refused = raw_exchange(&server, request, Duration::from_secs(5));
     assert!(refused.starts_with("HTTP/1.1 503 "), "{refused:?}");
     assert!(refused.contains("\r\nRetry-After: 1\r\n"), "{refused:?}");
     let body = envelope(&refused);
@@ -216,7 +195,7 @@ fn a_thread_that_cannot_start_costs_one_connection_not_the_listener() {
 
     let mut attackers = Vec::new();
     for _ in 0..30 {
-        attackers.push(TcpStream::connect(address(&server)).unwrap());
+        attackers.push(TcpStream::connect(server.address()).unwrap());
     }
     server.log_containing("a new connection could not be set up");
     drop(attackers);
@@ -262,7 +241,7 @@ fn other_http_versions_get_505_and_free_their_connection() {
     for version in ["HTTP/2.0", "HTTP/3.0", "HTTP/0.9", "HTTP/1.2"] {
         for _ in 0..20 {
             let request = format!("GET /healthz {version}\r\nHost: x\r\n\r\n");
-            let raw = exchange(&server, request.as_bytes(), Duration::from_secs(5));
+            let raw = raw_exchange(&server, request.as_bytes(), Duration::from_secs(5));
             assert!(raw.starts_with("HTTP/1.1 505 "), "{version}: {raw:?}");
             assert_eq!(envelope(&raw)["error"], "http_version_not_supported");
         }
@@ -347,7 +326,7 @@ fn framing_a_front_end_could_read_differently_is_refused() {
     ];
     for (name, rest) in cases {
         let request = format!("POST /miniprog/wx_auth/logout HTTP/1.1\r\nHost: x\r\n{rest}");
-        let raw = exchange(&server, request.as_bytes(), Duration::from_secs(3));
+        let raw = raw_exchange(&server, request.as_bytes(), Duration::from_secs(3));
         assert_eq!(statuses(&raw), ["HTTP/1.1 400"], "{name}: {raw:?}");
         assert_eq!(envelope(&raw)["error"], "invalid_parameter", "{name}");
     }
@@ -386,7 +365,7 @@ fn pipelined_requests_are_answered_at_once() {
 #[test]
 fn a_header_that_is_not_ascii_gets_400() {
     let server = Wxauth::start(&[]);
-    let raw = exchange(
+    let raw = raw_exchange(
         &server,
         b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Name: caf\xc3\xa9\r\n\r\n",
         Duration::from_secs(5),

@@ -219,6 +219,11 @@ impl Wxauth {
         self.log_when(&format!("{needle:?}"), |log| log.contains(needle))
     }
 
+    /// `HOST:PORT` the server listens on, for raw sockets.
+    pub fn address(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
     pub fn url(&self, endpoint: &str) -> String {
         format!("{}{}{}", self.base, self.prefix, endpoint)
     }
@@ -435,4 +440,23 @@ pub fn send(
         serde_json::from_str(&text).unwrap_or(Value::String(text))
     };
     Answer { status, body, headers }
+}
+
+/// Sends raw bytes on a fresh connection and returns what came back, until the server closes the
+/// connection or `wait` passes without a byte.
+pub fn raw_exchange(server: &Wxauth, bytes: &[u8], wait: Duration) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(server.address()).unwrap();
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let _ = stream.write_all(bytes);
+    let mut answer = Vec::new();
+    // What was read before a timeout or a reset stays in `answer`.
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The envelope in a raw HTTP answer, after its head.
+pub fn envelope(raw: &str) -> Value {
+    let body = raw.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|_| panic!("no JSON envelope in {raw:?}"))
 }

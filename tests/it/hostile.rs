@@ -12,7 +12,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::{Sha256, Sha512};
 
-use crate::harness::{Answer, TempDir, Wxauth, refused_start};
+use crate::harness::{Answer, TempDir, Wxauth, envelope, raw_exchange, refused_start};
 
 const SECRET: &str = "hostile-tests-jwt-secret-0123456789abcdef";
 
@@ -496,17 +496,6 @@ fn an_existing_database_of_ours_is_served_and_made_owner_only() {
     assert_eq!(mode_of(&created), 0o600);
 }
 
-/// Sends raw bytes on a fresh connection and returns what came back (until close or timeout).
-fn raw_exchange(server: &Wxauth, bytes: &[u8], wait: Duration) -> String {
-    let address = server.base.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream.set_read_timeout(Some(wait)).unwrap();
-    let _ = stream.write_all(bytes);
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    String::from_utf8_lossy(&answer).into_owned()
-}
-
 #[test]
 fn non_utf8_and_odd_encodings_are_refused_cleanly() {
     let server = Wxauth::start(&[("WXAUTH_OPENID_LOGIN", "open")]);
@@ -545,12 +534,6 @@ fn read_response(stream: &mut TcpStream) -> String {
     let mut body = vec![0u8; length];
     stream.read_exact(&mut body).unwrap();
     head + &String::from_utf8_lossy(&body)
-}
-
-/// The envelope in a raw HTTP answer, after its head.
-fn envelope(raw: &str) -> Value {
-    let body = raw.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or("");
-    serde_json::from_str(body).unwrap_or_else(|_| panic!("no JSON envelope in {raw:?}"))
 }
 
 #[test]
@@ -608,7 +591,7 @@ fn an_idle_connection_is_closed_after_the_idle_timeout() {
 #[test]
 fn a_trickled_request_head_is_cut_off_with_408() {
     let server = Wxauth::start(&[("WXAUTH_REQUEST_TIMEOUT_MS", "600")]);
-    let address = server.base.trim_start_matches("http://").to_string();
+    let address = server.address().to_string();
     let mut stream = TcpStream::connect(&address).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let started = Instant::now();
@@ -635,7 +618,7 @@ fn a_trickled_request_head_is_cut_off_with_408() {
 fn a_stalled_body_is_cut_off_with_408() {
     let server =
         Wxauth::start(&[("WXAUTH_REQUEST_TIMEOUT_MS", "500"), ("WXAUTH_OPENID_LOGIN", "open")]);
-    let address = server.base.trim_start_matches("http://").to_string();
+    let address = server.address().to_string();
     let mut stream = TcpStream::connect(&address).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let started = Instant::now();
@@ -653,7 +636,7 @@ fn a_stalled_body_is_cut_off_with_408() {
 fn five_hundred_slow_connections_do_not_stop_an_honest_client() {
     let server =
         Wxauth::start(&[("WXAUTH_IDLE_TIMEOUT_MS", "3000"), ("WXAUTH_REQUEST_TIMEOUT_MS", "3000")]);
-    let address = server.base.trim_start_matches("http://").to_string();
+    let address = server.address().to_string();
     let mut attackers = Vec::with_capacity(500);
     for index in 0..500 {
         let mut stream = TcpStream::connect(&address).unwrap();
@@ -681,7 +664,7 @@ fn five_hundred_slow_connections_do_not_stop_an_honest_client() {
 #[test]
 fn a_huge_announced_body_is_refused_and_does_not_hold_the_workers() {
     let server = Wxauth::start(&[("WXAUTH_WORKERS", "2"), ("WXAUTH_WECHAT_MAX_IN_FLIGHT", "1")]);
-    let address = server.base.trim_start_matches("http://").to_string();
+    let address = server.address().to_string();
     let started = Instant::now();
     let mut attackers = Vec::new();
     for _ in 0..2 {
@@ -738,7 +721,7 @@ fn a_header_cannot_forge_a_log_line() {
 #[test]
 fn head_lines_end_at_a_crlf_split_across_reads() {
     let server = Wxauth::start(&[]);
-    let address = server.base.trim_start_matches("http://").to_string();
+    let address = server.address().to_string();
     let send_in_parts = |filler: usize| {
         let mut stream = TcpStream::connect(&address).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
