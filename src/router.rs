@@ -3,7 +3,6 @@
 //! an `Error` becomes the JSON envelope. Handlers in `api` never see tiny_http. `/healthz`,
 //! `/readyz` and `/metrics` are answered here too, outside the API prefix and its envelope.
 
-use std::io::Read;
 use std::net::IpAddr;
 
 use serde::Serialize;
@@ -145,12 +144,12 @@ fn dispatch(ctx: &Ctx, request: &mut Request) -> Result<Handled, Error> {
     let route = route(&ctx.config.prefix, request.method().as_str(), path)?;
     match route {
         Route::Register => {
-            let body = read_body(request, ctx.config.max_body_bytes)?.try_into()?;
+            let body = read_body(request)?.try_into()?;
             let write = api::register(ctx, header(request, "Authorization").as_deref(), body)?;
             Ok(later(write))
         }
         Route::Login => {
-            let body = read_body(request, ctx.config.max_body_bytes)?.try_into()?;
+            let body = read_body(request)?.try_into()?;
             match api::login(ctx, header(request, "Authorization").as_deref(), body)? {
                 Answer::Now(answer) => success(&answer).map(Handled::Now),
                 Answer::Later(write) => Ok(later(write)),
@@ -191,8 +190,8 @@ fn answer(ctx: &Ctx, request: &mut Request, route: Route, query: &str) -> Result
         }
         Route::Me => success(&api::me(ctx, header(request, "Authorization").as_deref())?),
         Route::Logout => {
-            // The body, if any, is read (within the limit) and ignored.
-            read_body(request, ctx.config.max_body_bytes)?;
+            // The body, if any, must parse (JSON or a form) and is then ignored.
+            read_body(request)?;
             success(&api::logout(ctx, header(request, "Authorization").as_deref())?)
         }
         Route::Register | Route::Login => unreachable!("register and login answer in dispatch"),
@@ -372,20 +371,13 @@ pub(crate) fn percent_decode(text: &str) -> Option<String> {
     String::from_utf8(decoded).ok()
 }
 
-/// Reads the body (at most `limit` bytes) as a JSON object or an urlencoded form. An empty body is
-/// an empty object. tiny_http's connection thread has already read it whole, within the limit and
-/// `request_timeout_ms`, so this never waits for the client.
-fn read_body(request: &mut Request, limit: usize) -> Result<Map<String, Value>, Error> {
-    let announced = request.body_length();
-    if announced.is_some_and(|length| length > limit) {
-        return Err(Error::BodyTooLarge { limit });
-    }
+/// Reads the body as a JSON object or an urlencoded form; an empty body is an empty object.
+/// tiny_http's connection thread has already read it whole, within `max_body_bytes` (a larger one
+/// was refused with 413 there) and `request_timeout_ms`, so this never waits for the client.
+fn read_body(request: &mut Request) -> Result<Map<String, Value>, Error> {
     let content_type = header(request, "Content-Type").unwrap_or_default().to_ascii_lowercase();
-    // Read straight into the body's own buffer, sized from Content-Length: no scratch buffer to
-    // zero and copy out of on every request.
-    let mut bytes = Vec::with_capacity(announced.unwrap_or(0));
-    match request.as_reader().take(limit as u64 + 1).read_to_end(&mut bytes) {
-        Ok(_) if bytes.len() > limit => Err(Error::BodyTooLarge { limit }),
+    let mut bytes = Vec::with_capacity(request.body_length().unwrap_or(0));
+    match request.as_reader().read_to_end(&mut bytes) {
         Ok(_) => parse_body(&content_type, &bytes),
         Err(error) => Err(Error::InvalidParameter(format!("请求体读取失败: {}", error.kind()))),
     }
