@@ -3,15 +3,12 @@
 //! included, so a handler can be called from a test without a socket.
 //!
 //! Every handler validates its whole input before it calls WeChat or writes anything, so bad input
-//! leaves nothing half-written. `register`, and a `login` that writes its account, end in a
-//! `Deferred`: its write and its answer are made on the writer thread, so the worker goes on to its
-//! next request instead of waiting there. Reads use the worker's connection (an account a write
-//! changes is read back in that write); writes go through the writer and are durable before the
-//! handler answers, except login bookkeeping (`last_login`, `last_ip`), whose answer shows the new
-//! values while the write completes in the background.
+//! leaves nothing half-written. Reads use the worker's connection; writes go through the writer
+//! (`Writer::run`), which the handler waits for, and are durable before the handler answers,
+//! except login bookkeeping (`last_login`, `last_ip`), whose answer shows the new values while the
+//! write completes in the background. An account a write changes is read back in that write.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -39,11 +36,9 @@ const MAX_ENCRYPTED: usize = 4096;
 const MAX_SESSION_KEY: usize = 64;
 
 /// The JWT secrets: the current one (first) signs; all of them verify the tokens that name them
-/// by `kid` (jwt.rs), so a secret dropped from the list stops verifying at once. Cloned cheaply,
-/// for a `Deferred` answer that issues a token on the writer thread.
-#[derive(Clone)]
+/// by `kid` (jwt.rs), so a secret dropped from the list stops verifying at once.
 pub(crate) struct Keys {
-    keys: Arc<[jwt::Key]>,
+    keys: Vec<jwt::Key>,
 }
 
 impl Keys {
@@ -57,7 +52,7 @@ impl Keys {
                 keys.push(key);
             }
         }
-        Keys { keys: keys.into() }
+        Keys { keys }
     }
 
     /// The `kid` of every key, current first: public names, safe to log.
@@ -79,46 +74,6 @@ pub(crate) struct Ctx<'a> {
     /// The client's address (the peer, or `X-Forwarded-For` from a trusted proxy).
     pub(crate) client: IpAddr,
     pub(crate) now: i64,
-}
-
-/// What a handler leaves to the writer thread: its write, which also makes its answer. The router
-/// hands it over with `Writer::run_then` and answers the client from the writer once the write's
-/// group is on disk; the worker meanwhile takes its next request. For a handler whose answer
-/// waits for nothing but a durable write.
-pub(crate) type Deferred<T> = Box<dyn FnOnce(&Connection) -> Result<T, Error> + Send>;
-
-/// A handler's answer when only some of its cases wait for a durable write: made now, or
-/// `Deferred`.
-pub(crate) enum Answer<T> {
-    Now(T),
-    Later(Deferred<T>),
-}
-
-/// What a token says besides its account, fixed when the request arrived: a `Deferred` answer
-/// issues its token on the writer thread.
-struct TokenIssuer {
-    keys: Keys,
-    issuer: String,
-    audience: String,
-    now: i64,
-    lifetime: i64,
-}
-
-impl TokenIssuer {
-    fn issue(self, account: &Account) -> String {
-        let claims = jwt::Claims {
-            iss: self.issuer,
-            aud: self.audience,
-            sub: account.id.to_string(),
-            iat: self.now,
-            exp: self.now + self.lifetime,
-            nbf: None,
-            nickname: account.wx_nickname.clone(),
-            scopes: vec!["open".into()],
-            ver: account.token_version,
-        };
-        jwt::sign_with(&claims, &self.keys.keys[0])
-    }
 }
 
 /// The answer of `login` and `register`.
@@ -163,18 +118,19 @@ impl Ctx<'_> {
             .map_err(|retry_after| Error::RateLimited { retry_after })
     }
 
-    fn token_issuer(&self) -> TokenIssuer {
-        TokenIssuer {
-            keys: self.keys.clone(),
-            issuer: self.config.jwt.issuer.clone(),
-            audience: self.config.jwt.audience.clone(),
-            now: self.now,
-            lifetime: self.config.jwt.lifetime as i64,
-        }
-    }
-
     fn issue_token(&self, account: &Account) -> String {
-        self.token_issuer().issue(account)
+        let claims = jwt::Claims {
+            iss: self.config.jwt.issuer.clone(),
+            aud: self.config.jwt.audience.clone(),
+            sub: account.id.to_string(),
+            iat: self.now,
+            exp: self.now + self.config.jwt.lifetime as i64,
+            nbf: None,
+            nickname: account.wx_nickname.clone(),
+            scopes: vec!["open".into()],
+            ver: account.token_version,
+        };
+        jwt::sign_with(&claims, &self.keys.keys[0])
     }
 
     /// The account a token in an `Authorization` header names.
@@ -305,8 +261,8 @@ impl Ctx<'_> {
 
     /// In one durable write: the account `known_id`, or the one for `openid` (created if absent),
     /// gets `change` and this login's bookkeeping; the answer is the account as committed, with
-    /// its token. The account is read back in the write, from pages the writer has just changed
-    /// and still holds: read on the worker's connection after the commit it would cost a new read
+    /// a token. The account is read back in the write, from pages the writer has just changed and
+    /// still holds: read on the worker's connection after the commit it would cost a new read
     /// transaction, which empties that connection's page cache after every commit and reads the
     /// pages again from the file (`store::register` reads back in its write the same way).
     ///
@@ -318,10 +274,9 @@ impl Ctx<'_> {
         openid: String,
         sign_in: SignIn,
         change: impl FnOnce(&Connection, i64) -> Result<(), Error> + Send + 'static,
-    ) -> Deferred<SessionAnswer> {
+    ) -> Result<SessionAnswer, Error> {
         let (appid, ip, now) = (self.appid().to_string(), self.client_ip(), self.now);
-        let issuer = self.token_issuer();
-        Box::new(move |connection| {
+        let account = self.writer.run(move |connection| {
             let id = match known_id {
                 Some(id) => {
                     store::touch_login(connection, id, &ip, now)?;
@@ -333,9 +288,10 @@ impl Ctx<'_> {
             let account = store::account_by_id(connection, id)?
                 .ok_or_else(|| Error::Internal(format!("account {id} vanished")))?;
             still_signed_in(&account, sign_in)?;
-            let token = issuer.issue(&account);
-            Ok(SessionAnswer { account, token })
-        })
+            Ok(account)
+        })?;
+        let token = self.issue_token(&account);
+        Ok(SessionAnswer { account, token })
     }
 
     /// Sets the login bookkeeping on `account` as the answer shows it, and queues its write.
@@ -457,13 +413,14 @@ impl TryFrom<Map<String, Value>> for LoginBody {
 }
 
 /// `POST login`: by token, else by openid under the openid login policy. A bare token login is
-/// answered now (its bookkeeping need not be on disk first); a login that writes the account
-/// (creating it, or with profile fields) is answered by its durable write, like `register`.
+/// answered without waiting for a write (its bookkeeping need not be on disk first); a login that
+/// writes the account (creating it, or with profile fields) waits for its durable write, like
+/// `register`.
 pub(crate) fn login(
     ctx: &Ctx,
     authorization: Option<&str>,
     body: LoginBody,
-) -> Result<Answer<SessionAnswer>, Error> {
+) -> Result<SessionAnswer, Error> {
     let LoginBody { openid, session_key, profile } = body;
     if let Some(account) = ctx.token_account(authorization, openid.is_some())? {
         // Profile fields sent with a token update the token's account, durably; a bare token
@@ -471,22 +428,22 @@ pub(crate) fn login(
         if profile.is_empty() {
             let account = ctx.note_login(account);
             let token = ctx.issue_token(&account);
-            return Ok(Answer::Now(SessionAnswer { account, token }));
+            return Ok(SessionAnswer { account, token });
         }
         let openid = account.wx_openid.clone();
-        return Ok(Answer::Later(ctx.login_write(
+        return ctx.login_write(
             Some(account.id),
             openid,
             SignIn::Token(account.token_version),
             move |connection, id| store::update_profile(connection, id, &profile),
-        )));
+        );
     }
     let openid = openid.ok_or(Error::NotAuthenticated)?;
     let sign_in = SignIn::by_openid(ctx.check_openid_login(&openid, session_key.as_deref())?);
     ctx.rate_limit()?;
-    Ok(Answer::Later(ctx.login_write(None, openid, sign_in, move |connection, id| {
+    ctx.login_write(None, openid, sign_in, move |connection, id| {
         store::update_profile(connection, id, &profile)
-    })))
+    })
 }
 
 /// The answer of `logout`.
@@ -601,13 +558,13 @@ impl TryFrom<Map<String, Value>> for RegisterBody {
 }
 
 /// `POST register`: a phone (typed, legacy encrypted, or phone code) onto the account named by a
-/// token or, under the openid login policy, by openid. Everything up to the write happens here,
-/// on the worker (WeChat included); the write, the token and the answer are `Deferred`.
+/// token or, under the openid login policy, by openid. Everything else (WeChat included) happens
+/// before the write; the answer waits for the write to be durable.
 pub(crate) fn register(
     ctx: &Ctx,
     authorization: Option<&str>,
     body: RegisterBody,
-) -> Result<Deferred<SessionAnswer>, Error> {
+) -> Result<SessionAnswer, Error> {
     let RegisterBody {
         openid,
         session_key: client_session_key,
@@ -664,8 +621,7 @@ pub(crate) fn register(
         Registration { phone, username: openid.clone(), wx_nickname, birthday, wx_gender };
     let known_id = token_account.map(|account| account.id);
     let (appid, ip, now) = (ctx.appid().to_string(), ctx.client_ip(), ctx.now);
-    let issuer = ctx.token_issuer();
-    Ok(Box::new(move |connection| {
+    let account = ctx.writer.run(move |connection| {
         let written =
             store::register(connection, known_id, &appid, &openid, &ip, now, &registration)?;
         let account = written.ok_or_else(|| match known_id {
@@ -673,9 +629,10 @@ pub(crate) fn register(
             None => Error::Internal("register: the account written is not there".into()),
         })?;
         still_signed_in(&account, sign_in)?;
-        let token = issuer.issue(&account);
-        Ok(SessionAnswer { account, token })
-    }))
+        Ok(account)
+    })?;
+    let token = ctx.issue_token(&account);
+    Ok(SessionAnswer { account, token })
 }
 
 /// The token of `Authorization: jwt|JWT|Bearer <token>` (scheme case-insensitive, one space).

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tiny_http::Request;
 
-use crate::api::{self, Answer, Ctx, Deferred};
+use crate::api::{self, Ctx};
 use crate::error::Error;
 use crate::{health, metrics};
 
@@ -23,13 +23,6 @@ pub(crate) enum Route {
     Logout,
     Verify,
     Me,
-}
-
-/// What a request gets: its reply now, or a write whose result is the reply (`api::Deferred`),
-/// for the server to hand to the writer.
-pub(crate) enum Handled {
-    Now(Reply),
-    Later(Deferred<Reply>),
 }
 
 /// A response, ready to be written by the server.
@@ -120,52 +113,19 @@ pub(crate) fn route(prefix: &str, method: &str, path: &str) -> Result<Route, Err
     }
 }
 
-/// Handles one request: routes it, reads its input, calls the handler, and builds the reply, or
-/// the write that will make it.
-pub(crate) fn handle(ctx: &Ctx, request: &mut Request) -> Handled {
+/// Handles one request: routes it, reads its input, calls the handler, and builds the reply.
+pub(crate) fn handle(ctx: &Ctx, request: &mut Request) -> Reply {
     let path = request.url().split('?').next().unwrap_or("");
     if let Some(reply) = operations(ctx, request.method().as_str(), path) {
-        return Handled::Now(reply);
+        return reply;
     }
-    match dispatch(ctx, request) {
-        Ok(handled) => handled,
-        Err(error) => Handled::Now(failure(&error)),
-    }
+    dispatch(ctx, request).unwrap_or_else(|error| failure(&error))
 }
 
-/// The reply a deferred write's result makes (on the writer thread).
-pub(crate) fn reply_of(result: Result<Reply, Error>) -> Reply {
-    result.unwrap_or_else(|error| failure(&error))
-}
-
-fn dispatch(ctx: &Ctx, request: &mut Request) -> Result<Handled, Error> {
+fn dispatch(ctx: &Ctx, request: &mut Request) -> Result<Reply, Error> {
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let route = route(&ctx.config.prefix, request.method().as_str(), path)?;
-    match route {
-        Route::Register => {
-            let body = read_body(request)?.try_into()?;
-            let write = api::register(ctx, header(request, "Authorization").as_deref(), body)?;
-            Ok(later(write))
-        }
-        Route::Login => {
-            let body = read_body(request)?.try_into()?;
-            match api::login(ctx, header(request, "Authorization").as_deref(), body)? {
-                Answer::Now(answer) => success(&answer).map(Handled::Now),
-                Answer::Later(write) => Ok(later(write)),
-            }
-        }
-        _ => answer(ctx, request, route, query).map(Handled::Now),
-    }
-}
-
-/// The reply a deferred write makes, once it is on disk.
-fn later<T: Serialize + 'static>(write: Deferred<T>) -> Handled {
-    Handled::Later(Box::new(move |connection| success(&write(connection)?)))
-}
-
-/// The reply of every route but register and login, made on the worker.
-fn answer(ctx: &Ctx, request: &mut Request, route: Route, query: &str) -> Result<Reply, Error> {
     match route {
         Route::GetOpenidByCode => {
             let code = query_value(query, "code")?;
@@ -174,6 +134,14 @@ fn answer(ctx: &Ctx, request: &mut Request, route: Route, query: &str) -> Result
         Route::IsOpenidRegistered => {
             let openid = query_value(query, "openid")?;
             success(&api::is_openid_registered(ctx, openid.as_deref())?)
+        }
+        Route::Register => {
+            let body = read_body(request)?.try_into()?;
+            success(&api::register(ctx, header(request, "Authorization").as_deref(), body)?)
+        }
+        Route::Login => {
+            let body = read_body(request)?.try_into()?;
+            success(&api::login(ctx, header(request, "Authorization").as_deref(), body)?)
         }
         Route::Verify => {
             // No body is read: nginx's auth_request subrequests have none.
@@ -194,7 +162,6 @@ fn answer(ctx: &Ctx, request: &mut Request, route: Route, query: &str) -> Result
             read_body(request)?;
             success(&api::logout(ctx, header(request, "Authorization").as_deref())?)
         }
-        Route::Register | Route::Login => unreachable!("register and login answer in dispatch"),
     }
 }
 

@@ -5,14 +5,12 @@
 //! it looks at the stop flag, so a request in flight when the stop comes still gets its answer. A
 //! panic in a handler costs that request a 500, never the worker.
 //!
-//! A registration, and a login that writes its account, is answered by the writer thread instead
-//! (`router::Handled::Later`): the worker hands over the request with its write and takes the next
-//! one, and the writer answers right after the group commit, saving a wake of the worker per
-//! write. Neither a worker nor the writer ever waits for a client: each sends what the socket
+//! A request's path, all on the worker that takes it from tiny_http's queue: route and parse
+//! (`router`), handle (`api`, which waits for the writer thread when it writes), count and log
+//! (`record`), answer (`respond`). A worker never waits for a client: it sends what the socket
 //! takes at once, and a rest (only a client that is not reading its answers leaves one) goes to
-//! the `slow-answers` thread, which may wait, within the connection's write budget. The writer drains its queue before it stops, so these requests too are answered
-//! at a graceful stop; only a rest still waiting for such a client when the process exits is cut
-//! off.
+//! the `slow-answers` thread, which may wait, within the connection's write budget. Only a rest
+//! still waiting for such a client when the process exits is cut off.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -29,7 +27,7 @@ use crate::config::Config;
 use crate::error::{Error, Fatal};
 use crate::metrics::{METRICS, RouteLabel};
 use crate::ratelimit::RateLimiter;
-use crate::router::{self, Handled, Reply};
+use crate::router::{self, Reply};
 use crate::store::{Connection, Writer};
 use crate::wechat::WeChat;
 
@@ -159,7 +157,7 @@ struct Worker {
     /// The worker's own read connection.
     db: Connection,
     writer: Writer,
-    /// Where the rest of an answer the writer could not send at once goes.
+    /// Where the rest of an answer the socket did not take at once goes.
     slow: mpsc::Sender<Unsent>,
 }
 
@@ -185,25 +183,10 @@ impl Worker {
             client,
             now: crate::time::now(),
         };
-        let handled = catch_unwind(AssertUnwindSafe(|| router::handle(&ctx, &mut request)))
-            .unwrap_or_else(|_| {
-                Handled::Now(router::failure(&Error::Internal("a handler panicked".into())))
-            });
-        match handled {
-            Handled::Now(reply) => {
-                record(&self.shared, &request, &reply, started, client);
-                respond(request, reply, &self.slow);
-            }
-            Handled::Later(write) => {
-                let (shared, slow) = (self.shared.clone(), self.slow.clone());
-                self.writer.run_then(write, move |result| {
-                    // On the writer thread, right after the group commit.
-                    let reply = router::reply_of(result);
-                    record(&shared, &request, &reply, started, client);
-                    respond(request, reply, &slow);
-                });
-            }
-        }
+        let reply = catch_unwind(AssertUnwindSafe(|| router::handle(&ctx, &mut request)))
+            .unwrap_or_else(|_| router::failure(&Error::Internal("a handler panicked".into())));
+        record(&self.shared, &request, &reply, started, client);
+        respond(request, reply, &self.slow);
     }
 }
 
@@ -228,8 +211,7 @@ fn record(shared: &Shared, request: &Request, reply: &Reply, started: Instant, c
     });
 }
 
-/// Sends the answer without waiting for the client: neither a worker nor the writer may be held
-/// by a client that does not read its answers (one that pipelines requests and never reads fills
+/// Sends the answer without waiting for the client: no worker may be held by a client that does not read its answers (one that pipelines requests and never reads fills
 /// its socket within a few thousand answers). What the socket does not take at once goes to the
 /// slow-answers thread; a client that reads its answers never leaves a rest, as one request at a
 /// time leaves its socket's send buffer empty when the answer is written.
@@ -251,10 +233,10 @@ fn response(reply: Reply) -> Response<std::io::Cursor<Vec<u8>>> {
     response
 }
 
-/// Starts the thread that finishes answers a worker or the writer could not send at once: it
-/// waits for each such client in turn, within the connection's write budget
-/// (`request_timeout_ms`), so only clients that do not read their answers wait behind one another. It ends when the last sender (a worker, or an answer
-/// in the writer's queue) is gone.
+/// Starts the thread that finishes answers a worker could not send at once: it waits for each
+/// such client in turn, within the connection's write budget (`request_timeout_ms`), so only
+/// clients that do not read their answers wait behind one another. It ends when the last worker
+/// is gone.
 fn start_slow_answers() -> Result<mpsc::Sender<Unsent>, Fatal> {
     let (slow, answers) = mpsc::channel::<Unsent>();
     thread::Builder::new()

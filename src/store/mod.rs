@@ -8,9 +8,9 @@
 //! of the same name: `sqlite.rs`, with its files in `sqlite/` (opening, SQLite's settings,
 //! `schema.sql` by version, backups). Another engine (MySQL or MariaDB through the blocking
 //! `mysql` crate) is one more variant and one more file set (`mysql.rs`, `mysql/`): the compiler
-//! then points at each `match` that needs its arm, and no caller changes. Not a trait: `Ctx`,
-//! `Deferred` and the writer's jobs (boxed closures sent to the writer thread) would have to be
-//! generic over the engine up into api.rs and server.rs, or hold a `dyn` engine and pay an
+//! then points at each `match` that needs its arm, and no caller changes. Not a trait: `Ctx` and
+//! the writer's jobs (boxed closures sent to the writer thread) would have to be generic over the
+//! engine up into api.rs and server.rs, or hold a `dyn` engine and pay an
 //! indirect call per query. The enum keeps every query a direct call on the engine's own
 //! connection, where its prepared statements stay cached, with no allocation. An engine's error
 //! reaches the crate's `Error` as a `DatabaseError`, which keeps it whole as its source.

@@ -55,8 +55,8 @@ pub(crate) struct Writer {
 
 /// Login bookkeeping not yet written: the newest login per account, its time and address. Every
 /// group commit writes all of it first, in a savepoint of its own. Whoever finds it empty also
-/// queues an empty job, so that a group follows; everyone else finds that group on its way.
-/// Before, each token login queued a job of its own and woke the writer for it.
+/// queues an empty job, so that a group follows; everyone else finds that group on its way, and a
+/// token login wakes the writer only when nothing is waiting.
 #[derive(Clone, Default)]
 struct Logins(Arc<Mutex<HashMap<i64, (String, i64)>>>);
 
@@ -121,19 +121,6 @@ impl Writer {
         F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
     {
         self.wait_for(Durability::Visible, write)
-    }
-
-    /// Like `run`, but returns at once: `then` gets the result on the writer thread, once the
-    /// group is on disk (or has failed), so the caller need not wait for the writer to wake it.
-    /// `then` runs between the writer's groups, so it must never wait for anything (a client
-    /// socket above all); a panic in it is contained and logged.
-    pub(crate) fn run_then<T, F, G>(&self, write: F, then: G)
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
-        G: FnOnce(Result<T, Error>) + Send + 'static,
-    {
-        self.queue(Durability::Synced, write, then);
     }
 
     fn wait_for<T, F>(&self, durability: Durability, write: F) -> Result<T, Error>
@@ -313,8 +300,8 @@ fn take_waiting(queue: &mpsc::Receiver<Job>, group: &mut Vec<Job>) {
     }
 }
 
-/// Gives one job its outcome. What a job does then (`Writer::run_then`) is not the writer's
-/// business: a panic there costs that answer, never the writer thread.
+/// Gives one job its outcome (hands it to the thread waiting for it); a panic there costs that
+/// answer, never the writer thread.
 fn answer(finish: Finish, committed: Result<(), &Error>) {
     if catch_unwind(AssertUnwindSafe(|| finish(committed))).is_err() {
         crate::log::error("a write's answer panicked on the writer thread");
@@ -456,48 +443,6 @@ mod tests {
         assert_eq!(account.last_login, Some(200));
         assert_eq!(account.date_joined, 100);
         assert_eq!(account.username, "openid-1");
-        drop(writer);
-        handle.join().unwrap();
-    }
-
-    #[test]
-    fn run_then_answers_on_the_writer_after_the_commit_and_survives_a_panicking_answer() {
-        let path = temp_database("run-then");
-        let (connection, _) = open_writer(&path, Opener::Server).unwrap();
-        let (writer, handle) = Writer::start(connection);
-        let (sender, answers) = mpsc::channel();
-        let reader_path = path.clone();
-        writer.run_then(
-            |c| login_account(c, "wxa", "openid-1", "127.0.0.1", 100),
-            move |result| {
-                // Committed when `then` runs: another connection sees the account.
-                let reader = open_reader(&reader_path).unwrap();
-                let seen = account_by_openid(&reader, "wxa", "openid-1").unwrap().map(|a| a.id);
-                let thread = thread::current().name().map(str::to_string);
-                sender.send((result.unwrap(), seen, thread)).unwrap();
-            },
-        );
-        let (id, seen, thread) = answers.recv_timeout(Duration::from_secs(10)).unwrap();
-        assert_eq!(seen, Some(id));
-        assert_eq!(thread.as_deref(), Some("writer"));
-
-        // A failing write reaches `then` as its error, rolled back alone.
-        let (sender, answers) = mpsc::channel();
-        writer.run_then(
-            |c| {
-                login_account(c, "wxa", "openid-2", "127.0.0.1", 100)?;
-                Err::<(), _>(Error::InvalidParameter("boom".into()))
-            },
-            move |result| sender.send(result.is_err()).unwrap(),
-        );
-        assert!(answers.recv_timeout(Duration::from_secs(10)).unwrap());
-
-        // A panic in an answer costs that answer, not the writer: the next write still runs.
-        writer.run_then(|_| Ok(()), |_| panic!("an answer panics"));
-        let after = writer.run(|c| login_account(c, "wxa", "openid-3", "127.0.0.1", 100));
-        assert!(after.is_ok());
-        let reader = open_reader(&path).unwrap();
-        assert!(account_by_openid(&reader, "wxa", "openid-2").unwrap().is_none());
         drop(writer);
         handle.join().unwrap();
     }
