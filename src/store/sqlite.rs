@@ -1,13 +1,12 @@
 //! The SQLite engine: the queries, one function per query, on a rusqlite connection, each
 //! statement prepared once per connection (`prepare_cached`); the writer's plumbing (`step`); and
-//! beside it in `sqlite/`, opening connections (`open.rs`), SQLite's settings through its FFI
-//! (`tuning.rs`), `schema.sql` by version (`migrate.rs`) and backups (`backup.rs`). One account
+//! beside it in `sqlite/`, opening connections with their pragmas (`open.rs`), `schema.sql` by
+//! version (`migrate.rs`) and backups (`backup.rs`). One account
 //! per WeChat identity is a unique index, never a check-then-insert.
 
 mod backup;
 mod migrate;
 mod open;
-mod tuning;
 
 use rusqlite::{Connection, OptionalExtension, ToSql, params};
 

@@ -9,7 +9,6 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 use super::migrate::migrate;
-use super::tuning::{configure_sqlite, enable_lookaside};
 use crate::error::Error;
 use crate::store::Opener;
 
@@ -20,11 +19,9 @@ pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// (`open_read_write`), sets durable pragmas and applies pending schema versions. Returns the
 /// connection and the versions it applied.
 pub(crate) fn open_writer(path: &str, opener: Opener) -> Result<(Connection, Vec<u32>), Error> {
-    configure_sqlite();
     create_private_file(path)
         .map_err(|error| Error::Internal(format!("cannot create database file {path}: {error}")))?;
     let connection = open_read_write(path, opener)?;
-    enable_lookaside(&connection);
     connection.busy_timeout(BUSY_TIMEOUT)?;
     // WAL lets readers proceed while the writer commits; FULL makes every commit durable before
     // it is acknowledged (an fsync of the WAL per group commit).
@@ -64,7 +61,6 @@ pub(crate) fn open_reader(path: &str) -> Result<Connection, Error> {
 /// Opens a database file that must exist, read-only (`None`) or read-write for `Some(opener)`
 /// (`open_read_write`), with the busy timeout and foreign keys on.
 fn open_existing_with(path: &str, writer: Option<Opener>) -> Result<Connection, Error> {
-    configure_sqlite();
     let connection = match writer {
         None => {
             let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
