@@ -14,40 +14,14 @@ pub(crate) fn now() -> i64 {
 
 /// `yyyy-mm-dd HH:MM:SS` in UTC.
 pub(crate) fn format_datetime(seconds: i64) -> String {
-    let days = seconds.div_euclid(86_400);
     let second_of_day = seconds.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    if !(0..=9999).contains(&year) {
-        // Not a time wxauth writes, but a token may claim one (`exp`); shown whole, not cut.
-        return format!(
-            "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-            second_of_day / 3600,
-            second_of_day / 60 % 60,
-            second_of_day % 60
-        );
-    }
-    // By hand rather than with format!: two of these go into every account answer and one into
-    // every log line, and the formatting machinery costs several times the arithmetic.
-    let mut text = [0u8; 19];
-    let mut put = |at: usize, width: usize, value: i64| {
-        let mut value = value.rem_euclid(10_i64.pow(width as u32));
-        for index in (at..at + width).rev() {
-            text[index] = b'0' + (value % 10) as u8;
-            value /= 10;
-        }
-    };
-    put(0, 4, year);
-    put(5, 2, i64::from(month));
-    put(8, 2, i64::from(day));
-    put(11, 2, second_of_day / 3600);
-    put(14, 2, second_of_day / 60 % 60);
-    put(17, 2, second_of_day % 60);
-    text[4] = b'-';
-    text[7] = b'-';
-    text[10] = b' ';
-    text[13] = b':';
-    text[16] = b':';
-    String::from_utf8(text.to_vec()).expect("digits and separators are ASCII")
+    let (year, month, day) = civil_from_days(seconds.div_euclid(86_400));
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        second_of_day / 3600,
+        second_of_day / 60 % 60,
+        second_of_day % 60
+    )
 }
 
 /// Checks that `text` is exactly `yyyy-mm-dd` and names a day that exists (so `2023-02-30` and
