@@ -210,7 +210,6 @@ struct UsageError {
 }
 
 fn main() -> ExitCode {
-    tune_malloc();
     let command = match parse_arguments(std::env::args().skip(1).collect()) {
         Ok(command) => command,
         Err(UsageError { message, usage }) => {
@@ -598,31 +597,3 @@ fn raise_open_files_limit() -> u64 {
 fn raise_open_files_limit() -> u64 {
     1024
 }
-
-/// glibc gives threads their own malloc arenas, up to eight per core, each keeping freed memory
-/// for itself; with a worker pool, a writer and a thread per connection that is most of the
-/// resident memory beyond the data. wxauth makes few allocations per request, so two arenas serve
-/// them without contention, in a fraction of the memory. Freed memory is kept up to a bound
-/// rather than returned at once (see below).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn tune_malloc() {
-    const M_ARENA_MAX: std::ffi::c_int = -8;
-    const M_TRIM_THRESHOLD: std::ffi::c_int = -1;
-    unsafe extern "C" {
-        fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
-    }
-    // SAFETY: mallopt only sets an allocator parameter; it is called first thing in main, before
-    // any other thread exists. A failure (0) leaves glibc's default, which is also fine.
-    unsafe {
-        mallopt(M_ARENA_MAX, 2);
-        // glibc hands the top of a thread's heap back to the kernel once 128 KiB of it is free;
-        // the writer frees and reallocates about that much per group commit, and each return is
-        // an madvise that interrupts every CPU to flush its TLB. 4 MiB keeps that memory. (This
-        // also fixes the mmap threshold at its initial 128 KiB; nothing wxauth allocates per
-        // request or per commit is that large: no mmap or munmap under bench/run's load.)
-        mallopt(M_TRIM_THRESHOLD, 4 << 20);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tune_malloc() {}
