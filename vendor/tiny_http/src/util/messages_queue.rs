@@ -11,17 +11,8 @@ pub struct MessagesQueue<T>
 where
     T: Send,
 {
-    queue: Mutex<Queue<T>>,
+    queue: Mutex<VecDeque<Control<T>>>,
     condvar: Condvar,
-}
-
-/// [wxauth patch] The queue, and how many threads wait on the condvar for it: a push wakes one
-/// only when one waits, and after letting the lock go. Upstream notified under the lock at every
-/// push: a futex system call even when every worker was busy (std's condvar always makes one),
-/// and a woken worker that found the lock still held had to sleep again on it.
-struct Queue<T> {
-    elements: VecDeque<Control<T>>,
-    waiting: usize,
 }
 
 impl<T> MessagesQueue<T>
@@ -30,26 +21,16 @@ where
 {
     pub fn with_capacity(capacity: usize) -> Arc<MessagesQueue<T>> {
         Arc::new(MessagesQueue {
-            queue: Mutex::new(Queue {
-                elements: VecDeque::with_capacity(capacity),
-                waiting: 0,
-            }),
+            queue: Mutex::new(VecDeque::with_capacity(capacity)),
             condvar: Condvar::new(),
         })
     }
 
-    /// [wxauth patch] Adds `control` and wakes a waiting thread, if any.
+    /// Adds `control` and wakes a waiting thread, if any.
     fn add(&self, control: Control<T>) {
-        let wake = {
-            let mut queue = self.queue.lock().unwrap();
-            queue.elements.push_back(control);
-            queue.waiting > 0
-        };
-        // A thread counted in `waiting` is asleep in `wait`, or about to be with the lock let go
-        // (the condvar then sees this notice): none can miss it.
-        if wake {
-            self.condvar.notify_one();
-        }
+        let mut queue = self.queue.lock().unwrap();
+        queue.push_back(control);
+        self.condvar.notify_one();
     }
 
     /// Pushes an element to the queue.
@@ -68,22 +49,20 @@ where
         let mut queue = self.queue.lock().unwrap();
 
         loop {
-            match queue.elements.pop_front() {
+            match queue.pop_front() {
                 Some(Control::Elem(value)) => return Some(value),
                 Some(Control::Unblock) => return None,
                 None => (),
             }
 
-            queue.waiting += 1;
             queue = self.condvar.wait(queue).unwrap();
-            queue.waiting -= 1;
         }
     }
 
     /// Tries to pop an element without blocking.
     pub fn try_pop(&self) -> Option<T> {
         let mut queue = self.queue.lock().unwrap();
-        match queue.elements.pop_front() {
+        match queue.pop_front() {
             Some(Control::Elem(value)) => Some(value),
             Some(Control::Unblock) | None => None,
         }
@@ -96,16 +75,14 @@ where
         let mut queue = self.queue.lock().unwrap();
         let mut duration = timeout;
         loop {
-            match queue.elements.pop_front() {
+            match queue.pop_front() {
                 Some(Control::Elem(value)) => return Some(value),
                 Some(Control::Unblock) => return None,
                 None => (),
             }
             let now = Instant::now();
-            queue.waiting += 1;
             let (_queue, result) = self.condvar.wait_timeout(queue, timeout).unwrap();
             queue = _queue;
-            queue.waiting -= 1;
             let sleep_time = now.elapsed();
             duration = if duration > sleep_time {
                 duration - sleep_time
@@ -118,7 +95,7 @@ where
                 // [wxauth patch] A push as the wait ran out may have sent its notice to this
                 // thread alone: take its element rather than leave it to the next waiter's
                 // timeout (a worker's poll interval, 200 ms in wxauth).
-                return match queue.elements.pop_front() {
+                return match queue.pop_front() {
                     Some(Control::Elem(value)) => Some(value),
                     Some(Control::Unblock) | None => None,
                 };
@@ -129,7 +106,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    // [wxauth patch] The queue wakes a waiting thread only when one waits; none may be missed.
+    // [wxauth patch] No push is missed by a waiting thread, with or without a timeout.
     use super::MessagesQueue;
     use std::thread;
     use std::time::{Duration, Instant};
