@@ -53,7 +53,7 @@ pub(crate) fn open_reader(path: &str) -> Result<Connection, Error> {
     let connection = open_existing_with(path, None)?;
     // A small page cache per reader: there is one per worker, the OS caches the file anyway, and
     // in WAL mode any commit empties it at the reader's next transaction. 64 KiB holds the pages
-    // of any one query wxauth makes; 128 KiB cost 16 × 64 KiB more peak memory (bench/run).
+    // of any one query wxauth makes, and every KiB more is one more per worker.
     connection.execute_batch("PRAGMA cache_size = -64;")?;
     Ok(connection)
 }
