@@ -388,10 +388,49 @@ impl std::error::Error for DatabaseError {
     }
 }
 
+/// A database path in a directory of its own, removed with everything in it when dropped, so the
+/// unit tests leave nothing behind. Reads as the path (`&str`, `Path`, `Display`).
 #[cfg(test)]
-fn temp_database(name: &str) -> String {
+struct TempDatabase {
+    dir: std::path::PathBuf,
+    path: String,
+}
+
+#[cfg(test)]
+fn temp_database(name: &str) -> TempDatabase {
     let dir = std::env::temp_dir().join(format!("wxauth-store-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir.join("test.db").to_string_lossy().into_owned()
+    let path = dir.join("test.db").to_string_lossy().into_owned();
+    TempDatabase { dir, path }
+}
+
+#[cfg(test)]
+impl std::ops::Deref for TempDatabase {
+    type Target = String;
+
+    fn deref(&self) -> &String {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+impl AsRef<std::path::Path> for TempDatabase {
+    fn as_ref(&self) -> &std::path::Path {
+        self.path.as_ref()
+    }
+}
+
+#[cfg(test)]
+impl fmt::Display for TempDatabase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.path)
+    }
+}
+
+#[cfg(test)]
+impl Drop for TempDatabase {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

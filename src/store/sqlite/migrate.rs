@@ -87,7 +87,7 @@ mod tests {
     }
 
     /// A new database made by the schema's sections up to `version`, as an older wxauth left it.
-    fn database_at_version(name: &str, version: u32) -> (String, Connection) {
+    fn database_at_version(name: &str, version: u32) -> (crate::store::TempDatabase, Connection) {
         let path = temp_database(name);
         let connection = Connection::open(&path).unwrap();
         for (section, sql) in schema_versions() {

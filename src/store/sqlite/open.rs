@@ -279,7 +279,7 @@ mod tests {
         assert!(refusal.ends_with("point `database` at the real file, not a symlink"), "{refusal}");
         let refusal = check(&link, false, None).unwrap_err();
         assert!(refusal.ends_with("is a symbolic link: move it away (SQLite makes its own)"));
-        let directory = Path::new(&path).parent().unwrap().to_str().unwrap().to_string();
+        let directory = Path::new(path.as_str()).parent().unwrap().to_str().unwrap().to_string();
         let refusal = check(&directory, true, Some(user)).unwrap_err();
         assert!(
             refusal.ends_with("is not a regular file: point `database` at a file"),
