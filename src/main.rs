@@ -5,7 +5,8 @@
 //! return their failure for main to report. The first line `serve` prints is
 //! `listening on http://HOST:PORT`; in demo mode the next names the fake WeChat. A start-up or
 //! command failure is one line on stderr and exit status 1; a usage error, status 2; a clean stop
-//! after SIGTERM or SIGINT, status 0.
+//! after SIGTERM or SIGINT, status 0. `serve` takes its listening socket before it touches the
+//! database, so that a start that cannot listen leaves nothing behind.
 
 mod admin;
 mod api;
@@ -448,6 +449,7 @@ fn serve(config_path: Option<String>) -> Result<(), Fatal> {
     let max_connections = config.connections_for(open_files);
     // Installed before anything is announced, so a stop signal is never the default (fatal) one.
     let mut signals = stop_signals()?;
+    let listener = server::listen(config.listen)?;
 
     // Demo mode serves its own fake WeChat and talks to it with a throwaway secret.
     let demo = if config.demo_mode() {
@@ -475,7 +477,7 @@ fn serve(config_path: Option<String>) -> Result<(), Fatal> {
     let readers = (0..config.workers)
         .map(|_| store::open_reader(&config.database))
         .collect::<Result<Vec<_>, _>>()?;
-    let (server, address) = server::bind(&config, max_connections)?;
+    let (server, address) = server::with_limits(listener, &config, max_connections)?;
     let (writer, writer_thread) = store::Writer::start(connection);
 
     let shared = Arc::new(server::Shared {

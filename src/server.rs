@@ -51,16 +51,23 @@ pub(crate) struct Running {
     finished: mpsc::Receiver<()>,
 }
 
-/// Binds the listen address with the limits that keep hostile clients from tying up threads
-/// (see vendor/tiny_http/PATCHES.md): request heads and bodies are read whole, within their size
-/// limits and `request_timeout_ms`, by tiny_http's connection threads before a worker sees them,
-/// and at most `max_connections` are open. Separate from `start` so the address can be announced
-/// first.
-pub(crate) fn bind(config: &Config, max_connections: usize) -> Result<(Server, SocketAddr), Fatal> {
-    let listen = config.listen;
-    let cannot_listen = || Fatal::io(format!("cannot listen on {listen}"));
-    let listener = TcpListener::bind(listen).map_err(cannot_listen())?;
-    let address = listener.local_addr().map_err(cannot_listen())?;
+/// Binds `listen`: first thing at start, so that a start that cannot listen has touched nothing
+/// (no database created).
+pub(crate) fn listen(listen: SocketAddr) -> Result<TcpListener, Fatal> {
+    TcpListener::bind(listen).map_err(Fatal::io(format!("cannot listen on {listen}")))
+}
+
+/// Serves `listener` (bound by `listen`) with the limits that keep hostile clients from tying up
+/// threads (see vendor/tiny_http/PATCHES.md): request heads and bodies are read whole, within
+/// their size limits and `request_timeout_ms`, by tiny_http's connection threads before a worker
+/// sees them, and at most `max_connections` are open. Separate from `start` so the address can be
+/// announced first.
+pub(crate) fn with_limits(
+    listener: TcpListener,
+    config: &Config,
+    max_connections: usize,
+) -> Result<(Server, SocketAddr), Fatal> {
+    let address = listener.local_addr().map_err(Fatal::io("cannot read the listening address"))?;
     let limits = tiny_http::Limits {
         max_line_bytes: 8 * 1024,
         max_head_bytes: 32 * 1024,
@@ -73,7 +80,7 @@ pub(crate) fn bind(config: &Config, max_connections: usize) -> Result<(Server, S
         error_body: Some(refusal_body),
     };
     let server = Server::from_listener_with_limits(listener, limits)
-        .map_err(|error| Fatal::Other(format!("cannot listen on {listen}: {error}")))?;
+        .map_err(|error| Fatal::Other(format!("cannot listen on {address}: {error}")))?;
     Ok((server, address))
 }
 

@@ -15,6 +15,7 @@ mod observe;
 mod operator;
 mod python;
 mod register;
+mod service;
 mod upgrade;
 mod verify;
 mod wechat;
