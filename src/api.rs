@@ -114,7 +114,7 @@ impl Ctx<'_> {
     /// Spends one of this client's rate-limited requests.
     fn rate_limit(&self) -> Result<(), Error> {
         self.limiter
-            .check(self.client, Instant::now())
+            .check(&self.config.rate_limit, self.client, Instant::now())
             .map_err(|retry_after| Error::RateLimited { retry_after })
     }
 
@@ -225,7 +225,9 @@ impl Ctx<'_> {
     /// would cost a new read transaction with an emptied page cache.
     fn exchange_code(&self, code: &str) -> Result<Exchanged, Error> {
         let mut exchanged = None;
-        let answer = self.codes.exchange(codes::key(self.appid(), code), self.now, || {
+        let keep_session_key = self.config.expose_session_key;
+        let key = codes::key(self.appid(), code);
+        let answer = self.codes.exchange(key, self.now, keep_session_key, || {
             let session = self.wechat.code_to_session(code)?;
             let (appid, openid) = (self.appid().to_string(), session.openid.clone());
             let record = WechatSession {
@@ -363,7 +365,8 @@ pub(crate) fn get_openid_by_code(ctx: &Ctx, code: Option<&str>) -> Result<Openid
         account,
         openid: session.openid,
         unionid: session.unionid,
-        // Kept only when exposed (RecentCodes::new); checked here too, as this is the door.
+        // Kept only when exposed (RecentCodes::exchange); checked here too, as this is the door:
+        // a code remembered before a reload turned exposing off still holds its key.
         session_key: session.session_key.filter(|_| ctx.config.expose_session_key),
     })
 }

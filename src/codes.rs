@@ -70,7 +70,6 @@ pub(crate) fn key(appid: &str, code: &str) -> Key {
 pub(crate) struct RecentCodes {
     state: Mutex<State>,
     settled: Condvar,
-    keep_session_keys: bool,
 }
 
 struct State {
@@ -80,14 +79,16 @@ struct State {
 }
 
 impl RecentCodes {
-    /// Room for `MAX_REMEMBERED` answers of the usual size, session_keys included if kept.
+    /// Room for `MAX_REMEMBERED` answers of the usual size, session_keys included if they are
+    /// kept (`expose_session_key` at start; a reload may change it, and memory then holds fewer
+    /// or more answers).
     pub(crate) fn new(keep_session_keys: bool) -> RecentCodes {
         let answer = USUAL_ANSWER + if keep_session_keys { USUAL_SESSION_KEY } else { 0 };
         let state = State {
             in_flight: HashSet::new(),
             memory: Memory::new(MAX_REMEMBERED, MAX_REMEMBERED * answer),
         };
-        RecentCodes { state: Mutex::new(state), settled: Condvar::new(), keep_session_keys }
+        RecentCodes { state: Mutex::new(state), settled: Condvar::new() }
     }
 
     /// The answer for the code `key`: the remembered one, or what `exchange` (the call to WeChat,
@@ -95,11 +96,13 @@ impl RecentCodes {
     /// record saw it) returns, remembered until `now + CODE_LIFE`. One code is never exchanged by
     /// two requests at once: the second waits for the first and gets its answer (or, if it
     /// failed, tries itself). The first answer and a remembered one are the same, session_key (or
-    /// its absence) and token version included.
+    /// its absence) and token version included. The session_key is kept only if
+    /// `keep_session_key` (`expose_session_key`, as the request found it).
     pub(crate) fn exchange(
         &self,
         key: Key,
         now: i64,
+        keep_session_key: bool,
         exchange: impl FnOnce() -> Result<(CodeSession, i64), Error>,
     ) -> Result<CodeAnswer, Error> {
         let deadline = Instant::now() + WAIT_FOR_FIRST;
@@ -131,7 +134,7 @@ impl RecentCodes {
         let answer = exchange().map(|(session, token_version)| CodeAnswer {
             openid: session.openid,
             unionid: session.unionid,
-            session_key: self.keep_session_keys.then_some(session.session_key),
+            session_key: keep_session_key.then_some(session.session_key),
             token_version,
         });
         if let Ok(answer) = &answer {
@@ -381,7 +384,7 @@ mod tests {
     }
 
     fn exchange(codes: &RecentCodes, code: &str, now: i64, openid: &str) -> CodeAnswer {
-        codes.exchange(key("wxa", code), now, || recorded(openid)).unwrap()
+        codes.exchange(key("wxa", code), now, false, || recorded(openid)).unwrap()
     }
 
     fn remembered(codes: &RecentCodes, code: &str, now: i64) -> Option<CodeAnswer> {
@@ -406,13 +409,13 @@ mod tests {
         let codes = RecentCodes::new(false);
         assert_eq!(exchange(&codes, "code-1", 1000, "a").openid, "a");
         let again = codes
-            .exchange(key("wxa", "code-1"), 1100, || panic!("must not call WeChat again"))
+            .exchange(key("wxa", "code-1"), 1100, false, || panic!("must not call WeChat again"))
             .unwrap();
         assert_eq!(again.openid, "a");
-        let other_appid = codes.exchange(key("wxb", "code-1"), 1100, || recorded("b"));
+        let other_appid = codes.exchange(key("wxb", "code-1"), 1100, false, || recorded("b"));
         assert_eq!(other_appid.unwrap().openid, "b", "codes belong to one mini-program");
-        let later =
-            codes.exchange(key("wxa", "code-1"), 1000 + CODE_LIFE, || Err(Error::WechatCodeUsed));
+        let later = codes
+            .exchange(key("wxa", "code-1"), 1000 + CODE_LIFE, false, || Err(Error::WechatCodeUsed));
         assert!(matches!(later, Err(Error::WechatCodeUsed)));
     }
 
@@ -426,7 +429,8 @@ mod tests {
                 session_key: "k/1+=".into(),
             };
             let first = full.clone();
-            let fresh = codes.exchange(key("wxa", "code-4"), 1000, move || Ok((first, 7))).unwrap();
+            let fresh =
+                codes.exchange(key("wxa", "code-4"), 1000, keep, move || Ok((first, 7))).unwrap();
             let again = remembered(&codes, "code-4", 1001).unwrap();
             let kept = keep.then(|| full.session_key.clone());
             for answer in [fresh, again] {
@@ -437,7 +441,7 @@ mod tests {
                 );
             }
             let empty_unionid = CodeSession { unionid: Some(String::new()), ..session("o-2") };
-            codes.exchange(key("wxa", "code-5"), 1000, || Ok((empty_unionid, 0))).unwrap();
+            codes.exchange(key("wxa", "code-5"), 1000, keep, || Ok((empty_unionid, 0))).unwrap();
             let again = remembered(&codes, "code-5", 1001).unwrap();
             assert_eq!((again.openid.as_str(), again.unionid.as_deref()), ("o-2", Some("")));
             exchange(&codes, "code-6", 1000, "o-3");
@@ -475,8 +479,8 @@ mod tests {
     fn a_failed_exchange_is_not_remembered() {
         let codes = RecentCodes::new(false);
         let code = key("wxa", "code-2");
-        assert!(codes.exchange(code, 1000, || Err(Error::WechatCodeInvalid)).is_err());
-        let retried = codes.exchange(code, 1001, || recorded("b")).unwrap();
+        assert!(codes.exchange(code, 1000, false, || Err(Error::WechatCodeInvalid)).is_err());
+        let retried = codes.exchange(code, 1001, false, || recorded("b")).unwrap();
         assert_eq!(retried.openid, "b", "WeChat was asked again");
         assert!(codes.lock().in_flight.is_empty());
     }
@@ -486,11 +490,11 @@ mod tests {
         let codes = RecentCodes::new(false);
         let code = key("wxa", "code-p");
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            codes.exchange(code, 1000, || panic!("boom"))
+            codes.exchange(code, 1000, false, || panic!("boom"))
         }));
         assert!(panicked.is_err());
         assert!(codes.lock().in_flight.is_empty());
-        assert_eq!(codes.exchange(code, 1000, || recorded("p")).unwrap().openid, "p");
+        assert_eq!(codes.exchange(code, 1000, false, || recorded("p")).unwrap().openid, "p");
     }
 
     #[test]
@@ -502,7 +506,7 @@ mod tests {
                 let (codes, calls) = (codes.clone(), calls.clone());
                 std::thread::spawn(move || {
                     codes
-                        .exchange(key("wxa", "code-3"), 1000, || {
+                        .exchange(key("wxa", "code-3"), 1000, false, || {
                             calls.fetch_add(1, Ordering::SeqCst);
                             std::thread::sleep(Duration::from_millis(50));
                             recorded("c")

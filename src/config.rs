@@ -6,6 +6,9 @@
 //! from the keys themselves so the two can never drift apart. Unknown keys, in the file or the
 //! environment, are errors naming the key. `Debug` never shows a secret. This module does no I/O
 //! beyond reading the file it is given and the environment.
+//!
+//! A reload (SIGHUP) loads the configuration again; `Config::reloaded` takes from it the keys in
+//! `RELOADABLE`, those read afresh by each request, and keeps the running value of every other.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -277,14 +280,7 @@ const SECRET_KEYS: &[&str] = &["wechat.secret", "jwt.secret", "jwt.previous_secr
 /// Replaces the values at `keys` (`key` or `section.key`) in `table`.
 fn redact_keys(table: &mut toml::Table, keys: &[&str]) {
     for path in keys {
-        let value = match path.split_once('.') {
-            None => table.get_mut(*path),
-            Some((section, key)) => match table.get_mut(section) {
-                Some(toml::Value::Table(section)) => section.get_mut(key),
-                _ => None,
-            },
-        };
-        if let Some(value) = value {
+        if let Some(value) = leaf_mut(table, path) {
             redact_value(value);
         }
     }
@@ -296,6 +292,93 @@ fn redact_value(value: &mut toml::Value) {
         toml::Value::String(text) if !text.is_empty() => *text = "<redacted>".into(),
         toml::Value::Array(items) => items.iter_mut().for_each(redact_value),
         _ => {}
+    }
+}
+
+/// The keys a reload applies, as `key` or `section.key`: each is read from the configuration in
+/// force by every request, or at the stop, and nothing built at start depends on it. The others
+/// shape what start-up built (the listener and its limits, the database and workers, the WeChat
+/// client, the JWT keys) or, for `jwt.issuer` and `jwt.audience`, are shared with the services
+/// that verify tokens, so they change with a restart only.
+pub(crate) const RELOADABLE: &[&str] = &[
+    "openid_login",
+    "openid_login_window",
+    "expose_session_key",
+    "trusted_proxies",
+    "shutdown_timeout_ms",
+    "jwt.lifetime",
+    "jwt.leeway",
+    "rate_limit.enabled",
+    "rate_limit.burst",
+    "rate_limit.per_second",
+    "log.level",
+    "log.format",
+    "log.access",
+];
+
+/// What a reload makes of a newly loaded configuration.
+pub(crate) struct Reloaded {
+    /// The configuration to put in force: the running one with the new values of `applied`.
+    pub(crate) config: Config,
+    /// The reloadable keys whose value changed, as `section.key`, in key order.
+    pub(crate) applied: Vec<String>,
+    /// The keys whose value changed but take a restart to apply.
+    pub(crate) need_restart: Vec<String>,
+}
+
+impl Config {
+    /// Compares `loaded` (the configuration read again) with this running one, key by key, and
+    /// takes its values for the keys in `RELOADABLE`. Keys are only named, never their values
+    /// (some are secrets).
+    pub(crate) fn reloaded(&self, loaded: &Config) -> Result<Reloaded, Fatal> {
+        let table = |config: &Config| {
+            toml::Table::try_from(config)
+                .map_err(|error| Fatal::Config(format!("config: cannot compare: {error}")))
+        };
+        let (running, loaded) = (table(self)?, table(loaded)?);
+        let old: BTreeMap<String, &toml::Value> = leaves(&running).collect();
+        let mut merged = running.clone();
+        let (mut applied, mut need_restart) = (Vec::new(), Vec::new());
+        for (path, new_value) in leaves(&loaded) {
+            if old.get(&path) == Some(&new_value) {
+                continue;
+            }
+            if RELOADABLE.contains(&path.as_str()) {
+                if let Some(value) = leaf_mut(&mut merged, &path) {
+                    *value = new_value.clone();
+                }
+                applied.push(path);
+            } else {
+                need_restart.push(path);
+            }
+        }
+        let config: Config = toml::Value::Table(merged)
+            .try_into()
+            .map_err(|error: toml::de::Error| Fatal::Config(format!("config: {error}")))?;
+        validate(&config).map_err(Fatal::Config)?;
+        Ok(Reloaded { config, applied, need_restart })
+    }
+}
+
+/// Every value of a configuration table with its path (`key` or `section.key`), in key order.
+fn leaves(table: &toml::Table) -> impl Iterator<Item = (String, &toml::Value)> {
+    table.iter().flat_map(|(key, value)| match value {
+        toml::Value::Table(section) => section
+            .iter()
+            .map(|(inner, value)| (format!("{key}.{inner}"), value))
+            .collect::<Vec<_>>(),
+        _ => vec![(key.clone(), value)],
+    })
+}
+
+/// The value at `path` (`key` or `section.key`) in `table`, if there is one.
+fn leaf_mut<'a>(table: &'a mut toml::Table, path: &str) -> Option<&'a mut toml::Value> {
+    match path.split_once('.') {
+        None => table.get_mut(path),
+        Some((section, key)) => match table.get_mut(section) {
+            Some(toml::Value::Table(section)) => section.get_mut(key),
+            _ => None,
+        },
     }
 }
 
@@ -884,16 +967,7 @@ mod tests {
     #[test]
     fn every_secret_like_key_is_listed_as_secret() {
         let defaults = toml::Table::try_from(Config::default()).unwrap();
-        let mut paths = Vec::new();
-        for (key, value) in &defaults {
-            match value {
-                toml::Value::Table(section) => {
-                    paths.extend(section.keys().map(|inner| format!("{key}.{inner}")))
-                }
-                _ => paths.push(key.clone()),
-            }
-        }
-        for path in paths {
+        for (path, _) in leaves(&defaults) {
             let name = path.rsplit('.').next().unwrap_or_default();
             if ["secret", "password", "token", "private"].iter().any(|word| name.contains(word)) {
                 assert!(SECRET_KEYS.contains(&path.as_str()), "add `{path}` to SECRET_KEYS");
@@ -910,5 +984,42 @@ mod tests {
         let text = toml::to_string(&table).unwrap();
         assert!(text.contains(r#"secret = ["<redacted>", "", "<redacted>"]"#), "{text}");
         assert!(text.contains(r#"issuer = "me""#), "{text}");
+    }
+
+    #[test]
+    fn a_reload_applies_the_reloadable_keys_and_names_the_others() {
+        let running = parse("openid_login = \"open\"\n", &env(&[])).unwrap();
+        let text = "openid_login = \"off\"\nlisten = \"127.0.0.1:9\"\n[rate_limit]\nburst = 5\n\
+                    [log]\nformat = \"json\"\n[wechat]\ntimeout_ms = 9000\n";
+        let secret = "a-new-jwt-secret-0123456789abcdef0123";
+        let loaded = parse(text, &env(&[("WXAUTH_JWT_SECRET", secret)])).unwrap();
+        let reloaded = running.reloaded(&loaded).unwrap();
+        assert_eq!(reloaded.applied, ["log.format", "openid_login", "rate_limit.burst"]);
+        assert_eq!(reloaded.need_restart, ["jwt.secret", "listen", "wechat.timeout_ms"]);
+        let config = reloaded.config;
+        assert_eq!(config.openid_login, OpenidLogin::Off);
+        assert_eq!(config.rate_limit.burst, 5);
+        assert_eq!(config.log.format, LogFormat::Json);
+        // What needs a restart keeps its running value.
+        assert_eq!(config.listen, running.listen);
+        assert_eq!(config.wechat.timeout_ms, 5000);
+        assert!(config.jwt.secret.is_empty());
+
+        let same = running.reloaded(&running.clone()).unwrap();
+        assert!(same.applied.is_empty() && same.need_restart.is_empty());
+    }
+
+    #[test]
+    fn the_configuration_docs_mark_exactly_the_reloadable_keys() {
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        let docs = include_str!("../docs/configuration.md");
+        let rows: Vec<&str> = docs.lines().filter(|line| line.starts_with("| `")).collect();
+        for (key, _) in leaves(&defaults) {
+            let row = rows.iter().find(|row| row.starts_with(&format!("| `{key}` |")));
+            let row = row.unwrap_or_else(|| panic!("docs/configuration.md lacks `{key}`"));
+            let reloadable = RELOADABLE.contains(&key.as_str());
+            assert_eq!(row.contains("*reloadable*"), reloadable, "{row}");
+        }
+        assert!(RELOADABLE.iter().all(|key| leaves(&defaults).any(|(path, _)| path == *key)));
     }
 }

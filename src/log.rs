@@ -5,9 +5,10 @@
 //! method and path) so that no request can forge or break a line, and copies at most
 //! `MAX_CLIENT_TEXT` bytes of each so that no request can make its line long.
 //!
-//! The settings are process-wide atomics set once at start-up by `configure`, because log lines
-//! come from everywhere (the writer thread, WeChat calls) and none of those places should need a
-//! handle to write one. Until `configure`, lines are plain and at info or above.
+//! The settings are process-wide atomics set by `configure`, at start-up and again at a reload,
+//! because log lines come from everywhere (the writer thread, WeChat calls) and none of those
+//! places should need a handle to write one. Until `configure`, lines are plain and at info or
+//! above.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;

@@ -5,8 +5,12 @@
 //! return their failure for main to report. The first line `serve` prints is
 //! `listening on http://HOST:PORT`; in demo mode the next names the fake WeChat. A start-up or
 //! command failure is one line on stderr and exit status 1; a usage error, status 2; a clean stop
-//! after SIGTERM or SIGINT, status 0. `serve` takes its listening socket before it touches the
-//! database, so that a start that cannot listen leaves nothing behind.
+//! after SIGTERM or SIGINT, status 0.
+//!
+//! The main thread of `serve` starts everything, then waits for signals: SIGTERM and SIGINT stop
+//! the server gracefully, SIGHUP reloads the configuration (`reload`). Start-up takes the
+//! listening socket before it touches the database, so a start that cannot listen leaves nothing
+//! behind.
 
 mod admin;
 mod api;
@@ -34,7 +38,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use signal_hook::consts::signal::{SIGINT, SIGTERM};
+use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::error::Fatal;
@@ -81,7 +85,9 @@ Runs the server. The first line it prints is `listening on http://HOST:PORT`; in
 next names the built-in fake WeChat. The database file is created (owner-only) when missing and
 upgraded in place when older; an existing one (and its -wal, -shm, -journal) must be a regular
 file of the user wxauth runs as, not writable by others and not a link, or wxauth exits 1 saying
-how to fix it. SIGTERM or SIGINT stops it gracefully, with exit status 0.
+how to fix it. SIGTERM or SIGINT stops it gracefully, with exit status 0. SIGHUP reads the
+configuration again and applies the keys that can change while it runs (log, rate limits, openid
+login policy, …; docs/operations.md); the log says what changed and what needs a restart.
 
 ",
     config_option!()
@@ -443,12 +449,13 @@ impl Rest {
 }
 
 fn serve(config_path: Option<String>) -> Result<(), Fatal> {
+    // Installed before anything is announced, so a stop or reload signal is never the default
+    // (fatal) one.
+    let mut signals = signals()?;
     let config = config::load(config_path.as_deref())?;
     log::configure(&config.log);
     let open_files = raise_open_files_limit();
     let max_connections = config.connections_for(open_files);
-    // Installed before anything is announced, so a stop signal is never the default (fatal) one.
-    let mut signals = stop_signals()?;
     let listener = server::listen(config.listen)?;
 
     // Demo mode serves its own fake WeChat and talks to it with a throwaway secret.
@@ -480,13 +487,13 @@ fn serve(config_path: Option<String>) -> Result<(), Fatal> {
     let (server, address) = server::with_limits(listener, &config, max_connections)?;
     let (writer, writer_thread) = store::Writer::start(connection);
 
-    let shared = Arc::new(server::Shared {
-        wechat: wechat::WeChat::new(&config.wechat, &appid, &secret, &base_url),
-        codes: codes::RecentCodes::new(config.expose_session_key),
-        limiter: ratelimit::RateLimiter::new(&config.rate_limit),
-        keys: api::Keys::new(&jwt_secret, &config.jwt.previous_secrets),
-        config,
-    });
+    let shared = Arc::new(server::Shared::new(
+        config.clone(),
+        wechat::WeChat::new(&config.wechat, &appid, &secret, &base_url),
+        codes::RecentCodes::new(config.expose_session_key),
+        ratelimit::RateLimiter::new(),
+        api::Keys::new(&jwt_secret, &config.jwt.previous_secrets),
+    ));
     let running = server::start(server, shared.clone(), &writer, readers)?;
 
     // Both lines go to the log before the address is announced, so whoever waits for that
@@ -495,9 +502,9 @@ fn serve(config_path: Option<String>) -> Result<(), Fatal> {
         "wxauth {} serving {} on http://{address} with {} workers and up to {max_connections} \
          connections (open-file limit {open_files}), database {}{}",
         env!("CARGO_PKG_VERSION"),
-        shared.config.prefix,
-        shared.config.workers,
-        shared.config.database,
+        config.prefix,
+        config.workers,
+        config.database,
         if applied.is_empty() {
             String::new()
         } else {
@@ -509,11 +516,7 @@ fn serve(config_path: Option<String>) -> Result<(), Fatal> {
     log::info(&format!(
         "tokens are signed with key {} ({}){}",
         kids[0],
-        if shared.config.jwt.secret.is_empty() {
-            "generated, kept in the database"
-        } else {
-            "jwt.secret"
-        },
+        if config.jwt.secret.is_empty() { "generated, kept in the database" } else { "jwt.secret" },
         match &kids[1..] {
             [] => String::new(),
             previous => format!("; tokens of previous keys {} still verify", previous.join(", ")),
@@ -529,9 +532,14 @@ fn serve(config_path: Option<String>) -> Result<(), Fatal> {
         );
     }
 
-    signals.forever().next();
+    for signal in signals.forever() {
+        if signal != SIGHUP {
+            break;
+        }
+        reload(config_path.as_deref(), &shared);
+    }
     log::info("stopping: finishing requests in flight");
-    let grace = Duration::from_millis(shared.config.shutdown_timeout_ms);
+    let grace = Duration::from_millis(shared.config().shutdown_timeout_ms);
     if !running.stop(grace) {
         // Whatever is still running is cut off; the database stays consistent (every write is
         // a transaction), only those requests go unanswered.
@@ -550,17 +558,49 @@ fn serve(config_path: Option<String>) -> Result<(), Fatal> {
     Ok(())
 }
 
+/// Reads the configuration again as at start (the same file, the same environment), puts the
+/// keys that can change while serving in force (`config::RELOADABLE`), and logs one line naming
+/// those it applied and those that changed but need a restart. An invalid configuration is logged
+/// and changes nothing.
+fn reload(config_path: Option<&str>, shared: &server::Shared) {
+    let reloaded = config::load(config_path).and_then(|loaded| shared.config().reloaded(&loaded));
+    let config::Reloaded { config, applied, need_restart } = match reloaded {
+        Ok(reloaded) => reloaded,
+        Err(error) => {
+            log::error(&format!("configuration not reloaded, the running one is kept: {error}"));
+            return;
+        }
+    };
+    log::configure(&config.log);
+    shared.replace_config(config);
+    let mut message = String::from("reloaded the configuration: ");
+    message.push_str(&match applied.as_slice() {
+        [] if need_restart.is_empty() => "nothing changed".to_string(),
+        [] => "nothing applied".to_string(),
+        keys => format!("applied {}", keys.join(", ")),
+    });
+    if need_restart.is_empty() {
+        log::info(&message);
+    } else {
+        // The running configuration is no longer what the file says until a restart.
+        message.push_str(&format!("; changed but need a restart: {}", need_restart.join(", ")));
+        log::warn(&message);
+    }
+}
+
 fn fake_wechat(listen: &str) -> Result<(), Fatal> {
-    let mut signals = stop_signals()?;
+    let mut signals = signals()?;
     let fake = fake_wechat::FakeWeChat::start(listen)?;
     println!("fake WeChat listening on http://{}", fake.address);
-    signals.forever().next();
+    // The fake has no configuration to reload: SIGHUP does nothing.
+    signals.forever().find(|signal| *signal != SIGHUP);
     fake.stop();
     Ok(())
 }
 
-fn stop_signals() -> Result<Signals, Fatal> {
-    Signals::new([SIGTERM, SIGINT]).map_err(Fatal::io("cannot install signal handlers"))
+/// SIGTERM and SIGINT (stop) and SIGHUP (reload), which would otherwise end the process at once.
+fn signals() -> Result<Signals, Fatal> {
+    Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(Fatal::io("cannot install signal handlers"))
 }
 
 /// `bytes` random bytes from the OS, as lowercase hex.

@@ -1,6 +1,10 @@
 //! The HTTP server: the listener, the worker threads (each with its own read connection), panic
 //! containment, the access log, and a graceful stop.
 //!
+//! The configuration in force sits behind a lock in `Shared`: a worker reads it once per request,
+//! so one request sees one configuration, and a reload (SIGHUP, main.rs) swaps in a new one
+//! between requests without stopping any.
+//!
 //! A worker takes one request at a time from tiny_http's queue and answers it completely before
 //! it looks at the stop flag, so a request in flight when the stop comes still gets its answer. A
 //! panic in a handler costs that request a 500, never the worker.
@@ -15,7 +19,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, RwLock, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -36,11 +40,35 @@ const POLL: Duration = Duration::from_millis(200);
 
 /// What every worker shares.
 pub(crate) struct Shared {
-    pub(crate) config: Config,
+    /// The configuration in force: what wxauth started with, its reloadable keys as of the last
+    /// reload (config.rs, `Config::reloaded`).
+    config: RwLock<Arc<Config>>,
     pub(crate) wechat: WeChat,
     pub(crate) codes: RecentCodes,
     pub(crate) limiter: RateLimiter,
     pub(crate) keys: Keys,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        config: Config,
+        wechat: WeChat,
+        codes: RecentCodes,
+        limiter: RateLimiter,
+        keys: Keys,
+    ) -> Shared {
+        Shared { config: RwLock::new(Arc::new(config)), wechat, codes, limiter, keys }
+    }
+
+    /// The configuration in force.
+    pub(crate) fn config(&self) -> Arc<Config> {
+        self.config.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Puts `config` in force for the requests that start from now on.
+    pub(crate) fn replace_config(&self, config: Config) {
+        *self.config.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(config);
+    }
 }
 
 /// A running server.
@@ -171,16 +199,14 @@ struct Worker {
 impl Worker {
     fn serve(&self, mut request: Request) {
         let started = Instant::now();
+        let config = self.shared.config();
         let peer =
             request.remote_addr().map(SocketAddr::ip).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
         let forwarded_for = router::header(&request, "X-Forwarded-For");
-        let client = router::client_address(
-            peer,
-            forwarded_for.as_deref(),
-            &self.shared.config.trusted_proxies,
-        );
+        let client =
+            router::client_address(peer, forwarded_for.as_deref(), &config.trusted_proxies);
         let ctx = Ctx {
-            config: &self.shared.config,
+            config: &config,
             db: &self.db,
             writer: &self.writer,
             wechat: &self.shared.wechat,
@@ -192,7 +218,7 @@ impl Worker {
         };
         let reply = catch_unwind(AssertUnwindSafe(|| router::handle(&ctx, &mut request)))
             .unwrap_or_else(|_| router::failure(&Error::Internal("a handler panicked".into())));
-        record(&self.shared, &request, &reply, started, client);
+        record(&config, &request, &reply, started, client);
         respond(request, reply, &self.slow);
     }
 }
@@ -201,11 +227,11 @@ impl Worker {
 /// answer can rely on the metrics holding it, and on the log when it is a failure on our side (the
 /// other access lines wait a moment to be written together, log.rs). The duration is ours: it
 /// leaves out the time a slow client takes to read the answer.
-fn record(shared: &Shared, request: &Request, reply: &Reply, started: Instant, client: IpAddr) {
+fn record(config: &Config, request: &Request, reply: &Reply, started: Instant, client: IpAddr) {
     let duration = started.elapsed();
     // The query may hold a wx.login code: metrics and the log get the path only.
     let path = request.url().split('?').next().unwrap_or("");
-    let route = RouteLabel::of(&shared.config.prefix, path, reply.status);
+    let route = RouteLabel::of(&config.prefix, path, reply.status);
     METRICS.request(route, reply.status, duration);
     crate::log::access(&crate::log::Access {
         client,
