@@ -8,9 +8,9 @@
 //! after SIGTERM or SIGINT, status 0.
 //!
 //! The main thread of `serve` starts everything, then waits for signals: SIGTERM and SIGINT stop
-//! the server gracefully, SIGHUP reloads the configuration (`reload`). Start-up takes the
-//! listening socket before it touches the database, so a start that cannot listen leaves nothing
-//! behind.
+//! the server gracefully, SIGHUP reloads the configuration (`reload`); it reports each step to
+//! systemd (systemd.rs). Start-up takes the listening socket before it touches the database, so
+//! a start that cannot listen leaves nothing behind.
 
 mod admin;
 mod api;
@@ -26,6 +26,7 @@ mod ratelimit;
 mod router;
 mod server;
 mod store;
+mod systemd;
 mod time;
 mod wechat;
 mod wxcrypt;
@@ -88,6 +89,8 @@ file of the user wxauth runs as, not writable by others and not a link, or wxaut
 how to fix it. SIGTERM or SIGINT stops it gracefully, with exit status 0. SIGHUP reads the
 configuration again and applies the keys that can change while it runs (log, rate limits, openid
 login policy, …; docs/operations.md); the log says what changed and what needs a restart.
+Under systemd it reports readiness (Type=notify) and serves a socket passed by socket
+activation (LISTEN_FDS) instead of binding `listen`.
 
 ",
     config_option!()
@@ -449,14 +452,21 @@ impl Rest {
 }
 
 fn serve(config_path: Option<String>) -> Result<(), Fatal> {
+    // SAFETY: first thing in `serve`, called from main before any thread starts.
+    let passed = unsafe { systemd::take_listener() }?;
     // Installed before anything is announced, so a stop or reload signal is never the default
     // (fatal) one.
     let mut signals = signals()?;
     let config = config::load(config_path.as_deref())?;
     log::configure(&config.log);
+    let notifier = systemd::Notifier::from_environment();
     let open_files = raise_open_files_limit();
     let max_connections = config.connections_for(open_files);
-    let listener = server::listen(config.listen)?;
+    let activated = passed.is_some();
+    let listener = match passed {
+        Some(listener) => listener,
+        None => server::listen(config.listen)?,
+    };
 
     // Demo mode serves its own fake WeChat and talks to it with a throwaway secret.
     let demo = if config.demo_mode() {
@@ -499,10 +509,11 @@ fn serve(config_path: Option<String>) -> Result<(), Fatal> {
     // Both lines go to the log before the address is announced, so whoever waits for that
     // announcement finds them written.
     log::info(&format!(
-        "wxauth {} serving {} on http://{address} with {} workers and up to {max_connections} \
+        "wxauth {} serving {} on http://{address}{} with {} workers and up to {max_connections} \
          connections (open-file limit {open_files}), database {}{}",
         env!("CARGO_PKG_VERSION"),
         config.prefix,
+        if activated { " (a socket passed by systemd)" } else { "" },
         config.workers,
         config.database,
         if applied.is_empty() {
@@ -531,13 +542,17 @@ fn serve(config_path: Option<String>) -> Result<(), Fatal> {
             config::DEMO_APPID
         );
     }
+    notifier.ready();
 
     for signal in signals.forever() {
         if signal != SIGHUP {
             break;
         }
+        notifier.reloading();
         reload(config_path.as_deref(), &shared);
+        notifier.ready();
     }
+    notifier.stopping();
     log::info("stopping: finishing requests in flight");
     let grace = Duration::from_millis(shared.config().shutdown_timeout_ms);
     if !running.stop(grace) {

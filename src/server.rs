@@ -85,11 +85,11 @@ pub(crate) fn listen(listen: SocketAddr) -> Result<TcpListener, Fatal> {
     TcpListener::bind(listen).map_err(Fatal::io(format!("cannot listen on {listen}")))
 }
 
-/// Serves `listener` (bound by `listen`) with the limits that keep hostile clients from tying up
-/// threads (see vendor/tiny_http/PATCHES.md): request heads and bodies are read whole, within
-/// their size limits and `request_timeout_ms`, by tiny_http's connection threads before a worker
-/// sees them, and at most `max_connections` are open. Separate from `start` so the address can be
-/// announced first.
+/// Serves `listener` (bound by `listen`, or passed by systemd) with the limits that keep hostile
+/// clients from tying up threads (see vendor/tiny_http/PATCHES.md): request heads and bodies are
+/// read whole, within their size limits and `request_timeout_ms`, by tiny_http's connection
+/// threads before a worker sees them, and at most `max_connections` are open. Separate from
+/// `start` so the address can be announced first.
 pub(crate) fn with_limits(
     listener: TcpListener,
     config: &Config,

@@ -111,6 +111,16 @@ impl Wxauth {
     /// Starts wxauth through `wrapper` (a command that ends by running the program and
     /// arguments appended to it, e.g. `unshare -m sh -c '…; exec "$@"' sh`).
     pub fn start_wrapped(dir: TempDir, env: &[(&str, &str)], wrapper: &[&str]) -> Wxauth {
+        Wxauth::start_command(dir, env, wrapper, |_| {})
+    }
+
+    /// As `start_wrapped`, with `adjust` given the command last (to hand it a socket, say).
+    pub fn start_command(
+        dir: TempDir,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Wxauth {
         let mut command = match wrapper.split_first() {
             None => Command::new(binary()),
             Some((program, arguments)) => {
@@ -141,6 +151,7 @@ impl Wxauth {
         for (name, value) in env {
             command.env(name, value);
         }
+        adjust(&mut command);
         let mut child = command.spawn().expect("start wxauth");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();

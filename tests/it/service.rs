@@ -1,8 +1,12 @@
-//! wxauth as a service manager sees it: SIGHUP reloads the configuration, and a start that fails
-//! leaves nothing behind.
+//! wxauth as a service manager sees it: SIGHUP reloads the configuration, readiness, reloads and
+//! stops are reported on systemd's notify socket, a listening socket passed by socket activation
+//! is served, and a start that fails leaves nothing behind.
 
-use std::net::TcpListener;
-use std::process::Command;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -113,6 +117,78 @@ fn an_invalid_configuration_on_sighup_is_logged_and_the_running_one_kept() {
     let log = hang_up(&mut server, "reloaded the configuration");
     assert!(log.contains("reloaded the configuration: applied openid_login\n"), "{log}");
     login_by_openid(&server).assert_error(403, "openid_login_refused");
+}
+
+/// The next datagram on `socket`, as text.
+fn notification(socket: &UnixDatagram) -> String {
+    let mut buffer = [0u8; 4096];
+    let length = socket.recv(&mut buffer).expect("a notification within 10 s");
+    String::from_utf8_lossy(&buffer[..length]).into_owned()
+}
+
+#[test]
+fn readiness_reloads_and_the_stop_are_reported_to_the_notify_socket() {
+    let dir = TempDir::new();
+    let path = dir.0.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut server = Wxauth::start_in(dir, &[("NOTIFY_SOCKET", path.to_str().unwrap())]);
+    server.get("is_openid_registered?openid=oReady").result();
+    assert_eq!(notification(&socket), "READY=1");
+
+    let _ = hang_up(&mut server, "reloaded the configuration");
+    let reloading = notification(&socket);
+    let fields: Vec<&str> = reloading.lines().collect();
+    assert_eq!(fields.len(), 2, "{reloading}");
+    assert_eq!(fields[0], "RELOADING=1");
+    let microseconds: u64 = fields[1]
+        .strip_prefix("MONOTONIC_USEC=")
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("{reloading}"));
+    assert!(microseconds > 0);
+    assert_eq!(notification(&socket), "READY=1");
+
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(notification(&socket), "STOPPING=1");
+}
+
+#[test]
+fn an_abstract_notify_socket_is_reached_too() {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("wxauth-it-notify-{}", std::process::id());
+    let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let socket = UnixDatagram::bind_addr(&address).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let server = Wxauth::start(&[("NOTIFY_SOCKET", &format!("@{name}"))]);
+    server.get("is_openid_registered?openid=oReady").result();
+    assert_eq!(notification(&socket), "READY=1");
+}
+
+/// Socket activation: requests wait in the kernel's queue while wxauth (re)starts, instead of
+/// being refused.
+#[test]
+fn a_socket_passed_by_systemd_is_served_with_the_connections_waiting_on_it() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    // A client that connects and sends its request before wxauth runs: it waits in the backlog.
+    let mut early = TcpStream::connect(address).unwrap();
+    early.write_all(b"GET /healthz HTTP/1.1\r\nHost: wxauth\r\nConnection: close\r\n\r\n").unwrap();
+    // systemd's side: the socket as descriptor 3, LISTEN_PID naming the process that gets it.
+    let script = "exec 3<&0 0</dev/null; export LISTEN_FDS=1 LISTEN_PID=$$; exec \"$@\"";
+    let server =
+        Wxauth::start_command(TempDir::new(), &[], &["sh", "-c", script, "sh"], |command| {
+            command.stdin(Stdio::from(OwnedFd::from(listener)));
+        });
+    assert_eq!(server.base, format!("http://{address}"), "the passed socket is announced");
+
+    early.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = String::new();
+    early.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.contains(r#""status":"ok""#), "{answer}");
+    server.get("is_openid_registered?openid=oActivated").result();
+    server.log_containing(&format!("on http://{address} (a socket passed by systemd)"));
 }
 
 /// Regression: a start that could not listen had already created and initialised the database,
