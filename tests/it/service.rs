@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,14 @@ fn line_with<'a>(log: &'a str, needle: &str) -> &'a str {
     log.lines().rev().find(|line| line.contains(needle)).unwrap_or_else(|| panic!("{needle}"))
 }
 
+/// wxauth started on a `wxauth.toml` with `openid_login = "open"`, and that file's path.
+fn start_with_open_login() -> (Wxauth, PathBuf) {
+    let dir = TempDir::new();
+    let config = dir.0.join("wxauth.toml");
+    std::fs::write(&config, "openid_login = \"open\"\n").unwrap();
+    (Wxauth::start_in(dir, &[]), config)
+}
+
 fn login_by_openid(server: &Wxauth) -> crate::harness::Answer {
     server.post("login", &json!({ "openid": "oReloadedByHangup" }))
 }
@@ -46,10 +55,7 @@ fn login_by_openid(server: &Wxauth) -> crate::harness::Answer {
 /// wxauth at once with status 129: no graceful stop, the WAL not folded, access lines lost.
 #[test]
 fn sighup_applies_the_reloadable_keys_and_names_those_that_need_a_restart() {
-    let dir = TempDir::new();
-    let config = dir.0.join("wxauth.toml");
-    std::fs::write(&config, "openid_login = \"open\"\n").unwrap();
-    let mut server = Wxauth::start_in(dir, &[]);
+    let (mut server, config) = start_with_open_login();
     login_by_openid(&server).result();
 
     // An unchanged file changes nothing.
@@ -88,10 +94,7 @@ fn sighup_applies_the_reloadable_keys_and_names_those_that_need_a_restart() {
 
 #[test]
 fn an_invalid_configuration_on_sighup_is_logged_and_the_running_one_kept() {
-    let dir = TempDir::new();
-    let config = dir.0.join("wxauth.toml");
-    std::fs::write(&config, "openid_login = \"open\"\n").unwrap();
-    let mut server = Wxauth::start_in(dir, &[]);
+    let (mut server, config) = start_with_open_login();
 
     std::fs::write(&config, "openid_login = \"sometimes\"\n[log]\nlevel = \"error\"\n").unwrap();
     let log = hang_up(&mut server, "configuration not reloaded");
