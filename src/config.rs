@@ -144,6 +144,9 @@ pub(crate) struct DemoConfig {
     /// Where demo mode serves the built-in fake WeChat.
     #[serde(deserialize_with = "fake_listen_address")]
     pub(crate) fake_listen: SocketAddr,
+    /// Serve the demo page outside demo mode too, against the fake WeChat at `wechat.base_url`
+    /// (which must then be on loopback). Demo mode always serves it.
+    pub(crate) page: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -243,7 +246,7 @@ impl Default for RateLimitConfig {
 
 impl Default for DemoConfig {
     fn default() -> Self {
-        DemoConfig { fake_listen: SocketAddr::from(([127, 0, 0, 1], 0)) }
+        DemoConfig { fake_listen: SocketAddr::from(([127, 0, 0, 1], 0)), page: false }
     }
 }
 
@@ -260,6 +263,12 @@ impl Config {
     /// Demo mode: no WeChat credentials configured, so wxauth serves its own fake WeChat.
     pub(crate) fn demo_mode(&self) -> bool {
         self.wechat.appid.is_empty() && self.wechat.secret.is_empty()
+    }
+
+    /// Whether the demo page and its helpers are served: in demo mode, or when `demo.page` turns
+    /// them on against a fake WeChat on loopback (`validate` refuses it otherwise).
+    pub(crate) fn demo_page(&self) -> bool {
+        self.demo_mode() || self.demo.page
     }
 
     /// The configuration shown by `Debug` (and `wxauth check-config`), with the values of
@@ -675,6 +684,15 @@ fn validate(config: &Config) -> Result<(), String> {
             config.workers
         ));
     }
+    if config.demo.page && !config.demo_mode() && !on_loopback(&wechat.base_url) {
+        // The page's helpers ask `base_url` for codes and phone data as only the fake gives them.
+        return Err(format!(
+            "demo.page: the demo page plays against a fake WeChat, so with an appid and secret it \
+             needs wechat.base_url on loopback (like `wxauth fake-wechat`'s http://127.0.0.1:9100), \
+             not `{}`; or leave appid and secret empty for demo mode",
+            wechat.base_url
+        ));
+    }
     let jwt = &config.jwt;
     if !jwt.secret.is_empty() && jwt.secret.len() < MIN_JWT_SECRET_BYTES {
         return Err(format!(
@@ -705,6 +723,18 @@ fn validate(config: &Config) -> Result<(), String> {
         return Err("rate_limit: burst and per_second must be at least 1 when enabled".into());
     }
     Ok(())
+}
+
+/// Whether a URL's host is a loopback address (or `localhost`).
+fn on_loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -928,6 +958,36 @@ mod tests {
         let error =
             parse("[jwt]\nprevious_secrets = \"one\"\n", &env(&[])).unwrap_err().to_string();
         assert!(error.contains("jwt.previous_secrets"), "{error}");
+    }
+
+    #[test]
+    fn the_demo_page_outside_demo_mode_needs_a_fake_on_loopback() {
+        let configured = [("WXAUTH_WECHAT_APPID", "wx1"), ("WXAUTH_WECHAT_SECRET", "s")];
+        assert!(parse("", &env(&[])).unwrap().demo_page(), "demo mode serves it");
+        assert!(!parse("", &env(&configured)).unwrap().demo_page(), "off unless asked");
+        let text = "[demo]\npage = true\n";
+        let error = parse(text, &env(&configured)).unwrap_err().to_string();
+        assert!(error.starts_with("demo.page: "), "{error}");
+        assert!(error.contains("https://api.weixin.qq.com"), "{error}");
+        for base_url in [
+            "http://127.0.0.1:9100",
+            "http://localhost:9100/",
+            "http://[::1]:9100",
+            "http://127.5.0.1",
+        ] {
+            let variables = [configured[0], configured[1], ("WXAUTH_WECHAT_BASE_URL", base_url)];
+            let config = parse(text, &env(&variables)).unwrap();
+            assert!(config.demo_page(), "{base_url}");
+        }
+        for base_url in ["http://10.0.0.1:9100", "http://127.0.0.1.example.com", "http://[::2]:1"] {
+            let variables = [
+                configured[0],
+                configured[1],
+                ("WXAUTH_WECHAT_BASE_URL", base_url),
+                ("WXAUTH_DEMO_PAGE", "true"),
+            ];
+            assert!(parse("", &env(&variables)).is_err(), "{base_url}");
+        }
     }
 
     #[test]

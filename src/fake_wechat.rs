@@ -3,10 +3,15 @@
 //! and `getuserphonenumber` the way WeChat does: HTTP 200 with an `errcode` on errors, single-use
 //! codes, the same openid for a demo user from every code, a fresh session_key per exchange.
 //!
-//! It also plays the WeChat client runtime for the one-tap phone flows (`/fake/encrypted_phone`,
-//! `/fake/phone_code`) and can be told to misbehave, by code or by switch; docs/fake-wechat.md
-//! lists both. The codes for the errcodes wxauth tells apart, and the errcodes themselves, come
-//! from wechat.rs's `ERRCODES`. It never talks to anything but its own clients.
+//! It also plays the WeChat client runtime (`/fake/wx_login` hands out a code as `wx.login` does;
+//! `/fake/encrypted_phone` and `/fake/phone_code` make the one-tap phone data) and can be told to
+//! misbehave, by code or by switch; docs/fake-wechat.md lists both. The codes for the errcodes
+//! wxauth tells apart, and the errcodes themselves, come from wechat.rs's `ERRCODES`. It never
+//! talks to anything but its own clients.
+//!
+//! It keeps the last `LOG_ENTRIES` requests it was asked, with its answers (`/fake/log`, which the
+//! demo page shows): the app secret, access tokens and session keys in them are redacted as they
+//! are recorded, so the log never holds one.
 //!
 //! Demo users: a `wx.login` code `NAME` or `NAME.ANYTHING` logs in demo user NAME, whose openid is
 //! derived from the appid and NAME, so `alice.1` and `alice.2` are the same person.
@@ -43,6 +48,15 @@ const CODE_LIFE: Duration = Duration::from_secs(300);
 /// Access tokens live two hours, as WeChat's.
 const TOKEN_LIFE: Duration = Duration::from_secs(7200);
 
+/// Requests kept in the log `/fake/log` shows; older ones are forgotten.
+const LOG_ENTRIES: usize = 256;
+
+/// The longest body or answer text a log entry keeps.
+const LOG_TEXT: usize = 2048;
+
+/// Fields whose values are secret, in a query, a body or an answer: recorded as `<redacted>`.
+const REDACTED: [&str; 3] = ["secret", "access_token", "session_key"];
+
 /// Codes that make the fake misbehave, for `wx.login` codes and phone codes alike, besides each
 /// errcode's own in `wechat::ERRCODES` (`fake-40029`: errcode 40029, and so on).
 const MISBEHAVIOUR: &[(&str, &str)] = &[
@@ -69,6 +83,20 @@ struct State {
     current_token: Option<String>,
     calls: HashMap<&'static str, u64>,
     seen_busy_once: HashSet<String>,
+    /// The last `LOG_ENTRIES` requests and their answers, redacted, oldest first.
+    log: std::collections::VecDeque<Value>,
+    /// The number of the last request logged.
+    logged: u64,
+}
+
+/// What the fake answers a request with.
+enum Outcome {
+    /// JSON, labelled `text/plain` as WeChat's.
+    Json(u16, Value),
+    /// A body that is not JSON.
+    Text(u16, &'static str),
+    /// Nothing for `HANG`, then errcode -1.
+    Hang,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -133,9 +161,27 @@ fn answer(state: &Shared, mut request: Request) {
     let mut body = String::new();
     let _ = request.as_reader().take(64 * 1024).read_to_string(&mut body);
     let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    let path = path.to_string();
+    let outcome = outcome(state, path, &query, &body);
+    if path != "/fake/log" {
+        record(state, request.method().as_str(), path, &query, &body, &outcome);
+    }
+    match outcome {
+        Outcome::Json(status, answer) => reply(request, status, &answer),
+        Outcome::Text(status, text) => {
+            let _ = request.respond(Response::from_string(text).with_status_code(status));
+        }
+        Outcome::Hang => {
+            thread::spawn(move || {
+                thread::sleep(HANG);
+                reply(request, 200, &json!({"errcode": BUSY.errcode, "errmsg": "system error"}));
+            });
+        }
+    }
+}
+
+fn outcome(state: &Shared, path: &str, query: &HashMap<String, String>, body: &Value) -> Outcome {
     // Every call to a WeChat API counts, whatever the answer, so tests can tell retries apart.
-    let api = match path.as_str() {
+    let api = match path {
         "/sns/jscode2session" => Some("jscode2session"),
         "/cgi-bin/stable_token" => Some("stable_token"),
         "/wxa/business/getuserphonenumber" => Some("getuserphonenumber"),
@@ -146,7 +192,7 @@ fn answer(state: &Shared, mut request: Request) {
     }
 
     // Misbehaviour by code applies to the WeChat APIs that take a code.
-    let code = match path.as_str() {
+    let code = match path {
         "/sns/jscode2session" => query.get("js_code").cloned(),
         "/wxa/business/getuserphonenumber" => body["code"].as_str().map(str::to_string),
         _ => None,
@@ -155,28 +201,9 @@ fn answer(state: &Shared, mut request: Request) {
         // `fake-hang.1`, `fake-hang.2`, … behave as `fake-hang`, so each can be a fresh code.
         let kind = code.split('.').next().unwrap_or(code);
         match kind {
-            "fake-hang" => {
-                thread::spawn(move || {
-                    thread::sleep(HANG);
-                    reply(
-                        request,
-                        200,
-                        &json!({"errcode": BUSY.errcode, "errmsg": "system error"}),
-                    );
-                });
-                return;
-            }
-            "fake-garbage" => {
-                let response =
-                    Response::from_string("<html>502 Bad Gateway</html>").with_status_code(200);
-                let _ = request.respond(response);
-                return;
-            }
-            "fake-500" => {
-                let _ =
-                    request.respond(Response::from_string("internal error").with_status_code(500));
-                return;
-            }
+            "fake-hang" => return Outcome::Hang,
+            "fake-garbage" => return Outcome::Text(200, "<html>502 Bad Gateway</html>"),
+            "fake-500" => return Outcome::Text(500, "internal error"),
             _ => {}
         }
         let errcode = match kind {
@@ -190,27 +217,111 @@ fn answer(state: &Shared, mut request: Request) {
             },
         };
         if let Some(errcode) = errcode {
-            reply(
-                request,
+            return Outcome::Json(
                 200,
-                &json!({"errcode": errcode, "errmsg": format!("fake errcode {errcode}")}),
+                json!({"errcode": errcode, "errmsg": format!("fake errcode {errcode}")}),
             );
-            return;
         }
     }
 
-    let (status, answer) = match path.as_str() {
-        "/sns/jscode2session" => jscode2session(state, &query),
-        "/cgi-bin/stable_token" => stable_token(state, &body),
-        "/wxa/business/getuserphonenumber" => phone_number(state, &query, &body),
-        "/fake/encrypted_phone" => encrypted_phone(state, &query),
-        "/fake/phone_code" => new_phone_code(state, &query),
-        "/fake/invalidate_access_token" => invalidate_token(state, &query),
+    let (status, answer) = match path {
+        "/sns/jscode2session" => jscode2session(state, query),
+        "/cgi-bin/stable_token" => stable_token(state, body),
+        "/wxa/business/getuserphonenumber" => phone_number(state, query, body),
+        "/fake/wx_login" => wx_login(query),
+        "/fake/encrypted_phone" => encrypted_phone(state, query),
+        "/fake/phone_code" => new_phone_code(state, query),
+        "/fake/invalidate_access_token" => invalidate_token(state, query),
         "/fake/stats" => (200, json!(lock(state).calls)),
+        "/fake/log" => requests_after(state, query),
         "/fake/" | "/fake" | "/" => (200, usage()),
         _ => (404, json!({"errcode": 404, "errmsg": "no such API in the fake WeChat"})),
     };
-    reply(request, status, &answer);
+    Outcome::Json(status, answer)
+}
+
+/// Adds a request and its answer to the log, its secrets redacted.
+fn record(
+    state: &Shared,
+    method: &str,
+    path: &str,
+    query: &HashMap<String, String>,
+    body: &Value,
+    outcome: &Outcome,
+) {
+    let mut query: serde_json::Map<String, Value> =
+        query.iter().map(|(key, value)| (key.clone(), Value::String(value.clone()))).collect();
+    redact(&mut query);
+    let (status, answer) = match outcome {
+        Outcome::Json(status, answer) => (json!(status), logged(answer)),
+        Outcome::Text(status, text) => (json!(status), json!(text)),
+        Outcome::Hang => (Value::Null, json!(format!("(no answer for {}s)", HANG.as_secs()))),
+    };
+    let mut state = lock(state);
+    state.logged += 1;
+    let entry = json!({
+        "seq": state.logged,
+        "at": crate::time::now(),
+        "method": method,
+        "path": path,
+        "query": query,
+        "body": logged(body),
+        "status": status,
+        "answer": answer,
+    });
+    if state.log.len() == LOG_ENTRIES {
+        state.log.pop_front();
+    }
+    state.log.push_back(entry);
+}
+
+/// A body or answer as the log keeps it: secrets redacted, at most `LOG_TEXT` long.
+fn logged(value: &Value) -> Value {
+    let mut value = value.clone();
+    if let Value::Object(object) = &mut value {
+        redact(object);
+    }
+    let text = value.to_string();
+    if text.len() <= LOG_TEXT {
+        return value;
+    }
+    let cut: String = text.chars().take(LOG_TEXT).collect();
+    Value::String(format!("{cut}…"))
+}
+
+fn redact(object: &mut serde_json::Map<String, Value>) {
+    for key in REDACTED {
+        if let Some(value) = object.get_mut(key) {
+            *value = json!("<redacted>");
+        }
+    }
+}
+
+/// `/fake/log?after=N`: the logged requests numbered above N, oldest first.
+fn requests_after(state: &Shared, query: &HashMap<String, String>) -> (u16, Value) {
+    let after: u64 = query.get("after").and_then(|after| after.parse().ok()).unwrap_or(0);
+    let state = lock(state);
+    let entries: Vec<&Value> =
+        state.log.iter().filter(|entry| entry["seq"].as_u64().unwrap_or(0) > after).collect();
+    (200, json!({"entries": entries, "last": state.logged}))
+}
+
+/// `/fake/wx_login?user=NAME`: a fresh `wx.login` code for demo user NAME (or a misbehaviour
+/// code), as the WeChat client hands one to the mini-program.
+fn wx_login(query: &HashMap<String, String>) -> (u16, Value) {
+    let user = query.get("user").map(String::as_str).unwrap_or("");
+    let valid = !user.is_empty()
+        && user.len() <= 64
+        && user.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_'));
+    if !valid {
+        return (
+            400,
+            json!({"errcode": 41001, "errmsg": "user must be 1 to 64 letters, digits, - or _"}),
+        );
+    }
+    let nonce: String =
+        wxcrypt::random_key().chars().filter(char::is_ascii_alphanumeric).take(12).collect();
+    (200, json!({"code": format!("{user}.{nonce}")}))
 }
 
 fn usage() -> Value {
@@ -219,10 +330,12 @@ fn usage() -> Value {
         "wx.login codes": "NAME or NAME.ANYTHING logs in demo user NAME; each code once",
         "misbehaviour codes": misbehaviour().map(|(code, what)| json!({"code": code, "what": what})).collect::<Vec<_>>(),
         "helpers": [
+            "GET /fake/wx_login?user=NAME → a fresh wx.login code for demo user NAME (or a misbehaviour code)",
             "GET /fake/encrypted_phone?openid=…&phone=…[&appid=…] → encryptedData and iv under the user's latest session_key",
             "GET /fake/phone_code?phone=…[&appid=…] → a one-time phone code for getuserphonenumber",
             format!("POST /fake/invalidate_access_token?errcode={ACCESS_TOKEN_INVALID}|{ACCESS_TOKEN_EXPIRED} → the current access token is revoked or expired"),
             "GET /fake/stats → calls per WeChat API",
+            "GET /fake/log[?after=N] → the last requests the fake was asked (numbered above N), secrets redacted",
         ],
     })
 }

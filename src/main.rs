@@ -3,7 +3,8 @@
 //! This file owns the command line, start-up and exit codes, and is the only place that prints to
 //! stdout or exits: the operator's commands (admin.rs) write to the stdout handed to them here and
 //! return their failure for main to report. The first line `serve` prints is
-//! `listening on http://HOST:PORT`; in demo mode the next names the fake WeChat. A start-up or
+//! `listening on http://HOST:PORT`; in demo mode the next names the fake WeChat; then, whenever the
+//! demo page is served, a line names its URL. A start-up or
 //! command failure is one line on stderr and exit status 1; a usage error, status 2; a clean stop
 //! after SIGTERM or SIGINT, status 0.
 //!
@@ -16,6 +17,7 @@ mod admin;
 mod api;
 mod codes;
 mod config;
+mod demo;
 mod error;
 mod fake_wechat;
 mod health;
@@ -83,7 +85,8 @@ const SERVE_USAGE: &str = concat!(
 Usage: wxauth [serve] [--config PATH]
 
 Runs the server. The first line it prints is `listening on http://HOST:PORT`; in demo mode the
-next names the built-in fake WeChat. The database file is created (owner-only) when missing and
+next names the built-in fake WeChat, and the next the demo page to open in a browser
+(`demo page: http://HOST:PORT/`). The database file is created (owner-only) when missing and
 upgraded in place when older; an existing one (and its -wal, -shm, -journal) must be a regular
 file of the user wxauth runs as, not writable by others and not a link, or wxauth exits 1 saying
 how to fix it. SIGTERM or SIGINT stops it gracefully, with exit status 0. SIGHUP reads the
@@ -541,6 +544,9 @@ fn serve(config_path: Option<String>) -> Result<(), Fatal> {
             fake.address,
             config::DEMO_APPID
         );
+    }
+    if shared.config().demo_page() {
+        println!("demo page: {}", demo::page_url(address));
     }
     notifier.ready();
 

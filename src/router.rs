@@ -1,7 +1,8 @@
 //! From an HTTP request to a handler call and back: `match (method, path)`, query and body parsing
 //! (with the body limit), the `Authorization` header, the client address, and the one place where
 //! an `Error` becomes the JSON envelope. Handlers in `api` never see tiny_http. `/healthz`,
-//! `/readyz` and `/metrics` are answered here too, outside the API prefix and its envelope.
+//! `/readyz` and `/metrics` are answered here too, outside the API prefix and its envelope, and
+//! the demo page's paths are handed to `demo` (which declines them unless the page is served).
 
 use std::net::IpAddr;
 
@@ -11,7 +12,7 @@ use tiny_http::Request;
 
 use crate::api::{self, Ctx};
 use crate::error::Error;
-use crate::{health, metrics};
+use crate::{demo, health, metrics};
 
 /// The endpoints under the API prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,8 +116,11 @@ pub(crate) fn route(prefix: &str, method: &str, path: &str) -> Result<Route, Err
 
 /// Handles one request: routes it, reads its input, calls the handler, and builds the reply.
 pub(crate) fn handle(ctx: &Ctx, request: &mut Request) -> Reply {
-    let path = request.url().split('?').next().unwrap_or("");
+    let (path, query) = request.url().split_once('?').unwrap_or((request.url(), ""));
     if let Some(reply) = operations(ctx, request.method().as_str(), path) {
+        return reply;
+    }
+    if let Some(reply) = demo::handle(ctx, request.method().as_str(), path, query) {
         return reply;
     }
     dispatch(ctx, request).unwrap_or_else(|error| failure(&error))
@@ -296,7 +300,7 @@ pub(crate) fn client_address(
 }
 
 /// The first value of a query parameter, percent-decoded; absent is `None`.
-fn query_value(query: &str, name: &str) -> Result<Option<String>, Error> {
+pub(crate) fn query_value(query: &str, name: &str) -> Result<Option<String>, Error> {
     for pair in query.split('&') {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         if percent_decode(key).as_deref() == Some(name) {

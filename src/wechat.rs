@@ -1,5 +1,6 @@
 //! WeChat's server API as wxauth uses it: `jscode2session`, `stable_token` and
-//! `getuserphonenumber`. The only file that talks HTTP to WeChat (the only user of ureq).
+//! `getuserphonenumber`, and the fake WeChat's helpers for the demo page. The only file that talks
+//! HTTP to WeChat (the only user of ureq).
 //!
 //! Every call has a connect and a total timeout; connections are kept alive and reused, and the
 //! host's address is resolved once a minute, not per call (`CachingResolver`). WeChat
@@ -366,6 +367,37 @@ impl WeChat {
                 }
             }
         }
+    }
+
+    /// A GET of one of the fake WeChat's helpers (`/fake/…`, docs/fake-wechat.md) with `query`,
+    /// for the demo page: its status and JSON answer. Only the demo page calls it, and only when
+    /// `base_url` is a fake (config.rs checks); it takes no slot and is not counted as a call to
+    /// WeChat.
+    pub(crate) fn fake_helper(
+        &self,
+        path: &'static str,
+        query: &[(&str, &str)],
+    ) -> Result<(u16, Value), Error> {
+        let mut url = format!("{}{path}", self.base_url);
+        for (index, (name, value)) in query.iter().enumerate() {
+            url.push(if index == 0 { '?' } else { '&' });
+            push_query_value(&mut url, name);
+            url.push('=');
+            push_query_value(&mut url, value);
+        }
+        let unavailable = |reason: String| Error::WechatUnavailable { api: path, reason };
+        let mut response =
+            self.agent.get(url.as_str()).call().map_err(|error| unavailable(describe(&error)))?;
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER_BYTES * 16)
+            .read_to_vec()
+            .map_err(|error| unavailable(describe(&error)))?;
+        let answer =
+            serde_json::from_slice(&body).map_err(|_| unavailable("answer is not JSON".into()))?;
+        Ok((status, answer))
     }
 
     /// The current access token from `stable_token`, cached until shortly before it expires;

@@ -165,15 +165,18 @@ impl Wxauth {
             .to_string();
         let demo =
             !env.iter().any(|(name, value)| *name == "WXAUTH_WECHAT_APPID" && !value.is_empty());
+        let mut printed = vec![first.clone()];
         let fake = if demo {
             let second = lines.next().and_then(Result::ok).expect("demo line");
             let start = second.find("http://").expect("demo line names the fake");
-            Some(second[start..].split_whitespace().next().unwrap().to_string())
+            let fake = second[start..].split_whitespace().next().unwrap().to_string();
+            printed.push(second);
+            Some(fake)
         } else {
             None
         };
         // Keep reading stdout so the server never blocks on a full pipe.
-        let stdout_rest = Arc::new(Mutex::new(vec![first.clone()]));
+        let stdout_rest = Arc::new(Mutex::new(printed));
         let sink = stdout_rest.clone();
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
@@ -228,6 +231,20 @@ impl Wxauth {
     /// The log once it contains `needle` (see `log_when`).
     pub fn log_containing(&self, needle: &str) -> String {
         self.log_when(&format!("{needle:?}"), |log| log.contains(needle))
+    }
+
+    /// The `index`th line the server printed on stdout (0: `listening on …`), waiting at most
+    /// 5 s for it.
+    pub fn stdout_line(&self, index: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(line) = self.stdout.lock().unwrap().get(index) {
+                return line.clone();
+            }
+            let printed = self.stdout.lock().unwrap().clone();
+            assert!(Instant::now() < deadline, "no line {index} on stdout: {printed:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// `HOST:PORT` the server listens on, for raw sockets.
@@ -399,6 +416,46 @@ pub fn refused_start(dir: &TempDir, env: &[(&str, &str)]) -> (ExitStatus, String
     let stdout = std::fs::read_to_string(output.0.join("stdout.log")).unwrap();
     let stderr = std::fs::read_to_string(output.0.join("stderr.log")).unwrap();
     (status, stdout, stderr)
+}
+
+/// `wxauth fake-wechat` run as its own process, killed on drop.
+pub struct FakeProcess {
+    child: Child,
+    pub url: String,
+}
+
+impl FakeProcess {
+    pub fn start() -> FakeProcess {
+        let mut child = Command::new(binary())
+            .args(["fake-wechat", "--listen", "127.0.0.1:0"])
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the fake WeChat");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().and_then(Result::ok).expect("the fake printed nothing");
+        let url = first
+            .strip_prefix("fake WeChat listening on ")
+            .unwrap_or_else(|| panic!("first line: {first}"))
+            .to_string();
+        std::thread::spawn(move || for _ in lines {});
+        FakeProcess { child, url }
+    }
+
+    pub fn get(&self, path_and_query: &str) -> Value {
+        let answer = send(&agent(), "GET", &format!("{}{path_and_query}", self.url), &[], None);
+        assert_eq!(answer.status, 200, "{answer:?}");
+        answer.body
+    }
+}
+
+impl Drop for FakeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 static NEXT_CODE: AtomicUsize = AtomicUsize::new(0);

@@ -6,6 +6,7 @@ mod harness;
 
 mod api;
 mod cli;
+mod demo;
 mod faults;
 mod front;
 mod hostile;

@@ -2,14 +2,12 @@
 //! garbage, timeouts, a double tap, the in-flight bound, and a real (non-demo) configuration
 //! pointed at a separately started fake.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::harness::{Answer, Wxauth, agent, binary, fresh_code, send};
+use crate::harness::{Answer, FakeProcess, Wxauth, fresh_code};
 
 /// How many rows `table` holds.
 fn rows(server: &Wxauth, table: &str) -> i64 {
@@ -202,46 +200,6 @@ fn a_double_tap_asks_wechat_once() {
     }
     assert_eq!(calls(&server, "jscode2session"), 1, "WeChat was asked once");
     assert_eq!(rows(&server, "wechat_sessions"), 1);
-}
-
-/// `wxauth fake-wechat` run as its own process, killed on drop.
-struct FakeProcess {
-    child: Child,
-    url: String,
-}
-
-impl FakeProcess {
-    fn start() -> FakeProcess {
-        let mut child = Command::new(binary())
-            .args(["fake-wechat", "--listen", "127.0.0.1:0"])
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the fake WeChat");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next().and_then(Result::ok).expect("the fake printed nothing");
-        let url = first
-            .strip_prefix("fake WeChat listening on ")
-            .unwrap_or_else(|| panic!("first line: {first}"))
-            .to_string();
-        std::thread::spawn(move || for _ in lines {});
-        FakeProcess { child, url }
-    }
-
-    fn get(&self, path_and_query: &str) -> Value {
-        let answer = send(&agent(), "GET", &format!("{}{path_and_query}", self.url), &[], None);
-        assert_eq!(answer.status, 200, "{answer:?}");
-        answer.body
-    }
-}
-
-impl Drop for FakeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]
