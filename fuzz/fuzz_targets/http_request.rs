@@ -14,6 +14,8 @@ mod api;
 mod codes;
 #[path = "../../src/config.rs"]
 mod config;
+#[path = "../../src/demo.rs"]
+mod demo;
 #[path = "../../src/error.rs"]
 mod error;
 #[path = "../../src/health.rs"]
