@@ -392,7 +392,7 @@ impl WeChat {
         let body = response
             .body_mut()
             .with_config()
-            .limit(MAX_ANSWER_BYTES * 16)
+            .limit(MAX_ANSWER_BYTES * 32)
             .read_to_vec()
             .map_err(|error| unavailable(describe(&error)))?;
         let answer =
