@@ -1,8 +1,8 @@
 //! The demo page in a real browser: Chromium driven by chromedriver over W3C WebDriver (plain HTTP
 //! with ureq). It clicks through login, the three registrations, me, verify, logout with the
-//! revoked token refused, and one WeChat error, and checks what the page shows and what the
-//! database holds after each; it saves screenshots as target/demo-page.png (wide) and
-//! target/demo-page-narrow.png (a phone's width).
+//! revoked token refused, one WeChat error, a nickname that is markup and a repeated code, and
+//! checks what the page shows and what the database holds after each; it saves screenshots as
+//! target/demo-page.png (wide) and target/demo-page-narrow.png (a phone's width).
 //!
 //! A separate test target that `cargo test` leaves out (`test = false` in Cargo.toml): it needs
 //! Debian's `chromium` and `chromium-driver`, which `.ci/run` installs before it runs
@@ -247,7 +247,13 @@ fn the_demo_page_plays_the_whole_flow_in_a_browser() {
     let bob = browser.text("#acc-openid");
     assert_ne!(bob, openid);
     assert_eq!(stored(&server, &bob), (None, false, 0, Some(hostile.to_string())));
-    assert!(browser.text("#status").contains("9 steps done"));
+
+    // One code sent twice (a retry, a double tap): the same answer both times, not 40163.
+    browser.step("#btn-repeat", 10);
+    let repeated = browser.text("li[data-action=\"repeat\"]");
+    assert!(repeated.contains("the same answer, not 40163"), "{repeated}");
+    assert!(!repeated.contains("wechat_code_used"), "{repeated}");
+    assert!(browser.text("#status").contains("10 steps done"));
 
     // On a phone's width the log goes below the mini-program.
     browser.command("POST", "/window/rect", json!({"width": 420, "height": 900}));
