@@ -84,9 +84,9 @@ const SERVE_USAGE: &str = concat!(
     "\
 Usage: wxauth [serve] [--config PATH]
 
-Runs the server. The first line it prints is `listening on http://HOST:PORT`; in demo mode the
-next names the built-in fake WeChat, and the next the demo page to open in a browser
-(`demo page: http://HOST:PORT/`). The database file is created (owner-only) when missing and
+Runs the server. The first line it prints is `listening on http://HOST:PORT`; the next names the
+demo page to open in a browser (`demo page: http://HOST:PORT/`), when it is served: in demo mode,
+that line starts by naming the built-in fake WeChat. The database file is created (owner-only) when missing and
 upgraded in place when older; an existing one (and its -wal, -shm, -journal) must be a regular
 file of the user wxauth runs as, not writable by others and not a link, or wxauth exits 1 saying
 how to fix it. SIGTERM or SIGINT stops it gracefully, with exit status 0. SIGHUP reads the
@@ -538,15 +538,18 @@ fn serve(config_path: Option<String>) -> Result<(), Fatal> {
     ));
 
     println!("listening on http://{address}");
-    if let Some(fake) = &demo {
-        println!(
-            "demo mode: no WeChat appid/secret configured, using the built-in fake WeChat at http://{} (appid {})",
+    // The next line names the demo page, when there is one; in demo mode it is also the line that
+    // names the fake WeChat (API.md).
+    let page = shared.config().demo_page().then(|| demo::page_url(address));
+    match (&demo, page) {
+        (Some(fake), page) => println!(
+            "demo mode: no WeChat appid/secret configured, using the built-in fake WeChat at http://{} (appid {}){}",
             fake.address,
-            config::DEMO_APPID
-        );
-    }
-    if shared.config().demo_page() {
-        println!("demo page: {}", demo::page_url(address));
+            config::DEMO_APPID,
+            page.map(|url| format!("; demo page: {url}")).unwrap_or_default()
+        ),
+        (None, Some(url)) => println!("demo page: {url}"),
+        (None, None) => {}
     }
     notifier.ready();
 

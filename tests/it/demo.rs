@@ -32,9 +32,12 @@ fn helper(server: &Wxauth, path_and_query: &str) -> Value {
 }
 
 #[test]
-fn demo_mode_serves_the_page_at_the_root_and_names_it_after_the_fake() {
+fn demo_mode_serves_the_page_at_the_root_and_names_it_beside_the_fake() {
     let server = Wxauth::start(&[]);
-    assert_eq!(server.stdout_line(2), format!("demo page: {}/", server.base));
+    let second = server.stdout_line(1);
+    assert!(second.starts_with("demo mode: "), "{second}");
+    assert!(second.contains("built-in fake WeChat at http://127.0.0.1:"), "{second}");
+    assert!(second.ends_with(&format!("; demo page: {}/", server.base)), "{second}");
 
     let page = page_file(&server, "/", "text/html; charset=utf-8");
     assert_eq!(page_file(&server, "/demo/", "text/html; charset=utf-8"), page);
