@@ -45,7 +45,7 @@ pub(crate) enum Error {
     OpenidLoginRefused,
     /// No usable server-side session_key for this openid.
     SessionExpired,
-    /// Encrypted data did not decrypt with the session_key.
+    /// Encrypted data did not decrypt with the session_key, or is this app's but not phone data.
     DecryptFailed(DecryptError),
     /// Decrypted data names another appid in its watermark.
     WatermarkMismatch,
@@ -186,6 +186,7 @@ impl Error {
             Error::TokenRevoked => "token 已注销, 请重新登录".into(),
             Error::OpenidLoginRefused => "不允许仅凭 openid 登录, 请重新调用 wx.login".into(),
             Error::SessionExpired => "会话已过期, 请重新调用 wx.login".into(),
+            Error::DecryptFailed(DecryptError::NotPhoneData) => "加密数据不是手机号数据".into(),
             Error::DecryptFailed(_) => "加密数据解密失败".into(),
             Error::WatermarkMismatch => "加密数据不属于本小程序".into(),
             Error::BodyTooLarge { limit } => format!("请求体过大 (上限 {limit} 字节)"),

@@ -4,10 +4,11 @@
 //! codes, the same openid for a demo user from every code, a fresh session_key per exchange.
 //!
 //! It also plays the WeChat client runtime (`/fake/wx_login` hands out a code as `wx.login` does;
-//! `/fake/encrypted_phone` and `/fake/phone_code` make the one-tap phone data) and can be told to
-//! misbehave, by code or by switch; docs/fake-wechat.md lists both. The codes for the errcodes
-//! wxauth tells apart, and the errcodes themselves, come from wechat.rs's `ERRCODES`. It never
-//! talks to anything but its own clients.
+//! `/fake/encrypted_phone` and `/fake/phone_code` make the one-tap phone data, and
+//! `/fake/encrypted_user_info` encrypted data that is not a phone) and can be told to misbehave,
+//! by code or by switch; docs/fake-wechat.md lists both. The codes for the errcodes wxauth tells
+//! apart, and the errcodes themselves, come from wechat.rs's `ERRCODES`. It never talks to
+//! anything but its own clients.
 //!
 //! It keeps the last `LOG_ENTRIES` requests it was asked, with its answers (`/fake/log`, which the
 //! demo page shows): the app secret, access tokens and session keys in them are redacted as they
@@ -230,6 +231,7 @@ fn outcome(state: &Shared, path: &str, query: &HashMap<String, String>, body: &V
         "/wxa/business/getuserphonenumber" => phone_number(state, query, body),
         "/fake/wx_login" => wx_login(query),
         "/fake/encrypted_phone" => encrypted_phone(state, query),
+        "/fake/encrypted_user_info" => encrypted_user_info(state, query),
         "/fake/phone_code" => new_phone_code(state, query),
         "/fake/invalidate_access_token" => invalidate_token(state, query),
         "/fake/stats" => (200, json!(lock(state).calls)),
@@ -332,6 +334,7 @@ fn usage() -> Value {
         "helpers": [
             "GET /fake/wx_login?user=NAME → a fresh wx.login code for demo user NAME (or a misbehaviour code)",
             "GET /fake/encrypted_phone?openid=…&phone=…[&appid=…] → encryptedData and iv under the user's latest session_key",
+            "GET /fake/encrypted_user_info?openid=…[&appid=…] → encrypted user info (not a phone) under the user's latest session_key",
             "GET /fake/phone_code?phone=…[&appid=…] → a one-time phone code for getuserphonenumber",
             format!("POST /fake/invalidate_access_token?errcode={ACCESS_TOKEN_INVALID}|{ACCESS_TOKEN_EXPIRED} → the current access token is revoked or expired"),
             "GET /fake/stats → calls per WeChat API",
@@ -463,8 +466,42 @@ fn phone_number(state: &Shared, query: &HashMap<String, String>, body: &Value) -
 }
 
 fn encrypted_phone(state: &Shared, query: &HashMap<String, String>) -> (u16, Value) {
-    let (Some(openid), Some(phone)) = (query.get("openid"), query.get("phone")) else {
+    let Some(phone) = query.get("phone") else {
         return (400, json!({"errcode": 41001, "errmsg": "openid and phone are required"}));
+    };
+    encrypted_for_user(state, query, |watermark| {
+        json!({
+            "phoneNumber": phone,
+            "purePhoneNumber": phone.trim_start_matches('+'),
+            "countryCode": "86",
+            "watermark": watermark,
+        })
+    })
+}
+
+/// The user info `getUserInfo` hands out encrypted, shaped as in WeChat's own sample: genuine
+/// data that is not a phone number.
+fn encrypted_user_info(state: &Shared, query: &HashMap<String, String>) -> (u16, Value) {
+    encrypted_for_user(state, query, |watermark| {
+        json!({
+            "openId": query.get("openid"),
+            "nickName": "Band",
+            "gender": 1,
+            "city": "Guangzhou",
+            "watermark": watermark,
+        })
+    })
+}
+
+/// `plaintext(watermark)` encrypted as WeChat does for the user `openid` names (under their
+/// latest session_key), with the watermark of their app, or of `appid` when given.
+fn encrypted_for_user(
+    state: &Shared,
+    query: &HashMap<String, String>,
+    plaintext: impl FnOnce(Value) -> Value,
+) -> (u16, Value) {
+    let Some(openid) = query.get("openid") else {
+        return (400, json!({"errcode": 41001, "errmsg": "openid is required"}));
     };
     let state = lock(state);
     let Some((session_appid, session_key)) = state.sessions.get(openid) else {
@@ -474,12 +511,7 @@ fn encrypted_phone(state: &Shared, query: &HashMap<String, String>) -> (u16, Val
         );
     };
     let appid = query.get("appid").unwrap_or(session_appid);
-    let plaintext = json!({
-        "phoneNumber": phone,
-        "purePhoneNumber": phone.trim_start_matches('+'),
-        "countryCode": "86",
-        "watermark": {"timestamp": crate::time::now(), "appid": appid},
-    });
+    let plaintext = plaintext(json!({"timestamp": crate::time::now(), "appid": appid}));
     let mut iv = [0u8; 16];
     if getrandom::fill(&mut iv).is_err() {
         return (500, json!({"errcode": -1, "errmsg": "no randomness"}));

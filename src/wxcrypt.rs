@@ -46,8 +46,10 @@ pub(crate) enum DecryptError {
     /// The ciphertext is empty, not whole blocks, or decrypts to malformed
     /// PKCS#7 padding; in practice usually a stale or wrong session key.
     BadPadding,
-    /// The plaintext is not UTF-8 JSON of the expected shape.
+    /// The plaintext is not a UTF-8 JSON object with a watermark naming an appid.
     BadJson,
+    /// The data is genuine and for this app, but not the phone payload (user info, say).
+    NotPhoneData,
     /// The data is genuine but was issued to a different appid.
     WatermarkMismatch,
 }
@@ -61,7 +63,8 @@ impl std::fmt::Display for DecryptError {
             DecryptError::BadPadding => {
                 "encrypted data does not decrypt with this session key (bad padding)"
             }
-            DecryptError::BadJson => "decrypted data is not the expected json",
+            DecryptError::BadJson => "decrypted data is not a json object with a watermark",
+            DecryptError::NotPhoneData => "decrypted data for this app is not phone data",
             DecryptError::WatermarkMismatch => "watermark appid does not match this app",
         };
         formatter.write_str(message)
@@ -84,6 +87,17 @@ struct PhonePayload {
 struct Watermark {
     appid: String,
     timestamp: i64,
+}
+
+/// What is read first of any decrypted data, whatever else it holds: the app it was issued to.
+#[derive(Deserialize)]
+struct Marked {
+    watermark: MarkedFor,
+}
+
+#[derive(Deserialize)]
+struct MarkedFor {
+    appid: String,
 }
 
 /// WeChat documents `countryCode` as a string, but a number has been seen in
@@ -110,9 +124,12 @@ impl CountryCode {
 /// The session key and iv must each be base64 of 16 bytes; the data is
 /// AES-128-CBC with strict PKCS#7 padding and must hold a UTF-8 JSON object
 /// with `phoneNumber`, `purePhoneNumber`, `countryCode` (string or number) and
-/// `watermark {appid, timestamp}`. The watermark is compared only after the
-/// data decrypted and parsed, so `WatermarkMismatch` always means genuine data
-/// for another app.
+/// `watermark {appid, timestamp}`. The watermark's appid is the first thing
+/// read once the data decrypts to a JSON object: data issued to another app is
+/// `WatermarkMismatch` whatever its shape (the user info of WeChat's own
+/// sample, say), and data for this app that is not the phone payload is
+/// `NotPhoneData`. `WatermarkMismatch` always means genuine data for another
+/// app: the data decrypted with the session key.
 pub(crate) fn decrypt_phone(
     session_key: &str,
     iv: &str,
@@ -126,10 +143,12 @@ pub(crate) fn decrypt_phone(
     if !text.trim_start().starts_with('{') {
         return Err(DecryptError::BadJson);
     }
-    let payload: PhonePayload = serde_json::from_str(text).map_err(|_| DecryptError::BadJson)?;
-    if payload.watermark.appid != appid {
+    let marked: Marked = serde_json::from_str(text).map_err(|_| DecryptError::BadJson)?;
+    if marked.watermark.appid != appid {
         return Err(DecryptError::WatermarkMismatch);
     }
+    let payload: PhonePayload =
+        serde_json::from_str(text).map_err(|_| DecryptError::NotPhoneData)?;
     Ok(PhoneInfo {
         phone_number: payload.phone_number,
         pure_phone_number: payload.pure_phone_number,
@@ -473,12 +492,14 @@ mod tests {
     }
 
     #[test]
-    fn missing_phone_number_is_bad_json() {
+    fn missing_phone_number_is_not_phone_data_or_another_apps() {
         let payload = PAYLOAD.replace(r#""phoneNumber":"13800138000","#, "");
         assert_ne!(payload, PAYLOAD);
         let ciphertext = encrypt(&key(), &IV, payload.as_bytes()).unwrap();
         let result = decrypt_phone(&key(), &iv_text(), &ciphertext, APPID);
-        assert_eq!(result, Err(DecryptError::BadJson));
+        assert_eq!(result, Err(DecryptError::NotPhoneData));
+        let result = decrypt_phone(&key(), &iv_text(), &ciphertext, "wx0000000000000000");
+        assert_eq!(result, Err(DecryptError::WatermarkMismatch));
     }
 
     #[test]
@@ -529,6 +550,7 @@ mod tests {
             DecryptError::BadBase64,
             DecryptError::BadPadding,
             DecryptError::BadJson,
+            DecryptError::NotPhoneData,
             DecryptError::WatermarkMismatch,
         ];
         for error in all {
@@ -563,10 +585,16 @@ mod tests {
         assert_eq!(json["watermark"]["timestamp"], 1_477_314_187);
         assert_eq!(json["nickName"], "Band");
 
-        // It is user info, not a phone payload, so the phone parser refuses it.
+        // Regression: it decrypts, so its watermark is read first, whatever its shape: another
+        // app's data is a watermark mismatch (it was `BadJson`), and this app's user info is
+        // not phone data.
+        assert_eq!(
+            decrypt_phone(session_key, iv, encrypted_data, "wx0123456789abcdef"),
+            Err(DecryptError::WatermarkMismatch)
+        );
         assert_eq!(
             decrypt_phone(session_key, iv, encrypted_data, "wx4f4bc4dec97d474b"),
-            Err(DecryptError::BadJson)
+            Err(DecryptError::NotPhoneData)
         );
     }
 }

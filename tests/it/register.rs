@@ -521,6 +521,28 @@ fn encrypted_data_for_another_appid_is_a_watermark_mismatch() {
     assert_eq!(stored(&server, &openid), Some(before));
 }
 
+/// Regression: data that decrypted but was not a phone payload (WeChat's own sample, user info)
+/// was `decrypt_failed` even when it was another app's. Its watermark is read first.
+#[test]
+fn encrypted_data_that_is_not_a_phone_is_judged_by_its_watermark_first() {
+    let server = Wxauth::start(&[]);
+    let (openid, before) = known_account(&server, "reg-user-info");
+    let user_info = |appid: Option<&str>| {
+        let mut path = format!("/fake/encrypted_user_info?openid={}", encode(&openid));
+        if let Some(appid) = appid {
+            path.push_str(&format!("&appid={}", encode(appid)));
+        }
+        let answer = server.fake(&path);
+        let body = json!({"openid": openid, "encrypted_phone": answer["encryptedData"], "iv": answer["iv"]});
+        server.post("register", &body)
+    };
+    user_info(Some("wxother")).assert_error(403, "watermark_mismatch");
+    let answer = user_info(None);
+    answer.assert_error(403, "decrypt_failed");
+    assert_eq!(answer.body["detail"], "加密数据不是手机号数据", "{answer:?}");
+    assert_eq!(stored(&server, &openid), Some(before));
+}
+
 #[test]
 fn a_client_session_key_must_equal_the_recorded_one() {
     let server = Wxauth::start(&[]);
