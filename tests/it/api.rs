@@ -244,3 +244,50 @@ fn login_without_token_or_openid_is_not_authenticated() {
         .post("register", &json!({"phone": "13800138000"}))
         .assert_error(403, "not_authenticated");
 }
+
+/// The shell commands of the README demo's step `step` (the lines after its `# STEP.` comment
+/// that are not comments, up to the next blank line), as one script.
+fn readme_step(step: &str) -> String {
+    let readme = include_str!("../../README.md");
+    let start = readme.find(&format!("# {step}. ")).unwrap_or_else(|| panic!("no step {step}"));
+    readme[start..]
+        .lines()
+        .take_while(|line| !line.trim().is_empty())
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Runs `script` with `sh`, the demo's variables set; returns its stdout.
+fn run_demo(server: &Wxauth, script: &str, variables: &[(&str, &str)]) -> String {
+    let api = format!("{}{}", server.base, server.prefix.trim_end_matches('/'));
+    let output = std::process::Command::new("sh")
+        .args(["-c", script])
+        .env("API", api)
+        .env("FAKE", server.fake.as_deref().unwrap())
+        .envs(variables.iter().copied())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{script}: {output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Regression: the README's step 3c needed the encrypted data copied by hand, and step 5 did not
+/// show the `X-Wxauth-User-Id` header it promised (`curl -s` prints no headers).
+#[test]
+fn the_readme_demo_steps_run_as_written() {
+    let server = Wxauth::start(&[]);
+    let (openid, login) = server.login_as("readme-demo");
+    let token = login["token"].as_str().unwrap();
+    let id = login["account"]["id"].to_string();
+
+    let registered = run_demo(&server, &readme_step("3c"), &[("OPENID", &openid)]);
+    let registered: Value = serde_json::from_str(&registered).expect("register's JSON answer");
+    assert_eq!(registered["code"], 0, "{registered}");
+    assert_eq!(registered["results"][0]["account"]["phone"], "13700137000");
+
+    let verify = readme_step("5");
+    let verify = verify.lines().find(|line| line.contains("/verify")).unwrap();
+    let answer = run_demo(&server, verify, &[("TOKEN", token)]);
+    assert!(answer.contains(&format!("X-Wxauth-User-Id: {id}\r\n")), "{answer}");
+}
