@@ -431,6 +431,7 @@ fn redact(secret: &str) -> &'static str {
 /// Reads the configuration: the file at `path` if given (it must exist), else `./wxauth.toml` if
 /// present, else the defaults; then the environment; then validation.
 pub(crate) fn load(path: Option<&str>) -> Result<Config, Fatal> {
+    let source = path.unwrap_or("wxauth.toml");
     let text = match path {
         Some(path) => std::fs::read_to_string(path)
             .map_err(Fatal::io(format!("cannot read config file {path}")))?,
@@ -442,17 +443,23 @@ pub(crate) fn load(path: Option<&str>) -> Result<Config, Fatal> {
     };
     let environment: BTreeMap<String, String> =
         std::env::vars().filter(|(name, _)| name.starts_with("WXAUTH_")).collect();
-    parse(&text, &environment)
+    parse_and_check(source, &text, &environment).map_err(Fatal::Config)
 }
 
 /// Parses TOML text, applies `WXAUTH_*` overrides from `environment`, and validates.
+#[cfg(test)]
 pub(crate) fn parse(text: &str, environment: &BTreeMap<String, String>) -> Result<Config, Fatal> {
-    parse_and_check(text, environment).map_err(Fatal::Config)
+    parse_and_check("config file", text, environment).map_err(Fatal::Config)
 }
 
-fn parse_and_check(text: &str, environment: &BTreeMap<String, String>) -> Result<Config, String> {
+/// `parse`, for the text of the file named `source` (in a syntax error's message).
+fn parse_and_check(
+    source: &str,
+    text: &str,
+    environment: &BTreeMap<String, String>,
+) -> Result<Config, String> {
     let mut table: toml::Table =
-        toml::from_str(text).map_err(|error| format!("config file: {}", error.message()))?;
+        toml::from_str(text).map_err(|error| syntax_error(source, text, &error))?;
     let defaults = toml::Table::try_from(Config::default())
         .map_err(|error| format!("config defaults: {error}"))?;
     check_keys(&table, &defaults, "")?;
@@ -475,6 +482,45 @@ fn parse_and_check(text: &str, environment: &BTreeMap<String, String>) -> Result
     }
     validate(&config)?;
     Ok(config)
+}
+
+/// A TOML syntax error as the operator fixes it: the file, the line and column (counted from 1,
+/// in characters), and what is wrong there. The parser's own words fit most mistakes ("missing
+/// value for key", "unclosed table"); the commonest, an unquoted word as a value (`level =
+/// info`), it describes as a failed number or boolean (`invalid float, expected inf`), so that one
+/// is said plainly instead.
+fn syntax_error(source: &str, text: &str, error: &toml::de::Error) -> String {
+    let Some(span) = error.span() else {
+        return format!("{source}: {}", error.message());
+    };
+    let start = span.start.min(text.len());
+    let (before, after) = text.split_at(start);
+    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+    let line = before.matches('\n').count() + 1;
+    let column = before[line_start..].chars().count() + 1;
+    let word: String =
+        after.chars().take_while(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.')).collect();
+    let key = before[line_start..].trim_end().strip_suffix('=').map(str::trim);
+    let rest_of_line = after.split('\n').next().unwrap_or("").trim_start();
+    let plainly = match key {
+        Some(key)
+            if !key.is_empty() && (rest_of_line.is_empty() || rest_of_line.starts_with('#')) =>
+        {
+            format!("`{key} =` has no value")
+        }
+        Some(key)
+            if !key.is_empty()
+                && word.starts_with(|c: char| c.is_alphabetic())
+                && !["true", "false", "inf", "nan"].contains(&word.as_str()) =>
+        {
+            format!(
+                "`{word}` is not a value: text goes in double quotes, as in {key} = \"{word}\" \
+                 (a value is quoted text, a number, true or false, a date, [an array] or {{a table}})"
+            )
+        }
+        _ => error.message().to_string(),
+    };
+    format!("{source}: line {line}, column {column}: {plainly}")
 }
 
 /// `listen`: an IP address and port, parsed once here (a host name is refused: which address
@@ -849,6 +895,34 @@ mod tests {
         let error = parse("", &env(&[("WXAUTH_LOG_LEVEL", "verbose")])).unwrap_err().to_string();
         assert!(error.contains("log.level"), "{error}");
         assert!(LogLevel::Debug < LogLevel::Info && LogLevel::Warn < LogLevel::Error);
+    }
+
+    /// Regression: a syntax error named no line or column, and an unquoted word was "invalid
+    /// float, expected `inf`".
+    #[test]
+    fn syntax_errors_name_the_file_line_and_column_in_plain_words() {
+        let check = |text: &str| parse_and_check("/etc/wxauth.toml", text, &env(&[])).unwrap_err();
+        assert_eq!(
+            check("workers = 4\n[log]\nlevel = info\n"),
+            "/etc/wxauth.toml: line 3, column 9: `info` is not a value: text goes in double quotes, \
+             as in level = \"info\" (a value is quoted text, a number, true or false, a date, \
+             [an array] or {a table})"
+        );
+        let unquoted = check("# 配置\nprefix = /api/\n");
+        assert!(unquoted.starts_with("/etc/wxauth.toml: line 2, column 10: "), "{unquoted}");
+        let unquoted = check("[wechat]\nappid = wx0123\n");
+        assert!(
+            unquoted.starts_with("/etc/wxauth.toml: line 2, column 9: `wx0123` is not a value"),
+            "{unquoted}"
+        );
+        assert_eq!(
+            check("workers = 4\n[log\n"),
+            "/etc/wxauth.toml: line 2, column 5: unclosed table, expected `]`"
+        );
+        assert_eq!(
+            check("listen =\n"),
+            "/etc/wxauth.toml: line 1, column 9: `listen =` has no value"
+        );
     }
 
     #[test]

@@ -56,6 +56,22 @@ fn unknown_keys_in_the_file_are_named() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("wechat.appsecret"));
 }
 
+/// Regression: a TOML syntax error named no line or column, and an unquoted word was "invalid
+/// float, expected `inf`".
+#[test]
+fn a_syntax_error_in_the_file_names_the_line_and_column() {
+    let dir = TempDir::new();
+    std::fs::write(dir.0.join("wxauth.toml"), "workers = 4\n\n[log]\nlevel = info\n").unwrap();
+    let output = Command::new(binary()).current_dir(&dir.0).env_clear().output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "wxauth: wxauth.toml: line 4, column 9: `info` is not a value: text goes in double quotes, \
+         as in level = \"info\" (a value is quoted text, a number, true or false, a date, \
+         [an array] or {a table})\n"
+    );
+}
+
 #[test]
 fn version_and_help() {
     let output = Command::new(binary()).arg("--version").output().unwrap();
