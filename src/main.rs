@@ -6,7 +6,8 @@
 //! `listening on http://HOST:PORT`; in demo mode the next names the fake WeChat; then, whenever the
 //! demo page is served, a line names its URL. A start-up or
 //! command failure is one line on stderr and exit status 1; a usage error, status 2; a clean stop
-//! after SIGTERM or SIGINT, status 0.
+//! after SIGTERM or SIGINT, status 0. A command other than `serve` and `fake-wechat` whose output
+//! is no longer read (`wxauth --help | head -1`) ends silently, by SIGPIPE.
 //!
 //! The main thread of `serve` starts everything, then waits for signals: SIGTERM and SIGINT stop
 //! the server gracefully, SIGHUP reloads the configuration (`reload`); it reports each step to
@@ -169,6 +170,12 @@ service user's).
     config_option!()
 );
 
+const HELP_USAGE: &str = "\
+Usage: wxauth help [COMMAND [ACTION]]
+
+Prints the usage of wxauth, or of COMMAND: the text `wxauth COMMAND --help` prints (with an
+ACTION, as in `wxauth help users list`, that of its command). An unknown COMMAND is a usage error.";
+
 const FAKE_WECHAT_USAGE: &str = "\
 Usage: wxauth fake-wechat [--listen ADDR]
 
@@ -185,6 +192,7 @@ fn command_usage(command: &str) -> Option<&'static str> {
         "backup" => BACKUP_USAGE,
         "migrate" => MIGRATE_USAGE,
         "fake-wechat" => FAKE_WECHAT_USAGE,
+        "help" => HELP_USAGE,
         _ => return None,
     })
 }
@@ -223,7 +231,11 @@ struct UsageError {
 }
 
 fn main() -> ExitCode {
-    let command = match parse_arguments(std::env::args().skip(1).collect()) {
+    let parsed = parse_arguments(std::env::args().skip(1).collect());
+    if !matches!(parsed, Ok(Command::Serve { .. } | Command::FakeWechat { .. })) {
+        end_quietly_on_a_closed_pipe();
+    }
+    let command = match parsed {
         Ok(command) => command,
         Err(UsageError { message, usage }) => {
             eprintln!("wxauth: {message}\n\n{usage}");
@@ -320,14 +332,19 @@ fn parse_arguments(arguments: Vec<String>) -> Result<Command, UsageError> {
     let command = words.first().cloned().unwrap_or_else(|| "serve".into());
     if command == "help" {
         let usage = match words.get(1) {
+            None if help => HELP_USAGE,
             None => USAGE,
             Some(topic) => command_usage(topic).ok_or_else(|| UsageError {
                 message: format!("no command `{topic}`"),
                 usage: USAGE,
             })?,
         };
-        if words.len() > 2 || !options.is_empty() {
-            return Err(UsageError { message: "help takes at most one command".into(), usage });
+        // `help users list` is `users list --help`: the usage of the command the action is of.
+        if words.len() > 3 || !options.is_empty() {
+            return Err(UsageError {
+                message: "help takes a command and at most one action".into(),
+                usage,
+            });
         }
         return Ok(Command::Help(usage));
     }
@@ -626,6 +643,22 @@ fn fake_wechat(listen: &str) -> Result<(), Fatal> {
 fn signals() -> Result<Signals, Fatal> {
     Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(Fatal::io("cannot install signal handlers"))
 }
+
+/// A command that prints and ends (help, the operator's commands) ends the way Unix filters do
+/// when whoever reads its output goes away (`wxauth --help | head -1`): SIGPIPE's default action
+/// ends it at once and without a word, which the shell shows as status 141. Rust ignores SIGPIPE,
+/// which turns the next print into a panic. `serve` and `fake-wechat` keep it ignored: a client
+/// that goes away is an error on its own connection, never the end of the server.
+#[cfg(unix)]
+fn end_quietly_on_a_closed_pipe() {
+    // SAFETY: sets one signal's disposition to its default, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn end_quietly_on_a_closed_pipe() {}
 
 /// `bytes` random bytes from the OS, as lowercase hex.
 fn random_hex(bytes: usize) -> Result<String, Fatal> {

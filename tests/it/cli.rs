@@ -132,6 +132,55 @@ fn every_command_has_its_own_help_on_stdout() {
     assert!(std::fs::read_dir(&dir.0).unwrap().next().is_none(), "help created a file");
 }
 
+/// Regression: `help users list` printed the usage and exited 2, and `help help` said there was
+/// no such command.
+#[test]
+fn help_takes_a_command_and_an_action_and_has_its_own_help() {
+    let dir = TempDir::new();
+    let users = run_in(&dir.0, &["users", "--help"], &[]);
+    for action in ["list", "show", "export", "revoke"] {
+        let help = run_in(&dir.0, &["help", "users", action], &[]);
+        assert_eq!(help.success(), users.stdout, "help users {action}");
+    }
+    let help = run_in(&dir.0, &["help", "help"], &[]);
+    assert!(help.success().starts_with("Usage: wxauth help [COMMAND [ACTION]]"), "{help:#?}");
+    assert_eq!(run_in(&dir.0, &["help", "--help"], &[]).success(), help.stdout);
+    let run = run_in(&dir.0, &["help", "users", "list", "now"], &[]);
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert!(run.stderr.starts_with("wxauth: help takes a command and at most one action"));
+}
+
+/// Regression: `wxauth --help | head -1` panicked with a backtrace once `head` had closed the
+/// pipe. A command whose output is no longer read ends at once and silently, as Unix filters do
+/// (by SIGPIPE, status 141 in the shell).
+#[test]
+fn a_command_whose_output_is_not_read_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = TempDir::new();
+    for arguments in [
+        &["--help"][..],
+        &["--version"],
+        &["help", "users"],
+        &["migrate", "--help"],
+        &["check-config"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = Command::new(binary())
+            .args(arguments)
+            .current_dir(&dir.0)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let quiet = output.status.success() || output.status.signal() == Some(13);
+        assert!(quiet, "{arguments:?}: {:?}", output.status);
+        assert_eq!(String::from_utf8_lossy(&output.stderr), "", "{arguments:?}");
+    }
+}
+
 #[test]
 fn usage_errors_exit_2_with_the_reason_and_the_commands_usage() {
     let dir = TempDir::new();
