@@ -106,13 +106,15 @@ fn list(
         )
         .map_err(write_error)
     })?;
+    let end = offset + shown;
     let summary = match shown {
         0 => format!("no accounts from offset {offset} ({total} in all)"),
+        // The count and the page are read apart, so accounts made in between can make the page
+        // end past the count; a next page is offered only when the count says there is more.
+        _ if end >= total.max(0) as u64 => format!("accounts {} to {end} of {total}", offset + 1),
         _ => format!(
-            "accounts {} to {} of {total} (--offset {} for the next page)",
-            offset + 1,
-            offset + shown,
-            offset + shown
+            "accounts {} to {end} of {total} (--offset {end} for the next page)",
+            offset + 1
         ),
     };
     writeln!(out, "{summary}").map_err(write_failed)

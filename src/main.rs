@@ -161,7 +161,8 @@ const MIGRATE_USAGE: &str = concat!(
 Usage: wxauth migrate [--config PATH]
 
 Applies the schema versions the database lacks (as `serve` does at start) and says which:
-`applied schema version N`, or `schema is current (version N)`. The database must exist:
+`DATABASE: applied schema versions N, M` (`version N` for one), or
+`DATABASE: schema is current (version N)`. The database must exist:
 migrate never creates one (`serve` does), so a mistyped path fails instead of looking done. It
 refuses a database file that is not safely its user's, as serve does (root may migrate the
 service user's).

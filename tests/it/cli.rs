@@ -319,14 +319,19 @@ fn migrate_upgrades_an_old_database_and_then_says_it_is_current() {
 
     run_in(&dir.0, &["users", "list"], &environment)
         .failure("has schema version 1, this wxauth needs 4: run `wxauth migrate` first");
-    assert_eq!(
-        run_in(&dir.0, &["migrate"], &environment).success(),
-        "wxauth.db: applied schema versions 2, 3, 4\n"
-    );
-    assert_eq!(
-        run_in(&dir.0, &["migrate"], &environment).success(),
-        "wxauth.db: schema is current (version 4)\n"
-    );
+    let applied = run_in(&dir.0, &["migrate"], &environment);
+    assert_eq!(applied.success(), "wxauth.db: applied schema versions 2, 3, 4\n");
+    let current = run_in(&dir.0, &["migrate"], &environment);
+    assert_eq!(current.success(), "wxauth.db: schema is current (version 4)\n");
+    // Regression: the docs promised `DATABASE: applied schema version N` for several versions.
+    let help = run_in(&dir.0, &["migrate", "--help"], &[]);
+    let operations = include_str!("../../docs/operations.md");
+    for promised in
+        ["`DATABASE: applied schema versions N, M`", "`DATABASE: schema is current (version N)`"]
+    {
+        assert!(help.success().contains(promised), "migrate --help: {promised}");
+        assert!(operations.contains(promised), "docs/operations.md: {promised}");
+    }
     let database = rusqlite::Connection::open(dir.0.join("wxauth.db")).unwrap();
     let version: u32 = database.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
     assert_eq!(version, 4);
@@ -410,13 +415,16 @@ fn users_list_and_show_read_the_served_database() {
     let bob_row: Vec<&str> = lines[2].split_whitespace().collect();
     assert_eq!(bob_row[1..4], [bob.as_str(), "-", "no"]);
     assert!(lines[3].contains(&carol));
-    assert_eq!(lines[4], "accounts 1 to 3 of 3 (--offset 3 for the next page)");
+    // The last page offers no next one (regression: every page did).
+    assert_eq!(lines[4], "accounts 1 to 3 of 3");
 
     let page = run_on(&server, &["users", "list", "--limit", "1", "--offset", "1"]);
     let lines: Vec<&str> = page.success().lines().collect();
     assert_eq!(lines.len(), 3, "{lines:#?}");
     assert!(lines[1].contains(&bob), "{lines:#?}");
     assert_eq!(lines[2], "accounts 2 to 2 of 3 (--offset 2 for the next page)");
+    let last = run_on(&server, &["users", "list", "--limit", "1", "--offset", "2"]);
+    assert_eq!(last.success().lines().last(), Some("accounts 3 to 3 of 3"));
     let past = run_on(&server, &["users", "list", "--offset", "10"]);
     assert_eq!(past.success().lines().last(), Some("no accounts from offset 10 (3 in all)"));
 
