@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::harness::{TempDir, Wxauth, binary, fresh_code};
+use crate::harness::{TempDir, Wxauth, binary, fresh_code, on_read_only, wrapped};
 
 /// What one run of the binary showed.
 #[derive(Debug)]
@@ -39,7 +39,17 @@ impl Run {
 
 /// Runs `wxauth ARGS` in `dir` with only `environment` (and PATH) set.
 pub(crate) fn run_in(dir: &Path, arguments: &[&str], environment: &[(&str, &str)]) -> Run {
-    let output = Command::new(binary())
+    run_wrapped(&[], dir, arguments, environment)
+}
+
+/// `run_in` through `wrapper`, as in `Wxauth::start_wrapped`.
+fn run_wrapped(
+    wrapper: &[&str],
+    dir: &Path,
+    arguments: &[&str],
+    environment: &[(&str, &str)],
+) -> Run {
+    let output = wrapped(wrapper)
         .args(arguments)
         .current_dir(dir)
         .env_clear()
@@ -341,7 +351,8 @@ fn migrate_upgrades_an_old_database_and_then_says_it_is_current() {
     // A database from a newer wxauth is refused, by migrate and by the readers alike.
     database.execute_batch("PRAGMA user_version = 99").unwrap();
     drop(database);
-    run_in(&dir.0, &["migrate"], &environment).failure("newer than this binary's");
+    run_in(&dir.0, &["migrate"], &environment)
+        .failure("database wxauth.db has schema version 99, newer than this wxauth's (4)");
     run_in(&dir.0, &["users", "show", "1"], &environment).failure("newer than this wxauth's");
 }
 
@@ -751,6 +762,43 @@ fn backup_of_a_serving_database_is_complete_and_verified() {
 
 /// A WAL or journal already beside the backup's path (left by an earlier copy, or put there by
 /// another user of the directory) would be read into the copy when it is opened.
+/// Regression: `users list` and `backup` failed on a read-only file system ("unable to open
+/// database file") although they only read: SQLite could not create the WAL's index beside the
+/// database. The commands that write say why they cannot.
+#[test]
+fn the_commands_that_read_work_on_a_read_only_file_system() {
+    let mut server = Wxauth::start(&[]);
+    let (openid, _, account) = registered_user(&server, "cli-read-only", "13800138000");
+    assert!(server.terminate().success());
+    let dir = TempDir::new();
+    std::fs::copy(server.dir.0.join("wxauth.db"), dir.0.join("wxauth.db")).unwrap();
+    let copies = TempDir::new();
+    let wrapper = on_read_only(&dir.0);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let run = |arguments: &[&str]| {
+        run_wrapped(&wrapper, &dir.0, arguments, &[("WXAUTH_DATABASE", "wxauth.db")])
+    };
+
+    let list = run(&["users", "list"]);
+    let lines: Vec<&str> = list.success().lines().collect();
+    assert!(lines[1].contains(&openid), "{list:#?}");
+    assert_eq!(lines[2], "accounts 1 to 1 of 1");
+    let shown: Value = serde_json::from_str(run(&["users", "show", &openid]).success()).unwrap();
+    assert_eq!(shown, account);
+    let exported = run(&["users", "export", "--format", "csv"]);
+    assert_eq!(parse_csv(exported.success()).len(), 2, "{exported:#?}");
+    let copy = copies.0.join("copy.db");
+    let backup = run(&["backup", copy.to_str().unwrap()]);
+    assert!(backup.success().ends_with("integrity_check ok\n"), "{backup:#?}");
+    let copied = rusqlite::Connection::open(&copy).unwrap();
+    assert_eq!(account_count(&copied), 1);
+
+    for arguments in [&["migrate"][..], &["users", "revoke", "1"]] {
+        run(arguments).failure("cannot open database wxauth.db: it is on a read-only file system");
+    }
+    assert_eq!(dir.names(), ["wxauth.db"], "nothing made beside it");
+}
+
 #[test]
 fn backup_refuses_a_path_with_a_wal_or_journal_beside_it() {
     let server = Wxauth::start(&[]);

@@ -97,6 +97,29 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_wxauth")
 }
 
+/// The command that runs the binary through `wrapper` (nothing: the binary itself).
+pub fn wrapped(wrapper: &[&str]) -> Command {
+    match wrapper.split_first() {
+        None => Command::new(binary()),
+        Some((program, arguments)) => {
+            let mut command = Command::new(program);
+            command.args(arguments).arg(binary());
+            command
+        }
+    }
+}
+
+/// A wrapper that runs the binary in a mount namespace of its own where `dir` is a read-only
+/// file system, which binds root as well: what a read-only mount or a hardened systemd unit
+/// gives. Works unprivileged where user namespaces are allowed. The program starts in `dir`,
+/// entered again once it is mounted (a working directory entered before stays on the writable
+/// mount below).
+pub fn on_read_only(dir: &std::path::Path) -> Vec<String> {
+    let script = r#"mount --bind -o ro "$0" "$0" && cd "$0" && exec "$@""#;
+    let dir = dir.to_str().unwrap();
+    ["unshare", "--map-root-user", "--mount", "sh", "-c", script, dir].map(String::from).to_vec()
+}
+
 impl Wxauth {
     /// Starts wxauth in demo mode with the rate limit off, plus `env` overrides.
     pub fn start(env: &[(&str, &str)]) -> Wxauth {
@@ -121,14 +144,7 @@ impl Wxauth {
         wrapper: &[&str],
         adjust: impl FnOnce(&mut Command),
     ) -> Wxauth {
-        let mut command = match wrapper.split_first() {
-            None => Command::new(binary()),
-            Some((program, arguments)) => {
-                let mut command = Command::new(program);
-                command.args(arguments).arg(binary());
-                command
-            }
-        };
+        let mut command = wrapped(wrapper);
         command
             .current_dir(&dir.0)
             .env_clear()
@@ -386,8 +402,17 @@ impl Drop for Wxauth {
 /// stderr). Its output goes to a directory of its own, so `dir` holds only what the server made.
 /// Panics if it is still running after five seconds.
 pub fn refused_start(dir: &TempDir, env: &[(&str, &str)]) -> (ExitStatus, String, String) {
+    refused_start_wrapped(dir, env, &[])
+}
+
+/// `refused_start` through `wrapper`, as in `Wxauth::start_wrapped`.
+pub fn refused_start_wrapped(
+    dir: &TempDir,
+    env: &[(&str, &str)],
+    wrapper: &[&str],
+) -> (ExitStatus, String, String) {
     let output = TempDir::new();
-    let mut command = Command::new(binary());
+    let mut command = wrapped(wrapper);
     command
         .current_dir(&dir.0)
         .env_clear()

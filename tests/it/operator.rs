@@ -4,7 +4,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::json;
 
-use crate::harness::{TempDir, Wxauth, binary};
+use crate::harness::{TempDir, Wxauth, binary, on_read_only, refused_start, refused_start_wrapped};
 
 #[test]
 fn sigterm_stops_cleanly_with_status_zero() {
@@ -135,4 +135,108 @@ fn the_benchmark_scripts_parse() {
     let root = env!("CARGO_MANIFEST_DIR");
     let status = Command::new("bash").arg("-n").arg(format!("{root}/bench/run")).status().unwrap();
     assert!(status.success(), "bench/run does not parse");
+}
+
+/// Asserts a start refused with status 1 and, on stderr, the one line `expected` (a prefix of it
+/// when `expected` ends in `…`).
+fn assert_refused_with(refused: (std::process::ExitStatus, String, String), expected: &str) {
+    let (status, stdout, stderr) = refused;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(stdout, "", "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    let line = stderr.trim_end();
+    match expected.strip_suffix('…') {
+        Some(start) => assert!(line.starts_with(start), "expected {start:?}…, got {line:?}"),
+        None => assert_eq!(line, expected),
+    }
+}
+
+/// Regression: a database file that is not one stopped the start with "database: file is not a
+/// database", and one from a newer wxauth without naming the file.
+#[test]
+fn a_start_on_a_database_it_cannot_use_names_the_file_and_the_cause() {
+    let dir = TempDir::new();
+    let path = dir.0.join("wxauth.db");
+    std::fs::write(&path, "not a database, but long enough to look like one's header".repeat(99))
+        .unwrap();
+    let path = path.to_str().unwrap();
+    assert_refused_with(
+        refused_start(&dir, &[]),
+        &format!(
+            "wxauth: cannot open database {path}: it is not an SQLite database, or it is damaged (SQLite: file is not a database)"
+        ),
+    );
+
+    std::fs::remove_file(path).unwrap();
+    let newer = rusqlite::Connection::open(path).unwrap();
+    newer.execute_batch("CREATE TABLE accounts (id INTEGER); PRAGMA user_version = 99").unwrap();
+    drop(newer);
+    assert_refused_with(
+        refused_start(&dir, &[]),
+        &format!(
+            "wxauth: database {path} has schema version 99, newer than this wxauth's (4): use a newer wxauth"
+        ),
+    );
+}
+
+/// Regression: on a read-only file system the start failed with "unable to open database file"
+/// (or at the first write), naming neither the file nor the cause.
+#[test]
+fn a_start_on_a_read_only_file_system_names_the_file_and_the_cause() {
+    let mut server = Wxauth::start(&[]);
+    server.login_as("read-only-start");
+    assert!(server.terminate().success());
+    let dir = TempDir::new();
+    std::fs::copy(server.dir.0.join("wxauth.db"), dir.0.join("wxauth.db")).unwrap();
+    let wrapper = on_read_only(&dir.0);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let directory = dir.0.to_str().unwrap();
+
+    assert_refused_with(
+        refused_start_wrapped(&dir, &[], &wrapper),
+        &format!(
+            "wxauth: cannot open database {directory}/wxauth.db: it is on a read-only file system"
+        ),
+    );
+    let absent = format!("{directory}/new.db");
+    assert_refused_with(
+        refused_start_wrapped(&dir, &[("WXAUTH_DATABASE", &absent)], &wrapper),
+        &format!(
+            "wxauth: cannot create database {absent}: its directory {directory} is not writable (read-only file system)"
+        ),
+    );
+    assert_eq!(dir.names(), ["wxauth.db"]);
+}
+
+/// A directory the user may not write (not a read-only file system): SQLite cannot create the
+/// WAL beside the database. Root may write anywhere, so as root the server runs as nobody.
+#[test]
+fn a_start_in_a_directory_it_may_not_write_names_the_directory() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = TempDir::new();
+    let path = dir.0.join("wxauth.db");
+    let database = rusqlite::Connection::open(&path).unwrap();
+    database.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x)").unwrap();
+    drop(database);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let as_root = std::fs::metadata(&path).unwrap().uid() == 0;
+    let wrapper: &[&str] = if as_root {
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        std::os::unix::fs::chown(&dir.0, Some(65534), Some(65534)).unwrap();
+        &["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+    } else {
+        &[]
+    };
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let refused = refused_start_wrapped(&dir, &[], wrapper);
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = path.to_str().unwrap();
+    let directory = dir.0.to_str().unwrap();
+    assert_refused_with(
+        refused,
+        &format!(
+            "wxauth: cannot open database {path}: its directory {directory} is not writable (permission denied), and SQLite keeps {path}-wal there"
+        ),
+    );
+    assert_eq!(dir.names(), ["wxauth.db"]);
 }

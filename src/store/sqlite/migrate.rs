@@ -29,12 +29,14 @@ pub(crate) fn current_version() -> u32 {
 
 /// Applies every schema section above the database's `user_version`, all in one transaction: the
 /// database moves to the current version or, on any failure, stays as it was. (One commit, so one
-/// fsync, also keeps a first start quick: bench/run times it.)
-pub(super) fn migrate(connection: &Connection) -> Result<Vec<u32>, Error> {
+/// fsync, also keeps a first start quick: bench/run times it.) A database from a newer wxauth
+/// (`user_version` above this binary's) is refused, naming `path`: this binary cannot know what
+/// that version changed.
+pub(super) fn migrate(connection: &Connection, path: &str) -> Result<Vec<u32>, Error> {
     let found: u32 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     if found > current_version() {
         return Err(Error::Internal(format!(
-            "database schema version {found} is newer than this binary's ({})",
+            "database {path} has schema version {found}, newer than this wxauth's ({}): use a newer wxauth",
             current_version()
         )));
     }

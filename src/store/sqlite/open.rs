@@ -1,16 +1,18 @@
 //! Opening SQLite connections: the writer's (creating the database, owner-only), the workers'
 //! read-only ones and the operator's. A connection that writes opens only a file that is safely
 //! wxauth's (`open_read_write`): a regular file of its user, writable by nobody else, reached
-//! through no link, with the same true of SQLite's files beside it.
+//! through no link, with the same true of SQLite's files beside it. A database that cannot be
+//! opened is an error naming its path and the cause in words (`explained`). A read connection
+//! works where its user may not write (`open_read_only`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use super::migrate::migrate;
 use crate::error::Error;
-use crate::store::Opener;
+use crate::store::{DatabaseError, EngineError, Opener};
 
 /// How long a connection waits for a lock before `database is locked`.
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -19,8 +21,14 @@ pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// (`open_read_write`), sets durable pragmas and applies pending schema versions. Returns the
 /// connection and the versions it applied.
 pub(crate) fn open_writer(path: &str, opener: Opener) -> Result<(Connection, Vec<u32>), Error> {
-    create_private_file(path)
-        .map_err(|error| Error::Internal(format!("cannot create database file {path}: {error}")))?;
+    create_private_file(path).map_err(|error| {
+        Error::Internal(format!("cannot create database {path}: {}", in_directory(path, &error)))
+    })?;
+    set_up_writer(path, opener).map_err(|error| explained(path, error, true))
+}
+
+/// `open_writer` once the file exists.
+fn set_up_writer(path: &str, opener: Opener) -> Result<(Connection, Vec<u32>), Error> {
     let connection = open_read_write(path, opener)?;
     connection.busy_timeout(BUSY_TIMEOUT)?;
     // WAL lets readers proceed while the writer commits; FULL makes every commit durable before
@@ -38,7 +46,7 @@ pub(crate) fn open_writer(path: &str, opener: Opener) -> Result<(Connection, Vec
     // Every statement the writer runs stays prepared: rusqlite keeps 16 by default, the writer
     // runs more than that, and past the limit the least recent is parsed again at each use.
     connection.set_prepared_statement_cache_capacity(64);
-    let applied = migrate(&connection)?;
+    let applied = migrate(&connection, path)?;
     if applied.first().is_some_and(|&first| first > 1) {
         // An upgrade may rewrite a whole table (version 3 does) into the WAL: fold it into the
         // database now, so readers do not start behind a WAL of that size and the file shrinks
@@ -48,14 +56,173 @@ pub(crate) fn open_writer(path: &str, opener: Opener) -> Result<(Connection, Vec
     Ok((connection, applied))
 }
 
-/// Opens a read connection for one worker. It cannot write, by construction.
+/// Opens a read connection for one worker, or for an operator's command that only reads. It
+/// cannot write, by construction.
 pub(crate) fn open_reader(path: &str) -> Result<Connection, Error> {
-    let connection = open_existing_with(path, None)?;
+    let connection = open_read_only(path).map_err(|error| explained(path, error, false))?;
     // A small page cache per reader: there is one per worker, the OS caches the file anyway, and
     // in WAL mode any commit empties it at the reader's next transaction. 64 KiB holds the pages
     // of any one query wxauth makes, and every KiB more is one more per worker.
     connection.execute_batch("PRAGMA cache_size = -64;")?;
     Ok(connection)
+}
+
+/// Opens `path` read-only and reads its header, which is when SQLite opens the WAL and its index
+/// (-shm) beside the database, creating them if they are missing. Where they are missing and
+/// cannot be created (a read-only file system or a directory the user may not write: a copy on a
+/// read-only mount, the service's directory read by an operator), the database is opened
+/// `immutable`, and SQLite reads the file alone, as it is: nothing can be writing it, since a
+/// connection writing in WAL mode always has its -wal.
+fn open_read_only(path: &str) -> Result<Connection, Error> {
+    let connection = open_existing_with(path, None)?;
+    let Err(error) = read_header(&connection) else {
+        return Ok(connection);
+    };
+    let none_beside = ["-wal", "-shm"].iter().all(|suffix| {
+        std::fs::symlink_metadata(format!("{path}{suffix}"))
+            .is_err_and(|error| error.kind() == std::io::ErrorKind::NotFound)
+    });
+    let cannot_open =
+        matches!(error.sqlite_error_code(), Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly));
+    if !cannot_open || !none_beside {
+        return Err(error.into());
+    }
+    drop(connection);
+    let connection = open_existing_with(&immutable_uri(path), None)?;
+    read_header(&connection)?;
+    Ok(connection)
+}
+
+/// A first read: the schema cookie in the database's header.
+fn read_header(connection: &Connection) -> rusqlite::Result<()> {
+    connection.query_row("PRAGMA schema_version", [], |_| Ok(()))
+}
+
+/// The URI that opens `path` read-only as a file nobody changes: `file:` with the characters a
+/// URI gives a meaning to escaped (SQLite decodes `%HH`).
+fn immutable_uri(path: &str) -> String {
+    let mut uri = String::from(if path.starts_with('/') { "file://" } else { "file:" });
+    for character in path.chars() {
+        match character {
+            '%' => uri.push_str("%25"),
+            '?' => uri.push_str("%3f"),
+            '#' => uri.push_str("%23"),
+            other => uri.push(other),
+        }
+    }
+    uri.push_str("?immutable=1");
+    uri
+}
+
+/// `error`, met opening `path` or first reading it (for writing when `writes`), as one line an
+/// operator can act on: the path and the cause in words. SQLite says only "unable to open database
+/// file" when it cannot create the WAL or its index beside the database, and "attempt to write a
+/// readonly database" when the file cannot be written, so the cause is found by looking.
+/// Errors that already say what to do (`check_database_file`, a newer schema) pass unchanged.
+fn explained(path: &str, error: Error, writes: bool) -> Error {
+    let Error::Database(DatabaseError(EngineError::Sqlite(sqlite))) = &error else {
+        return error;
+    };
+    let cause = match sqlite.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) => {
+            "it is not an SQLite database, or it is damaged (SQLite: file is not a database)"
+                .to_string()
+        }
+        Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly | ErrorCode::PermissionDenied) => {
+            why_not_usable(path, writes).unwrap_or_else(|| sqlite.to_string())
+        }
+        _ => sqlite.to_string(),
+    };
+    Error::Internal(format!("cannot open database {path}: {cause}"))
+}
+
+/// What keeps SQLite from opening `path` (and writing it when `writes`), if the file system says:
+/// the file cannot be opened so, a file SQLite keeps beside it (`-wal`, `-shm`) cannot be
+/// written, or one that is missing cannot be created because the directory may not be written.
+/// It only looks: nothing is created, so a server starting meanwhile finds the files as they were.
+fn why_not_usable(path: &str, writes: bool) -> Option<String> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(writes);
+    if let Err(error) = options.open(path) {
+        let doing = if writes { "write" } else { "read" };
+        return Some(match error.kind() {
+            std::io::ErrorKind::ReadOnlyFilesystem => "it is on a read-only file system".into(),
+            std::io::ErrorKind::PermissionDenied => {
+                format!("this user may not {doing} it (permission denied)")
+            }
+            _ => format!("it cannot be opened to {doing} ({error})"),
+        });
+    }
+    for suffix in ["-wal", "-shm"] {
+        let file = format!("{path}{suffix}");
+        let found = std::fs::OpenOptions::new().read(true).write(true).open(&file);
+        match found {
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                if let Err(error) = may_write_directory_of(path) {
+                    return Some(format!(
+                        "{}, and SQLite keeps {file} there",
+                        in_directory(path, &error)
+                    ));
+                }
+            }
+            Err(error) => return Some(format!("{file} cannot be written ({})", plainly(&error))),
+        }
+    }
+    None
+}
+
+/// Whether this process may create files in the directory of `path`, as the kernel decides
+/// (`access(2)` with W_OK): refused on a read-only file system (EROFS) or without the permission
+/// (EACCES), which binds every user but root.
+#[cfg(unix)]
+fn may_write_directory_of(path: &str) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    unsafe extern "C" {
+        fn access(path: *const std::ffi::c_char, mode: std::ffi::c_int) -> std::ffi::c_int;
+    }
+    const W_OK: std::ffi::c_int = 2;
+    let directory = std::ffi::CString::new(directory_of(path).as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: access reads one NUL-terminated path, which outlives the call.
+    if unsafe { access(directory.as_ptr(), W_OK) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(unix))]
+fn may_write_directory_of(_: &str) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// A failure to create a file beside `path`, in words: which directory cannot be written, and why.
+fn in_directory(path: &str, error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => {
+            let directory = directory_of(path).display();
+            format!("its directory {directory} is not writable ({})", plainly(error))
+        }
+        _ => error.to_string(),
+    }
+}
+
+/// The directory `path` is in (`.` for a bare file name).
+fn directory_of(path: &str) -> &Path {
+    match Path::new(path).parent() {
+        Some(directory) if !directory.as_os_str().is_empty() => directory,
+        _ => Path::new("."),
+    }
+}
+
+/// The cause of an I/O error in words, without the error number.
+fn plainly(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::ReadOnlyFilesystem => "read-only file system".to_string(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        _ => error.to_string(),
+    }
 }
 
 /// Opens a database file that must exist, read-only (`None`) or read-write for `Some(opener)`
@@ -111,7 +278,17 @@ fn open_read_write(path: &str, opener: Opener) -> Result<Connection, Error> {
     }
     #[cfg(not(unix))]
     let _ = opener;
-    Ok(Connection::open_with_flags(linkless_path(path)?, private_flags())?)
+    let connection = Connection::open_with_flags(linkless_path(path)?, private_flags())?;
+    // SQLite opens a file it cannot write read-only, without a word: only the first write
+    // would fail.
+    if connection.is_readonly(rusqlite::MAIN_DB)? {
+        let cause = why_not_usable(path, true);
+        return Err(Error::Internal(format!(
+            "cannot open database {path}: {}",
+            cause.as_deref().unwrap_or("SQLite opened it read-only")
+        )));
+    }
+    Ok(connection)
 }
 
 /// Why wxauth must not write to `file` (the database when `database`, else a file `BESIDE` it),
@@ -213,13 +390,30 @@ pub(super) fn create_private_file(path: &str) -> std::io::Result<bool> {
 /// never creates the file, checks it as an operator's (`Opener::Operator`), and waits up to `BUSY_TIMEOUT` for the server's writer between its
 /// group commits rather than failing with `database is locked`.
 pub(crate) fn open_existing(path: &str) -> Result<Connection, Error> {
-    open_existing_with(path, Some(Opener::Operator))
+    open_existing_with(path, Some(Opener::Operator)).map_err(|error| explained(path, error, true))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::temp_database;
+
+    #[test]
+    fn an_immutable_uri_names_the_same_file_whatever_its_name_holds() {
+        let directory = temp_database("immutable-uri");
+        let directory = Path::new(&directory).parent().unwrap();
+        let path = directory.join("a ?b#c%41.db").to_str().unwrap().to_string();
+        let written = Connection::open(&path).unwrap();
+        written.execute_batch("PRAGMA user_version = 7").unwrap();
+        drop(written);
+        let uri = immutable_uri(&path);
+        assert!(uri.starts_with("file:///"), "{uri}");
+        assert!(uri.ends_with("/a %3fb%23c%2541.db?immutable=1"), "{uri}");
+        let read = open_existing_with(&uri, None).unwrap();
+        let version: u32 = read.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
+        assert_eq!(version, 7);
+        assert!(immutable_uri("relative.db").starts_with("file:relative.db?"));
+    }
 
     #[cfg(unix)]
     #[test]
