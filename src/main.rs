@@ -249,7 +249,11 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Version => {
-            println!("wxauth {}", env!("CARGO_PKG_VERSION"));
+            // build.rs names the commit when the binary is built from a git checkout.
+            match env!("WXAUTH_COMMIT") {
+                "unknown" => println!("wxauth {}", env!("CARGO_PKG_VERSION")),
+                commit => println!("wxauth {} (commit {commit})", env!("CARGO_PKG_VERSION")),
+            }
             Ok(())
         }
         Command::Serve { config } => serve(config),

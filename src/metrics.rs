@@ -9,6 +9,9 @@
 //! kept here: a scrape counts them in SQLite (`store::account_counts`, a scan of the accounts
 //! table), at most once every `ACCOUNTS_COUNTED_EVERY`; scrapes in between reuse the last count.
 //!
+//! A scrape also reports, read when it is made, the sizes of the database file and its WAL and
+//! the standard `process_…` metrics from /proc/self (Linux only).
+//!
 //! There is one `Metrics`, the static `METRICS`, because calls to WeChat and rate-limit refusals
 //! are recorded deep inside `wechat` and `ratelimit`, where passing a handle would widen every
 //! constructor for a counter. Unit tests make their own `Metrics`.
@@ -468,16 +471,134 @@ impl Metrics {
             "When the server started, Unix seconds.",
         );
         let _ = writeln!(out, "wxauth_start_time_seconds {}", load(&self.started));
-        family(&mut out, "wxauth_build_info", "gauge", "Always 1; the version is the label.");
-        let _ = writeln!(out, "wxauth_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+        family(
+            &mut out,
+            "wxauth_build_info",
+            "gauge",
+            "Always 1; the labels are the version and the git commit built from (or unknown).",
+        );
+        let _ = writeln!(
+            out,
+            "wxauth_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            env!("WXAUTH_COMMIT")
+        );
         out
     }
 }
 
-/// The exposition for `GET /metrics`: the process's metrics and the account gauges, counted on
-/// the worker's read connection unless a scrape counted them less than
-/// `ACCOUNTS_COUNTED_EVERY` ago.
-pub(crate) fn scrape(db: &Connection) -> String {
+/// The sizes of the database file and of its WAL, which grows between checkpoints (0 when
+/// there is none); a file that cannot be looked at is left out.
+fn render_database_files(out: &mut String, database: &str) {
+    family(
+        out,
+        "wxauth_database_bytes",
+        "gauge",
+        "Size of the database file (file=\"db\") and of its write-ahead log (file=\"wal\"), in bytes.",
+    );
+    for (label, suffix) in [("db", ""), ("wal", "-wal")] {
+        let size = match std::fs::metadata(format!("{database}{suffix}")) {
+            Ok(metadata) => metadata.len(),
+            Err(error) if suffix == "-wal" && error.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(_) => continue,
+        };
+        let _ = writeln!(out, "wxauth_database_bytes{{file=\"{label}\"}} {size}");
+    }
+}
+
+/// The standard process metrics of Prometheus's client libraries (`process_…`), as the kernel
+/// reports them in /proc/self. A file that cannot be read leaves its metrics out.
+#[cfg(target_os = "linux")]
+fn render_process(out: &mut String) {
+    // SAFETY: sysconf only reads a system constant.
+    let (ticks, page) =
+        unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+        && let Some(process) = ProcessStat::parse(&stat)
+        && ticks > 0
+    {
+        let ticks = ticks as f64;
+        family(
+            out,
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time spent, in seconds.",
+        );
+        let cpu = (process.user_ticks + process.system_ticks) as f64 / ticks;
+        let _ = writeln!(out, "process_cpu_seconds_total {cpu}");
+        family(out, "process_virtual_memory_bytes", "gauge", "Virtual memory size, in bytes.");
+        let _ = writeln!(out, "process_virtual_memory_bytes {}", process.virtual_bytes);
+        family(out, "process_resident_memory_bytes", "gauge", "Resident memory size, in bytes.");
+        let resident = process.resident_pages.saturating_mul(page.max(0) as u64);
+        let _ = writeln!(out, "process_resident_memory_bytes {resident}");
+        // The start is counted in ticks since boot; /proc/stat has the boot time.
+        if let Some(boot) = std::fs::read_to_string("/proc/stat").ok().and_then(|text| {
+            text.lines().find_map(|line| line.strip_prefix("btime ")?.trim().parse::<u64>().ok())
+        }) {
+            family(
+                out,
+                "process_start_time_seconds",
+                "gauge",
+                "Start time of the process since the Unix epoch, in seconds.",
+            );
+            let start = boot as f64 + process.start_ticks as f64 / ticks;
+            let _ = writeln!(out, "process_start_time_seconds {start}");
+        }
+    }
+    if let Ok(descriptors) = std::fs::read_dir("/proc/self/fd") {
+        family(out, "process_open_fds", "gauge", "Open file descriptors.");
+        let _ = writeln!(out, "process_open_fds {}", descriptors.count());
+    }
+    if let Some(limit) = std::fs::read_to_string("/proc/self/limits").ok().and_then(|text| {
+        let line = text.lines().find(|line| line.starts_with("Max open files"))?;
+        line.strip_prefix("Max open files")?.split_whitespace().next()?.parse::<u64>().ok()
+    }) {
+        family(
+            out,
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors (the soft limit).",
+        );
+        let _ = writeln!(out, "process_max_fds {limit}");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn render_process(_: &mut String) {}
+
+/// The fields of /proc/self/stat the process metrics use.
+#[derive(Debug, PartialEq, Eq)]
+struct ProcessStat {
+    user_ticks: u64,
+    system_ticks: u64,
+    /// Clock ticks after boot.
+    start_ticks: u64,
+    virtual_bytes: u64,
+    resident_pages: u64,
+}
+
+impl ProcessStat {
+    /// Parses /proc/PID/stat (proc(5)): the fields after the command name, which is in
+    /// parentheses and may itself hold spaces and parentheses, so it ends at the last `)`.
+    fn parse(stat: &str) -> Option<ProcessStat> {
+        let (_, rest) = stat.rsplit_once(')')?;
+        // Field 3 (state) is the first after the name.
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |number: usize| fields.get(number - 3)?.parse::<u64>().ok();
+        Some(ProcessStat {
+            user_ticks: field(14)?,
+            system_ticks: field(15)?,
+            start_ticks: field(22)?,
+            virtual_bytes: field(23)?,
+            resident_pages: field(24)?,
+        })
+    }
+}
+
+/// The exposition for `GET /metrics`: the server's metrics, the account gauges, counted on the
+/// worker's read connection unless a scrape counted them less than `ACCOUNTS_COUNTED_EVERY` ago,
+/// the sizes of the files of `database`, and the process's metrics.
+pub(crate) fn scrape(db: &Connection, database: &str) -> String {
     let counts = recent_counts(&ACCOUNT_COUNT, Instant::now(), || {
         crate::store::account_counts(db)
             .inspect_err(|error| {
@@ -485,7 +606,10 @@ pub(crate) fn scrape(db: &Connection) -> String {
             })
             .ok()
     });
-    METRICS.render(counts.as_ref())
+    let mut out = METRICS.render(counts.as_ref());
+    render_database_files(&mut out, database);
+    render_process(&mut out);
+    out
 }
 
 #[cfg(test)]
@@ -645,6 +769,25 @@ mod tests {
         assert_eq!(recent_counts(&last, at(45), || counts(3)), counts(3));
         // A scrape that read the clock before another's count (and waited for the lock) reuses it.
         assert_eq!(recent_counts(&last, at(40), || unreachable!("counted again")), counts(3));
+    }
+
+    #[test]
+    fn proc_stat_is_read_after_the_last_parenthesis() {
+        // A command name with a space and a parenthesis of its own (proc(5)'s example layout).
+        let stat = "4242 (wx auth) x) S 1 4242 4242 0 -1 4194560 500 0 0 0 \
+                    17 4 0 0 20 0 7 0 123456 987654321 2048 18446744073709551615 \
+                    1 1 0 0 0 0 0 4096 0 0 0 0 17 1 0 0 0 0 0";
+        assert_eq!(
+            ProcessStat::parse(stat),
+            Some(ProcessStat {
+                user_ticks: 17,
+                system_ticks: 4,
+                start_ticks: 123456,
+                virtual_bytes: 987654321,
+                resident_pages: 2048,
+            })
+        );
+        assert_eq!(ProcessStat::parse("4242 (cut short) S 1"), None);
     }
 
     #[test]

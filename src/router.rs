@@ -191,7 +191,8 @@ fn operations(ctx: &Ctx, method: &str, path: &str) -> Option<Reply> {
             reply
         }
         Operation::Metrics => {
-            plain_reply(200, metrics::scrape(ctx.db), "text/plain; version=0.0.4; charset=utf-8")
+            let body = metrics::scrape(ctx.db, &ctx.config.database);
+            plain_reply(200, body, "text/plain; version=0.0.4; charset=utf-8")
         }
     })
 }

@@ -137,8 +137,13 @@ fn every_command_has_its_own_help_on_stdout() {
         assert_eq!(help.success(), users.stdout, "users {action} --help");
     }
     assert_eq!(run_in(&dir.0, &["help"], &[]).success(), overview.stdout);
+    // The commit when built from a git checkout (build.rs).
     let version = run_in(&dir.0, &["--version"], &[]);
-    assert_eq!(version.success(), format!("wxauth {}\n", env!("CARGO_PKG_VERSION")));
+    let expected = match crate::harness::built_from() {
+        Some(commit) => format!("wxauth {} (commit {commit})\n", env!("CARGO_PKG_VERSION")),
+        None => format!("wxauth {}\n", env!("CARGO_PKG_VERSION")),
+    };
+    assert_eq!(version.success(), expected);
     assert!(std::fs::read_dir(&dir.0).unwrap().next().is_none(), "help created a file");
 }
 

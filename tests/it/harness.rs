@@ -120,6 +120,19 @@ pub fn on_read_only(dir: &std::path::Path) -> Vec<String> {
     ["unshare", "--map-root-user", "--mount", "sh", "-c", script, dir].map(String::from).to_vec()
 }
 
+/// The commit `wxauth --version` names: this checkout's HEAD when the tests run from a git
+/// checkout (as build.rs finds it), else none.
+pub fn built_from() -> Option<String> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    if !std::path::Path::new(root).join(".git").exists() {
+        return None;
+    }
+    let output =
+        Command::new("git").current_dir(root).args(["rev-parse", "--short=12", "HEAD"]).output();
+    let output = output.ok().filter(|output| output.status.success())?;
+    Some(String::from_utf8(output.stdout).unwrap().trim().to_string())
+}
+
 impl Wxauth {
     /// Starts wxauth in demo mode with the rate limit off, plus `env` overrides.
     pub fn start(env: &[(&str, &str)]) -> Wxauth {

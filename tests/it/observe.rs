@@ -542,3 +542,51 @@ fn probes_log_at_debug_and_access_false_keeps_only_failures() {
     assert_eq!(lines.len(), 1, "{log}");
     assert!(lines[0].contains(" 502 "), "{log}");
 }
+
+/// The standard process metrics, the sizes of the database's files and the build, with values
+/// that fit the running server.
+#[test]
+fn metrics_have_the_process_the_database_files_and_the_build() {
+    let server = Wxauth::start(&[]);
+    server.login_as("metrics-process");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let scrape = Scrape::of(&server);
+    let one = |name: &str| {
+        let samples = scrape.all(name);
+        assert_eq!(samples.len(), 1, "{name}:\n{}", scrape.text);
+        samples[0].value
+    };
+    let resident = one("process_resident_memory_bytes");
+    assert!(resident > 1e6, "{resident}");
+    assert!(one("process_virtual_memory_bytes") > resident);
+    let open = one("process_open_fds");
+    // stdin, stdout, stderr, the listener, the database files of the writer and the workers.
+    assert!(open >= 8.0, "{open}");
+    assert!(one("process_max_fds") >= open);
+    let cpu = one("process_cpu_seconds_total");
+    assert!(cpu > 0.0 && cpu < 600.0, "{cpu}");
+    let started = one("process_start_time_seconds");
+    assert!((started - now.as_secs_f64()).abs() < 60.0, "{started} vs now {now:?}");
+    for family in ["process_cpu_seconds", "process_open_fds", "wxauth_database_bytes"] {
+        let described = scrape.families.iter().find(|found| found["name"] == family);
+        let help = described.map(|found| found["help"].as_str().unwrap_or("")).unwrap_or("");
+        assert!(!help.is_empty(), "{family} has HELP");
+    }
+
+    // A new database is in its WAL until the first checkpoint, so the file itself may be empty;
+    // it holds whole pages of SQLite's default 4 KiB.
+    assert_eq!(scrape.all("wxauth_database_bytes").len(), 2, "{}", scrape.text);
+    let db = scrape.value("wxauth_database_bytes", &[("file", "db")]);
+    let wal = scrape.value("wxauth_database_bytes", &[("file", "wal")]);
+    assert!(db % 4096.0 == 0.0, "{db}");
+    assert!(wal > 0.0, "a login was written to the WAL");
+    let on_disk = |name: &str| std::fs::metadata(server.dir.0.join(name)).unwrap().len() as f64;
+    assert!(db <= on_disk("wxauth.db") && wal <= on_disk("wxauth.db-wal"), "files only grow");
+
+    let build = scrape.all("wxauth_build_info");
+    assert_eq!(build.len(), 1);
+    assert_eq!(build[0].value, 1.0);
+    assert_eq!(build[0].labels["version"], env!("CARGO_PKG_VERSION"));
+    let commit = crate::harness::built_from().unwrap_or_else(|| "unknown".into());
+    assert_eq!(build[0].labels["commit"], commit);
+}
