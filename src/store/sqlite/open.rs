@@ -400,8 +400,8 @@ mod tests {
 
     #[test]
     fn an_immutable_uri_names_the_same_file_whatever_its_name_holds() {
-        let directory = temp_database("immutable-uri");
-        let directory = Path::new(&directory).parent().unwrap();
+        let database = temp_database("immutable-uri");
+        let directory = Path::new(database.as_str()).parent().unwrap();
         let path = directory.join("a ?b#c%41.db").to_str().unwrap().to_string();
         let written = Connection::open(&path).unwrap();
         written.execute_batch("PRAGMA user_version = 7").unwrap();
