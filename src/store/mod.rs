@@ -22,7 +22,9 @@
 //! (`synchronous = FULL`), many of them sharing one fsync; `run_visible` writes (a WeChat
 //! session) are answered once committed, and login bookkeeping (`note_login`, written at the start
 //! of the next group) is not waited for; both reach the disk with the next fsync or checkpoint.
-//! One account per WeChat identity is a unique index, never a check-then-insert.
+//! One account per WeChat identity is a unique index. The writer, the only connection that creates
+//! accounts, looks an identity up and inserts only when it has none, in its transaction: an
+//! `INSERT … ON CONFLICT` on the AUTOINCREMENT table would spend an id at every login.
 //!
 //! With SQLite, a connection that writes opens only a file that is safely wxauth's
 //! (`open_read_write`): a regular file of its user, writable by nobody else, reached through no

@@ -1,8 +1,9 @@
 //! The SQLite engine: the queries, one function per query, on a rusqlite connection, each
 //! statement prepared once per connection (`prepare_cached`); the writer's plumbing (`step`); and
 //! beside it in `sqlite/`, opening connections with their pragmas (`open.rs`), `schema.sql` by
-//! version (`migrate.rs`) and backups (`backup.rs`). One account
-//! per WeChat identity is a unique index, never a check-then-insert.
+//! version (`migrate.rs`) and backups (`backup.rs`). One account per WeChat identity is a unique
+//! index; accounts are created by a lookup, then an insert when there is none, in the writer's
+//! transaction (never `INSERT … ON CONFLICT`: it spends ids).
 
 mod backup;
 mod migrate;
@@ -162,8 +163,15 @@ pub(super) fn save_wechat_session(
 
 /// The account id for a WeChat identity, with this login's bookkeeping (`last_login`,
 /// `last_ip`) set; creates the account (not registered, username = openid, joined now from `ip`)
-/// if there is none. Safe under any concurrency: the unique index decides. A new account costs one
-/// statement (no `RETURNING`, which makes SQLite build a temporary table on every call).
+/// if there is none.
+///
+/// Looks the account up first and inserts only when there is none: an `INSERT … ON CONFLICT` on
+/// the AUTOINCREMENT table spends an id at every login of an existing account, and ids are seen by
+/// clients (`sub`). This runs in the writer's transaction, and the writer is the only connection
+/// that creates accounts, so nothing can come between the lookup and the insert; the unique index
+/// still guarantees one account per identity (a second insert would fail, not duplicate). A new
+/// account costs one statement (no `RETURNING`, which makes SQLite build a temporary table on
+/// every call).
 pub(super) fn login_account(
     connection: &Connection,
     appid: &str,
@@ -171,24 +179,28 @@ pub(super) fn login_account(
     ip: &str,
     now: i64,
 ) -> Result<i64, Error> {
-    let inserted = connection
+    if let Some(id) = account_id_of(connection, appid, openid)? {
+        touch_login(connection, id, ip, now)?;
+        return Ok(id);
+    }
+    connection
         .prepare_cached(
             "INSERT INTO accounts
                  (username, wx_appid, wx_openid, wx_unionid, join_ip, date_joined, last_ip, last_login)
              VALUES (?2, ?1, ?2,
                      (SELECT unionid FROM wechat_sessions WHERE appid = ?1 AND openid = ?2),
-                     ?3, ?4, ?3, ?4)
-             ON CONFLICT (wx_appid, wx_openid) DO NOTHING",
+                     ?3, ?4, ?3, ?4)",
         )?
         .execute(params![appid, openid, ip, now])?;
-    if inserted == 1 {
-        return Ok(connection.last_insert_rowid());
-    }
-    let id = connection
+    Ok(connection.last_insert_rowid())
+}
+
+/// The id of the account of a WeChat identity, if it has one.
+fn account_id_of(connection: &Connection, appid: &str, openid: &str) -> Result<Option<i64>, Error> {
+    Ok(connection
         .prepare_cached("SELECT id FROM accounts WHERE wx_appid = ?1 AND wx_openid = ?2")?
-        .query_row(params![appid, openid], |row| row.get(0))?;
-    touch_login(connection, id, ip, now)?;
-    Ok(id)
+        .query_row(params![appid, openid], |row| row.get(0))
+        .optional()?)
 }
 
 /// Applies the fields of `profile` that are present.
@@ -238,10 +250,13 @@ macro_rules! registration_set {
 /// account of `openid`, created registered when there is none. `None` when account `known_id`
 /// does not exist.
 ///
-/// One write either way (an upsert, or an update), then the read back: this runs on the writer
-/// thread, which every durable write waits for, and a login, then an update, then the read cost
-/// 6.5k more instructions per registration (bench/profile). Not `RETURNING`, which SQLite
-/// buffers through an ephemeral table: 8.6k more than this.
+/// By openid, an update of the account, and an insert only when the update found none: not an
+/// `INSERT … ON CONFLICT DO UPDATE`, which spends an AUTOINCREMENT id at every registration of an
+/// existing account (see `login_account`, which also says why nothing can come in between). Then
+/// the read back, in the same write: this runs on the writer thread, which every durable write
+/// waits for, and a login, then an update, then the read cost 6.5k more instructions per
+/// registration (bench/profile). Not `RETURNING`, which SQLite buffers through an ephemeral
+/// table: 8.6k more than this.
 pub(super) fn register(
     connection: &Connection,
     known_id: Option<i64>,
@@ -256,18 +271,25 @@ pub(super) fn register(
         [&appid, &openid, username, &ip, &now, phone, wx_nickname, birthday, wx_gender];
     match known_id {
         None => {
-            connection
+            let updated = connection
                 .prepare_cached(concat!(
-                    "INSERT INTO accounts (username, wx_appid, wx_openid, wx_unionid, join_ip, \
-                     date_joined, last_ip, last_login, phone, is_register, wx_nickname, \
-                     birthday, wx_gender) \
-                     VALUES (?3, ?1, ?2, \
-                             (SELECT unionid FROM wechat_sessions WHERE appid = ?1 AND openid = ?2), \
-                             ?4, ?5, ?4, ?5, ?6, 1, ?7, ?8, coalesce(?9, 0)) \
-                     ON CONFLICT (wx_appid, wx_openid) DO UPDATE SET ",
-                    registration_set!()
+                    "UPDATE accounts SET ",
+                    registration_set!(),
+                    " WHERE wx_appid = ?1 AND wx_openid = ?2"
                 ))?
                 .execute(&values[..])?;
+            if updated == 0 {
+                connection
+                    .prepare_cached(
+                        "INSERT INTO accounts (username, wx_appid, wx_openid, wx_unionid, join_ip, \
+                         date_joined, last_ip, last_login, phone, is_register, wx_nickname, \
+                         birthday, wx_gender) \
+                         VALUES (?3, ?1, ?2, \
+                                 (SELECT unionid FROM wechat_sessions WHERE appid = ?1 AND openid = ?2), \
+                                 ?4, ?5, ?4, ?5, ?6, 1, ?7, ?8, coalesce(?9, 0))",
+                    )?
+                    .execute(&values[..])?;
+            }
             account_by_openid(connection, appid, openid)
         }
         Some(id) => {

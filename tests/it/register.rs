@@ -327,6 +327,28 @@ fn registering_twice_updates_the_phone_of_the_one_account() {
     );
 }
 
+/// Issue 19: every login or registration of an existing account by openid spent an account id
+/// (an `INSERT … ON CONFLICT` on the AUTOINCREMENT table), so ids, which clients and services
+/// see (`sub`, `X-User-Id`), skipped: one user registering 3 times and logging in 3 times made
+/// the next user's id 7.
+#[test]
+fn logins_and_registrations_of_an_existing_account_spend_no_account_id() {
+    let server = Wxauth::start(&[]);
+    let openid = openid_of(&server, "reg-ids-first");
+    let mut ids = Vec::new();
+    for phone in ["13800138000", "13800138001", "13800138002"] {
+        let body = json!({"openid": openid, "phone": phone});
+        ids.push(server.post("register", &body).result()["account"]["id"].as_i64().unwrap());
+        let login = server.post("login", &json!({"openid": openid}));
+        ids.push(login.result()["account"]["id"].as_i64().unwrap());
+    }
+    let first = ids[0];
+    assert!(ids.iter().all(|id| *id == first), "one account: {ids:?}");
+    let (_, second) = server.login_as("reg-ids-second");
+    assert_eq!(second["account"]["id"], first + 1, "the next account takes the next id");
+    assert_eq!(account_count(&server), 2);
+}
+
 // ----- the openid policy -----
 
 #[test]
