@@ -139,3 +139,9 @@ CREATE UNIQUE INDEX accounts_wechat_identity ON accounts (wx_appid, wx_openid);
 -- before this version count as recorded at version 0, so those of an account that has ever logged
 -- out end here: the user's next `wx.login` code records a current one.
 ALTER TABLE wechat_sessions ADD COLUMN token_version INTEGER NOT NULL DEFAULT 0;
+
+-- version: 5
+
+-- `wxauth users disable`: the time (Unix seconds) an operator disabled the account, NULL while it
+-- is enabled. A disabled account cannot log in, register or use its tokens (`account_disabled`).
+ALTER TABLE accounts ADD COLUMN disabled_at INTEGER;

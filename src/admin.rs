@@ -1,22 +1,27 @@
-//! The operator's commands besides `serve`: `check-config`, `users list|show|export|revoke`,
-//! `backup` and `migrate`. main.rs parses the command line into the typed arguments here; each
-//! command writes what it has to say to the `out` main hands it (a buffered stdout) and returns a
-//! one-line reason on failure. Nothing here prints, exits or holds SQL (that is `store`).
+//! The operator's commands besides `serve`: `check-config`, `users
+//! list|show|find|export|set|revoke|disable|enable|delete`, `backup`, `restore` and `migrate`.
+//! main.rs parses the command line into the typed arguments here (`parse_edit` checks a `users
+//! set` value as the API checks it); each command writes what it has to say to the `out` main
+//! hands it (a buffered stdout) and returns a one-line reason on failure. Nothing here prints,
+//! exits or holds SQL (that is `store`).
 //!
 //! No command creates a database: a mistyped `database` path fails with a clear reason instead
-//! of answering from a new, empty file (`wxauth serve` is what creates one). The commands that
-//! write (`migrate`, `users revoke`) refuse a file that is not safely theirs, as the server does
-//! (`store::Opener::Operator`: root may write to the service user's file). Reads use a
-//! read-only connection, so they never hold the write lock; `users revoke` writes one row with a
-//! busy timeout, so it works while the server runs. Nothing here shows a secret: the
-//! configuration is printed redacted, and accounts exactly as the API shows them, which leaves
-//! out session keys (another table, never joined) and token versions.
+//! of answering from a new, empty file (`wxauth serve` is what creates one; `restore` puts a
+//! backup where there was none). The commands that write refuse a file that is not safely theirs,
+//! as the server does (`store::Opener::Operator`: root may write to the service user's file).
+//! Reads use a read-only connection, so they never hold the write lock. The `users` commands that
+//! write do all of it in one transaction (`store::in_transaction`), waiting up to the busy
+//! timeout for the server's writer, so they work while the server runs; `restore` refuses to run
+//! while anything has the database open. Nothing here shows a secret: the configuration is
+//! printed redacted, and accounts exactly as the API shows them (with `disabled_at` when
+//! disabled), which leaves out session keys (another table, never joined) and token versions.
 
 use std::io::Write;
 
+use crate::api;
 use crate::config::{self, Config};
 use crate::error::{Error, Fatal};
-use crate::store::{self, Account, Connection};
+use crate::store::{self, Account, AccountQuery, Connection, Edit, EditValue};
 use crate::time;
 
 /// What `wxauth users …` asks for.
@@ -27,9 +32,143 @@ pub(crate) enum UsersAction {
     Show { who: String },
     /// Every account, streamed.
     Export { format: ExportFormat },
-    /// Revoke every token issued to the account so far and end the sign-in that produced them,
-    /// as the API's logout does.
-    Revoke { id: i64 },
+    /// The accounts that match `query` (by any kind, or by `by`), as `list` shows them.
+    Find { query: String, by: Option<FindBy> },
+    /// Changes fields of one account, by id or openid, and shows it after.
+    Set { who: String, edits: Vec<Edit> },
+    /// Revoke every token issued to the account, by id or openid, so far and end the sign-in that
+    /// produced them, as the API's logout does.
+    Revoke { who: String },
+    /// Disable the account, by id or openid: it cannot log in, register or use its tokens.
+    Disable { who: String },
+    /// Enable a disabled account again.
+    Enable { who: String },
+    /// Delete the account, by id or openid, and its recorded WeChat session.
+    Delete { who: String },
+}
+
+/// What `users find --by` looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FindBy {
+    /// The phone, normalised as the API stores it.
+    Phone,
+    Openid,
+    Unionid,
+    /// A part of `wx_nickname`.
+    Nickname,
+}
+
+impl FindBy {
+    /// The `--by` value that names each kind.
+    pub(crate) const NAMES: [(&str, FindBy); 4] = [
+        ("phone", FindBy::Phone),
+        ("openid", FindBy::Openid),
+        ("unionid", FindBy::Unionid),
+        ("nickname", FindBy::Nickname),
+    ];
+}
+
+/// What a field `users set` changes takes. Each follows the API's check of the same field
+/// (api.rs) and the schema's CHECK on its column (schema.sql).
+#[derive(Clone, Copy)]
+enum Kind {
+    /// Text of at most `max` characters without control characters; empty is null, or refused
+    /// when `required`.
+    Text { max: usize, required: bool },
+    /// An `http://` or `https://` URL of at most `max` characters (`api::is_web_url`); empty is
+    /// null.
+    Url { max: usize },
+    /// A phone number, normalised as the API does (`api::normalize_phone`); empty is null.
+    Phone,
+    /// A date that exists, `yyyy-mm-dd`; empty is null.
+    Date,
+    /// `1`/`true`/`yes` or `0`/`false`/`no`.
+    Flag,
+    /// 0 unknown, 1 male, 2 female.
+    Gender,
+    /// A whole number (i64).
+    Integer,
+}
+
+/// The account fields `users set` changes, in the account object's order. Not the identity
+/// (`id`, `wx_appid`, `wx_openid`, `wx_unionid`, which WeChat gives) nor what wxauth records
+/// itself (`last_login`, `last_ip`, `join_ip`, `date_joined`).
+const EDITABLE: [(&str, Kind); 20] = [
+    ("username", Kind::Text { max: 150, required: true }),
+    ("phone", Kind::Phone),
+    ("is_register", Kind::Flag),
+    ("is_staff", Kind::Flag),
+    ("is_superuser", Kind::Flag),
+    ("flag", Kind::Integer),
+    ("avatar", Kind::Url { max: api::MAX_AVATAR }),
+    ("avatar_thumb", Kind::Url { max: api::MAX_AVATAR }),
+    ("birthday", Kind::Date),
+    ("address", Kind::Text { max: 256, required: false }),
+    ("member_score", Kind::Integer),
+    ("credit_score", Kind::Integer),
+    ("wx_nickname", Kind::Text { max: api::MAX_NICKNAME, required: false }),
+    ("wx_gender", Kind::Gender),
+    ("wx_avatar", Kind::Url { max: api::MAX_AVATAR }),
+    ("wx_country", Kind::Text { max: api::MAX_REGION, required: false }),
+    ("wx_province", Kind::Text { max: api::MAX_REGION, required: false }),
+    ("wx_city", Kind::Text { max: api::MAX_REGION, required: false }),
+    ("love_help_num", Kind::Integer),
+    ("bring_love_concern_num", Kind::Integer),
+];
+
+/// One `FIELD=VALUE` of `users set`, checked: the reason it is refused otherwise, naming the
+/// field and what it takes.
+pub(crate) fn parse_edit(argument: &str) -> Result<Edit, String> {
+    let Some((name, value)) = argument.split_once('=') else {
+        return Err(format!("users set takes FIELD=VALUE, not `{argument}`"));
+    };
+    let Some(&(field, kind)) = EDITABLE.iter().find(|(field, _)| *field == name) else {
+        let fields: Vec<&str> = EDITABLE.iter().map(|(field, _)| *field).collect();
+        return Err(format!("users set cannot change `{name}`; it changes {}", fields.join(", ")));
+    };
+    let refuse = |takes: &str| Err(format!("{field} takes {takes}, not `{value}`"));
+    let text = |value: &str| Ok(EditValue::Text((!value.is_empty()).then(|| value.to_string())));
+    let value = match kind {
+        Kind::Text { required: true, .. } if value.is_empty() => return refuse("a non-empty text"),
+        Kind::Text { max, .. } | Kind::Url { max } if value.chars().count() > max => {
+            return refuse(&format!("at most {max} characters"));
+        }
+        Kind::Text { .. } if value.chars().any(char::is_control) => {
+            return refuse("text without control characters");
+        }
+        Kind::Text { .. } => text(value),
+        Kind::Url { .. } if !value.is_empty() && !api::is_web_url(value) => {
+            return refuse("an http:// or https:// URL (or nothing, for null)");
+        }
+        Kind::Url { .. } => text(value),
+        Kind::Phone if value.is_empty() => text(value),
+        Kind::Phone => match api::normalize_phone(value) {
+            Some(phone) => Ok(EditValue::Text(Some(phone))),
+            None => {
+                return refuse(
+                    "a phone number: digits with an optional leading +, 5 to 20 characters once spaces and dashes are removed (or nothing, for null)",
+                );
+            }
+        },
+        Kind::Date if !value.is_empty() && !time::is_valid_date(value) => {
+            return refuse("a date that exists, yyyy-mm-dd (or nothing, for null)");
+        }
+        Kind::Date => text(value),
+        Kind::Flag => match value {
+            "1" | "true" | "yes" => Ok(EditValue::Integer(1)),
+            "0" | "false" | "no" => Ok(EditValue::Integer(0)),
+            _ => return refuse("1, true or yes, or 0, false or no"),
+        },
+        Kind::Gender => match value {
+            "0" | "1" | "2" => Ok(EditValue::Integer(value.parse().unwrap_or(0))),
+            _ => return refuse("0 (unknown), 1 (male) or 2 (female)"),
+        },
+        Kind::Integer => match value.parse() {
+            Ok(number) => Ok(EditValue::Integer(number)),
+            Err(_) => return refuse("a whole number"),
+        },
+    };
+    value.map(|value| Edit { field, value })
 }
 
 #[derive(Clone, Copy)]
@@ -74,8 +213,37 @@ pub(crate) fn users(
         UsersAction::List { limit, offset } => list(&open_for_reading(config)?, limit, offset, out),
         UsersAction::Show { who } => show(&open_for_reading(config)?, &who, out),
         UsersAction::Export { format } => export(&open_for_reading(config)?, format, out),
-        UsersAction::Revoke { id } => revoke(config, id, out),
+        UsersAction::Find { query, by } => {
+            find_matching(&open_for_reading(config)?, &query, by, out)
+        }
+        UsersAction::Set { who, edits } => set(config, &who, &edits, out),
+        UsersAction::Revoke { who } => revoke(config, &who, out),
+        UsersAction::Disable { who } => disable(config, &who, out),
+        UsersAction::Enable { who } => enable(config, &who, out),
+        UsersAction::Delete { who } => delete(config, &who, out),
     }
+}
+
+/// The header of `list` and `find`, whose rows `write_row` writes.
+fn write_header(out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:>8}  {:<32}  {:<20}  {:<10}  {:<19}  last_login",
+        "id", "openid", "phone", "registered", "date_joined"
+    )
+}
+
+fn write_row(out: &mut dyn Write, account: &Account) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:>8}  {:<32}  {:<20}  {:<10}  {:<19}  {}",
+        account.id,
+        account.wx_openid,
+        account.phone.as_deref().unwrap_or("-"),
+        if account.is_register { "yes" } else { "no" },
+        time::format_datetime(account.date_joined),
+        account.last_login.map_or_else(|| "-".to_string(), time::format_datetime),
+    )
 }
 
 fn list(
@@ -85,26 +253,11 @@ fn list(
     out: &mut dyn Write,
 ) -> Result<(), Fatal> {
     let total = store::account_counts(connection)?.accounts;
-    writeln!(
-        out,
-        "{:>8}  {:<32}  {:<20}  {:<10}  {:<19}  last_login",
-        "id", "openid", "phone", "registered", "date_joined"
-    )
-    .map_err(write_failed)?;
+    write_header(out).map_err(write_failed)?;
     let mut shown = 0u64;
     store::each_account(connection, Some(limit), offset, |account| {
         shown += 1;
-        writeln!(
-            out,
-            "{:>8}  {:<32}  {:<20}  {:<10}  {:<19}  {}",
-            account.id,
-            account.wx_openid,
-            account.phone.as_deref().unwrap_or("-"),
-            if account.is_register { "yes" } else { "no" },
-            time::format_datetime(account.date_joined),
-            account.last_login.map_or_else(|| "-".to_string(), time::format_datetime),
-        )
-        .map_err(write_error)
+        write_row(out, &account).map_err(write_error)
     })?;
     let end = offset + shown;
     let summary = match shown {
@@ -121,10 +274,66 @@ fn list(
 }
 
 fn show(connection: &Connection, who: &str, out: &mut dyn Write) -> Result<(), Fatal> {
-    let account = find(connection, who)?;
-    let text = serde_json::to_string_pretty(&account)
+    write_account(&find(connection, who)?, out)
+}
+
+/// The account as JSON: the API's account object, and after its fields `disabled_at` (as account
+/// times are written) when it is disabled, which the API never shows.
+fn write_account(account: &Account, out: &mut dyn Write) -> Result<(), Fatal> {
+    let mut text = serde_json::to_string_pretty(account)
         .map_err(|error| Fatal::Other(format!("cannot show account {}: {error}", account.id)))?;
+    if let Some(at) = account.disabled_at
+        && let Some(fields) = text.strip_suffix("\n}")
+    {
+        text = format!("{fields},\n  \"disabled_at\": \"{}\"\n}}", time::format_datetime(at));
+    }
     writeln!(out, "{text}").map_err(write_failed)
+}
+
+/// `users find`: every account whose phone, openid, unionid or nickname matches `query` (or, with
+/// `by`, that one), as `list` shows them; none is a failure.
+fn find_matching(
+    connection: &Connection,
+    query: &str,
+    by: Option<FindBy>,
+    out: &mut dyn Write,
+) -> Result<(), Fatal> {
+    let text = Some(query.to_string());
+    let search = match by {
+        None => AccountQuery {
+            phone: api::normalize_phone(query),
+            openid: text.clone(),
+            unionid: text.clone(),
+            nickname: text,
+        },
+        Some(FindBy::Phone) => AccountQuery {
+            phone: Some(api::normalize_phone(query).ok_or_else(|| {
+                Fatal::Other(format!("`{query}` is not a phone number as the API stores them"))
+            })?),
+            ..AccountQuery::default()
+        },
+        Some(FindBy::Openid) => AccountQuery { openid: text, ..AccountQuery::default() },
+        Some(FindBy::Unionid) => AccountQuery { unionid: text, ..AccountQuery::default() },
+        Some(FindBy::Nickname) => AccountQuery { nickname: text, ..AccountQuery::default() },
+    };
+    let accounts = store::find_accounts(connection, &search)?;
+    if accounts.is_empty() {
+        let kind = match by {
+            None => "phone, openid, unionid or nickname".to_string(),
+            Some(by) => FindBy::NAMES
+                .iter()
+                .find(|(_, kind)| *kind == by)
+                .map_or_else(String::new, |(name, _)| name.to_string()),
+        };
+        return Err(Fatal::Other(format!("no account whose {kind} matches `{query}`")));
+    }
+    write_header(out).map_err(write_failed)?;
+    for account in &accounts {
+        write_row(out, account).map_err(write_failed)?;
+    }
+    let count = accounts.len();
+    writeln!(out, "{count} account{} found", if count == 1 { "" } else { "s" })
+        .map_err(write_failed)
 }
 
 /// The one account `who` names: an id (digits) first, else an openid.
@@ -219,16 +428,87 @@ fn is_plain_phone(text: &str) -> bool {
     !digits.is_empty() && digits.bytes().all(|byte| byte.is_ascii_digit())
 }
 
-fn revoke(config: &Config, id: i64, out: &mut dyn Write) -> Result<(), Fatal> {
+/// Runs `change` on the account `who` names, found and changed in one transaction of a
+/// read-write connection that waits for the server's writer (`store::in_transaction`); the
+/// account as found, and what `change` returned.
+fn change_account<T>(
+    config: &Config,
+    who: &str,
+    change: impl FnOnce(&Connection, &Account) -> Result<T, Error>,
+) -> Result<(Account, T), Fatal> {
     require_database(&config.database)?;
     let connection = store::open_existing(&config.database)?;
     require_current_schema(&connection, &config.database)?;
-    if !store::revoke_tokens(&connection, id)? {
-        return Err(Fatal::Other(format!("no account with id {id}")));
-    }
+    store::in_transaction(&connection, |connection| {
+        let account = find(connection, who)?;
+        let changed = change(connection, &account)?;
+        Ok((account, changed))
+    })
+}
+
+fn set(config: &Config, who: &str, edits: &[Edit], out: &mut dyn Write) -> Result<(), Fatal> {
+    let (_, after) = change_account(config, who, |connection, account| {
+        store::update_account(connection, account.id, edits)?;
+        store::account_by_id(connection, account.id)?
+            .ok_or_else(|| Error::Internal(format!("account {} vanished", account.id)))
+    })?;
+    write_account(&after, out)
+}
+
+fn revoke(config: &Config, who: &str, out: &mut dyn Write) -> Result<(), Fatal> {
+    let (account, _) = change_account(config, who, |connection, account| {
+        store::revoke_tokens(connection, account.id)
+    })?;
     writeln!(
         out,
-        "revoked every token issued to account {id} so far; it gets a working token by logging in again"
+        "revoked every token issued to account {} so far; it gets a working token by logging in again",
+        account.id
+    )
+    .map_err(write_failed)
+}
+
+fn disable(config: &Config, who: &str, out: &mut dyn Write) -> Result<(), Fatal> {
+    let now = time::now();
+    let (account, disabled) = change_account(config, who, |connection, account| {
+        store::disable_account(connection, account.id, now)
+    })?;
+    let id = account.id;
+    let message = match account.disabled_at {
+        Some(since) if !disabled => format!(
+            "account {id} is already disabled (since {}); nothing changed",
+            time::format_datetime(since)
+        ),
+        _ => format!(
+            "disabled account {id} (openid {}): its tokens are revoked, and it can neither log in nor register (`account_disabled`) until `wxauth users enable {id}`",
+            account.wx_openid
+        ),
+    };
+    writeln!(out, "{message}").map_err(write_failed)
+}
+
+fn enable(config: &Config, who: &str, out: &mut dyn Write) -> Result<(), Fatal> {
+    let (account, enabled) = change_account(config, who, |connection, account| {
+        store::enable_account(connection, account.id)
+    })?;
+    let id = account.id;
+    let message = if enabled {
+        format!(
+            "enabled account {id}: it can log in again; the tokens it had when it was disabled stay revoked"
+        )
+    } else {
+        format!("account {id} is not disabled; nothing changed")
+    };
+    writeln!(out, "{message}").map_err(write_failed)
+}
+
+fn delete(config: &Config, who: &str, out: &mut dyn Write) -> Result<(), Fatal> {
+    let (account, _) = change_account(config, who, |connection, account| {
+        store::delete_account(connection, account.id)
+    })?;
+    writeln!(
+        out,
+        "deleted account {} (openid {}) and its WeChat session: its tokens no longer verify, its WeChat user gets a new account at the next login, and id {} is never given out again",
+        account.id, account.wx_openid, account.id
     )
     .map_err(write_failed)
 }
@@ -247,6 +527,42 @@ pub(crate) fn backup(config: &Config, destination: &str, out: &mut dyn Write) ->
         text.push_str(&format!("  {table}: {rows} rows\n"));
     }
     text.push_str("integrity_check ok\n");
+    out.write_all(text.as_bytes()).map_err(write_failed)
+}
+
+/// `wxauth restore BACKUP`: puts a checked copy of the backup in the place of `config.database`,
+/// which must not be in use, and keeps the database that was there beside it, named by the time.
+pub(crate) fn restore(config: &Config, backup: &str, out: &mut dyn Write) -> Result<(), Fatal> {
+    let database = &config.database;
+    // `2026-12-03 05:52:46` → `20261203T055246Z`: sorts by time, and no shell quoting needed.
+    let stamp: String = time::format_datetime(time::now())
+        .chars()
+        .filter_map(|character| match character {
+            ' ' => Some('T'),
+            '-' | ':' => None,
+            other => Some(other),
+        })
+        .collect();
+    let aside = format!("{database}.before-restore-{stamp}Z");
+    let report = store::restore(backup, database, &aside)?;
+    let copy = &report.copy;
+    let mut text = format!(
+        "restored {database} from {backup} ({} bytes, schema version {}, readable by its owner only)\n",
+        copy.bytes, copy.schema_version
+    );
+    for (table, rows) in &copy.tables {
+        text.push_str(&format!("  {table}: {rows} rows\n"));
+    }
+    text.push_str("integrity_check ok\n");
+    if report.kept {
+        text.push_str(&format!("the database that was there is kept as {aside}\n"));
+    }
+    if copy.schema_version < store::current_version() {
+        text.push_str(&format!(
+            "its schema is upgraded to version {} by `wxauth migrate` or the next start\n",
+            store::current_version()
+        ));
+    }
     out.write_all(text.as_bytes()).map_err(write_failed)
 }
 

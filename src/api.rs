@@ -28,9 +28,9 @@ const MAX_OPENID: usize = 64;
 /// Longest `wx.login` or phone code accepted (WeChat's are 32 characters).
 const MAX_CODE: usize = 256;
 /// Length limits that match the CHECK constraints in schema.sql.
-const MAX_NICKNAME: usize = 64;
-const MAX_AVATAR: usize = 512;
-const MAX_REGION: usize = 64;
+pub(crate) const MAX_NICKNAME: usize = 64;
+pub(crate) const MAX_AVATAR: usize = 512;
+pub(crate) const MAX_REGION: usize = 64;
 /// Longest base64 encrypted phone payload accepted (WeChat's are about 200 characters).
 const MAX_ENCRYPTED: usize = 4096;
 const MAX_SESSION_KEY: usize = 64;
@@ -140,7 +140,7 @@ impl Ctx<'_> {
 
     /// The account a token in an `Authorization` header names, and the token's claims: the
     /// token's signature and claims are checked, and its account must exist, be no younger than
-    /// the token, and not have revoked it. Reads only.
+    /// the token, be enabled, and not have revoked it. Reads only.
     fn verified_token(&self, header: &str) -> Result<(Account, jwt::Claims), Error> {
         let token = bearer_token(header).ok_or(Error::TokenInvalid)?;
         let expect = jwt::Expect {
@@ -161,6 +161,8 @@ impl Ctx<'_> {
         if claims.iat + expect.leeway < account.date_joined {
             return Err(Error::TokenInvalid);
         }
+        // Before the version: disabling revokes the tokens too, and the client should learn why.
+        enabled(&account)?;
         if claims.ver != account.token_version {
             return Err(Error::TokenRevoked);
         }
@@ -289,6 +291,7 @@ impl Ctx<'_> {
             change(connection, id)?;
             let account = store::account_by_id(connection, id)?
                 .ok_or_else(|| Error::Internal(format!("account {id} vanished")))?;
+            enabled(&account)?;
             still_signed_in(&account, sign_in)?;
             Ok(account)
         })?;
@@ -340,6 +343,16 @@ impl SignIn {
     }
 }
 
+/// Refuses an account the operator has disabled (`wxauth users disable`). Checked wherever a token
+/// is verified, and in the write that would issue a token, so that a disable committed between a
+/// request's checks and that write still refuses it: the write then rolls back.
+fn enabled(account: &Account) -> Result<(), Error> {
+    match account.disabled_at {
+        Some(_) => Err(Error::AccountDisabled),
+        None => Ok(()),
+    }
+}
+
 /// Refuses, in the write that would issue its token, a request whose sign-in the account's
 /// logout has ended since it was checked: a token then gets `TokenRevoked`, as it would on its
 /// next use, and a WeChat session `OpenidLoginRefused`.
@@ -353,12 +366,17 @@ fn still_signed_in(account: &Account, sign_in: SignIn) -> Result<(), Error> {
     }
 }
 
-/// `GET get_openid_by_code?code=…`
+/// `GET get_openid_by_code?code=…`. The code of a disabled account's user is refused
+/// (`account_disabled`) rather than answered without a token, so that the client can say why;
+/// the WeChat session it began is recorded all the same.
 pub(crate) fn get_openid_by_code(ctx: &Ctx, code: Option<&str>) -> Result<OpenidAnswer, Error> {
     let code = required(code, "code")?;
     check_code(code, "code")?;
     ctx.rate_limit()?;
     let Exchanged { answer: session, account } = ctx.exchange_code(code)?;
+    if let Some(account) = &account {
+        enabled(account)?;
+    }
     Ok(OpenidAnswer {
         is_registered: account.as_ref().is_some_and(|account| account.is_register),
         token: account.as_ref().map(|account| ctx.issue_token(account)),
@@ -631,6 +649,7 @@ pub(crate) fn register(
             Some(id) => Error::Internal(format!("register: account {id} vanished")),
             None => Error::Internal("register: the account written is not there".into()),
         })?;
+        enabled(&account)?;
         still_signed_in(&account, sign_in)?;
         Ok(account)
     })?;
@@ -725,7 +744,7 @@ fn web_url(
     }
 }
 
-fn is_web_url(url: &str) -> bool {
+pub(crate) fn is_web_url(url: &str) -> bool {
     let after_scheme = ["http://", "https://"].into_iter().find_map(|scheme| {
         let head = url.get(..scheme.len())?;
         head.eq_ignore_ascii_case(scheme).then(|| &url[scheme.len()..])
@@ -768,7 +787,7 @@ fn phone(body: &Map<String, Value>, key: &'static str) -> Result<Option<String>,
 
 /// Removes spaces and dashes; the rest must be digits with an optional leading `+`, 5 to 20
 /// characters in all.
-fn normalize_phone(raw: &str) -> Option<String> {
+pub(crate) fn normalize_phone(raw: &str) -> Option<String> {
     if raw.len() > 64 {
         return None;
     }

@@ -49,6 +49,9 @@ pub(crate) enum Error {
     DecryptFailed(DecryptError),
     /// Decrypted data names another appid in its watermark.
     WatermarkMismatch,
+    /// The account is disabled by the operator (`wxauth users disable`): it cannot log in,
+    /// register or use its tokens.
+    AccountDisabled,
     /// The request body is larger than the configured limit.
     BodyTooLarge { limit: usize },
     /// The request line (method, path and query) is longer than the server reads.
@@ -123,6 +126,7 @@ impl Error {
             Error::SessionExpired => 3006,
             Error::DecryptFailed(_) => 3007,
             Error::WatermarkMismatch => 3008,
+            Error::AccountDisabled => 3009,
             Error::BodyTooLarge { .. } => 4013,
             Error::UriTooLong => 4014,
             Error::HeadersTooLarge => 4031,
@@ -155,6 +159,7 @@ impl Error {
             Error::SessionExpired => "session_expired",
             Error::DecryptFailed(_) => "decrypt_failed",
             Error::WatermarkMismatch => "watermark_mismatch",
+            Error::AccountDisabled => "account_disabled",
             Error::BodyTooLarge { .. } => "body_too_large",
             Error::UriTooLong => "uri_too_long",
             Error::HeadersTooLarge => "headers_too_large",
@@ -189,6 +194,7 @@ impl Error {
             Error::DecryptFailed(DecryptError::NotPhoneData) => "加密数据不是手机号数据".into(),
             Error::DecryptFailed(_) => "加密数据解密失败".into(),
             Error::WatermarkMismatch => "加密数据不属于本小程序".into(),
+            Error::AccountDisabled => "账号已被停用".into(),
             Error::BodyTooLarge { limit } => format!("请求体过大 (上限 {limit} 字节)"),
             Error::UriTooLong => "请求地址过长".into(),
             Error::HeadersTooLarge => "请求头过大".into(),
@@ -228,6 +234,7 @@ impl fmt::Display for Error {
             Error::SessionExpired => f.write_str("no usable session_key for this openid"),
             Error::DecryptFailed(reason) => write!(f, "decrypt failed: {reason}"),
             Error::WatermarkMismatch => f.write_str("watermark appid mismatch"),
+            Error::AccountDisabled => f.write_str("account disabled by the operator"),
             Error::BodyTooLarge { limit } => write!(f, "body larger than {limit} bytes"),
             Error::UriTooLong => f.write_str("request line too long"),
             Error::HeadersTooLarge => f.write_str("request headers too large"),

@@ -65,9 +65,15 @@ Usage:
   wxauth check-config [--config PATH]         validate the configuration, print it with secrets redacted
   wxauth users list [--limit N] [--offset N]  list accounts as a table
   wxauth users show ID|OPENID                 print one account as JSON
+  wxauth users find QUERY [--by KIND]         find accounts by phone, openid, unionid or nickname
   wxauth users export --format csv|json       write every account to stdout
-  wxauth users revoke ID                      revoke every token of an account, as logout does
+  wxauth users set ID|OPENID FIELD=VALUE...   change fields of an account (phone, is_staff, flag…)
+  wxauth users revoke ID|OPENID               revoke every token of an account, as logout does
+  wxauth users disable ID|OPENID              stop an account logging in or using its tokens
+  wxauth users enable ID|OPENID               let a disabled account log in again
+  wxauth users delete ID|OPENID               delete an account; its id is never reused
   wxauth backup PATH                          copy the live database to a new file, verified
+  wxauth restore BACKUP                       put a backup in place of the stopped server's database
   wxauth migrate                              apply pending schema upgrades to the database
   wxauth fake-wechat [--listen ADDR]          run only the fake WeChat (default 127.0.0.1:9100)
   wxauth help [COMMAND]                       this text, or one command's (also COMMAND --help)
@@ -117,25 +123,50 @@ const USERS_USAGE: &str = concat!(
 Usage:
   wxauth users list [--limit N] [--offset N] [--config PATH]
   wxauth users show ID|OPENID [--config PATH]
+  wxauth users find QUERY [--by phone|openid|unionid|nickname] [--config PATH]
   wxauth users export --format csv|json [--config PATH]
-  wxauth users revoke ID [--config PATH]
+  wxauth users set ID|OPENID FIELD=VALUE... [--config PATH]
+  wxauth users revoke ID|OPENID [--config PATH]
+  wxauth users disable ID|OPENID [--config PATH]
+  wxauth users enable ID|OPENID [--config PATH]
+  wxauth users delete ID|OPENID [--config PATH]
+
+An account is named by its id, or by its openid (a number is tried as an id first).
 
 list    accounts by id as a table (id, openid, phone, registered, date_joined, last_login),
         --limit of them (default 50) after skipping --offset (default 0), then a summary line.
-show    one account, by id or openid, as JSON with the API's account field names.
+show    one account as JSON with the API's account field names, and `disabled_at` when it is
+        disabled.
+find    the accounts whose phone (normalised as the API stores it), openid or unionid is QUERY,
+        or whose wx_nickname contains it, in list's table, then `N accounts found`; --by looks
+        at that one only. No match exits 1.
 export  every account to stdout, read row by row (any number of accounts): `csv` is a header
         row of the account object's field names, then one row per account (RFC 4180: CRLF,
         fields quoted when they hold a comma, quote or line break; null is empty), where text
         starting with = + - @ tab or CR gets a leading ' so that spreadsheets do not run it as a
         formula (except `phone`: digits with an optional leading +, written as it is); `json` is
         one JSON array with one account object per line, values as the API shows them.
+set     changes the fields given, each FIELD=VALUE checked as the API checks it, then prints
+        the account as show does. Fields: username, phone, is_register, is_staff, is_superuser,
+        flag, avatar, avatar_thumb, birthday, address, member_score, credit_score, wx_nickname,
+        wx_gender, wx_avatar, wx_country, wx_province, wx_city, love_help_num,
+        bring_love_concern_num. Flags take 1/0 (true/false, yes/no); wx_gender 0, 1 or 2;
+        birthday yyyy-mm-dd; avatars an http(s) URL; an empty VALUE sets a text field to null.
+        An unknown field or a bad value is a usage error, and nothing is written.
 revoke  revokes every token issued to the account so far, as `POST logout` does: they are then
-        refused with `token_revoked`. Works while the server runs.
+        refused with `token_revoked`.
+disable revokes the account's tokens and refuses it from then on: its tokens, logins,
+        registrations and get_openid_by_code answer `account_disabled` (403).
+enable  lets a disabled account log in again; the tokens it had stay revoked.
+delete  deletes the account and its recorded WeChat session: its tokens no longer verify, its
+        WeChat user gets a new account (a new id) at the next login, and the id is never given
+        out again.
 
 Session keys and token versions are never shown. The database (`database` in the config) must
-exist and have the current schema (`wxauth migrate`); it is read without taking the write lock.
-revoke writes, so it refuses a database file that is not safely its user's, as serve does (root
-may revoke in the service user's). An unknown account exits 1.
+exist and have the current schema (`wxauth migrate`); list, show, find and export read it without
+taking the write lock. The others write, in one transaction each, and work while the server runs
+(waiting up to 5 s for its writer); they refuse a database file that is not safely their user's,
+as serve does (root may write to the service user's). An unknown account exits 1.
 
 ",
     config_option!()
@@ -151,6 +182,24 @@ PATH-wal, PATH-shm or PATH-journal (SQLite would read them into the copy), and P
 readable by its owner only, as the copy holds session keys. The copy is opened again and
 checked with PRAGMA integrity_check; the command prints the size, each table's row count and
 `integrity_check ok`. On any failure it exits 1 and removes the partial copy.
+
+",
+    config_option!()
+);
+
+const RESTORE_USAGE: &str = concat!(
+    "\
+Usage: wxauth restore BACKUP [--config PATH]
+
+Puts a copy of BACKUP (a file `wxauth backup` wrote) in the place of the database, with the
+server stopped: it refuses while anything has the database open (a running `wxauth serve`). It
+checks BACKUP first (a wxauth database of a schema version this wxauth knows, not newer), copies
+it beside the database and checks the copy (PRAGMA integrity_check), gives the copy the owner of
+the database it replaces (owner-only, mode 0600), keeps that database as
+DATABASE.before-restore-YYYYMMDDTHHMMSSZ, and renames the copy into place, so that the database
+path always holds one whole database. It prints the copy's size, schema version and row counts,
+and where the old database is kept. On any failure it exits 1 and the database is as it was.
+An older schema is upgraded by `wxauth migrate` or the next start.
 
 ",
     config_option!()
@@ -191,6 +240,7 @@ fn command_usage(command: &str) -> Option<&'static str> {
         "check-config" => CHECK_CONFIG_USAGE,
         "users" => USERS_USAGE,
         "backup" => BACKUP_USAGE,
+        "restore" => RESTORE_USAGE,
         "migrate" => MIGRATE_USAGE,
         "fake-wechat" => FAKE_WECHAT_USAGE,
         "help" => HELP_USAGE,
@@ -216,6 +266,10 @@ enum Command {
     Backup {
         config: Option<String>,
         destination: String,
+    },
+    Restore {
+        config: Option<String>,
+        backup: String,
     },
     Migrate {
         config: Option<String>,
@@ -265,6 +319,8 @@ fn main() -> ExitCode {
             .and_then(|config| to_stdout(|out| admin::users(&config, action, out))),
         Command::Backup { config, destination } => config::load(config.as_deref())
             .and_then(|config| to_stdout(|out| admin::backup(&config, &destination, out))),
+        Command::Restore { config, backup } => config::load(config.as_deref())
+            .and_then(|config| to_stdout(|out| admin::restore(&config, &backup, out))),
         Command::Migrate { config } => config::load(config.as_deref())
             .and_then(|config| to_stdout(|out| admin::migrate(&config, out))),
     };
@@ -287,12 +343,13 @@ fn to_stdout(command: impl FnOnce(&mut dyn Write) -> Result<(), Fatal>) -> Resul
 }
 
 /// Options that take a value, and what the value is.
-const VALUE_OPTIONS: [(&str, &str); 5] = [
+const VALUE_OPTIONS: [(&str, &str); 6] = [
     ("--config", "a path"),
     ("--listen", "an address"),
     ("--limit", "a number"),
     ("--offset", "a number"),
     ("--format", "csv or json"),
+    ("--by", "phone, openid, unionid or nickname"),
 ];
 
 fn parse_arguments(arguments: Vec<String>) -> Result<Command, UsageError> {
@@ -383,9 +440,14 @@ fn parse_arguments(arguments: Vec<String>) -> Result<Command, UsageError> {
             let destination = rest.word("a PATH to write the backup to")?;
             Command::Backup { config: rest.config(), destination }
         }
+        "restore" => {
+            let backup = rest.word("a BACKUP file to restore")?;
+            Command::Restore { config: rest.config(), backup }
+        }
         "migrate" => Command::Migrate { config: rest.config() },
         _ => {
-            let action = match rest.word("an action: list, show, export or revoke")?.as_str() {
+            let actions = "list, show, find, export, set, revoke, disable, enable or delete";
+            let action = match rest.word(&format!("an action: {actions}"))?.as_str() {
                 "list" => admin::UsersAction::List {
                     limit: rest.number("--limit")?.unwrap_or(50),
                     offset: rest.number("--offset")?.unwrap_or(0),
@@ -404,19 +466,48 @@ fn parse_arguments(arguments: Vec<String>) -> Result<Command, UsageError> {
                     };
                     admin::UsersAction::Export { format }
                 }
-                "revoke" => {
-                    let id = rest.word("an account ID")?;
-                    let id = id.parse().map_err(|_| {
-                        rest.error(&format!(
-                            "users revoke takes an account id (a number), not `{id}`"
-                        ))
-                    })?;
-                    admin::UsersAction::Revoke { id }
+                "find" => {
+                    let query = rest.word("a QUERY")?;
+                    if query.is_empty() {
+                        return Err(rest.error("users find needs a QUERY that is not empty"));
+                    }
+                    let by = match rest.option("--by") {
+                        None => None,
+                        Some(name) => Some(
+                            admin::FindBy::NAMES
+                                .iter()
+                                .find(|(known, _)| *known == name)
+                                .map(|(_, by)| *by)
+                                .ok_or_else(|| {
+                                    rest.error(&format!(
+                                        "--by must be phone, openid, unionid or nickname, not `{name}`"
+                                    ))
+                                })?,
+                        ),
+                    };
+                    admin::UsersAction::Find { query, by }
                 }
+                "set" => {
+                    let who = rest.word("an ID or OPENID")?;
+                    let mut edits: Vec<store::Edit> = Vec::new();
+                    while let Some(argument) = rest.words.pop_front() {
+                        let edit = admin::parse_edit(&argument).map_err(|why| rest.error(&why))?;
+                        if edits.iter().any(|earlier| earlier.field == edit.field) {
+                            return Err(rest.error(&format!("{} given twice", edit.field)));
+                        }
+                        edits.push(edit);
+                    }
+                    if edits.is_empty() {
+                        return Err(rest.error("users set needs at least one FIELD=VALUE"));
+                    }
+                    admin::UsersAction::Set { who, edits }
+                }
+                "revoke" => admin::UsersAction::Revoke { who: rest.word("an ID or OPENID")? },
+                "disable" => admin::UsersAction::Disable { who: rest.word("an ID or OPENID")? },
+                "enable" => admin::UsersAction::Enable { who: rest.word("an ID or OPENID")? },
+                "delete" => admin::UsersAction::Delete { who: rest.word("an ID or OPENID")? },
                 other => {
-                    return Err(rest.error(&format!(
-                        "unknown users action `{other}`: list, show, export or revoke"
-                    )));
+                    return Err(rest.error(&format!("unknown users action `{other}`: {actions}")));
                 }
             };
             Command::Users { config: rest.config(), action }

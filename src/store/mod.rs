@@ -136,6 +136,9 @@ account! {
             /// Tokens whose `ver` claim differs are revoked (logout). Not part of the account
             /// object.
             token_version: i64,
+            /// When an operator disabled the account (`wxauth users disable`), `None` while it is
+            /// enabled. Not part of the account object: the API answers `account_disabled`.
+            disabled_at: Option<i64>,
         }
     }
 }
@@ -232,6 +235,39 @@ pub(crate) struct BackupReport {
     pub(crate) schema_version: u32,
     /// Every table of the copy and its row count, by name.
     pub(crate) tables: Vec<(String, i64)>,
+}
+
+/// What `wxauth users find` looks for: an account matches when any given field does (a nickname
+/// as a part of `wx_nickname`, the others exactly).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct AccountQuery {
+    pub(crate) phone: Option<String>,
+    pub(crate) openid: Option<String>,
+    pub(crate) unionid: Option<String>,
+    pub(crate) nickname: Option<String>,
+}
+
+/// One field `wxauth users set` changes: its name, one of `Account::FIELDS` (each also its
+/// column's), and its new value, already checked as the API checks it.
+#[derive(Debug, Clone)]
+pub(crate) struct Edit {
+    pub(crate) field: &'static str,
+    pub(crate) value: EditValue,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum EditValue {
+    /// Text, or `None` for null.
+    Text(Option<String>),
+    Integer(i64),
+}
+
+/// What `restore` put in place, read back from the restored file.
+pub(crate) struct RestoreReport {
+    /// Whether there was a database to keep aside.
+    pub(crate) kept: bool,
+    /// The restored copy, as `backup` reports a copy.
+    pub(crate) copy: BackupReport,
 }
 
 /// Who opens the database for writing, which decides whose file it may be.
@@ -345,6 +381,45 @@ queries! {
     ) -> ();
     /// Copies the database to a new file at `destination` and checks the copy.
     fn backup(destination: &str) -> BackupReport;
+    /// The accounts that match any field of `query`, by id.
+    fn find_accounts(query: &AccountQuery) -> Vec<Account>;
+    /// Applies `edits` to account `id`; false when there is no such account.
+    fn update_account(id: i64, edits: &[Edit]) -> bool;
+    /// Disables account `id` as of `now` and revokes its tokens; false when it is already
+    /// disabled or does not exist.
+    fn disable_account(id: i64, now: i64) -> bool;
+    /// Enables account `id` again; false when it is not disabled or does not exist.
+    fn enable_account(id: i64) -> bool;
+    /// Deletes account `id` and what is kept of its WeChat identity; false when there is no such
+    /// account.
+    fn delete_account(id: i64) -> bool;
+}
+
+/// Runs `write` in one transaction on an operator's connection (`open_existing`): everything it
+/// does is committed together, or nothing when it fails. The write lock is taken at the start
+/// (waiting up to the busy timeout for the server's writer between its group commits), so what
+/// `write` reads stays true until the commit.
+pub(crate) fn in_transaction<T, E: From<Error>>(
+    connection: &Connection,
+    write: impl FnOnce(&Connection) -> Result<T, E>,
+) -> Result<T, E> {
+    connection.step(writer::Step::Begin)?;
+    let result = write(connection).and_then(|value| {
+        connection.step(writer::Step::Commit)?;
+        Ok(value)
+    });
+    if result.is_err() {
+        // A failed write or commit leaves the transaction open: undo all of it.
+        let _ = connection.step(writer::Step::Rollback);
+    }
+    result
+}
+
+/// Replaces the database at `path` with a checked copy of the backup at `backup`, keeping the
+/// database that was there at `aside`; refuses while a server (or any other connection) has it
+/// open, and a backup that is not a whole wxauth database of a schema this binary knows.
+pub(crate) fn restore(backup: &str, path: &str, aside: &str) -> Result<RestoreReport, Error> {
+    sqlite::restore(backup, path, aside)
 }
 
 impl Connection {

@@ -11,14 +11,14 @@ mod open;
 
 use rusqlite::{Connection, OptionalExtension, ToSql, params};
 
-pub(super) use backup::backup;
+pub(super) use backup::{backup, restore};
 pub(super) use migrate::{current_version, schema_version};
 pub(super) use open::{open_existing, open_reader, open_writer};
 
 use super::writer::Step;
 use super::{
-    Account, AccountCounts, DatabaseError, EngineError, Profile, RecordedSession, Registration,
-    WechatSession, account_from_row,
+    Account, AccountCounts, AccountQuery, DatabaseError, Edit, EditValue, EngineError, Profile,
+    RecordedSession, Registration, WechatSession, account_from_row,
 };
 use crate::error::Error;
 
@@ -388,6 +388,87 @@ pub(super) fn each_account(
     Ok(())
 }
 
+/// The accounts that match any field of `query` given: `phone`, `openid` and `unionid` exactly,
+/// `nickname` as a part of `wx_nickname` (`instr`, which has no wildcards to escape), by id. An
+/// absent field is bound as NULL, which matches nothing.
+pub(super) fn find_accounts(
+    connection: &Connection,
+    query: &AccountQuery,
+) -> Result<Vec<Account>, Error> {
+    let AccountQuery { phone, openid, unionid, nickname } = query;
+    let mut statement = connection.prepare(concat!(
+        "SELECT ",
+        account_columns!(),
+        " FROM accounts WHERE phone = ?1 OR wx_openid = ?2 OR wx_unionid = ?3 \
+          OR instr(wx_nickname, ?4) > 0 ORDER BY id"
+    ))?;
+    let accounts =
+        statement.query_map(params![phone, openid, unionid, nickname], account_from_row)?;
+    Ok(accounts.collect::<Result<_, _>>()?)
+}
+
+/// Applies `edits` to account `id` in one statement; false when there is no such account. Only a
+/// name from `Account::FIELDS` (other than `id`) is written into the SQL: a column name cannot
+/// be a parameter, and no other text may reach the statement.
+pub(super) fn update_account(
+    connection: &Connection,
+    id: i64,
+    edits: &[Edit],
+) -> Result<bool, Error> {
+    if edits.is_empty() {
+        return Ok(account_by_id(connection, id)?.is_some());
+    }
+    let mut sets = Vec::with_capacity(edits.len());
+    let mut values: Vec<&dyn ToSql> = vec![&id];
+    for (index, Edit { field, value }) in edits.iter().enumerate() {
+        if *field == "id" || !Account::FIELDS.contains(field) {
+            return Err(Error::Internal(format!("`{field}` is not an account field to set")));
+        }
+        sets.push(format!("{field} = ?{}", index + 2));
+        values.push(match value {
+            EditValue::Text(text) => text,
+            EditValue::Integer(number) => number,
+        });
+    }
+    let sql = format!("UPDATE accounts SET {} WHERE id = ?1", sets.join(", "));
+    Ok(connection.execute(&sql, &values[..])? == 1)
+}
+
+/// Disables account `id` as of `now` and revokes every token issued to it so far, as logout does
+/// (`revoke_tokens`), which also ends its recorded WeChat session; false when it is already
+/// disabled (nothing changes) or does not exist.
+pub(super) fn disable_account(connection: &Connection, id: i64, now: i64) -> Result<bool, Error> {
+    let changed = connection.execute(
+        "UPDATE accounts SET disabled_at = ?2, token_version = token_version + 1
+         WHERE id = ?1 AND disabled_at IS NULL",
+        params![id, now],
+    )?;
+    Ok(changed == 1)
+}
+
+/// Enables account `id` again; its tokens from before stay revoked. False when it is not
+/// disabled or does not exist.
+pub(super) fn enable_account(connection: &Connection, id: i64) -> Result<bool, Error> {
+    let changed = connection.execute(
+        "UPDATE accounts SET disabled_at = NULL WHERE id = ?1 AND disabled_at IS NOT NULL",
+        params![id],
+    )?;
+    Ok(changed == 1)
+}
+
+/// Deletes account `id` and the recorded WeChat session of its identity (its session key), so
+/// that the identity's next login makes a new account; false when there is no such account.
+/// Two statements: the caller runs them in one transaction (`store::in_transaction`).
+/// AUTOINCREMENT never gives the id out again.
+pub(super) fn delete_account(connection: &Connection, id: i64) -> Result<bool, Error> {
+    connection.execute(
+        "DELETE FROM wechat_sessions
+         WHERE (appid, openid) = (SELECT wx_appid, wx_openid FROM accounts WHERE id = ?1)",
+        params![id],
+    )?;
+    Ok(connection.execute("DELETE FROM accounts WHERE id = ?1", params![id])? == 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,7 +517,7 @@ mod tests {
         }
         assert_eq!(keys, Account::FIELDS);
         let mut columns = Account::FIELDS.to_vec();
-        columns.push("token_version");
+        columns.extend(["token_version", "disabled_at"]);
         assert_eq!(account_columns!().split(", ").collect::<Vec<_>>(), columns);
         assert_eq!(
             (account.id, account.wx_openid.as_str(), account.token_version),

@@ -13,8 +13,8 @@ use crate::harness::{TempDir, Wxauth, binary, fresh_code, on_read_only, wrapped}
 /// What one run of the binary showed.
 #[derive(Debug)]
 pub(crate) struct Run {
-    code: Option<i32>,
-    stdout: String,
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
     pub(crate) stderr: String,
 }
 
@@ -93,7 +93,7 @@ fn assert_no_secrets(server: &Wxauth, text: &str) {
 }
 
 /// Logs in demo user `name` and registers a typed phone; returns (openid, token, account).
-fn registered_user(server: &Wxauth, name: &str, phone: &str) -> (String, String, Value) {
+pub(crate) fn registered_user(server: &Wxauth, name: &str, phone: &str) -> (String, String, Value) {
     let (openid, _) = server.login_as(name);
     let body = json!({"openid": openid, "phone": phone, "nickname": name});
     let result = server.post("register", &body).result().clone();
@@ -101,11 +101,11 @@ fn registered_user(server: &Wxauth, name: &str, phone: &str) -> (String, String,
     (openid, token, result["account"].clone())
 }
 
-fn login_by_token(server: &Wxauth, token: &str) -> crate::harness::Answer {
+pub(crate) fn login_by_token(server: &Wxauth, token: &str) -> crate::harness::Answer {
     server.post_with("login", &json!({}), &[("Authorization", &format!("jwt {token}"))])
 }
 
-fn account_count(connection: &rusqlite::Connection) -> i64 {
+pub(crate) fn account_count(connection: &rusqlite::Connection) -> i64 {
     connection.query_row("SELECT count(*) FROM accounts", [], |row| row.get(0)).unwrap()
 }
 
@@ -115,7 +115,8 @@ fn account_count(connection: &rusqlite::Connection) -> i64 {
 fn every_command_has_its_own_help_on_stdout() {
     let dir = TempDir::new();
     let overview = run_in(&dir.0, &["--help"], &[]);
-    for command in ["serve", "check-config", "users", "backup", "migrate", "fake-wechat"] {
+    for command in ["serve", "check-config", "users", "backup", "restore", "migrate", "fake-wechat"]
+    {
         // `serve` is the default command, so its usage shows it optional.
         let named = match command {
             "serve" => "wxauth [serve]".to_string(),
@@ -131,7 +132,8 @@ fn every_command_has_its_own_help_on_stdout() {
         assert_eq!(run_in(&dir.0, &[command, "-h"], &[]).success(), text, "{command} -h");
     }
     let users = run_in(&dir.0, &["users", "--help"], &[]);
-    for action in ["list", "show", "export", "revoke"] {
+    for action in ["list", "show", "find", "export", "set", "revoke", "disable", "enable", "delete"]
+    {
         assert!(users.stdout.contains(&format!("wxauth users {action}")), "{action}");
         let help = run_in(&dir.0, &["users", action, "--help"], &[]);
         assert_eq!(help.success(), users.stdout, "users {action} --help");
@@ -212,9 +214,16 @@ fn usage_errors_exit_2_with_the_reason_and_the_commands_usage() {
         (&["users", "list", "--offset=-1"], "--offset takes a whole number", "--limit N"),
         (&["users", "show"], "users needs an ID or OPENID", "wxauth users show"),
         (&["users", "show", "1", "--limit", "2"], "--limit does not apply to users", "users show"),
-        (&["users", "revoke", "oSomeOpenid"], "takes an account id (a number)", "users revoke"),
         (&["users", "revoke", "1", "2"], "unexpected argument `2`", "users revoke"),
+        (&["users", "find"], "users needs a QUERY", "wxauth users find"),
+        (&["users", "find", ""], "needs a QUERY that is not empty", "wxauth users find"),
+        (&["users", "find", "x", "--by", "email"], "--by must be phone, openid", "users find"),
+        (&["users", "set", "1"], "needs at least one FIELD=VALUE", "wxauth users set"),
+        (&["users", "set", "1", "phone"], "takes FIELD=VALUE, not `phone`", "users set"),
+        (&["users", "disable"], "users needs an ID or OPENID", "wxauth users disable"),
+        (&["users", "delete", "1", "2"], "unexpected argument `2`", "wxauth users delete"),
         (&["backup"], "backup needs a PATH", "wxauth backup PATH"),
+        (&["restore"], "restore needs a BACKUP", "wxauth restore BACKUP"),
         (&["migrate", "now"], "unexpected argument `now`", "wxauth migrate"),
         (&["check-config", "--listen", "x"], "--listen does not apply", "wxauth check-config"),
         (
@@ -314,7 +323,12 @@ fn commands_on_a_missing_database_fail_without_creating_it() {
         &["users", "show", "1"],
         &["users", "export", "--format", "csv"],
         &["users", "export", "--format", "json"],
+        &["users", "find", "x"],
+        &["users", "set", "1", "flag=2"],
         &["users", "revoke", "1"],
+        &["users", "disable", "1"],
+        &["users", "enable", "1"],
+        &["users", "delete", "1"],
         &["backup", "copy.db"],
         &["migrate"],
     ] {
@@ -333,11 +347,11 @@ fn migrate_upgrades_an_old_database_and_then_says_it_is_current() {
     let environment = [("WXAUTH_DATABASE", "wxauth.db")];
 
     run_in(&dir.0, &["users", "list"], &environment)
-        .failure("has schema version 1, this wxauth needs 4: run `wxauth migrate` first");
+        .failure("has schema version 1, this wxauth needs 5: run `wxauth migrate` first");
     let applied = run_in(&dir.0, &["migrate"], &environment);
-    assert_eq!(applied.success(), "wxauth.db: applied schema versions 2, 3, 4\n");
+    assert_eq!(applied.success(), "wxauth.db: applied schema versions 2, 3, 4, 5\n");
     let current = run_in(&dir.0, &["migrate"], &environment);
-    assert_eq!(current.success(), "wxauth.db: schema is current (version 4)\n");
+    assert_eq!(current.success(), "wxauth.db: schema is current (version 5)\n");
     // Regression: the docs promised `DATABASE: applied schema version N` for several versions.
     let help = run_in(&dir.0, &["migrate", "--help"], &[]);
     let operations = include_str!("../../docs/operations.md");
@@ -349,7 +363,7 @@ fn migrate_upgrades_an_old_database_and_then_says_it_is_current() {
     }
     let database = rusqlite::Connection::open(dir.0.join("wxauth.db")).unwrap();
     let version: u32 = database.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     let list = run_in(&dir.0, &["users", "list"], &environment);
     assert!(list.success().contains("oFixtureRegistered0000000001"), "{list:#?}");
 
@@ -369,7 +383,14 @@ fn commands_that_write_refuse_a_database_file_that_is_not_safely_theirs() {
     let database = dir.0.join("wxauth.db");
     std::fs::copy(fixture, &database).unwrap();
     let environment = [("WXAUTH_DATABASE", "wxauth.db")];
-    let writers: [&[&str]; 2] = [&["migrate"], &["users", "revoke", "1"]];
+    let writers: [&[&str]; 6] = [
+        &["migrate"],
+        &["users", "revoke", "1"],
+        &["users", "set", "1", "flag=2"],
+        &["users", "disable", "1"],
+        &["users", "enable", "1"],
+        &["users", "delete", "1"],
+    ];
 
     std::fs::set_permissions(&database, std::fs::Permissions::from_mode(0o666)).unwrap();
     for arguments in writers {
@@ -401,7 +422,7 @@ fn commands_that_write_refuse_a_database_file_that_is_not_safely_theirs() {
     std::os::unix::fs::chown(&database, Some(service), Some(service)).unwrap();
     assert_eq!(
         run_in(&dir.0, &["migrate"], &environment).success(),
-        "wxauth.db: applied schema versions 2, 3, 4\n"
+        "wxauth.db: applied schema versions 2, 3, 4, 5\n"
     );
     for name in dir.names() {
         assert_eq!(std::fs::metadata(dir.0.join(&name)).unwrap().uid(), service, "{name}");
@@ -493,7 +514,7 @@ fn users_revoke_refuses_every_earlier_token_of_the_running_server() {
     let fresh = server.post("login", &json!({ "openid": openid })).result()["token"].clone();
     login_by_token(&server, fresh.as_str().unwrap()).result();
 
-    run_on(&server, &["users", "revoke", "99999"]).failure("no account with id 99999");
+    run_on(&server, &["users", "revoke", "99999"]).failure("no account with id or openid `99999`");
 }
 
 /// Splits RFC 4180 CSV text into records of fields, strictly: CRLF record ends, quoted fields
@@ -722,7 +743,7 @@ fn backup_of_a_serving_database_is_complete_and_verified() {
     assert!(after > before, "no write completed while the backup ran ({before} → {after})");
     let text = run.success();
     assert!(text.starts_with(&format!("wrote {}: a copy of ", copy.display())), "{text}");
-    assert!(text.contains("schema version 4"), "{text}");
+    assert!(text.contains("schema version 5"), "{text}");
     assert!(text.ends_with("integrity_check ok\n"), "{text}");
 
     let backup = rusqlite::Connection::open(&copy).unwrap();

@@ -36,7 +36,7 @@ fn a_database_from_the_first_schema_upgrades_in_place() {
 
     let database = server.database();
     let version: u32 = database.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     let secret: String = database
         .query_row("SELECT value FROM meta WHERE key = 'jwt_secret'", [], |row| row.get(0))
         .unwrap();
@@ -44,5 +44,51 @@ fn a_database_from_the_first_schema_upgrades_in_place() {
     let integrity: String =
         database.query_row("PRAGMA integrity_check", [], |row| row.get(0)).unwrap();
     assert_eq!(integrity, "ok");
-    assert!(server.stderr().contains("applied schema versions [2, 3, 4]"), "{}", server.stderr());
+    assert!(
+        server.stderr().contains("applied schema versions [2, 3, 4, 5]"),
+        "{}",
+        server.stderr()
+    );
+}
+
+/// A database of schema version 4 (the schema before accounts could be disabled), as wxauth left
+/// it: made by that version's sections of schema.sql, with accounts and a session in it.
+#[test]
+fn a_database_from_schema_version_4_upgrades_in_place() {
+    let dir = TempDir::new();
+    let schema = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.sql"));
+    let (up_to_4, _) = schema.split_once("-- version: 5").unwrap();
+    let database = rusqlite::Connection::open(dir.0.join("wxauth.db")).unwrap();
+    database.execute_batch(up_to_4).unwrap();
+    database
+        .execute_batch(
+            "PRAGMA user_version = 4;
+             INSERT INTO accounts (id, username, wx_appid, wx_openid, phone, is_register,
+                                   date_joined, token_version)
+             VALUES (7, 'oOldSchema', 'wxdemo', 'oOldSchema', '13800138000', 1,
+                     1690000000, 2);
+             INSERT INTO wechat_sessions (appid, openid, session_key, created_at, token_version)
+             VALUES ('wxdemo', 'oOldSchema', 'a2V5a2V5a2V5a2V5a2V5aw==', 1690000000, 2);",
+        )
+        .unwrap();
+    drop(database);
+
+    let server = Wxauth::start_in(dir, &[("WXAUTH_OPENID_LOGIN", "open")]);
+    assert!(server.stderr().contains("applied schema versions [5]"), "{}", server.stderr());
+    let login = server.post("login", &json!({"openid": "oOldSchema"}));
+    let account = &login.result()["account"];
+    assert_eq!((account["id"].as_i64(), account["phone"].as_str()), (Some(7), Some("13800138000")));
+    let (version, disabled_at): (u32, Option<i64>) = server
+        .database()
+        .query_row(
+            "SELECT (SELECT user_version FROM pragma_user_version), disabled_at
+             FROM accounts WHERE id = 7",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((version, disabled_at), (5, None), "every account starts enabled");
+    // The next account takes the next id.
+    let (_, next) = server.login_as("upgrade-next");
+    assert_eq!(next["account"]["id"], 8);
 }

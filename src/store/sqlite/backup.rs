@@ -1,13 +1,16 @@
-//! `wxauth backup`: SQLite's online backup to a new owner-only file, checked once written.
+//! `wxauth backup`: SQLite's online backup to a new owner-only file, checked once written; and
+//! `wxauth restore`, which puts such a copy of a backup in the database's place.
 
 use std::thread;
 
 use rusqlite::Connection;
 
-use super::migrate::schema_version;
-use super::open::{BESIDE, BUSY_TIMEOUT, create_private_file, linkless_path, private_flags};
+use super::migrate::{current_version, schema_version};
+use super::open::{
+    BESIDE, BUSY_TIMEOUT, create_private_file, linkless_path, open_alone, private_flags,
+};
 use crate::error::Error;
-use crate::store::BackupReport;
+use crate::store::{BackupReport, RestoreReport};
 
 /// Copies the database behind `source` to a new file at `destination` with SQLite's online
 /// backup, then opens the copy and checks it with `PRAGMA integrity_check`. The copy is one
@@ -64,8 +67,13 @@ fn copy_and_verify(source: &Connection, destination: &str) -> Result<BackupRepor
             }
         }
     }
-    // Read back from the file itself, on a fresh connection, not from what was just written.
-    let copy = Connection::open_with_flags(&destination_path, private_flags())?;
+    check_copy(destination)
+}
+
+/// Opens the copy at `destination` again, read back from the file itself on a fresh connection
+/// (not from what was just written), checks it with `PRAGMA integrity_check` and reports it.
+fn check_copy(destination: &str) -> Result<BackupReport, Error> {
+    let copy = Connection::open_with_flags(linkless_path(destination)?, private_flags())?;
     let problems = copy
         .prepare("PRAGMA integrity_check")?
         .query_map([], |row| row.get::<_, String>(0))?
@@ -96,4 +104,151 @@ fn copy_and_verify(source: &Connection, destination: &str) -> Result<BackupRepor
         .map_err(|error| Error::Internal(format!("backup: cannot read {destination}: {error}")))?
         .len();
     Ok(BackupReport { bytes, schema_version, tables })
+}
+
+/// Replaces the database at `path` with a checked copy of the backup at `from`, keeping the
+/// database that was there at `aside`. In order, stopping at the first failure with the database
+/// as it was:
+///
+/// 1. the database at `path`, if there is one, must be safely the operator's (`open_read_write`)
+///    and open in no other connection (`open_alone`: a running server is refused); its WAL is
+///    folded into it, so that it stands alone and no WAL of it is left to be read into the copy;
+/// 2. the backup is copied byte for byte to a new owner-only file beside `path` (never opened by
+///    SQLite where it is, which would leave a `-wal` and `-shm` beside it), and the copy must be a
+///    wxauth database whose schema this binary knows (not newer) and pass `integrity_check`;
+/// 3. the copy gets the owner of the database it replaces and is fsynced; the database is linked
+///    at `aside`, and the copy renamed over `path`, so that `path` is at every moment one whole
+///    database or the other; then the directory is fsynced.
+pub(crate) fn restore(from: &str, path: &str, aside: &str) -> Result<RestoreReport, Error> {
+    let why = |error: &dyn std::fmt::Display| {
+        Error::Internal(format!("backup {from} cannot be restored: {error}"))
+    };
+    let mut source = std::fs::File::open(from).map_err(|error| why(&error))?;
+    if !source.metadata().map_err(|error| why(&error))?.is_file() {
+        return Err(why(&"not a file"));
+    }
+    // A backup's writes in a WAL beside it would be lost by a copy of the file alone.
+    let wal = format!("{from}-wal");
+    if std::fs::metadata(&wal).is_ok_and(|metadata| metadata.len() > 0) {
+        return Err(why(&format!(
+            "{wal} holds part of it: open the backup once with sqlite3 to fold it in"
+        )));
+    }
+    let current = match std::fs::symlink_metadata(path) {
+        Ok(metadata) => Some(metadata),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => return Err(Error::Internal(format!("database {path}: {error}"))),
+    };
+    if current.is_some() {
+        drop(open_alone(path)?);
+        let wal = format!("{path}-wal");
+        if std::fs::metadata(&wal).is_ok_and(|metadata| metadata.len() > 0) {
+            return Err(Error::Internal(format!(
+                "{wal} still holds writes: the database was opened again; stop whatever uses it"
+            )));
+        }
+        if std::fs::symlink_metadata(aside).is_ok() {
+            return Err(Error::Internal(format!("{aside} already exists: move it away")));
+        }
+    }
+    let copy = format!("{path}.restoring");
+    for suffix in BESIDE {
+        let beside = format!("{copy}{suffix}");
+        if std::fs::symlink_metadata(&beside).is_ok() {
+            return Err(Error::Internal(format!("{beside} already exists: move it away")));
+        }
+    }
+    if !create_private_file(&copy)
+        .map_err(|error| Error::Internal(format!("cannot create {copy}: {error}")))?
+    {
+        return Err(Error::Internal(format!(
+            "{copy} already exists (left by an interrupted restore?): move it away"
+        )));
+    }
+    let result = copy_file(&mut source, &copy)
+        .and_then(|()| check_backup(&copy).map_err(|error| why(&error)))
+        .and_then(|report| {
+            place(&copy, path, aside, current.as_ref())?;
+            Ok(RestoreReport { kept: current.is_some(), copy: report })
+        });
+    if result.is_err() {
+        for suffix in std::iter::once("").chain(BESIDE) {
+            let _ = std::fs::remove_file(format!("{copy}{suffix}"));
+        }
+    }
+    result
+}
+
+/// Copies `source` into the empty file `copy`, which keeps its owner-only mode.
+fn copy_file(source: &mut std::fs::File, copy: &str) -> Result<(), Error> {
+    let mut destination = std::fs::OpenOptions::new()
+        .write(true)
+        .open(linkless_path(copy)?)
+        .map_err(|error| Error::Internal(format!("cannot open {copy}: {error}")))?;
+    std::io::copy(source, &mut destination)
+        .map_err(|error| Error::Internal(format!("cannot copy the backup to {copy}: {error}")))?;
+    Ok(())
+}
+
+/// Checks that the copy of a backup is a whole wxauth database this binary can serve, and
+/// reports it. The reason it is not, otherwise, as SQLite gives it.
+fn check_backup(copy: &str) -> Result<BackupReport, String> {
+    let report = check_copy(copy).map_err(|error| match error {
+        Error::Database(error) => error.to_string(),
+        other => other.to_string(),
+    })?;
+    let tables: Vec<&str> = report.tables.iter().map(|(name, _)| name.as_str()).collect();
+    if report.schema_version == 0 || !tables.contains(&"accounts") || !tables.contains(&"meta") {
+        return Err("not a wxauth database (no schema version, or no accounts)".into());
+    }
+    if report.schema_version > current_version() {
+        return Err(format!(
+            "its schema version {} is newer than this wxauth's ({}): use a newer wxauth",
+            report.schema_version,
+            current_version()
+        ));
+    }
+    Ok(report)
+}
+
+/// Gives `copy` the owner of `current` (the database it replaces), makes it durable, keeps
+/// `current` at `aside` and renames `copy` over `path`.
+fn place(
+    copy: &str,
+    path: &str,
+    aside: &str,
+    current: Option<&std::fs::Metadata>,
+) -> Result<(), Error> {
+    let fail = |doing: &str, error: std::io::Error| Error::Internal(format!("{doing}: {error}"));
+    #[cfg(unix)]
+    if let Some(current) = current {
+        use std::os::unix::fs::MetadataExt;
+        let copied = std::fs::metadata(copy).map_err(|error| fail(copy, error))?;
+        if (copied.uid(), copied.gid()) != (current.uid(), current.gid()) {
+            std::os::unix::fs::chown(copy, Some(current.uid()), Some(current.gid())).map_err(
+                |error| fail(&format!("cannot give {copy} the database's owner"), error),
+            )?;
+        }
+    }
+    std::fs::File::open(copy)
+        .and_then(|file| file.sync_all())
+        .map_err(|error| fail(&format!("cannot sync {copy}"), error))?;
+    if current.is_some() {
+        std::fs::hard_link(path, aside)
+            .map_err(|error| fail(&format!("cannot keep {path} as {aside}"), error))?;
+    }
+    if let Err(error) = std::fs::rename(copy, path) {
+        if current.is_some() {
+            let _ = std::fs::remove_file(aside);
+        }
+        return Err(fail(&format!("cannot rename {copy} to {path}"), error));
+    }
+    // The renames and the link are durable once the directory is.
+    let directory = linkless_path(path)?;
+    if let Some(directory) = directory.parent() {
+        std::fs::File::open(directory)
+            .and_then(|file| file.sync_all())
+            .map_err(|error| fail(&format!("cannot sync {}", directory.display()), error))?;
+    }
+    Ok(())
 }

@@ -340,7 +340,7 @@ fn check_database_file(
 
 /// The user wxauth runs as: its effective uid.
 #[cfg(unix)]
-fn effective_uid() -> u32 {
+pub(super) fn effective_uid() -> u32 {
     unsafe extern "C" {
         // Always succeeds and touches no memory (POSIX).
         safe fn geteuid() -> u32;
@@ -391,6 +391,35 @@ pub(super) fn create_private_file(path: &str) -> std::io::Result<bool> {
 /// group commits rather than failing with `database is locked`.
 pub(crate) fn open_existing(path: &str) -> Result<Connection, Error> {
     open_existing_with(path, Some(Opener::Operator)).map_err(|error| explained(path, error, true))
+}
+
+/// Opens the existing database `path` for one operator alone (`wxauth restore`), or fails at once
+/// with `database is locked` while any other connection (a running server's) has it open: checked
+/// as `open_read_write` checks it for an operator, then in SQLite's exclusive locking mode with no
+/// busy timeout. A connection in WAL mode holds a shared lock on the database file for as long as
+/// it is open, so the exclusive lock is refused while one is; once taken, it is kept until this
+/// connection closes. The WAL is folded into the file first, so the file stands alone.
+pub(super) fn open_alone(path: &str) -> Result<Connection, Error> {
+    configure_sqlite();
+    let connection = open_read_write(path, Opener::Operator)?;
+    connection.busy_timeout(Duration::ZERO)?;
+    let locked = connection
+        .execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; COMMIT;")
+        .and_then(|()| connection.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)"));
+    match locked {
+        Ok(()) => Ok(connection),
+        Err(rusqlite::Error::SqliteFailure(failure, _))
+            if matches!(
+                failure.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            Err(Error::Internal(format!(
+                "database {path} is in use, by a running `wxauth serve` or another program: stop it first"
+            )))
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 #[cfg(test)]
