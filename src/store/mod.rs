@@ -6,7 +6,7 @@
 //! the `Writer` (`writer.rs`), whose jobs get the writer's `Connection`. A connection holds its
 //! engine in an enum, `Engine`, and each function matches on it and calls that engine's function
 //! of the same name: `sqlite.rs`, with its files in `sqlite/` (opening, SQLite's settings,
-//! `schema.sql` by version, backups). Another engine (MySQL or MariaDB through the blocking
+//! `schema.sql` by version, backups and restores). Another engine (MySQL or MariaDB through the blocking
 //! `mysql` crate) is one more variant and one more file set (`mysql.rs`, `mysql/`): the compiler
 //! then points at each `match` that needs its arm, and no caller changes. Not a trait: `Ctx` and
 //! the writer's jobs (boxed closures sent to the writer thread) would have to be generic over the
@@ -276,7 +276,8 @@ pub(crate) enum Opener {
     /// `wxauth serve`, which keeps session keys, and the generated JWT secret, in the file: it
     /// must be the file of the user wxauth runs as, or its owner could read them.
     Server,
-    /// An operator's command that writes (`migrate`, `users revoke`): as the server, except that
+    /// An operator's command that writes (`migrate`, the `users` commands that change accounts,
+    /// `restore`): as the server, except that
     /// root may also write to another user's file, as the deployment has root do to the service
     /// user's. These commands write no secret, and the files SQLite creates as root it gives to
     /// the database's owner.
@@ -306,8 +307,8 @@ pub(crate) fn open_reader(path: &str) -> Result<Connection, Error> {
     Ok(Connection(Engine::Sqlite(sqlite::open_reader(path)?)))
 }
 
-/// Opens an existing database for one write from outside the server (`wxauth users revoke`),
-/// never creating it.
+/// Opens an existing database for writes from outside the server (the `wxauth users` commands
+/// that change accounts, each in one `in_transaction`), never creating it.
 pub(crate) fn open_existing(path: &str) -> Result<Connection, Error> {
     Ok(Connection(Engine::Sqlite(sqlite::open_existing(path)?)))
 }

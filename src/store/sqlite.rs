@@ -1,9 +1,9 @@
 //! The SQLite engine: the queries, one function per query, on a rusqlite connection, each
 //! statement prepared once per connection (`prepare_cached`); the writer's plumbing (`step`); and
 //! beside it in `sqlite/`, opening connections with their pragmas (`open.rs`), `schema.sql` by
-//! version (`migrate.rs`) and backups (`backup.rs`). One account per WeChat identity is a unique
-//! index; accounts are created by a lookup, then an insert when there is none, in the writer's
-//! transaction (never `INSERT … ON CONFLICT`: it spends ids).
+//! version (`migrate.rs`) and backups and restores (`backup.rs`). One account per WeChat identity
+//! is a unique index; accounts are created by a lookup, then an insert when there is none, in the
+//! writer's transaction (never `INSERT … ON CONFLICT`: it spends ids).
 
 mod backup;
 mod migrate;
@@ -345,9 +345,10 @@ pub(super) fn account_counts(connection: &Connection) -> Result<AccountCounts, E
 // ---- End of observability queries ------------------------------------------------------------
 
 // ---------------------------------------------------------------------------------------------
-// The operator's commands (admin.rs): listing, exporting and finding accounts across appids,
-// revoking from outside the server, and backups. None of these opens a database that does not
-// exist yet; admin.rs checks that first and says so.
+// The operator's commands (admin.rs): listing, exporting and finding accounts across appids, and
+// changing, disabling and deleting them from outside the server (each in one transaction,
+// `store::in_transaction`); backups and restores are in `sqlite/backup.rs`. None of these opens a
+// database that does not exist yet; admin.rs checks that first and says so.
 
 /// Every account with this openid, whatever its appid (one deployment may serve several
 /// mini-programs), by id.

@@ -302,8 +302,8 @@ fn a_deleted_account_loses_its_tokens_and_session_and_its_id_is_never_reused() {
     run_on(&server, &["users", "delete", &id.to_string()])
         .failure(&format!("no account with id or openid `{id}`"));
 
-    // revoke by openid.
-    let (_, first_login) = (first.clone(), server.post("login", &json!({"openid": first})));
+    // revoke takes an openid too.
+    let first_login = server.post("login", &json!({"openid": first}));
     let first_token = first_login.result()["token"].as_str().unwrap().to_string();
     let first_id = first_login.result()["account"]["id"].as_i64().unwrap();
     let run = run_on(&server, &["users", "revoke", &first]);
@@ -433,4 +433,22 @@ fn restore_refuses_what_is_not_a_backup_it_can_serve_and_changes_nothing() {
     let mut left = dir.names();
     left.retain(|name| !["garbage.db", "empty.db", "damaged.db"].contains(&name.as_str()));
     assert_eq!(left, names, "nothing made or left beside it");
+
+    // As root, on the service user's database, as the deployment runs it: the restored file is
+    // that user's, as is the one kept aside.
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata(&database).unwrap().uid() != 0 {
+        return;
+    }
+    let fixed = rusqlite::Connection::open(&backup).unwrap();
+    fixed.execute_batch("PRAGMA user_version = 5").unwrap();
+    drop(fixed);
+    let service = 65534;
+    std::os::unix::fs::chown(&database, Some(service), Some(service)).unwrap();
+    let text = restore(&dir, "backup.db").success().to_string();
+    let kept = text.lines().last().unwrap().rsplit(' ').next().unwrap().to_string();
+    for name in ["wxauth.db", kept.as_str()] {
+        let metadata = std::fs::metadata(dir.0.join(name)).unwrap();
+        assert_eq!((metadata.uid(), metadata.gid()), (service, service), "{name}");
+    }
 }

@@ -6,6 +6,8 @@ use std::thread;
 use rusqlite::Connection;
 
 use super::migrate::{current_version, schema_version};
+#[cfg(unix)]
+use super::open::effective_uid;
 use super::open::{
     BESIDE, BUSY_TIMEOUT, create_private_file, linkless_path, open_alone, private_flags,
 };
@@ -116,7 +118,7 @@ fn check_copy(destination: &str) -> Result<BackupReport, Error> {
 /// 2. the backup is copied byte for byte to a new owner-only file beside `path` (never opened by
 ///    SQLite where it is, which would leave a `-wal` and `-shm` beside it), and the copy must be a
 ///    wxauth database whose schema this binary knows (not newer) and pass `integrity_check`;
-/// 3. the copy gets the owner of the database it replaces and is fsynced; the database is linked
+/// 3. the copy gets the owner of the database it replaces (`owner`) and is fsynced; the database is linked
 ///    at `aside`, and the copy renamed over `path`, so that `path` is at every moment one whole
 ///    database or the other; then the directory is fsynced.
 pub(crate) fn restore(from: &str, path: &str, aside: &str) -> Result<RestoreReport, Error> {
@@ -168,7 +170,7 @@ pub(crate) fn restore(from: &str, path: &str, aside: &str) -> Result<RestoreRepo
     let result = copy_file(&mut source, &copy)
         .and_then(|()| check_backup(&copy).map_err(|error| why(&error)))
         .and_then(|report| {
-            place(&copy, path, aside, current.as_ref())?;
+            place(&copy, path, aside, current.as_ref(), owner(path, current.as_ref())?)?;
             Ok(RestoreReport { kept: current.is_some(), copy: report })
         });
     if result.is_err() {
@@ -211,25 +213,51 @@ fn check_backup(copy: &str) -> Result<BackupReport, String> {
     Ok(report)
 }
 
-/// Gives `copy` the owner of `current` (the database it replaces), makes it durable, keeps
-/// `current` at `aside` and renames `copy` over `path`.
+/// The user and group the restored database must belong to: those of the database it replaces,
+/// `current`; with none, as root, those of its directory (the service's state directory, which
+/// systemd gives the service's user); else `None`, the user running the restore.
+fn owner(path: &str, current: Option<&std::fs::Metadata>) -> Result<Option<(u32, u32)>, Error> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let Some(current) = current {
+            return Ok(Some((current.uid(), current.gid())));
+        }
+        if effective_uid() == 0 {
+            let directory = linkless_path(path)?;
+            let directory = directory.parent().unwrap_or(std::path::Path::new("."));
+            let metadata = std::fs::metadata(directory).map_err(|error| {
+                Error::Internal(format!("directory {}: {error}", directory.display()))
+            })?;
+            return Ok(Some((metadata.uid(), metadata.gid())));
+        }
+    }
+    let _ = (path, current);
+    Ok(None)
+}
+
+/// Gives `copy` the `owner` of the database it replaces, makes it durable, keeps `current` (the
+/// database at `path`, if any) at `aside` and renames `copy` over `path`.
 fn place(
     copy: &str,
     path: &str,
     aside: &str,
     current: Option<&std::fs::Metadata>,
+    owner: Option<(u32, u32)>,
 ) -> Result<(), Error> {
     let fail = |doing: &str, error: std::io::Error| Error::Internal(format!("{doing}: {error}"));
     #[cfg(unix)]
-    if let Some(current) = current {
+    if let Some((user, group)) = owner {
         use std::os::unix::fs::MetadataExt;
         let copied = std::fs::metadata(copy).map_err(|error| fail(copy, error))?;
-        if (copied.uid(), copied.gid()) != (current.uid(), current.gid()) {
-            std::os::unix::fs::chown(copy, Some(current.uid()), Some(current.gid())).map_err(
-                |error| fail(&format!("cannot give {copy} the database's owner"), error),
-            )?;
+        if (copied.uid(), copied.gid()) != (user, group) {
+            std::os::unix::fs::chown(copy, Some(user), Some(group)).map_err(|error| {
+                fail(&format!("cannot give {copy} the database's owner"), error)
+            })?;
         }
     }
+    #[cfg(not(unix))]
+    let _ = owner;
     std::fs::File::open(copy)
         .and_then(|file| file.sync_all())
         .map_err(|error| fail(&format!("cannot sync {copy}"), error))?;

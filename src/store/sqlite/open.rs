@@ -1,5 +1,5 @@
 //! Opening SQLite connections: the writer's (creating the database, owner-only), the workers'
-//! read-only ones and the operator's. A connection that writes opens only a file that is safely
+//! read-only ones, the operator's, and `restore`'s, which must be the only one (`open_alone`). A connection that writes opens only a file that is safely
 //! wxauth's (`open_read_write`): a regular file of its user, writable by nobody else, reached
 //! through no link, with the same true of SQLite's files beside it. A database that cannot be
 //! opened is an error naming its path and the cause in words (`explained`). A read connection
@@ -386,7 +386,7 @@ pub(super) fn create_private_file(path: &str) -> std::io::Result<bool> {
     }
 }
 
-/// Opens an existing database for one write from outside the server (`wxauth users revoke`):
+/// Opens an existing database for writes from outside the server (the `wxauth users` commands):
 /// never creates the file, checks it as an operator's (`Opener::Operator`), and waits up to `BUSY_TIMEOUT` for the server's writer between its
 /// group commits rather than failing with `database is locked`.
 pub(crate) fn open_existing(path: &str) -> Result<Connection, Error> {
