@@ -499,6 +499,39 @@ mod tests {
         assert_eq!(versions(read("openid-s")), (1, 1, false), "a new code signs in again");
     }
 
+    /// An operator's command (`wxauth users delete`) runs in one transaction: a failure after its
+    /// first statement leaves everything as it was; done, the account and its session are gone
+    /// and its id is not given out again.
+    #[test]
+    fn an_operators_transaction_commits_whole_or_not_at_all() {
+        use crate::store;
+        let path = temp_database("in-transaction");
+        let (writer, _) = open_writer(&path, Opener::Server).unwrap();
+        let session = WechatSession { unionid: None, session_key: "key".into(), created_at: 1 };
+        save_wechat_session(&writer, "wxa", "openid-t", &session).unwrap();
+        let id = login_account(&writer, "wxa", "openid-t", "::1", 100).unwrap();
+        drop(writer);
+
+        let connection = store::open_existing(&path).unwrap();
+        let failed: Result<bool, Error> = store::in_transaction(&connection, |connection| {
+            store::delete_account(connection, id)?;
+            Err(Error::Internal("stopped half way".into()))
+        });
+        assert!(failed.is_err());
+        assert!(store::account_by_id(&connection, id).unwrap().is_some(), "rolled back");
+        assert!(store::wechat_session(&connection, "wxa", "openid-t").unwrap().is_some());
+
+        let deleted =
+            store::in_transaction(&connection, |connection| store::delete_account(connection, id));
+        assert!(deleted.unwrap());
+        assert!(store::account_by_id(&connection, id).unwrap().is_none());
+        assert!(store::wechat_session(&connection, "wxa", "openid-t").unwrap().is_none());
+        let again = store::in_transaction(&connection, |connection| {
+            store::login_account(connection, "wxa", "openid-t", "::1", 200)
+        });
+        assert_eq!(again.unwrap(), id + 1, "a new account, with a new id");
+    }
+
     /// The account's fields are one list (`account!`): the object the API shows has exactly
     /// `Account::FIELDS`, in that order, and the query reads those columns and the hidden ones.
     #[test]
