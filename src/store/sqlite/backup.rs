@@ -118,9 +118,9 @@ fn check_copy(destination: &str) -> Result<BackupReport, Error> {
 /// 2. the backup is copied byte for byte to a new owner-only file beside `path` (never opened by
 ///    SQLite where it is, which would leave a `-wal` and `-shm` beside it), and the copy must be a
 ///    wxauth database whose schema this binary knows (not newer) and pass `integrity_check`;
-/// 3. the copy gets the owner of the database it replaces (`owner`) and is fsynced; the database is linked
-///    at `aside`, and the copy renamed over `path`, so that `path` is at every moment one whole
-///    database or the other; then the directory is fsynced.
+/// 3. the copy gets the owner of the database it replaces (`owner`) and is fsynced; the database
+///    is linked at `aside`, and the copy renamed over `path`, so that `path` is at every moment
+///    one whole database or the other; then the directory is fsynced.
 pub(crate) fn restore(from: &str, path: &str, aside: &str) -> Result<RestoreReport, Error> {
     let why = |error: &dyn std::fmt::Display| {
         Error::Internal(format!("backup {from} cannot be restored: {error}"))

@@ -1,9 +1,10 @@
 //! Opening SQLite connections: the writer's (creating the database, owner-only), the workers'
-//! read-only ones, the operator's, and `restore`'s, which must be the only one (`open_alone`). A connection that writes opens only a file that is safely
-//! wxauth's (`open_read_write`): a regular file of its user, writable by nobody else, reached
-//! through no link, with the same true of SQLite's files beside it. A database that cannot be
-//! opened is an error naming its path and the cause in words (`explained`). A read connection
-//! works where its user may not write (`open_read_only`).
+//! read-only ones, the operator's, and `restore`'s, which must be the only one (`open_alone`). A
+//! connection that writes opens only a file that is safely wxauth's (`open_read_write`): a
+//! regular file of its user, writable by nobody else, reached through no link, with the same true
+//! of SQLite's files beside it. A database that cannot be opened is an error naming its path and
+//! the cause in words (`explained`). A read connection works where its user may not write
+//! (`open_read_only`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -387,18 +388,19 @@ pub(super) fn create_private_file(path: &str) -> std::io::Result<bool> {
 }
 
 /// Opens an existing database for writes from outside the server (the `wxauth users` commands):
-/// never creates the file, checks it as an operator's (`Opener::Operator`), and waits up to `BUSY_TIMEOUT` for the server's writer between its
-/// group commits rather than failing with `database is locked`.
+/// never creates the file, checks it as an operator's (`Opener::Operator`), and waits up to
+/// `BUSY_TIMEOUT` for the server's writer between its group commits rather than failing with
+/// `database is locked`.
 pub(crate) fn open_existing(path: &str) -> Result<Connection, Error> {
     open_existing_with(path, Some(Opener::Operator)).map_err(|error| explained(path, error, true))
 }
 
-/// Opens the existing database `path` for one operator alone (`wxauth restore`), or fails at once
-/// with `database is locked` while any other connection (a running server's) has it open: checked
-/// as `open_read_write` checks it for an operator, then in SQLite's exclusive locking mode with no
+/// Opens the existing database `path` for one operator alone (`wxauth restore`), or fails at once,
+/// saying it is in use, while any other connection (a running server's) has it open: checked as
+/// `open_read_write` checks it for an operator, then in SQLite's exclusive locking mode with no
 /// busy timeout. A connection in WAL mode holds a shared lock on the database file for as long as
 /// it is open, so the exclusive lock is refused while one is; once taken, it is kept until this
-/// connection closes. The WAL is folded into the file first, so the file stands alone.
+/// connection closes. With the lock, it folds the WAL into the file, so the file stands alone.
 pub(super) fn open_alone(path: &str) -> Result<Connection, Error> {
     configure_sqlite();
     let connection = open_read_write(path, Opener::Operator)?;
