@@ -371,7 +371,7 @@ fn migrate_upgrades_an_old_database_and_then_says_it_is_current() {
     database.execute_batch("PRAGMA user_version = 99").unwrap();
     drop(database);
     run_in(&dir.0, &["migrate"], &environment)
-        .failure("database wxauth.db has schema version 99, newer than this wxauth's (4)");
+        .failure("database wxauth.db has schema version 99, newer than this wxauth's (5)");
     run_in(&dir.0, &["users", "show", "1"], &environment).failure("newer than this wxauth's");
 }
 

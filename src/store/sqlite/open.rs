@@ -402,7 +402,6 @@ pub(crate) fn open_existing(path: &str) -> Result<Connection, Error> {
 /// it is open, so the exclusive lock is refused while one is; once taken, it is kept until this
 /// connection closes. With the lock, it folds the WAL into the file, so the file stands alone.
 pub(super) fn open_alone(path: &str) -> Result<Connection, Error> {
-    configure_sqlite();
     let connection = open_read_write(path, Opener::Operator)?;
     connection.busy_timeout(Duration::ZERO)?;
     let locked = connection
