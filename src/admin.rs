@@ -588,8 +588,14 @@ fn open_for_reading(config: &Config) -> Result<Connection, Fatal> {
     Ok(connection)
 }
 
-/// Fails unless `path` is an existing file: opening it would otherwise create an empty database.
+/// Fails unless `path` is an existing file (or a MySQL URL): opening it would otherwise create an
+/// empty database.
 fn require_database(path: &str) -> Result<(), Fatal> {
+    if store::is_shared(path) {
+        // A MySQL database: the commands check its schema version once connected, and opening
+        // creates nothing there.
+        return Ok(());
+    }
     match std::fs::metadata(path) {
         Ok(metadata) if metadata.is_file() => Ok(()),
         Ok(_) => Err(Fatal::Other(format!("database {path} is not a file"))),

@@ -14,6 +14,12 @@
 //! An answer keeps the token version its account had when the code was exchanged; whether the
 //! account has logged out since (and the answer is no longer to be given) is the caller's to
 //! decide, as only the database knows.
+//!
+//! Several instances on one MySQL database share the answers there (`shared`): a code is
+//! claimed in the database before WeChat is asked (`store::claim_code`), so a retry that lands on
+//! another instance waits for the first exchange and gets its answer, as one on this instance
+//! does in memory. Only then does this file touch the database, and only through those `store`
+//! functions; with SQLite it never does.
 
 use std::collections::HashSet;
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -22,6 +28,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::error::Error;
+use crate::store::{self, CodeClaim, SharedDatabase, StoredCode};
 use crate::wechat::CodeSession;
 
 /// How long a code's answer is remembered: WeChat's codes live five minutes.
@@ -70,7 +77,13 @@ pub(crate) fn key(appid: &str, code: &str) -> Key {
 pub(crate) struct RecentCodes {
     state: Mutex<State>,
     settled: Condvar,
+    /// The database several instances share, which holds every instance's answers.
+    shared: Option<SharedDatabase>,
 }
+
+/// How often a request polls a shared database for the answer of a code another instance is
+/// exchanging.
+const POLL_SHARED: Duration = Duration::from_millis(20);
 
 struct State {
     /// Codes being exchanged with WeChat right now (at most one per worker).
@@ -88,7 +101,13 @@ impl RecentCodes {
             in_flight: HashSet::new(),
             memory: Memory::new(MAX_REMEMBERED, MAX_REMEMBERED * answer),
         };
-        RecentCodes { state: Mutex::new(state), settled: Condvar::new() }
+        RecentCodes { state: Mutex::new(state), settled: Condvar::new(), shared: None }
+    }
+
+    /// Shares the answers with every instance on `database` (none: this instance alone).
+    pub(crate) fn shared_through(mut self, database: Option<SharedDatabase>) -> RecentCodes {
+        self.shared = database;
+        self
     }
 
     /// The answer for the code `key`: the remembered one, or what `exchange` (the call to WeChat,
@@ -131,12 +150,18 @@ impl RecentCodes {
         drop(state);
         // Settled however this ends, a panic included, so that no later request waits for it.
         let settle = Settle { codes: self, key };
-        let answer = exchange().map(|(session, token_version)| CodeAnswer {
-            openid: session.openid,
-            unionid: session.unionid,
-            session_key: keep_session_key.then_some(session.session_key),
-            token_version,
-        });
+        let exchange = || {
+            exchange().map(|(session, token_version)| CodeAnswer {
+                openid: session.openid,
+                unionid: session.unionid,
+                session_key: keep_session_key.then_some(session.session_key),
+                token_version,
+            })
+        };
+        let answer = match &self.shared {
+            None => exchange(),
+            Some(database) => exchange_shared(&database.connection(), key, now, deadline, exchange),
+        };
         if let Ok(answer) = &answer {
             self.lock().memory.remember(key, answer, now + CODE_LIFE, now);
         }
@@ -146,6 +171,52 @@ impl RecentCodes {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The answer for the code `key` on a shared database: another instance's, or (once this request
+/// holds the code's claim) what `exchange` returns, recorded for the others. A failed exchange
+/// gives the claim up, so the next request for the code tries again.
+fn exchange_shared(
+    connection: &store::Connection,
+    key: Key,
+    now: i64,
+    deadline: Instant,
+    exchange: impl FnOnce() -> Result<CodeAnswer, Error>,
+) -> Result<CodeAnswer, Error> {
+    let started = Instant::now();
+    loop {
+        // The request's `now`, moved on by the time spent waiting here.
+        let at = now + started.elapsed().as_secs() as i64;
+        match store::claim_code(connection, &key, at, now + CODE_LIFE)? {
+            CodeClaim::Claimed => break,
+            CodeClaim::Answered(StoredCode { openid, unionid, session_key, token_version }) => {
+                return Ok(CodeAnswer { openid, unionid, session_key, token_version });
+            }
+            CodeClaim::Pending if Instant::now() >= deadline => {
+                return Err(Error::WechatUnavailable {
+                    api: "jscode2session",
+                    reason: "the first exchange of this code is still in flight".into(),
+                });
+            }
+            CodeClaim::Pending => std::thread::sleep(POLL_SHARED),
+        }
+    }
+    match exchange() {
+        Ok(answer) => {
+            let stored = StoredCode {
+                openid: answer.openid.clone(),
+                unionid: answer.unionid.clone(),
+                session_key: answer.session_key.clone(),
+                token_version: answer.token_version,
+            };
+            store::answer_code(connection, &key, &stored)?;
+            Ok(answer)
+        }
+        Err(error) => {
+            let _ = store::release_code(connection, &key);
+            Err(error)
+        }
     }
 }
 

@@ -58,8 +58,10 @@ pub(crate) struct Config {
     /// Address to listen on; port 0 picks a free one.
     #[serde(deserialize_with = "listen_address")]
     pub(crate) listen: SocketAddr,
-    /// Path of the SQLite database file.
+    /// Path of the SQLite database file, or a `mysql://USER@HOST:PORT/DB` URL.
     pub(crate) database: String,
+    /// The MySQL user's password (with a `mysql://` database); better given in the environment.
+    pub(crate) database_password: String,
     /// Worker threads answering requests.
     pub(crate) workers: usize,
     /// URL prefix of the API, with leading and trailing slash.
@@ -192,6 +194,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             database: "wxauth.db".into(),
+            database_password: String::new(),
             workers: Config::DEFAULT_WORKERS,
             prefix: "/miniprog/wx_auth/".into(),
             openid_login: OpenidLogin::RecentCode,
@@ -284,7 +287,8 @@ impl Config {
 /// The keys whose values are secret, as `section.key`: shown as "<redacted>" (each element of a
 /// list), or as "" when unset. A new secret key belongs here; the test
 /// `every_secret_like_key_is_listed_as_secret` fails until it is.
-const SECRET_KEYS: &[&str] = &["wechat.secret", "jwt.secret", "jwt.previous_secrets"];
+const SECRET_KEYS: &[&str] =
+    &["database_password", "wechat.secret", "jwt.secret", "jwt.previous_secrets"];
 
 /// Replaces the values at `keys` (`key` or `section.key`) in `table`.
 fn redact_keys(table: &mut toml::Table, keys: &[&str]) {

@@ -74,6 +74,9 @@ pub(crate) enum Error {
     Internal(String),
     /// The database failed; the client sees it as `Internal`, and the error stays the source.
     Database(store::DatabaseError),
+    /// The database server cannot be reached (MySQL down, restarting, or out of connections):
+    /// the request may succeed once it is back. The error stays the source.
+    DatabaseUnavailable(store::DatabaseError),
 }
 
 impl Error {
@@ -85,7 +88,7 @@ impl Error {
             Error::HeadersTooLarge => 431,
             Error::RequestTimeout => 408,
             Error::HttpVersionNotSupported => 505,
-            Error::TooManyConnections => 503,
+            Error::TooManyConnections | Error::DatabaseUnavailable(_) => 503,
             Error::RateLimited { .. } => 429,
             Error::NotFound => 404,
             Error::MethodNotAllowed(_) => 405,
@@ -133,6 +136,7 @@ impl Error {
             Error::RequestTimeout => 4008,
             Error::HttpVersionNotSupported => 4505,
             Error::TooManyConnections => 5003,
+            Error::DatabaseUnavailable(_) => 5004,
             Error::RateLimited { .. } => 4029,
             Error::NotFound => 4004,
             Error::MethodNotAllowed(_) => 4005,
@@ -166,6 +170,7 @@ impl Error {
             Error::RequestTimeout => "request_timeout",
             Error::HttpVersionNotSupported => "http_version_not_supported",
             Error::TooManyConnections => "too_many_connections",
+            Error::DatabaseUnavailable(_) => "database_unavailable",
             Error::RateLimited { .. } => "rate_limited",
             Error::NotFound => "not_found",
             Error::MethodNotAllowed(_) => "method_not_allowed",
@@ -201,6 +206,7 @@ impl Error {
             Error::RequestTimeout => "请求超时".into(),
             Error::HttpVersionNotSupported => "不支持的 HTTP 版本, 请使用 HTTP/1.1".into(),
             Error::TooManyConnections => "服务器繁忙, 请稍后重试".into(),
+            Error::DatabaseUnavailable(_) => "数据库暂不可用, 请稍后重试".into(),
             Error::RateLimited { retry_after } => {
                 format!("请求过于频繁, 请 {retry_after} 秒后再试")
             }
@@ -250,6 +256,7 @@ impl fmt::Display for Error {
             // SQLite's messages name tables, columns and constraints, never a value we bound, so
             // they are safe for the log.
             Error::Database(error) => write!(f, "internal: database: {error}"),
+            Error::DatabaseUnavailable(error) => write!(f, "database unavailable: {error}"),
         }
     }
 }
@@ -257,7 +264,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Database(error) => Some(error),
+            Error::Database(error) | Error::DatabaseUnavailable(error) => Some(error),
             Error::DecryptFailed(error) => Some(error),
             _ => None,
         }

@@ -315,13 +315,13 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => {
             to_stdout(|out| admin::check_config(config.as_deref(), out))
         }
-        Command::Users { config, action } => config::load(config.as_deref())
+        Command::Users { config, action } => load_config(config.as_deref())
             .and_then(|config| to_stdout(|out| admin::users(&config, action, out))),
-        Command::Backup { config, destination } => config::load(config.as_deref())
+        Command::Backup { config, destination } => load_config(config.as_deref())
             .and_then(|config| to_stdout(|out| admin::backup(&config, &destination, out))),
-        Command::Restore { config, backup } => config::load(config.as_deref())
+        Command::Restore { config, backup } => load_config(config.as_deref())
             .and_then(|config| to_stdout(|out| admin::restore(&config, &backup, out))),
-        Command::Migrate { config } => config::load(config.as_deref())
+        Command::Migrate { config } => load_config(config.as_deref())
             .and_then(|config| to_stdout(|out| admin::migrate(&config, out))),
     };
     // Access lines still waiting to be written (log.rs) go out before the process ends.
@@ -567,13 +567,21 @@ impl Rest {
     }
 }
 
+/// The configuration at `path`, with the database password handed to the store, which opens
+/// MySQL databases with it.
+fn load_config(path: Option<&str>) -> Result<config::Config, Fatal> {
+    let config = config::load(path)?;
+    store::set_database_password(&config.database_password);
+    Ok(config)
+}
+
 fn serve(config_path: Option<String>) -> Result<(), Fatal> {
     // SAFETY: first thing in `serve`, called from main before any thread starts.
     let passed = unsafe { systemd::take_listener() }?;
     // Installed before anything is announced, so a stop or reload signal is never the default
     // (fatal) one.
     let mut signals = signals()?;
-    let config = config::load(config_path.as_deref())?;
+    let config = load_config(config_path.as_deref())?;
     log::configure(&config.log);
     let notifier = systemd::Notifier::from_environment();
     let open_files = raise_open_files_limit();
@@ -611,12 +619,13 @@ fn serve(config_path: Option<String>) -> Result<(), Fatal> {
         .map(|_| store::open_reader(&config.database))
         .collect::<Result<Vec<_>, _>>()?;
     let (server, address) = server::with_limits(listener, &config, max_connections)?;
+    let shared_database = store::SharedDatabase::of(&connection);
     let (writer, writer_thread) = store::Writer::start(connection);
 
     let shared = Arc::new(server::Shared::new(
         config.clone(),
         wechat::WeChat::new(&config.wechat, &appid, &secret, &base_url),
-        codes::RecentCodes::new(config.expose_session_key),
+        codes::RecentCodes::new(config.expose_session_key).shared_through(shared_database),
         ratelimit::RateLimiter::new(),
         api::Keys::new(&jwt_secret, &config.jwt.previous_secrets),
     ));

@@ -6,9 +6,10 @@
 //! the `Writer` (`writer.rs`), whose jobs get the writer's `Connection`. A connection holds its
 //! engine in an enum, `Engine`, and each function matches on it and calls that engine's function
 //! of the same name: `sqlite.rs`, with its files in `sqlite/` (opening, SQLite's settings,
-//! `schema.sql` by version, backups and restores). Another engine (MySQL or MariaDB through the blocking
-//! `mysql` crate) is one more variant and one more file set (`mysql.rs`, `mysql/`): the compiler
-//! then points at each `match` that needs its arm, and no caller changes. Not a trait: `Ctx` and
+//! `schema.sql` by version, backups and restores), and `mysql.rs` with `mysql/` (MySQL 8.0 or
+//! MariaDB through the blocking `mysql` crate, for several instances on one database; `database`
+//! picks it with a `mysql://` URL). Another engine is one more variant and one more file set: the
+//! compiler then points at each `match` that needs its arm, and no caller changes. Not a trait: `Ctx` and
 //! the writer's jobs (boxed closures sent to the writer thread) would have to be generic over the
 //! engine up into api.rs and server.rs, or hold a `dyn` engine and pay an
 //! indirect call per query. The enum keeps every query a direct call on the engine's own
@@ -25,6 +26,11 @@
 //! One account per WeChat identity is a unique index. The writer, the only connection that creates
 //! accounts, looks an identity up and inserts only when it has none, in its transaction: an
 //! `INSERT … ON CONFLICT` on the AUTOINCREMENT table would spend an id at every login.
+//!
+//! On a database several instances share (MySQL, `SharedDatabase`), each write runs in a
+//! transaction of its own on the worker that asks, committed before it is answered, and accounts
+//! are created race-free across instances (see `mysql.rs`); the answers of repeated codes are kept
+//! there too (`claim_code`), for `codes.rs`.
 //!
 //! With SQLite, a connection that writes opens only a file that is safely wxauth's
 //! (`open_read_write`): a regular file of its user, writable by nobody else, reached through no
@@ -79,6 +85,20 @@ macro_rules! account {
                     $(, ", ", stringify!($hidden))+
                 )
             };
+        }
+
+        /// The account from a MySQL row of `account_columns!()`.
+        fn account_from_mysql_row(mut row: ::mysql::Row) -> Result<Account, Error> {
+            let mut column = 0;
+            let mut next = || {
+                column += 1;
+                column - 1
+            };
+            Ok(Account {
+                $first: mysql::column(&mut row, next())?,
+                $( $shown: mysql::column(&mut row, next())?, )*
+                $( $hidden: mysql::column(&mut row, next())?, )+
+            })
         }
 
         fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
@@ -158,6 +178,7 @@ fn optional_datetime<S: serde::Serializer>(
 }
 
 // The engines' files come after `account!`, whose `account_columns!` they use.
+mod mysql;
 mod sqlite;
 mod writer;
 
@@ -290,26 +311,50 @@ pub(crate) struct Connection(Engine);
 /// The engine behind a connection, one variant per engine.
 enum Engine {
     Sqlite(rusqlite::Connection),
+    Mysql(mysql::Connection),
 }
 
-// `path` picks the engine: a file path is SQLite's, the only engine today; a MySQL engine would
-// take a `mysql://` URL.
+// `path` picks the engine: a `mysql://` URL is MySQL's (or MariaDB's), anything else a SQLite
+// file's path.
+
+/// Sets the password for the MySQL databases this process opens (`database_password`); main
+/// calls it once, before opening any.
+pub(crate) fn set_database_password(password: &str) {
+    mysql::set_password(password);
+}
+
+/// Whether `path` names a database on a server that several instances may share (MySQL), rather
+/// than a SQLite file.
+pub(crate) fn is_shared(path: &str) -> bool {
+    mysql::is_url(path)
+}
 
 /// Opens the writer connection for `opener`, creating the database if needed, and applies the
 /// schema versions it lacks. Returns the connection and the versions it applied.
 pub(crate) fn open_writer(path: &str, opener: Opener) -> Result<(Connection, Vec<u32>), Error> {
+    if mysql::is_url(path) {
+        let (connection, applied) = mysql::open_writer(path)?;
+        return Ok((Connection(Engine::Mysql(connection)), applied));
+    }
     let (connection, applied) = sqlite::open_writer(path, opener)?;
     Ok((Connection(Engine::Sqlite(connection)), applied))
 }
 
-/// Opens a read connection for one worker. It cannot write, by construction.
+/// Opens a read connection for one worker. With SQLite it cannot write, by construction; a MySQL
+/// connection is its pool's, and the server writes only through the `Writer`.
 pub(crate) fn open_reader(path: &str) -> Result<Connection, Error> {
+    if mysql::is_url(path) {
+        return Ok(Connection(Engine::Mysql(mysql::open_reader(path)?)));
+    }
     Ok(Connection(Engine::Sqlite(sqlite::open_reader(path)?)))
 }
 
 /// Opens an existing database for writes from outside the server (the `wxauth users` commands
 /// that change accounts, each in one `in_transaction`), never creating it.
 pub(crate) fn open_existing(path: &str) -> Result<Connection, Error> {
+    if mysql::is_url(path) {
+        return Ok(Connection(Engine::Mysql(mysql::open_reader(path)?)));
+    }
     Ok(Connection(Engine::Sqlite(sqlite::open_existing(path)?)))
 }
 
@@ -332,6 +377,7 @@ macro_rules! queries {
             ) -> Result<$output, Error> {
                 match &connection.0 {
                     Engine::Sqlite(connection) => sqlite::$name(connection, $($argument),*),
+                    Engine::Mysql(connection) => mysql::$name(connection, $($argument),*),
                 }
             }
         )*
@@ -396,6 +442,85 @@ queries! {
     fn delete_account(id: i64) -> bool;
 }
 
+/// A database several instances share (MySQL): a handle any thread may keep, from which each use
+/// takes a connection of its own (`connection`).
+pub(crate) struct SharedDatabase(::mysql::Pool);
+
+impl SharedDatabase {
+    /// The database `connection` is on, if several instances may share it; `None` for SQLite.
+    pub(crate) fn of(connection: &Connection) -> Option<SharedDatabase> {
+        match &connection.0 {
+            Engine::Sqlite(_) => None,
+            Engine::Mysql(connection) => Some(SharedDatabase(connection.pool())),
+        }
+    }
+
+    /// A connection outside any transaction.
+    pub(crate) fn connection(&self) -> Connection {
+        Connection(Engine::Mysql(mysql::Connection::new(self.0.clone())))
+    }
+}
+
+/// A repeated code's answer as a shared database keeps it (see `codes::CodeAnswer`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredCode {
+    pub(crate) openid: String,
+    pub(crate) unionid: Option<String>,
+    pub(crate) session_key: Option<String>,
+    pub(crate) token_version: i64,
+}
+
+/// What `claim_code` found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum CodeClaim {
+    /// The code is this request's to exchange with WeChat.
+    Claimed,
+    /// Another request, on any instance, exchanged it first: its answer.
+    Answered(StoredCode),
+    /// Another request is exchanging it now.
+    Pending,
+}
+
+/// Claims `wx.login` code `key` (a hash, never the code) on a shared database for an exchange
+/// whose answer lives until `expires`, or finds the answer another instance recorded.
+pub(crate) fn claim_code(
+    connection: &Connection,
+    key: &[u8],
+    now: i64,
+    expires: i64,
+) -> Result<CodeClaim, Error> {
+    match &connection.0 {
+        Engine::Mysql(connection) => mysql::claim_code(connection, key, now, expires),
+        Engine::Sqlite(_) => {
+            Err(Error::Internal("repeated codes are in memory with SQLite".into()))
+        }
+    }
+}
+
+/// Records the answer of a code this request claimed (`claim_code`).
+pub(crate) fn answer_code(
+    connection: &Connection,
+    key: &[u8],
+    code: &StoredCode,
+) -> Result<(), Error> {
+    match &connection.0 {
+        Engine::Mysql(connection) => mysql::answer_code(connection, key, code),
+        Engine::Sqlite(_) => {
+            Err(Error::Internal("repeated codes are in memory with SQLite".into()))
+        }
+    }
+}
+
+/// Gives up a claim whose exchange failed, so that the code's next request tries again.
+pub(crate) fn release_code(connection: &Connection, key: &[u8]) -> Result<(), Error> {
+    match &connection.0 {
+        Engine::Mysql(connection) => mysql::release_code(connection, key),
+        Engine::Sqlite(_) => {
+            Err(Error::Internal("repeated codes are in memory with SQLite".into()))
+        }
+    }
+}
+
 /// Runs `write` in one transaction on an operator's connection (`open_existing`): everything it
 /// does is committed together, or nothing when it fails. The write lock is taken at the start
 /// (waiting up to the busy timeout for the server's writer between its group commits), so what
@@ -420,6 +545,12 @@ pub(crate) fn in_transaction<T, E: From<Error>>(
 /// database that was there at `aside`; refuses while a server (or any other connection) has it
 /// open, and a backup that is not a whole wxauth database of a schema this binary knows.
 pub(crate) fn restore(backup: &str, path: &str, aside: &str) -> Result<RestoreReport, Error> {
+    if mysql::is_url(path) {
+        return Err(Error::Internal(
+            "restore replaces a SQLite file; restore a MySQL database with the server's tools"
+                .into(),
+        ));
+    }
     sqlite::restore(backup, path, aside)
 }
 
@@ -428,6 +559,7 @@ impl Connection {
     fn step(&self, step: writer::Step) -> Result<(), Error> {
         match &self.0 {
             Engine::Sqlite(connection) => sqlite::step(connection, step),
+            Engine::Mysql(connection) => mysql::step(connection, step),
         }
     }
 
@@ -436,6 +568,7 @@ impl Connection {
     fn sqlite(&self) -> &rusqlite::Connection {
         match &self.0 {
             Engine::Sqlite(connection) => connection,
+            Engine::Mysql(_) => panic!("not a SQLite connection"),
         }
     }
 }
@@ -448,12 +581,14 @@ pub(crate) struct DatabaseError(EngineError);
 #[derive(Debug)]
 enum EngineError {
     Sqlite(rusqlite::Error),
+    Mysql(::mysql::Error),
 }
 
 impl fmt::Display for DatabaseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
             EngineError::Sqlite(error) => error.fmt(f),
+            EngineError::Mysql(error) => error.fmt(f),
         }
     }
 }
@@ -462,6 +597,7 @@ impl std::error::Error for DatabaseError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.0 {
             EngineError::Sqlite(error) => Some(error),
+            EngineError::Mysql(error) => Some(error),
         }
     }
 }

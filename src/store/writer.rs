@@ -1,5 +1,13 @@
 //! The single writer thread and its group commit, on any engine: the transaction's plumbing is
 //! `Step`s, which each engine spells in its own SQL (`Connection::step`).
+//!
+//! On a database several instances share (MySQL), `run` and `run_visible` do not go to the
+//! writer thread: each write runs on the calling worker in a transaction of its own, on a
+//! connection from the pool, and is answered once committed. The server already commits many
+//! transactions with one log flush (InnoDB's group commit), and a transaction per request holds
+//! its row locks only for its own statements, so two instances' writers never wait on each
+//! other's whole groups (nor deadlock across them). The writer thread then only writes the login
+//! bookkeeping, in groups, each account's row in id order.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -51,6 +59,8 @@ enum Durability {
 pub(crate) struct Writer {
     jobs: mpsc::SyncSender<Job>,
     logins: Logins,
+    /// For a database several instances share: where each write runs in its own transaction.
+    direct: Option<Arc<SharedDatabase>>,
 }
 
 /// Login bookkeeping not yet written: the newest login per account, its time and address. Every
@@ -72,6 +82,10 @@ impl Logins {
         if waiting.is_empty() {
             return;
         }
+        // In id order: two instances writing bookkeeping of the same accounts lock their rows in
+        // the same order, so neither waits for the other in a cycle.
+        let mut waiting: Vec<_> = waiting.into_iter().collect();
+        waiting.sort_unstable_by_key(|(id, _)| *id);
         let result = run_in_savepoint(connection, |connection| {
             for (id, (ip, now)) in &waiting {
                 touch_login(connection, *id, ip, *now)?;
@@ -91,13 +105,14 @@ impl Writer {
     /// Starts the writer thread on `connection` (from `open_writer`).
     pub(crate) fn start(connection: Connection) -> (Writer, thread::JoinHandle<()>) {
         let (jobs, queue) = mpsc::sync_channel(QUEUE_DEPTH);
+        let direct = SharedDatabase::of(&connection).map(Arc::new);
         let logins = Logins::default();
         let waiting = logins.clone();
         let handle = thread::Builder::new()
             .name("writer".into())
             .spawn(move || write_loop(connection, queue, waiting))
             .expect("cannot start the writer thread");
-        (Writer { jobs, logins }, handle)
+        (Writer { jobs, logins, direct }, handle)
     }
 
     /// Runs `write` in the writer's transaction and returns its result once it is committed and
@@ -128,6 +143,9 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
     {
+        if let Some(direct) = &self.direct {
+            return run_alone(direct, write);
+        }
         let (reply, answer) = mpsc::sync_channel::<Result<T, Error>>(1);
         self.queue(durability, write, move |result| {
             let _ = reply.send(result);
@@ -173,6 +191,25 @@ impl Writer {
             self.jobs.send(Job { durability, run: Some(run) })
         {
             run(None)(Err(&Error::Internal("the writer has stopped".into())));
+        }
+    }
+}
+
+/// Runs `write` on a shared database in a transaction of its own, on this thread, and returns
+/// its result once committed; a failing or panicking write is rolled back.
+fn run_alone<T>(
+    database: &SharedDatabase,
+    write: impl FnOnce(&Connection) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let connection = database.connection();
+    connection.step(Step::Begin)?;
+    let result = catch_unwind(AssertUnwindSafe(|| write(&connection)))
+        .unwrap_or_else(|_| Err(Error::Internal("a write panicked".into())));
+    match result {
+        Ok(value) => connection.step(Step::Commit).map(|()| value),
+        Err(error) => {
+            let _ = connection.step(Step::Rollback);
+            Err(error)
         }
     }
 }

@@ -346,6 +346,9 @@ fn accounts_in(path: &std::path::Path) -> Vec<Vec<String>> {
 
 #[test]
 fn restore_puts_a_backup_in_place_of_the_stopped_servers_database() {
+    if crate::harness::sqlite_only("restore replaces a SQLite file") {
+        return;
+    }
     use std::os::unix::fs::PermissionsExt;
     let server = Wxauth::start(&[]);
     let (alice, token, _) = registered_user(&server, "restore-alice", "13800138000");
@@ -396,6 +399,9 @@ fn restore_puts_a_backup_in_place_of_the_stopped_servers_database() {
 
 #[test]
 fn restore_refuses_what_is_not_a_backup_it_can_serve_and_changes_nothing() {
+    if crate::harness::sqlite_only("restore replaces a SQLite file") {
+        return;
+    }
     let server = Wxauth::start(&[]);
     server.login_as("restore-refused");
     let backup = server.dir.0.join("backup.db");

@@ -38,7 +38,137 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        if let Some(mysql) = Mysql::from_env() {
+            mysql.drop_database(&self.database_name());
+        }
     }
+}
+
+impl TempDir {
+    /// The MySQL database of the servers started in this directory (under `WXAUTH_TEST_MYSQL`):
+    /// the directory's name, so a restarted server finds its database again.
+    pub fn database_name(&self) -> String {
+        self.0.file_name().unwrap().to_string_lossy().replace('-', "_")
+    }
+
+    /// What `WXAUTH_DATABASE` names for servers started here: `wxauth.db` in it, or its own
+    /// MySQL database under `WXAUTH_TEST_MYSQL` (created now if missing).
+    pub fn database_setting(&self) -> String {
+        match Mysql::from_env() {
+            Some(mysql) => mysql.create_database(&self.database_name()),
+            None => self.0.join("wxauth.db").to_string_lossy().into_owned(),
+        }
+    }
+}
+
+/// The MySQL (MariaDB) server the suite runs against when `WXAUTH_TEST_MYSQL` names one
+/// (`mysql://USER@HOST:PORT/ANY`, the password in `WXAUTH_TEST_MYSQL_PASSWORD`): every test gets
+/// a database of its own, created when its first server starts and dropped with its directory.
+/// `.ci/mariadb` starts such a server.
+pub struct Mysql {
+    /// `mysql://USER@HOST:PORT`, without a database.
+    pub server: String,
+    pub password: String,
+}
+
+impl Mysql {
+    pub fn from_env() -> Option<Mysql> {
+        let url = std::env::var("WXAUTH_TEST_MYSQL").ok().filter(|url| !url.is_empty())?;
+        let rest = url.strip_prefix("mysql://").expect("WXAUTH_TEST_MYSQL: a mysql:// URL");
+        let authority = rest.split('/').next().unwrap();
+        Some(Mysql {
+            server: format!("mysql://{authority}"),
+            password: std::env::var("WXAUTH_TEST_MYSQL_PASSWORD").unwrap_or_default(),
+        })
+    }
+
+    /// The URL of database `name`, for `WXAUTH_DATABASE`.
+    pub fn url(&self, name: &str) -> String {
+        format!("{}/{name}", self.server)
+    }
+
+    /// A connection to the server (no database chosen).
+    pub fn connect(&self, database: Option<&str>) -> mysql::Conn {
+        let opts = mysql::Opts::from_url(&self.server).unwrap();
+        let opts = mysql::OptsBuilder::from_opts(opts)
+            .pass(Some(self.password.clone()))
+            .db_name(database)
+            .prefer_socket(false);
+        mysql::Conn::new(opts).expect("connect to WXAUTH_TEST_MYSQL")
+    }
+
+    pub fn create_database(&self, name: &str) -> String {
+        use mysql::prelude::Queryable;
+        let mut conn = self.connect(None);
+        conn.query_drop(format!("CREATE DATABASE IF NOT EXISTS `{name}`")).unwrap();
+        self.url(name)
+    }
+
+    pub fn drop_database(&self, name: &str) {
+        use mysql::prelude::Queryable;
+        if let Ok(mut conn) = std::panic::catch_unwind(|| self.connect(None)) {
+            let _ = conn.query_drop(format!("DROP DATABASE IF EXISTS `{name}`"));
+        }
+    }
+
+    /// A SQLite copy, in memory, of what MySQL database `name` holds (`meta`, `accounts`,
+    /// `wechat_sessions`), so that a test reads it back with the same queries under either
+    /// engine. Writes to the copy change nothing in MySQL: a test that writes behind the server's
+    /// back is SQLite's (`sqlite_only`).
+    pub fn snapshot(&self, name: &str) -> rusqlite::Connection {
+        use mysql::prelude::Queryable;
+        let copy = rusqlite::Connection::open_in_memory().unwrap();
+        let schema = include_str!("../../schema.sql");
+        copy.execute_batch(schema).unwrap();
+        copy.execute_batch("PRAGMA user_version = 5").unwrap();
+        // A directory whose server never started (one swapped in by a restart) has an empty one.
+        self.create_database(name);
+        let mut conn = self.connect(Some(name));
+        for table in ["meta", "accounts", "wechat_sessions"] {
+            // A server that has not started yet has made no tables.
+            let Ok(rows) = conn.query::<mysql::Row, _>(format!("SELECT * FROM {table}")) else {
+                continue;
+            };
+            for row in rows {
+                let columns: Vec<String> =
+                    row.columns_ref().iter().map(|column| column.name_str().into_owned()).collect();
+                let values: Vec<rusqlite::types::Value> = row
+                    .unwrap()
+                    .into_iter()
+                    .map(|value| match value {
+                        mysql::Value::NULL => rusqlite::types::Value::Null,
+                        mysql::Value::Int(number) => rusqlite::types::Value::Integer(number),
+                        mysql::Value::UInt(number) => {
+                            rusqlite::types::Value::Integer(number as i64)
+                        }
+                        mysql::Value::Bytes(bytes) => {
+                            rusqlite::types::Value::Text(String::from_utf8(bytes).unwrap())
+                        }
+                        other => panic!("unexpected value {other:?}"),
+                    })
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO {table} ({}) VALUES ({})",
+                    columns.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", "),
+                    vec!["?"; columns.len()].join(", ")
+                );
+                copy.execute(&sql, rusqlite::params_from_iter(values)).unwrap();
+            }
+        }
+        copy
+    }
+}
+
+/// Whether this test is SQLite's alone (it looks at the database file, its permissions, backups
+/// or the WAL, or writes behind the server's back): under `WXAUTH_TEST_MYSQL` it says so on
+/// stderr and the test returns early. The tests that call it are listed in
+/// docs/operations.md's MySQL section.
+pub fn sqlite_only(why: &str) -> bool {
+    let mysql = Mysql::from_env().is_some();
+    if mysql {
+        eprintln!("SQLite only, skipped under WXAUTH_TEST_MYSQL: {why}");
+    }
+    mysql
 }
 
 /// A running `wxauth serve`, killed on drop.
@@ -163,7 +293,11 @@ impl Wxauth {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("WXAUTH_LISTEN", "127.0.0.1:0")
-            .env("WXAUTH_DATABASE", dir.0.join("wxauth.db"))
+            .env("WXAUTH_DATABASE", dir.database_setting())
+            .env(
+                "WXAUTH_DATABASE_PASSWORD",
+                Mysql::from_env().map(|mysql| mysql.password).unwrap_or_default(),
+            )
             .env("WXAUTH_WORKERS", "4")
             .env("WXAUTH_WECHAT_MAX_IN_FLIGHT", "2")
             .env("WXAUTH_RATE_LIMIT_ENABLED", "false")
@@ -231,7 +365,12 @@ impl Wxauth {
         Wxauth { child, base, fake, dir, prefix, agent: agent(), stdout: stdout_rest, secrets }
     }
 
+    /// The server's database, to read back: the SQLite file, or (under `WXAUTH_TEST_MYSQL`) a
+    /// SQLite copy of the MySQL database as it is now (`Mysql::snapshot`).
     pub fn database(&self) -> rusqlite::Connection {
+        if let Some(mysql) = Mysql::from_env() {
+            return mysql.snapshot(&self.dir.database_name());
+        }
         let connection = rusqlite::Connection::open(self.dir.0.join("wxauth.db")).unwrap();
         connection.busy_timeout(Duration::from_secs(5)).unwrap();
         connection
@@ -380,7 +519,12 @@ impl Wxauth {
             "an access token reached the output:\n{output}"
         );
         let mut secrets = self.secrets.clone();
-        if let Ok(database) = rusqlite::Connection::open(self.dir.0.join("wxauth.db")) {
+        secrets.extend(Mysql::from_env().map(|mysql| mysql.password));
+        let database = match Mysql::from_env() {
+            Some(_) => Ok(self.database()),
+            None => rusqlite::Connection::open(self.dir.0.join("wxauth.db")),
+        };
+        if let Ok(database) = database {
             for query in [
                 "SELECT session_key FROM wechat_sessions",
                 "SELECT value FROM meta WHERE key = 'jwt_secret'",

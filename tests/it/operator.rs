@@ -183,6 +183,9 @@ fn a_start_on_a_database_it_cannot_use_names_the_file_and_the_cause() {
 /// (or at the first write), naming neither the file nor the cause.
 #[test]
 fn a_start_on_a_read_only_file_system_names_the_file_and_the_cause() {
+    if crate::harness::sqlite_only("a database file on a read-only file system") {
+        return;
+    }
     let mut server = Wxauth::start(&[]);
     server.login_as("read-only-start");
     assert!(server.terminate().success());

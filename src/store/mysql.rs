@@ -1,0 +1,706 @@
+//! The MySQL engine (MySQL 8.0, MariaDB >= 10.6), through the blocking `mysql` crate: the
+//! queries, one function per query, in SQL both servers accept; the transaction plumbing
+//! (`step`); and beside it in `mysql/`, opening (the URL, the pool, `schema.sql` by version under
+//! a lock: `open.rs`) and the schema (`schema.sql`).
+//!
+//! A `Connection` is the process's pool for the database, and, inside a transaction, the pooled
+//! connection that transaction runs on (taken at `Step::Begin`, given back at its end); outside
+//! one, each query takes a connection from the pool for itself. Statements stay prepared on each
+//! pooled connection (the crate's statement cache). Every session reads at READ COMMITTED, so a
+//! statement sees what any instance committed before it.
+//!
+//! Several instances share the database, so nothing here may rely on being the only writer:
+//! accounts are created by a lookup, then an `INSERT … ON DUPLICATE KEY UPDATE` that, when another
+//! instance created the identity's account in between, takes the winner's row (its id, with this
+//! login's bookkeeping) instead of failing; such a race spends one AUTO_INCREMENT id, an ordinary
+//! login none. A connection the server dropped (a restart) fails its query with
+//! `database_unavailable`; a read outside a transaction is tried once more on a new connection.
+
+mod open;
+
+use std::sync::{Mutex, MutexGuard};
+
+use mysql::prelude::{FromValue, Queryable};
+use mysql::{Params, Pool, PooledConn, Row, Value, params};
+
+pub(super) use open::{is_url, open_reader, open_writer, set_password};
+
+use super::writer::Step;
+use super::{
+    Account, AccountCounts, AccountQuery, CodeClaim, DatabaseError, Edit, EditValue, EngineError,
+    Profile, RecordedSession, Registration, StoredCode, WechatSession, account_from_mysql_row,
+};
+use crate::error::Error;
+
+/// MySQL's errors are the store's database errors, kept whole; those that mean the server cannot
+/// be reached (a connection refused, dropped or timed out, a server shutting down or out of
+/// connections) are `DatabaseUnavailable`.
+impl From<mysql::Error> for Error {
+    fn from(error: mysql::Error) -> Self {
+        let unavailable = match &error {
+            mysql::Error::IoError(_)
+            | mysql::Error::CodecError(_)
+            | mysql::Error::DriverError(_) => true,
+            // ER_CON_COUNT_ERROR, ER_SERVER_SHUTDOWN, ER_CONNECTION_KILLED (MariaDB),
+            // ER_CLIENT_INTERACTION_TIMEOUT (MySQL), ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK.
+            mysql::Error::MySqlError(error) => {
+                matches!(error.code, 1040 | 1053 | 1927 | 4031 | 1205 | 1213)
+            }
+            _ => false,
+        };
+        let error = DatabaseError(EngineError::Mysql(error));
+        if unavailable { Error::DatabaseUnavailable(error) } else { Error::Database(error) }
+    }
+}
+
+impl From<mysql::FromValueError> for Error {
+    fn from(_: mysql::FromValueError) -> Self {
+        Error::Internal("database: a column holds a value of an unexpected type".into())
+    }
+}
+
+/// A connection to a MySQL database: its pool, and the pooled connection of the transaction in
+/// progress, if one is.
+pub(super) struct Connection {
+    pool: Pool,
+    held: Mutex<Option<PooledConn>>,
+}
+
+impl Connection {
+    pub(super) fn new(pool: Pool) -> Connection {
+        Connection { pool, held: Mutex::new(None) }
+    }
+
+    /// The pool, for another connection to the same database.
+    pub(super) fn pool(&self) -> Pool {
+        self.pool.clone()
+    }
+
+    fn held(&self) -> MutexGuard<'_, Option<PooledConn>> {
+        self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn take(&self) -> Result<PooledConn, Error> {
+        Ok(self.pool.try_get_conn(open::wait_for_connection())?)
+    }
+
+    /// Runs `query` on the transaction's connection, or on one from the pool. Outside a
+    /// transaction, a query that failed because its connection was dead (the server restarted
+    /// since it was opened) runs once more on a new one: nothing was done by the first try.
+    fn with<T>(&self, query: impl Fn(&mut PooledConn) -> Result<T, Error>) -> Result<T, Error> {
+        let mut held = self.held();
+        if let Some(conn) = held.as_mut() {
+            return query(conn);
+        }
+        drop(held);
+        let mut conn = self.take()?;
+        match query(&mut conn) {
+            Err(Error::DatabaseUnavailable(_)) => {
+                discard(conn);
+                let mut conn = self.take()?;
+                let result = query(&mut conn);
+                if let Err(Error::DatabaseUnavailable(_)) = result {
+                    discard(conn);
+                }
+                result
+            }
+            result => result,
+        }
+    }
+}
+
+/// Gives a connection whose query failed for want of the server back to the pool so that the pool
+/// keeps it only if it still works: the pool resets it first (one round trip), and a dead one
+/// fails that and is dropped, rather than handed to the next query.
+fn discard(mut conn: PooledConn) {
+    conn.reset_connection(true);
+}
+
+/// Runs one step of the transaction plumbing. Durability is the server's (InnoDB with
+/// `innodb_flush_log_at_trx_commit = 1` and `sync_binlog = 1` syncs every commit), so the sync
+/// levels and the checkpoint have nothing to do.
+pub(super) fn step(connection: &Connection, step: Step) -> Result<(), Error> {
+    let sql = match step {
+        Step::Synced | Step::Unsynced | Step::Checkpoint => return Ok(()),
+        Step::Begin => {
+            let mut conn = connection.take()?;
+            if let Err(error) = conn.query_drop("START TRANSACTION") {
+                discard(conn);
+                return Err(error.into());
+            }
+            *connection.held() = Some(conn);
+            return Ok(());
+        }
+        Step::Savepoint => "SAVEPOINT job",
+        Step::RollbackToSavepoint => "ROLLBACK TO SAVEPOINT job",
+        Step::ReleaseSavepoint => "RELEASE SAVEPOINT job",
+        Step::Commit | Step::Rollback => {
+            let Some(mut conn) = connection.held().take() else {
+                return Err(Error::Internal("no transaction to end".into()));
+            };
+            let sql = if step == Step::Commit { "COMMIT" } else { "ROLLBACK" };
+            let result = conn.query_drop(sql);
+            if result.is_err() {
+                discard(conn);
+            }
+            return Ok(result?);
+        }
+    };
+    connection.with(|conn| Ok(conn.query_drop(sql)?))
+}
+
+/// Column `index` of `row`, as `T`.
+pub(super) fn column<T: FromValue>(row: &mut Row, index: usize) -> Result<T, Error> {
+    match row.take_opt::<T, usize>(index) {
+        Some(value) => Ok(value?),
+        None => Err(Error::Internal(format!("database: no column {index}"))),
+    }
+}
+
+fn first_account(
+    connection: &Connection,
+    sql: &'static str,
+    params: Params,
+) -> Result<Option<Account>, Error> {
+    connection.with(|conn| {
+        let row: Option<Row> = conn.exec_first(sql, params.clone())?;
+        row.map(account_from_mysql_row).transpose()
+    })
+}
+
+fn accounts(connection: &Connection, sql: &str, params: Params) -> Result<Vec<Account>, Error> {
+    connection.with(|conn| {
+        let rows: Vec<Row> = conn.exec(sql, params.clone())?;
+        rows.into_iter().map(account_from_mysql_row).collect()
+    })
+}
+
+/// The database's schema version.
+pub(super) fn schema_version(connection: &Connection) -> Result<u32, Error> {
+    connection.with(|conn| Ok(open::recorded_version(conn)?))
+}
+
+/// The JWT secret kept in the database, storing `generated` first if there is none yet: the first
+/// instance to start writes it, and every other reads the same.
+pub(super) fn jwt_secret_or_insert(
+    connection: &Connection,
+    generated: &str,
+) -> Result<String, Error> {
+    connection.with(|conn| {
+        conn.exec_drop(
+            "INSERT IGNORE INTO meta (`key`, value) VALUES ('jwt_secret', ?)",
+            (generated,),
+        )?;
+        let secret: Option<String> =
+            conn.query_first("SELECT value FROM meta WHERE `key` = 'jwt_secret'")?;
+        secret.ok_or_else(|| Error::Internal("database: the JWT secret was not kept".into()))
+    })
+}
+
+pub(super) fn account_by_id(connection: &Connection, id: i64) -> Result<Option<Account>, Error> {
+    first_account(
+        connection,
+        concat!("SELECT ", account_columns!(), " FROM accounts WHERE id = ?"),
+        Params::from((id,)),
+    )
+}
+
+pub(super) fn account_by_openid(
+    connection: &Connection,
+    appid: &str,
+    openid: &str,
+) -> Result<Option<Account>, Error> {
+    first_account(
+        connection,
+        concat!(
+            "SELECT ",
+            account_columns!(),
+            " FROM accounts WHERE wx_appid = ? AND wx_openid = ?"
+        ),
+        Params::from((appid, openid)),
+    )
+}
+
+pub(super) fn is_registered(
+    connection: &Connection,
+    appid: &str,
+    openid: &str,
+) -> Result<Option<bool>, Error> {
+    connection.with(|conn| {
+        Ok(conn.exec_first(
+            "SELECT is_register FROM accounts WHERE wx_appid = ? AND wx_openid = ?",
+            (appid, openid),
+        )?)
+    })
+}
+
+pub(super) fn wechat_session(
+    connection: &Connection,
+    appid: &str,
+    openid: &str,
+) -> Result<Option<RecordedSession>, Error> {
+    connection.with(|conn| {
+        let row: Option<Row> = conn.exec_first(
+            "SELECT unionid, session_key, created_at, token_version,
+                    coalesce((SELECT token_version FROM accounts
+                              WHERE wx_appid = :appid AND wx_openid = :openid), 0)
+             FROM wechat_sessions WHERE appid = :appid AND openid = :openid",
+            params! { "appid" => appid, "openid" => openid },
+        )?;
+        let Some(mut row) = row else { return Ok(None) };
+        Ok(Some(RecordedSession {
+            session: WechatSession {
+                unionid: column(&mut row, 0)?,
+                session_key: column(&mut row, 1)?,
+                created_at: column(&mut row, 2)?,
+            },
+            token_version: column(&mut row, 3)?,
+            account_token_version: column(&mut row, 4)?,
+        }))
+    })
+}
+
+/// Records a `jscode2session` answer with the token version of the openid's account as of this
+/// write (0 when there is none), and the unionid on an existing account that lacked one.
+pub(super) fn save_wechat_session(
+    connection: &Connection,
+    appid: &str,
+    openid: &str,
+    session: &WechatSession,
+) -> Result<(), Error> {
+    let values = params! {
+        "appid" => appid,
+        "openid" => openid,
+        "unionid" => session.unionid.as_deref(),
+        "session_key" => session.session_key.as_str(),
+        "created_at" => session.created_at,
+    };
+    connection.with(|conn| {
+        conn.exec_drop(
+            "INSERT INTO wechat_sessions (appid, openid, unionid, session_key, created_at, token_version)
+             VALUES (:appid, :openid, :unionid, :session_key, :created_at,
+                     coalesce((SELECT token_version FROM accounts
+                               WHERE wx_appid = :appid AND wx_openid = :openid), 0))
+             ON DUPLICATE KEY UPDATE
+                 unionid = coalesce(:unionid, unionid),
+                 session_key = :session_key,
+                 created_at = :created_at,
+                 token_version = coalesce((SELECT token_version FROM accounts
+                                           WHERE wx_appid = :appid AND wx_openid = :openid), 0)",
+            values.clone(),
+        )?;
+        if session.unionid.is_some() {
+            conn.exec_drop(
+                "UPDATE accounts SET wx_unionid = :unionid
+                 WHERE wx_appid = :appid AND wx_openid = :openid AND wx_unionid IS NULL",
+                values.clone(),
+            )?;
+        }
+        Ok(())
+    })
+}
+
+/// The account id for a WeChat identity, with this login's bookkeeping set; creates the account
+/// (not registered, username = openid, joined now from `ip`) if there is none. A lookup first, so
+/// that a login of an existing account spends no id; then an insert that, should another instance
+/// have created the account since, updates that one (`LAST_INSERT_ID(id)` names it).
+pub(super) fn login_account(
+    connection: &Connection,
+    appid: &str,
+    openid: &str,
+    ip: &str,
+    now: i64,
+) -> Result<i64, Error> {
+    if let Some(id) = account_id_of(connection, appid, openid)? {
+        touch_login(connection, id, ip, now)?;
+        return Ok(id);
+    }
+    connection.with(|conn| {
+        conn.exec_drop(
+            "INSERT INTO accounts
+                 (username, wx_appid, wx_openid, wx_unionid, join_ip, date_joined, last_ip, last_login)
+             VALUES (:openid, :appid, :openid,
+                     (SELECT unionid FROM wechat_sessions WHERE appid = :appid AND openid = :openid),
+                     :ip, :now, :ip, :now)
+             ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id), last_ip = :ip, last_login = :now",
+            params! { "appid" => appid, "openid" => openid, "ip" => ip, "now" => now },
+        )?;
+        Ok(conn.last_insert_id() as i64)
+    })
+}
+
+fn account_id_of(connection: &Connection, appid: &str, openid: &str) -> Result<Option<i64>, Error> {
+    connection.with(|conn| {
+        Ok(conn.exec_first(
+            "SELECT id FROM accounts WHERE wx_appid = ? AND wx_openid = ?",
+            (appid, openid),
+        )?)
+    })
+}
+
+pub(super) fn update_profile(
+    connection: &Connection,
+    id: i64,
+    profile: &Profile,
+) -> Result<(), Error> {
+    connection.with(|conn| {
+        conn.exec_drop(
+            "UPDATE accounts SET
+                 wx_nickname = coalesce(?, wx_nickname),
+                 wx_avatar = coalesce(?, wx_avatar),
+                 wx_gender = coalesce(?, wx_gender),
+                 wx_country = coalesce(?, wx_country),
+                 wx_province = coalesce(?, wx_province),
+                 wx_city = coalesce(?, wx_city),
+                 phone = coalesce(?, phone)
+             WHERE id = ?",
+            vec![
+                Value::from(profile.wx_nickname.as_deref()),
+                Value::from(profile.wx_avatar.as_deref()),
+                Value::from(profile.wx_gender),
+                Value::from(profile.wx_country.as_deref()),
+                Value::from(profile.wx_province.as_deref()),
+                Value::from(profile.wx_city.as_deref()),
+                Value::from(profile.phone.as_deref()),
+                Value::from(id),
+            ],
+        )?;
+        Ok(())
+    })
+}
+
+/// What a registration sets on an account that exists, with this login's bookkeeping.
+macro_rules! registration_set {
+    () => {
+        "last_login = :now, last_ip = :ip, phone = :phone, is_register = 1, username = :username, \
+         wx_nickname = coalesce(:nickname, wx_nickname), birthday = coalesce(:birthday, birthday), \
+         wx_gender = coalesce(:gender, wx_gender)"
+    };
+}
+
+/// Registers an account with its phone and the optional fields given, records this login, and
+/// returns the account as written: the account `known_id` (a token's) when given, else the
+/// account of `openid`, created registered when there is none (or, when another instance
+/// created it in between, that one registered). `None` when account `known_id` does not exist.
+pub(super) fn register(
+    connection: &Connection,
+    known_id: Option<i64>,
+    appid: &str,
+    openid: &str,
+    ip: &str,
+    now: i64,
+    registration: &Registration,
+) -> Result<Option<Account>, Error> {
+    let Registration { phone, username, wx_nickname, birthday, wx_gender } = registration;
+    let values = params! {
+        "appid" => appid,
+        "openid" => openid,
+        "username" => username.as_str(),
+        "ip" => ip,
+        "now" => now,
+        "phone" => phone.as_str(),
+        "nickname" => wx_nickname.as_deref(),
+        "birthday" => birthday.as_deref(),
+        "gender" => *wx_gender,
+        "id" => known_id,
+    };
+    match known_id {
+        None => {
+            connection.with(|conn| {
+                conn.exec_drop(
+                    concat!(
+                        "UPDATE accounts SET ",
+                        registration_set!(),
+                        " WHERE wx_appid = :appid AND wx_openid = :openid"
+                    ),
+                    values.clone(),
+                )?;
+                if conn.affected_rows() == 0 {
+                    conn.exec_drop(
+                        concat!(
+                            "INSERT INTO accounts (username, wx_appid, wx_openid, wx_unionid, \
+                             join_ip, date_joined, last_ip, last_login, phone, is_register, \
+                             wx_nickname, birthday, wx_gender) \
+                             VALUES (:username, :appid, :openid, \
+                                     (SELECT unionid FROM wechat_sessions \
+                                      WHERE appid = :appid AND openid = :openid), \
+                                     :ip, :now, :ip, :now, :phone, 1, :nickname, :birthday, \
+                                     coalesce(:gender, 0)) \
+                             ON DUPLICATE KEY UPDATE ",
+                            registration_set!()
+                        ),
+                        values.clone(),
+                    )?;
+                }
+                Ok(())
+            })?;
+            account_by_openid(connection, appid, openid)
+        }
+        Some(id) => {
+            connection.with(|conn| {
+                Ok(conn.exec_drop(
+                    concat!("UPDATE accounts SET ", registration_set!(), " WHERE id = :id"),
+                    values.clone(),
+                )?)
+            })?;
+            account_by_id(connection, id)
+        }
+    }
+}
+
+pub(super) fn revoke_tokens(connection: &Connection, id: i64) -> Result<bool, Error> {
+    execute(connection, "UPDATE accounts SET token_version = token_version + 1 WHERE id = ?", (id,))
+}
+
+pub(super) fn touch_login(
+    connection: &Connection,
+    id: i64,
+    ip: &str,
+    now: i64,
+) -> Result<(), Error> {
+    execute(
+        connection,
+        "UPDATE accounts SET last_login = ?, last_ip = ? WHERE id = ?",
+        (now, ip, id),
+    )?;
+    Ok(())
+}
+
+/// Runs one statement; whether it matched exactly one row.
+fn execute(connection: &Connection, sql: &str, params: impl Into<Params>) -> Result<bool, Error> {
+    let params = params.into();
+    connection.with(|conn| {
+        conn.exec_drop(sql, params.clone())?;
+        Ok(conn.affected_rows() == 1)
+    })
+}
+
+pub(super) fn account_counts(connection: &Connection) -> Result<AccountCounts, Error> {
+    connection.with(|conn| {
+        let row: Option<(i64, i64)> = conn.query_first(
+            "SELECT count(*), CAST(coalesce(sum(is_register), 0) AS SIGNED) FROM accounts",
+        )?;
+        let (accounts, registered) = row.unwrap_or((0, 0));
+        Ok(AccountCounts { accounts, registered })
+    })
+}
+
+pub(super) fn accounts_with_openid(
+    connection: &Connection,
+    openid: &str,
+) -> Result<Vec<Account>, Error> {
+    accounts(
+        connection,
+        concat!("SELECT ", account_columns!(), " FROM accounts WHERE wx_openid = ? ORDER BY id"),
+        Params::from((openid,)),
+    )
+}
+
+/// Hands the accounts to `visit` one at a time, by id, skipping `offset` and stopping after
+/// `limit` (all when `None`). Rows are read from the server as they are visited (one consistent
+/// read), never collected.
+pub(super) fn each_account(
+    connection: &Connection,
+    limit: Option<u64>,
+    offset: u64,
+    mut visit: impl FnMut(Account) -> Result<(), Error>,
+) -> Result<(), Error> {
+    // `visit` writes out what it is handed and runs no query, so the transaction's connection
+    // (if any) stays locked while the rows stream.
+    let mut held = connection.held();
+    let mut own;
+    let conn = match held.as_mut() {
+        Some(conn) => conn,
+        None => {
+            own = connection.take()?;
+            &mut own
+        }
+    };
+    let limit = limit.unwrap_or(u64::MAX >> 1);
+    let rows = conn.exec_iter(
+        concat!("SELECT ", account_columns!(), " FROM accounts ORDER BY id LIMIT ? OFFSET ?"),
+        (limit, offset),
+    )?;
+    for row in rows {
+        visit(account_from_mysql_row(row?)?)?;
+    }
+    Ok(())
+}
+
+pub(super) fn find_accounts(
+    connection: &Connection,
+    query: &AccountQuery,
+) -> Result<Vec<Account>, Error> {
+    let AccountQuery { phone, openid, unionid, nickname } = query;
+    accounts(
+        connection,
+        concat!(
+            "SELECT ",
+            account_columns!(),
+            " FROM accounts WHERE phone = ? OR wx_openid = ? OR wx_unionid = ? \
+              OR instr(wx_nickname, ?) > 0 ORDER BY id"
+        ),
+        Params::from((
+            phone.as_deref(),
+            openid.as_deref(),
+            unionid.as_deref(),
+            nickname.as_deref(),
+        )),
+    )
+}
+
+/// Applies `edits` to account `id` in one statement; only a name from `Account::FIELDS` (other
+/// than `id`) is written into the SQL.
+pub(super) fn update_account(
+    connection: &Connection,
+    id: i64,
+    edits: &[Edit],
+) -> Result<bool, Error> {
+    if edits.is_empty() {
+        return Ok(account_by_id(connection, id)?.is_some());
+    }
+    let mut sets = Vec::with_capacity(edits.len());
+    let mut values: Vec<Value> = Vec::with_capacity(edits.len() + 1);
+    for Edit { field, value } in edits {
+        if *field == "id" || !Account::FIELDS.contains(field) {
+            return Err(Error::Internal(format!("`{field}` is not an account field to set")));
+        }
+        sets.push(format!("{field} = ?"));
+        values.push(match value {
+            EditValue::Text(text) => Value::from(text.as_deref()),
+            EditValue::Integer(number) => Value::from(*number),
+        });
+    }
+    values.push(Value::from(id));
+    let sql = format!("UPDATE accounts SET {} WHERE id = ?", sets.join(", "));
+    execute(connection, &sql, values)
+}
+
+pub(super) fn disable_account(connection: &Connection, id: i64, now: i64) -> Result<bool, Error> {
+    execute(
+        connection,
+        "UPDATE accounts SET disabled_at = ?, token_version = token_version + 1
+         WHERE id = ? AND disabled_at IS NULL",
+        (now, id),
+    )
+}
+
+pub(super) fn enable_account(connection: &Connection, id: i64) -> Result<bool, Error> {
+    execute(
+        connection,
+        "UPDATE accounts SET disabled_at = NULL WHERE id = ? AND disabled_at IS NOT NULL",
+        (id,),
+    )
+}
+
+pub(super) fn delete_account(connection: &Connection, id: i64) -> Result<bool, Error> {
+    connection.with(|conn| {
+        conn.exec_drop(
+            "DELETE FROM wechat_sessions
+             WHERE (appid, openid) IN (SELECT wx_appid, wx_openid FROM accounts WHERE id = ?)",
+            (id,),
+        )?;
+        conn.exec_drop("DELETE FROM accounts WHERE id = ?", (id,))?;
+        Ok(conn.affected_rows() == 1)
+    })
+}
+
+/// Backups of a MySQL database are the server's (`mysqldump --single-transaction`, or the
+/// provider's snapshots).
+pub(super) fn backup(_: &Connection, _: &str) -> Result<super::BackupReport, Error> {
+    Err(Error::Internal(
+        "backup copies a SQLite file; back a MySQL database up with mysqldump --single-transaction \
+         or the provider's snapshots"
+            .into(),
+    ))
+}
+
+// ---- Repeated codes, shared by every instance (src/codes.rs) -----------------------------------
+
+/// How long a claimed code may stay unanswered before another request takes it over: the claimer
+/// died, or its exchange outlived WeChat's timeout.
+const STALE_CLAIM: i64 = 30;
+
+/// Claims code `key` for an exchange until `expires`, or finds its answer: `Claimed` when this
+/// request is to ask WeChat (no row, or an expired or stale one, now this request's), `Answered`
+/// with the first answer while it lives, `Pending` while another request's exchange is in flight.
+pub(super) fn claim_code(
+    connection: &Connection,
+    key: &[u8],
+    now: i64,
+    expires: i64,
+) -> Result<CodeClaim, Error> {
+    connection.with(|conn| {
+        // Now and then, expired answers go (a code lives five minutes).
+        if key[0] == 0 {
+            conn.exec_drop(
+                "DELETE FROM code_answers WHERE expires_at < ? LIMIT 1000",
+                (now - STALE_CLAIM,),
+            )?;
+        }
+        conn.exec_drop(
+            "INSERT IGNORE INTO code_answers (code_key, expires_at, claimed_at) VALUES (?, ?, ?)",
+            (key, expires, now),
+        )?;
+        if conn.affected_rows() == 1 {
+            return Ok(CodeClaim::Claimed);
+        }
+        let row: Option<Row> = conn.exec_first(
+            "SELECT expires_at, claimed_at, openid, unionid, session_key, token_version
+             FROM code_answers WHERE code_key = ?",
+            (key,),
+        )?;
+        let Some(mut row) = row else { return Ok(CodeClaim::Pending) };
+        let (expires_at, claimed_at): (i64, i64) = (column(&mut row, 0)?, column(&mut row, 1)?);
+        let openid: Option<String> = column(&mut row, 2)?;
+        match openid {
+            Some(openid) if expires_at >= now => Ok(CodeClaim::Answered(StoredCode {
+                openid,
+                unionid: column(&mut row, 3)?,
+                session_key: column(&mut row, 4)?,
+                token_version: column(&mut row, 5)?,
+            })),
+            None if expires_at >= now && claimed_at > now - STALE_CLAIM => Ok(CodeClaim::Pending),
+            _ => {
+                // Expired or abandoned: taken over, unless another request did so first.
+                conn.exec_drop(
+                    "UPDATE code_answers SET expires_at = ?, claimed_at = ?, openid = NULL,
+                         unionid = NULL, session_key = NULL, token_version = 0
+                     WHERE code_key = ? AND claimed_at = ?",
+                    (expires, now, key, claimed_at),
+                )?;
+                Ok(if conn.affected_rows() == 1 { CodeClaim::Claimed } else { CodeClaim::Pending })
+            }
+        }
+    })
+}
+
+/// Records the answer of the code `key` this request claimed.
+pub(super) fn answer_code(
+    connection: &Connection,
+    key: &[u8],
+    code: &StoredCode,
+) -> Result<(), Error> {
+    connection.with(|conn| {
+        conn.exec_drop(
+            "UPDATE code_answers SET openid = ?, unionid = ?, session_key = ?, token_version = ?
+             WHERE code_key = ?",
+            (
+                code.openid.as_str(),
+                code.unionid.as_deref(),
+                code.session_key.as_deref(),
+                code.token_version,
+                key,
+            ),
+        )?;
+        Ok(())
+    })
+}
+
+/// Gives up the claim on code `key` (its exchange failed), so the next request tries itself.
+pub(super) fn release_code(connection: &Connection, key: &[u8]) -> Result<(), Error> {
+    connection.with(|conn| {
+        conn.exec_drop("DELETE FROM code_answers WHERE code_key = ? AND openid IS NULL", (key,))?;
+        Ok(())
+    })
+}

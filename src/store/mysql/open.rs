@@ -1,0 +1,245 @@
+//! Opening the MySQL engine: the `mysql://` URL read into the client's options (the password from
+//! the configuration, never from the URL), one pool per database per process, shared by every
+//! connection wxauth opens on it, and `schema.sql`'s MySQL twin applied by version under a lock.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use mysql::prelude::Queryable;
+use mysql::{OptsBuilder, Pool, PoolConstraints, PoolOpts, SslOpts};
+
+use super::Connection;
+use crate::error::Error;
+
+const SCHEMA: &str = include_str!("schema.sql");
+
+/// How long a query waits for a free connection, and a connection for the server to answer:
+/// past these a request fails with `database_unavailable` rather than hang its worker.
+const WAIT_FOR_CONNECTION: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long an instance waits for another that is applying schema versions.
+const SCHEMA_LOCK_SECONDS: u32 = 60;
+
+/// Statements every connection runs first: READ COMMITTED, so that a statement sees what other
+/// instances committed before it (an account a racing instance created is found at once), and
+/// the strict mode both servers default to, stated so a server's setting cannot relax it.
+const SESSION_SETUP: [&str; 2] = [
+    "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+    "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ENGINE_SUBSTITUTION'",
+];
+
+/// The password for the databases this process opens (`database_password`), set once by main
+/// from the configuration before any is opened.
+static PASSWORD: OnceLock<String> = OnceLock::new();
+
+/// One pool per URL: the writer, every worker and the operator's commands share it.
+static POOLS: OnceLock<Mutex<HashMap<String, Pool>>> = OnceLock::new();
+
+pub(in crate::store) fn set_password(password: &str) {
+    let _ = PASSWORD.set(password.to_string());
+}
+
+/// Whether `database` names a MySQL database rather than a SQLite file.
+pub(in crate::store) fn is_url(database: &str) -> bool {
+    database.starts_with("mysql://")
+}
+
+/// The client's options for `url`: `mysql://USER@HOST[:PORT]/DATABASE`, optionally
+/// `?ssl-mode=DISABLED|REQUIRED|VERIFY_CA|VERIFY_IDENTITY` (MySQL's own names; VERIFY_CA and
+/// VERIFY_IDENTITY check the server's certificate against the system's roots, REQUIRED only
+/// encrypts) and `&ssl-ca=PATH` (a CA to verify with instead). Errors never repeat the URL's
+/// password, and a URL that carries one is refused: it would be logged with the configuration.
+pub(in crate::store) fn options(url: &str) -> Result<OptsBuilder, Error> {
+    let refuse = |why: &str| Error::Internal(format!("database: {why}"));
+    let rest = url.strip_prefix("mysql://").ok_or_else(|| refuse("not a mysql:// URL"))?;
+    let (base, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, name) = base
+        .split_once('/')
+        .ok_or_else(|| refuse("the URL names no database (mysql://USER@HOST:PORT/DATABASE)"))?;
+    if name.is_empty() || name.contains('/') {
+        return Err(refuse("the URL names no database (mysql://USER@HOST:PORT/DATABASE)"));
+    }
+    let (user, host) = authority
+        .rsplit_once('@')
+        .ok_or_else(|| refuse("the URL names no user (mysql://USER@HOST:PORT/DATABASE)"))?;
+    if user.contains(':') {
+        return Err(refuse(
+            "put the password in WXAUTH_DATABASE_PASSWORD (database_password), not in the URL",
+        ));
+    }
+    let (host, port) = match host.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
+            (host, port.parse::<u16>().map_err(|_| refuse("the port is not a number"))?)
+        }
+        _ => (host, 3306),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let mut ssl: Option<SslOpts> = None;
+    let mut ca: Option<String> = None;
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match (key, value.to_ascii_uppercase().as_str()) {
+            ("ssl-mode", "DISABLED") => ssl = None,
+            ("ssl-mode", "REQUIRED") => {
+                ssl = Some(
+                    SslOpts::default()
+                        .with_danger_accept_invalid_certs(true)
+                        .with_danger_skip_domain_validation(true),
+                )
+            }
+            ("ssl-mode", "VERIFY_CA") => {
+                ssl = Some(SslOpts::default().with_danger_skip_domain_validation(true))
+            }
+            ("ssl-mode", "VERIFY_IDENTITY") => ssl = Some(SslOpts::default()),
+            ("ssl-ca", _) => ca = Some(value.to_string()),
+            _ => {
+                return Err(refuse(&format!(
+                    "unknown URL parameter `{key}` (ssl-mode=DISABLED|REQUIRED|VERIFY_CA|VERIFY_IDENTITY, ssl-ca=PATH)"
+                )));
+            }
+        }
+    }
+    if let (Some(path), Some(opts)) = (ca, ssl.take()) {
+        ssl = Some(opts.with_root_cert_path(Some(std::path::PathBuf::from(path))));
+    }
+    let password = PASSWORD.get().filter(|password| !password.is_empty());
+    Ok(OptsBuilder::new()
+        .ip_or_hostname(Some(host))
+        .tcp_port(port)
+        .user(Some(user))
+        .pass(password.cloned())
+        .db_name(Some(name))
+        .prefer_socket(false)
+        .tcp_nodelay(true)
+        .tcp_connect_timeout(Some(CONNECT_TIMEOUT))
+        .read_timeout(Some(READ_TIMEOUT))
+        .write_timeout(Some(READ_TIMEOUT))
+        .ssl_opts(ssl)
+        .init(SESSION_SETUP.to_vec())
+        .stmt_cache_size(64)
+        // UPDATE counts the rows it matched, not only those it changed: `register` inserts when
+        // its update matched none.
+        .additional_capabilities(mysql::consts::CapabilityFlags::CLIENT_FOUND_ROWS)
+        .pool_opts(
+            PoolOpts::default()
+                // Connections are made as needed, so a server that is down at one moment costs
+                // only the requests of that moment.
+                .with_constraints(PoolConstraints::new(0, 512).expect("0 <= 512"))
+                // No ping before every query (a round trip each): a connection the server closed
+                // fails its query, is dropped, and reads are tried again on a new one.
+                .with_check_health(false)
+                // Statements stay prepared on each connection between uses.
+                .with_reset_connection(false),
+        ))
+}
+
+/// The pool of the database at `url`, made at its first use in this process.
+pub(in crate::store) fn pool(url: &str) -> Result<Pool, Error> {
+    let pools = POOLS.get_or_init(Default::default);
+    let mut pools = pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(pool) = pools.get(url) {
+        return Ok(pool.clone());
+    }
+    let pool = Pool::new(options(url)?)?;
+    pools.insert(url.to_string(), pool.clone());
+    Ok(pool)
+}
+
+/// How long a query waits for a connection from the pool.
+pub(in crate::store) fn wait_for_connection() -> Duration {
+    WAIT_FOR_CONNECTION
+}
+
+/// Opens the database at `url` and applies the schema versions it lacks, under the server-wide
+/// lock `wxauth_schema` (one instance applies them; the others wait and then find them applied).
+pub(in crate::store) fn open_writer(url: &str) -> Result<(Connection, Vec<u32>), Error> {
+    let connection = Connection::new(pool(url)?);
+    let applied = connection.with(migrate)?;
+    Ok((connection, applied))
+}
+
+pub(in crate::store) fn open_reader(url: &str) -> Result<Connection, Error> {
+    Ok(Connection::new(pool(url)?))
+}
+
+/// The schema's sections, as (version, SQL statements), in order.
+pub(in crate::store) fn schema_versions() -> Vec<(u32, Vec<String>)> {
+    let mut versions: Vec<(u32, String)> = Vec::new();
+    for line in SCHEMA.lines() {
+        if let Some(number) = line.strip_prefix("-- version: ") {
+            let version = number.trim().parse().expect("mysql/schema.sql: bad version line");
+            versions.push((version, String::new()));
+        } else if let Some((_, sql)) = versions.last_mut()
+            && !line.trim_start().starts_with("--")
+        {
+            sql.push_str(line);
+            sql.push('\n');
+        }
+    }
+    versions
+        .into_iter()
+        .map(|(version, sql)| {
+            let statements = sql
+                .split(';')
+                .map(str::trim)
+                .filter(|statement| !statement.is_empty())
+                .map(String::from)
+                .collect();
+            (version, statements)
+        })
+        .collect()
+}
+
+/// The version recorded in `meta`, 0 for a database without wxauth's tables.
+pub(in crate::store) fn recorded_version(conn: &mut mysql::PooledConn) -> mysql::Result<u32> {
+    let tables: Option<i64> = conn.query_first(
+        "SELECT count(*) FROM information_schema.tables \
+         WHERE table_schema = DATABASE() AND table_name = 'meta'",
+    )?;
+    if tables.unwrap_or(0) == 0 {
+        return Ok(0);
+    }
+    let version: Option<String> =
+        conn.query_first("SELECT value FROM meta WHERE `key` = 'schema_version'")?;
+    Ok(version.and_then(|version| version.parse().ok()).unwrap_or(0))
+}
+
+fn migrate(conn: &mut mysql::PooledConn) -> Result<Vec<u32>, Error> {
+    let current = super::super::current_version();
+    let locked: Option<Option<i64>> =
+        conn.exec_first("SELECT GET_LOCK('wxauth_schema', ?)", (SCHEMA_LOCK_SECONDS,))?;
+    if locked.flatten() != Some(1) {
+        return Err(Error::Internal(format!(
+            "database: another instance held the schema lock for {SCHEMA_LOCK_SECONDS} s"
+        )));
+    }
+    let result = (|| {
+        let found = recorded_version(conn)?;
+        if found > current {
+            return Err(Error::Internal(format!(
+                "database has schema version {found}, newer than this wxauth's ({current}): use a newer wxauth"
+            )));
+        }
+        let mut applied = Vec::new();
+        for (version, statements) in schema_versions() {
+            if version <= found {
+                continue;
+            }
+            for statement in &statements {
+                conn.query_drop(statement)?;
+            }
+            conn.exec_drop(
+                "INSERT INTO meta (`key`, value) VALUES ('schema_version', ?) \
+                 ON DUPLICATE KEY UPDATE value = ?",
+                (version.to_string(), version.to_string()),
+            )?;
+            applied.push(version);
+        }
+        Ok(applied)
+    })();
+    let _ = conn.query_drop("DO RELEASE_LOCK('wxauth_schema')");
+    result
+}

@@ -1,0 +1,81 @@
+-- wxauth's schema for MySQL 8.0 and MariaDB >= 10.6, applied by version, in SQL both accept.
+--
+-- Each section starts with a `-- version: N` line; store/mysql/open.rs applies every section
+-- above the version in `meta` (key `schema_version`), under `GET_LOCK('wxauth_schema')` so that
+-- instances starting together apply each once. MySQL commits DDL statement by statement, so a
+-- section is written to be applied again if it was interrupted (`IF NOT EXISTS`). Versions follow
+-- schema.sql's numbers: a MySQL database starts at the version whose tables it first creates, and
+-- a new SQLite version gets its MySQL section here in the same change. Released sections are
+-- never edited. Text compares byte for byte (`utf8mb4_bin`), as SQLite's does.
+
+-- version: 5
+
+-- Small facts: the generated JWT secret (the first instance to start writes it, the others read
+-- it) and the schema version.
+CREATE TABLE IF NOT EXISTS meta (
+    `key`  VARCHAR(64) NOT NULL PRIMARY KEY,
+    value  TEXT NOT NULL
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- One row per person, as schema.sql's accounts at version 5: the same columns, limits and rules.
+CREATE TABLE IF NOT EXISTS accounts (
+    id                     BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    username               VARCHAR(150) NOT NULL CHECK (char_length(username) >= 1),
+    phone                  VARCHAR(20),
+    is_register            TINYINT NOT NULL DEFAULT 0 CHECK (is_register IN (0, 1)),
+    is_staff               TINYINT NOT NULL DEFAULT 0 CHECK (is_staff IN (0, 1)),
+    is_superuser           TINYINT NOT NULL DEFAULT 0 CHECK (is_superuser IN (0, 1)),
+    flag                   BIGINT NOT NULL DEFAULT 1,
+    avatar                 VARCHAR(512),
+    avatar_thumb           VARCHAR(512),
+    birthday               VARCHAR(10) CHECK (birthday IS NULL OR birthday REGEXP '^[0-9]{4}-[0-9]{2}-[0-9]{2}$'),
+    address                VARCHAR(256),
+    member_score           BIGINT NOT NULL DEFAULT 0,
+    credit_score           BIGINT NOT NULL DEFAULT 0,
+    wx_appid               VARCHAR(64) NOT NULL CHECK (char_length(wx_appid) >= 1),
+    wx_openid              VARCHAR(64) NOT NULL CHECK (char_length(wx_openid) >= 1),
+    wx_unionid             VARCHAR(64),
+    wx_nickname            VARCHAR(64),
+    wx_gender              TINYINT NOT NULL DEFAULT 0 CHECK (wx_gender BETWEEN 0 AND 2),
+    wx_avatar              VARCHAR(512),
+    wx_country             VARCHAR(64),
+    wx_province            VARCHAR(64),
+    wx_city                VARCHAR(64),
+    last_ip                VARCHAR(45),
+    join_ip                VARCHAR(45),
+    love_help_num          BIGINT NOT NULL DEFAULT 0,
+    bring_love_concern_num BIGINT NOT NULL DEFAULT 0,
+    last_login             BIGINT,
+    date_joined            BIGINT NOT NULL,
+    token_version          BIGINT NOT NULL DEFAULT 0,
+    disabled_at            BIGINT,
+    -- One account per WeChat identity, across every instance.
+    UNIQUE KEY accounts_wechat_identity (wx_appid, wx_openid)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- The latest jscode2session answer per WeChat identity, as schema.sql's at version 5.
+CREATE TABLE IF NOT EXISTS wechat_sessions (
+    appid         VARCHAR(64) NOT NULL,
+    openid        VARCHAR(128) NOT NULL,
+    unionid       VARCHAR(128),
+    session_key   VARCHAR(255) NOT NULL,
+    created_at    BIGINT NOT NULL,
+    token_version BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (appid, openid)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- The answers of recently exchanged `wx.login` codes, so that a code retried on another instance
+-- gets the first answer (src/codes.rs keeps them in memory when there is one instance). A row is
+-- claimed (`openid` NULL) before WeChat is asked, so a concurrent duplicate waits for the first
+-- exchange; `code_key` is a hash of the appid and the code, never the code. `session_key` is kept
+-- only when the server gives it to clients (`expose_session_key`).
+CREATE TABLE IF NOT EXISTS code_answers (
+    code_key      BINARY(16) NOT NULL PRIMARY KEY,
+    expires_at    BIGINT NOT NULL,
+    claimed_at    BIGINT NOT NULL,
+    openid        VARCHAR(128),
+    unionid       VARCHAR(128),
+    session_key   VARCHAR(255),
+    token_version BIGINT NOT NULL DEFAULT 0,
+    KEY code_answers_expiry (expires_at)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;

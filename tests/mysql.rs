@@ -1,0 +1,293 @@
+//! Several wxauth instances on one MySQL (MariaDB) database, and that database going away: what
+//! needs a real server and more than one process. A target of its own with `test = false`:
+//! `cargo test` leaves it out, `cargo test --test mysql` runs it and FAILS unless
+//! `WXAUTH_TEST_MYSQL` (and `WXAUTH_TEST_MYSQL_DIR` for the restart) name a server that
+//! `.ci/mariadb start` made, so it can never pass by doing nothing.
+
+#[allow(dead_code)]
+#[path = "it/harness.rs"]
+mod harness;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use harness::{FakeProcess, Mysql, TempDir, Wxauth, fresh_code};
+
+/// The tests share one server, which the restart test stops for a while: it holds this for
+/// writing, every other test for reading.
+static SERVER: RwLock<()> = RwLock::new(());
+
+fn shared_server() -> RwLockReadGuard<'static, ()> {
+    SERVER.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Starts the paused server again when dropped, even when the test fails half way.
+struct Resume<'a>(&'a str);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        let _ = mariadb("resume", self.0);
+    }
+}
+
+fn mariadb(action: &str, dir: &str) -> bool {
+    std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/mariadb"))
+        .args([action, dir])
+        .status()
+        .unwrap()
+        .success()
+}
+
+fn mysql() -> Mysql {
+    Mysql::from_env().expect(
+        "WXAUTH_TEST_MYSQL is not set: start a server with `eval \"$(.ci/mariadb start)\"` first",
+    )
+}
+
+/// Two instances on one database (the first one's), each with the rate limit off and the
+/// `open` openid policy, against `wechat` (one fake WeChat both call, as two instances call the
+/// one WeChat) when given, else each in demo mode.
+fn two_instances(wechat: Option<&FakeProcess>) -> (Wxauth, Wxauth) {
+    let mysql = mysql();
+    let dir = TempDir::new();
+    let url = mysql.create_database(&dir.database_name());
+    let mut env = vec![("WXAUTH_OPENID_LOGIN", "open".to_string())];
+    if let Some(fake) = wechat {
+        env.push(("WXAUTH_WECHAT_APPID", "wxmysqltest000001".into()));
+        env.push(("WXAUTH_WECHAT_SECRET", "mysql-test-app-secret".into()));
+        env.push(("WXAUTH_WECHAT_BASE_URL", fake.url.clone()));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(name, value)| (*name, value.as_str())).collect();
+    let first = Wxauth::start_in(dir, &env);
+    let mut second_env = env.clone();
+    second_env.push(("WXAUTH_DATABASE", url.as_str()));
+    let second = Wxauth::start(&second_env);
+    (first, second)
+}
+
+#[test]
+fn racing_first_logins_on_two_instances_make_one_account() {
+    let _shared = shared_server();
+    let (first, second) = two_instances(None);
+    let openid = first.openid_for(&fresh_code("race"))["openid"].as_str().unwrap().to_string();
+    let ids = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for index in 0..64 {
+            let server = if index % 2 == 0 { &first } else { &second };
+            let (openid, ids) = (&openid, &ids);
+            scope.spawn(move || {
+                let answer = server.post("login", &json!({ "openid": openid }));
+                ids.lock().unwrap().push(answer.result()["account"]["id"].as_i64().unwrap());
+            });
+        }
+    });
+    let ids: HashSet<i64> = ids.into_inner().unwrap().into_iter().collect();
+    assert_eq!(ids.len(), 1, "one account for 64 racing logins: {ids:?}");
+    let count: i64 = first
+        .database()
+        .query_row("SELECT count(*) FROM accounts WHERE wx_openid = ?1", [&openid], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    assert_eq!(count, 1);
+}
+
+#[test]
+fn a_code_retried_on_the_other_instance_gets_the_first_answer() {
+    let _shared = shared_server();
+    let fake = FakeProcess::start();
+    let (first, second) = two_instances(Some(&fake));
+    let code = fresh_code("retried");
+    let answer = first.get(&format!("get_openid_by_code?code={code}"));
+    let again = second.get(&format!("get_openid_by_code?code={code}"));
+    assert_eq!(again.result()["openid"], answer.result()["openid"], "{again:?}");
+    assert_eq!(again.result()["account"], answer.result()["account"]);
+}
+
+#[test]
+fn a_session_recorded_by_one_instance_lets_the_other_apply_the_openid_policy() {
+    let _shared = shared_server();
+    let fake = FakeProcess::start();
+    let (first, second) = two_instances(Some(&fake));
+    // Under `recent_code` on the second instance: it never saw the code, the database did.
+    drop(second);
+    let url = mysql().url(&first.dir.database_name());
+    let second = Wxauth::start(&[
+        ("WXAUTH_DATABASE", url.as_str()),
+        ("WXAUTH_WECHAT_APPID", "wxmysqltest000001"),
+        ("WXAUTH_WECHAT_SECRET", "mysql-test-app-secret"),
+        ("WXAUTH_WECHAT_BASE_URL", fake.url.as_str()),
+    ]);
+    let openid = first.get(&format!("get_openid_by_code?code={}", fresh_code("policy")));
+    let openid = openid.result()["openid"].clone();
+    let login = second.post("login", &json!({ "openid": openid }));
+    assert_eq!(login.result()["account"]["wx_openid"], openid);
+    // Logout on one instance revokes the token on the other.
+    let token = login.result()["token"].as_str().unwrap().to_string();
+    let authorization = format!("jwt {token}");
+    first.post_with("logout", &json!({}), &[("Authorization", &authorization)]).result();
+    second
+        .post_with("login", &json!({}), &[("Authorization", &authorization)])
+        .assert_error(403, "token_revoked");
+}
+
+#[test]
+fn a_killed_instance_loses_no_acknowledged_registration() {
+    let _shared = shared_server();
+    let (first, mut second) = two_instances(None);
+    let register = second.url("register");
+    let acknowledged = Mutex::new(Vec::new());
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for worker in 0..8 {
+            let (register, acknowledged, stop) = (&register, &acknowledged, &stop);
+            scope.spawn(move || {
+                let agent = harness::agent();
+                for round in 0.. {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let openid = format!("killed-{worker}-{round}");
+                    let body = json!({ "openid": openid, "phone": "13800138000" });
+                    // The kill cuts requests off half way: only an answered 200 counts.
+                    let request = ureq::http::Request::builder()
+                        .method("POST")
+                        .uri(register.as_str())
+                        .header("Content-Type", "application/json")
+                        .body(body.to_string().into_bytes())
+                        .unwrap();
+                    match agent.run(request) {
+                        Ok(answer) if answer.status() == 200 => {
+                            acknowledged.lock().unwrap().push(openid)
+                        }
+                        _ => break,
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &second.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        stop.store(true, Ordering::SeqCst);
+    });
+    let _ = second.child.wait();
+    let acknowledged = acknowledged.into_inner().unwrap();
+    assert!(acknowledged.len() > 20, "only {} registrations before the kill", acknowledged.len());
+    for openid in &acknowledged {
+        let answer = first.get(&format!("is_openid_registered?openid={openid}"));
+        assert_eq!(answer.result()["is_registered"], true, "{openid} was acknowledged");
+    }
+}
+
+#[test]
+fn a_database_restart_under_load_recovers_without_restarting_wxauth() {
+    let dir = std::env::var("WXAUTH_TEST_MYSQL_DIR")
+        .expect("WXAUTH_TEST_MYSQL_DIR: the directory `.ci/mariadb start` made");
+    let _alone = SERVER.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (first, _second) = two_instances(None);
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let refused = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|worker| {
+            let (acknowledged, refused, stop) =
+                (acknowledged.clone(), refused.clone(), stop.clone());
+            let url = first.url("register");
+            std::thread::spawn(move || {
+                let agent = harness::agent();
+                for round in 0.. {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let openid = format!("restart-{worker}-{round}");
+                    let body = json!({ "openid": openid, "phone": "13800138000" });
+                    let answer =
+                        harness::send(&agent, "POST", &url, &[], Some(body.to_string().as_bytes()));
+                    match answer.status {
+                        200 => acknowledged.lock().unwrap().push(openid),
+                        _ => refused.lock().unwrap().push(answer),
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(mariadb("pause", &dir));
+    let resume = Resume(&dir);
+    // Down: what needs the database is refused with 503, the rest answers.
+    first.get("is_openid_registered?openid=anyone").assert_error(503, "database_unavailable");
+    let ready =
+        harness::send(&harness::agent(), "GET", &format!("{}/readyz", first.base), &[], None);
+    assert_eq!(ready.status, 503, "{ready:?}");
+    let health =
+        harness::send(&harness::agent(), "GET", &format!("{}/healthz", first.base), &[], None);
+    assert_eq!(health.status, 200, "{health:?}");
+    drop(resume);
+    // Back: service resumes by itself.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let before = acknowledged.lock().unwrap().len();
+    while acknowledged.lock().unwrap().len() < before + 20 {
+        assert!(Instant::now() < deadline, "registrations did not resume");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for thread in load {
+        thread.join().unwrap();
+    }
+    for answer in refused.lock().unwrap().iter() {
+        answer.assert_error(503, "database_unavailable");
+    }
+    let ready =
+        harness::send(&harness::agent(), "GET", &format!("{}/readyz", first.base), &[], None);
+    assert_eq!(ready.status, 200, "{ready:?}");
+    for openid in acknowledged.lock().unwrap().iter() {
+        let answer = first.get(&format!("is_openid_registered?openid={openid}"));
+        assert_eq!(answer.result()["is_registered"], true, "{openid} was acknowledged");
+    }
+}
+
+#[test]
+fn instances_starting_together_apply_the_schema_once_and_share_one_jwt_secret() {
+    let _shared = shared_server();
+    let mysql = mysql();
+    let dir = TempDir::new();
+    let url = mysql.create_database(&dir.database_name());
+    let servers: Vec<Wxauth> = std::thread::scope(|scope| {
+        let starting: Vec<_> = (0..4)
+            .map(|_| {
+                let url = url.clone();
+                scope.spawn(move || {
+                    Wxauth::start(&[
+                        ("WXAUTH_DATABASE", url.as_str()),
+                        ("WXAUTH_OPENID_LOGIN", "open"),
+                    ])
+                })
+            })
+            .collect();
+        starting.into_iter().map(|thread| thread.join().unwrap()).collect()
+    });
+    let applied =
+        servers.iter().filter(|server| server.stderr().contains("applied schema versions")).count();
+    assert_eq!(applied, 1, "one instance applies the schema: {}", servers[0].stderr());
+    // A token any instance issues is good on every other: one generated secret.
+    let (_, login) = servers[0].login_as("shared-secret");
+    let authorization = format!("jwt {}", login["token"].as_str().unwrap());
+    for server in &servers[1..] {
+        let answer = server.post_with("login", &json!({}), &[("Authorization", &authorization)]);
+        assert_eq!(answer.result()["account"]["id"], login["account"]["id"]);
+    }
+    let secrets: i64 = mysql
+        .snapshot(&dir.database_name())
+        .query_row("SELECT count(*) FROM meta WHERE key = 'jwt_secret'", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(secrets, 1);
+    drop(servers);
+    drop(dir);
+}
