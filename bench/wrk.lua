@@ -2,6 +2,8 @@
 --
 --   plain                     GET the URL's path (the baseline's /fixed)
 --   select N                  GET /select?openid=oBaseK, K random below N (the baseline's rows)
+--   insert TAG                GET /insert?openid=oI<TAG>t<thread>n<counter> (the baseline's one
+--                             INSERT, on MySQL)
 --   registered PREFIX N       GET PREFIXis_openid_registered?openid=oSeedK, K random below N
 --   token PREFIX TOKEN        POST PREFIXlogin {} with Authorization: jwt TOKEN
 --   register PREFIX TAG       POST PREFIXregister with a typed phone and an openid never sent
@@ -43,6 +45,8 @@ function init(args)
    elseif mode == "token" then
       plain_request = wrk.format("POST", prefix .. "login",
          { ["Content-Type"] = "application/json", ["Authorization"] = "jwt " .. argument }, "{}")
+   elseif mode == "insert" then
+      argument = prefix
    elseif mode == "register" or mode == "openid" then
       post_head = "POST " .. prefix .. (mode == "register" and "register" or "login")
          .. " HTTP/1.1\r\nHost: " .. wrk.headers["Host"]
@@ -58,6 +62,9 @@ function request()
       return plain_request
    elseif mode == "select" then
       return get_head .. "/select?openid=oBase" .. math.random(0, argument - 1) .. get_tail
+   elseif mode == "insert" then
+      return get_head .. "/insert?openid=oI" .. argument .. "t" .. thread_number .. "n" .. counter
+         .. get_tail
    elseif mode == "registered" then
       return get_head .. prefix .. "is_openid_registered?openid=oSeed"
          .. math.random(0, argument - 1) .. get_tail
