@@ -291,3 +291,30 @@ fn instances_starting_together_apply_the_schema_once_and_share_one_jwt_secret() 
     drop(servers);
     drop(dir);
 }
+
+/// `?ssl-mode=REQUIRED` makes the connections TLS: the server's `wxauth_tls` user (`.ci/mariadb`)
+/// may connect only so, and a server without the parameter cannot start as that user.
+#[test]
+fn a_url_asking_for_tls_connects_over_tls() {
+    let _shared = shared_server();
+    let mysql = mysql();
+    let dir = TempDir::new();
+    mysql.create_database(&dir.database_name());
+    let tls_user = mysql.server.replacen("mysql://wxauth@", "mysql://wxauth_tls@", 1);
+    let url = format!("{tls_user}/{}", dir.database_name());
+
+    let plain = harness::refused_start(
+        &dir,
+        &[("WXAUTH_DATABASE", url.as_str()), ("WXAUTH_DATABASE_PASSWORD", mysql.password.as_str())],
+    );
+    assert_eq!(plain.0.code(), Some(1), "{plain:?}");
+    assert!(!plain.2.contains(&mysql.password), "the password is never shown: {}", plain.2);
+
+    let url = format!("{url}?ssl-mode=REQUIRED");
+    let server = Wxauth::start(&[("WXAUTH_DATABASE", url.as_str())]);
+    let (_, login) = server.login_as("over-tls");
+    assert!(login["account"]["id"].as_i64().unwrap() > 0);
+    let ready =
+        harness::send(&harness::agent(), "GET", &format!("{}/readyz", server.base), &[], None);
+    assert_eq!(ready.status, 200, "{ready:?}");
+}

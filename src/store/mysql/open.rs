@@ -102,8 +102,8 @@ pub(in crate::store) fn options(url: &str) -> Result<OptsBuilder, Error> {
             }
         }
     }
-    if let (Some(path), Some(opts)) = (ca, ssl.take()) {
-        ssl = Some(opts.with_root_cert_path(Some(std::path::PathBuf::from(path))));
+    if let Some(path) = ca {
+        ssl = ssl.map(|opts| opts.with_root_cert_path(Some(std::path::PathBuf::from(path))));
     }
     let password = PASSWORD.get().filter(|password| !password.is_empty());
     Ok(OptsBuilder::new()
@@ -242,4 +242,59 @@ fn migrate(conn: &mut mysql::PooledConn) -> Result<Vec<u32>, Error> {
     })();
     let _ = conn.query_drop("DO RELEASE_LOCK('wxauth_schema')");
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(url: &str) -> String {
+        match options(url) {
+            Ok(_) => panic!("{url} accepted"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn urls_name_a_user_a_host_and_a_database_and_never_a_password() {
+        let opts = mysql::Opts::from(options("mysql://wxauth@db.internal:3307/accounts").unwrap());
+        assert_eq!(opts.get_user(), Some("wxauth"));
+        assert_eq!(opts.get_ip_or_hostname(), "db.internal");
+        assert_eq!(opts.get_tcp_port(), 3307);
+        assert_eq!(opts.get_db_name(), Some("accounts"));
+        assert!(opts.get_ssl_opts().is_none(), "no TLS unless asked");
+        let opts = mysql::Opts::from(options("mysql://wxauth@127.0.0.1/accounts").unwrap());
+        assert_eq!(opts.get_tcp_port(), 3306);
+
+        let refused = refusal("mysql://wxauth:hunter22@db/accounts");
+        assert!(refused.contains("WXAUTH_DATABASE_PASSWORD"), "{refused}");
+        assert!(!refused.contains("hunter22"), "the password is not repeated: {refused}");
+        assert!(refusal("mysql://db:3306/accounts").contains("no user"));
+        assert!(refusal("mysql://wxauth@db:3306").contains("no database"));
+        assert!(refusal("mysql://wxauth@db:port/accounts").contains("port"));
+        assert!(refusal("mysql://wxauth@db/accounts?sslmode=on").contains("`sslmode`"));
+    }
+
+    #[test]
+    fn tls_is_used_when_the_url_asks_for_it() {
+        let tls = |url: &str| mysql::Opts::from(options(url).unwrap()).get_ssl_opts().cloned();
+        let required = tls("mysql://u@db/a?ssl-mode=REQUIRED").expect("TLS");
+        assert!(required.accept_invalid_certs() && required.skip_domain_validation());
+        let verify_ca = tls("mysql://u@db/a?ssl-mode=verify_ca").expect("TLS");
+        assert!(!verify_ca.accept_invalid_certs() && verify_ca.skip_domain_validation());
+        let identity = tls("mysql://u@db/a?ssl-mode=VERIFY_IDENTITY&ssl-ca=/etc/ca.pem").unwrap();
+        assert!(!identity.accept_invalid_certs() && !identity.skip_domain_validation());
+        assert_eq!(identity.root_cert_path(), Some(std::path::Path::new("/etc/ca.pem")));
+        assert!(tls("mysql://u@db/a?ssl-mode=DISABLED").is_none());
+    }
+
+    /// A MySQL database reaches the version the SQLite schema is at: each new schema.sql version
+    /// gets its mysql/schema.sql section in the same change.
+    #[test]
+    fn the_mysql_schema_reaches_the_current_version() {
+        let versions: Vec<u32> = schema_versions().iter().map(|(version, _)| *version).collect();
+        assert_eq!(versions.last(), Some(&crate::store::current_version()));
+        assert!(versions.windows(2).all(|pair| pair[0] < pair[1]), "{versions:?}");
+        assert!(schema_versions().iter().all(|(_, statements)| !statements.is_empty()));
+    }
 }
