@@ -42,6 +42,27 @@ fn mariadb(action: &str, dir: &str) -> bool {
         .success()
 }
 
+/// Registers `openid` with a typed phone through `url`: the answer, or `None` when none came
+/// (the server died during the request).
+fn try_register(agent: &ureq::Agent, url: &str, openid: &str) -> Option<harness::Answer> {
+    let body = json!({ "openid": openid, "phone": "13800138000" }).to_string();
+    let request = ureq::http::Request::builder()
+        .method("POST")
+        .uri(url)
+        .header("Content-Type", "application/json")
+        .body(body.into_bytes())
+        .unwrap();
+    let mut response = agent.run(request).ok()?;
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_str().unwrap_or("").to_string()))
+        .collect();
+    let text = response.body_mut().read_to_string().ok()?;
+    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    Some(harness::Answer { status: response.status().as_u16(), body, headers })
+}
+
 fn mysql() -> Mysql {
     Mysql::from_env().expect(
         "WXAUTH_TEST_MYSQL is not set: start a server with `eval \"$(.ci/mariadb start)\"` first",
@@ -152,16 +173,9 @@ fn a_killed_instance_loses_no_acknowledged_registration() {
                         break;
                     }
                     let openid = format!("killed-{worker}-{round}");
-                    let body = json!({ "openid": openid, "phone": "13800138000" });
                     // The kill cuts requests off half way: only an answered 200 counts.
-                    let request = ureq::http::Request::builder()
-                        .method("POST")
-                        .uri(register.as_str())
-                        .header("Content-Type", "application/json")
-                        .body(body.to_string().into_bytes())
-                        .unwrap();
-                    match agent.run(request) {
-                        Ok(answer) if answer.status() == 200 => {
+                    match try_register(&agent, register, &openid) {
+                        Some(answer) if answer.status == 200 => {
                             acknowledged.lock().unwrap().push(openid)
                         }
                         _ => break,
@@ -207,9 +221,7 @@ fn a_database_restart_under_load_recovers_without_restarting_wxauth() {
                         break;
                     }
                     let openid = format!("restart-{worker}-{round}");
-                    let body = json!({ "openid": openid, "phone": "13800138000" });
-                    let answer =
-                        harness::send(&agent, "POST", &url, &[], Some(body.to_string().as_bytes()));
+                    let answer = try_register(&agent, &url, &openid).expect("wxauth answers");
                     match answer.status {
                         200 => acknowledged.lock().unwrap().push(openid),
                         _ => refused.lock().unwrap().push(answer),
