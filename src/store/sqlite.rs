@@ -253,10 +253,9 @@ macro_rules! registration_set {
 /// By openid, an update of the account, and an insert only when the update found none: not an
 /// `INSERT … ON CONFLICT DO UPDATE`, which spends an AUTOINCREMENT id at every registration of an
 /// existing account (see `login_account`, which also says why nothing can come in between). Then
-/// the read back, in the same write: this runs on the writer thread, which every durable write
-/// waits for, and a login, then an update, then the read cost 6.5k more instructions per
-/// registration (bench/profile). Not `RETURNING`, which SQLite buffers through an ephemeral
-/// table: 8.6k more than this.
+/// the read back, in the same write, with a plain `SELECT`: this runs on the writer thread, which
+/// every durable write waits for, so the registration is one statement that writes, not a login
+/// then an update; and not `RETURNING`, which SQLite buffers through an ephemeral table.
 pub(super) fn register(
     connection: &Connection,
     known_id: Option<i64>,
