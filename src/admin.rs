@@ -274,18 +274,34 @@ fn list(
 }
 
 fn show(connection: &Connection, who: &str, out: &mut dyn Write) -> Result<(), Fatal> {
-    write_account(&find(connection, who)?, out)
+    let account = find(connection, who)?;
+    write_account(&account, &store::identities_of(connection, account.id)?, out)
 }
 
 /// The account as JSON: the API's account object, and after its fields `disabled_at` (as account
-/// times are written) when it is disabled, which the API never shows.
-fn write_account(account: &Account, out: &mut dyn Write) -> Result<(), Fatal> {
+/// times are written) when it is disabled, which the API never shows, and `identities`, every
+/// WeChat identity of the account (`appid` and `openid`; one per mini-program it has used).
+fn write_account(
+    account: &Account,
+    identities: &[(String, String)],
+    out: &mut dyn Write,
+) -> Result<(), Fatal> {
     let mut text = serde_json::to_string_pretty(account)
         .map_err(|error| Fatal::Other(format!("cannot show account {}: {error}", account.id)))?;
     if let Some(at) = account.disabled_at
         && let Some(fields) = text.strip_suffix("\n}")
     {
         text = format!("{fields},\n  \"disabled_at\": \"{}\"\n}}", time::format_datetime(at));
+    }
+    let identities: Vec<serde_json::Value> = identities
+        .iter()
+        .map(|(appid, openid)| serde_json::json!({"appid": appid, "openid": openid}))
+        .collect();
+    if let Some(fields) = text.strip_suffix("\n}") {
+        let listed = serde_json::to_string_pretty(&identities).map_err(|error| {
+            Fatal::Other(format!("cannot show account {}: {error}", account.id))
+        })?;
+        text = format!("{fields},\n  \"identities\": {}\n}}", listed.replace('\n', "\n  "));
     }
     writeln!(out, "{text}").map_err(write_failed)
 }
@@ -350,7 +366,7 @@ fn find(connection: &Connection, who: &str) -> Result<Account, Fatal> {
         _ => {
             let ids: Vec<String> = accounts.iter().map(|account| account.id.to_string()).collect();
             Err(Fatal::Other(format!(
-                "openid `{who}` has an account in each of several mini-programs (ids {}): name one by id",
+                "openid `{who}` names several accounts (ids {}): name one by id",
                 ids.join(", ")
             )))
         }
@@ -447,12 +463,13 @@ fn change_account<T>(
 }
 
 fn set(config: &Config, who: &str, edits: &[Edit], out: &mut dyn Write) -> Result<(), Fatal> {
-    let (_, after) = change_account(config, who, |connection, account| {
+    let (_, (after, identities)) = change_account(config, who, |connection, account| {
         store::update_account(connection, account.id, edits)?;
-        store::account_by_id(connection, account.id)?
-            .ok_or_else(|| Error::Internal(format!("account {} vanished", account.id)))
+        let after = store::account_by_id(connection, account.id)?
+            .ok_or_else(|| Error::Internal(format!("account {} vanished", account.id)))?;
+        Ok((after, store::identities_of(connection, account.id)?))
     })?;
-    write_account(&after, out)
+    write_account(&after, &identities, out)
 }
 
 fn revoke(config: &Config, who: &str, out: &mut dyn Write) -> Result<(), Fatal> {

@@ -590,16 +590,7 @@ fn serve(config_path: Option<String>) -> Result<(), Fatal> {
     } else {
         None
     };
-    let (appid, secret, base_url) = match &demo {
-        Some(fake) => {
-            (config::DEMO_APPID.to_string(), random_hex(16)?, format!("http://{}", fake.address))
-        }
-        None => (
-            config.wechat.appid.clone(),
-            config.wechat.secret.clone(),
-            config.wechat.base_url.clone(),
-        ),
-    };
+    let apps = apps(&config, demo.as_ref())?;
 
     let (connection, applied) = store::open_writer(&config.database, store::Opener::Server)?;
     let jwt_secret = if config.jwt.secret.is_empty() {
@@ -615,9 +606,8 @@ fn serve(config_path: Option<String>) -> Result<(), Fatal> {
 
     let shared = Arc::new(server::Shared::new(
         config.clone(),
-        wechat::WeChat::new(&config.wechat, &appid, &secret, &base_url),
+        apps,
         codes::RecentCodes::new(config.expose_session_key),
-        ratelimit::RateLimiter::new(),
         api::Keys::new(&jwt_secret, &config.jwt.previous_secrets),
     ));
     let running = server::start(server, shared.clone(), &writer, readers)?;
@@ -638,6 +628,15 @@ fn serve(config_path: Option<String>) -> Result<(), Fatal> {
             format!(" (applied schema versions {applied:?})")
         },
     ));
+    for app in &shared.apps[1..] {
+        log::info(&format!(
+            "app {} (appid {}) serving {} with tokens for audience {}",
+            app.name,
+            app.wechat.appid(),
+            app.prefix,
+            app.audience
+        ));
+    }
     // Key ids are public (every token names its key) and let an operator check a rotation.
     let kids = shared.keys.kids();
     log::info(&format!(
@@ -693,6 +692,50 @@ fn serve(config_path: Option<String>) -> Result<(), Fatal> {
     }
     log::info("stopped");
     Ok(())
+}
+
+/// The apps to serve, the default first: each with its own WeChat client (in demo mode against
+/// the fake, with a demo appid of its own and a throwaway secret) and rate-limit buckets.
+fn apps(
+    config: &config::Config,
+    demo: Option<&fake_wechat::FakeWeChat>,
+) -> Result<Vec<api::App>, Fatal> {
+    let default = (
+        config::DEFAULT_APP.to_string(),
+        &config.wechat.appid,
+        &config.wechat.secret,
+        &config.prefix,
+        &config.jwt.audience,
+    );
+    let named = config
+        .apps
+        .iter()
+        .map(|(name, app)| (name.clone(), &app.appid, &app.secret, &app.prefix, &app.audience));
+    let mut apps = Vec::new();
+    for (slot, (name, appid, secret, prefix, audience)) in
+        std::iter::once(default).chain(named).enumerate()
+    {
+        let client = match demo {
+            Some(fake) => wechat::WeChat::new(
+                slot,
+                &config.wechat,
+                &config::Config::demo_appid(&name),
+                &random_hex(16)?,
+                &format!("http://{}", fake.address),
+            ),
+            None => {
+                wechat::WeChat::new(slot, &config.wechat, appid, secret, &config.wechat.base_url)
+            }
+        };
+        apps.push(api::App {
+            name,
+            prefix: prefix.clone(),
+            audience: audience.clone(),
+            wechat: client,
+            limiter: ratelimit::RateLimiter::new(),
+        });
+    }
+    Ok(apps)
 }
 
 /// Reads the configuration again as at start (the same file, the same environment), puts the

@@ -22,9 +22,13 @@
 //! (`synchronous = FULL`), many of them sharing one fsync; `run_visible` writes (a WeChat
 //! session) are answered once committed, and login bookkeeping (`note_login`, written at the start
 //! of the next group) is not waited for; both reach the disk with the next fsync or checkpoint.
-//! One account per WeChat identity is a unique index. The writer, the only connection that creates
-//! accounts, looks an identity up and inserts only when it has none, in its transaction: an
-//! `INSERT … ON CONFLICT` on the AUTOINCREMENT table would spend an id at every login.
+//! One account per WeChat identity: an identity (appid, openid) is the primary key of
+//! `identities`, which names its account; one account may have an identity in each app. The
+//! writer, the only connection that creates accounts and identities, looks an identity up and
+//! inserts only when it has none, in its transaction (an `INSERT … ON CONFLICT` on the
+//! AUTOINCREMENT table would spend an id at every login); a new identity whose WeChat session gave
+//! a unionid an account has joins that account, so two apps' first logins of one person, two jobs
+//! of the one writer, make one account.
 //!
 //! With SQLite, a connection that writes opens only a file that is safely wxauth's
 //! (`open_read_write`): a regular file of its user, writable by nobody else, reached through no
@@ -139,6 +143,10 @@ account! {
             /// When an operator disabled the account (`wxauth users disable`), `None` while it is
             /// enabled. Not part of the account object: the API answers `account_disabled`.
             disabled_at: Option<i64>,
+            /// The appid of the identity that made the account (with `wx_openid`, the original
+            /// backend's fields). Not part of the account object: an answer through an app shows
+            /// that app's openid in `wx_openid` (`openid_in_app`).
+            wx_appid: String,
         }
     }
 }
@@ -350,8 +358,8 @@ queries! {
     fn wechat_session(appid: &str, openid: &str) -> Option<RecordedSession>;
     /// Records a `jscode2session` answer.
     fn save_wechat_session(appid: &str, openid: &str, session: &WechatSession) -> ();
-    /// The account id for a WeChat identity, with this login's bookkeeping; creates the account
-    /// if there is none.
+    /// The account id for a WeChat identity, with this login's bookkeeping; an identity without
+    /// an account joins the account of its session's unionid, or else gets a new account.
     fn login_account(appid: &str, openid: &str, ip: &str, now: i64) -> i64;
     /// Applies the fields of `profile` that are present.
     fn update_profile(id: i64, profile: &Profile) -> ();
@@ -365,6 +373,10 @@ queries! {
         now: i64,
         registration: &Registration
     ) -> Option<Account>;
+    /// The openid account `id` has in mini-program `appid`, if it has an identity there.
+    fn openid_in_app(id: i64, appid: &str) -> Option<String>;
+    /// Every identity of account `id`, as (appid, openid), by appid.
+    fn identities_of(id: i64) -> Vec<(String, String)>;
     /// Revokes every token issued to the account so far; false when there is no such account.
     fn revoke_tokens(id: i64) -> bool;
     /// Login bookkeeping: when and from where.

@@ -347,11 +347,11 @@ fn migrate_upgrades_an_old_database_and_then_says_it_is_current() {
     let environment = [("WXAUTH_DATABASE", "wxauth.db")];
 
     run_in(&dir.0, &["users", "list"], &environment)
-        .failure("has schema version 1, this wxauth needs 5: run `wxauth migrate` first");
+        .failure("has schema version 1, this wxauth needs 6: run `wxauth migrate` first");
     let applied = run_in(&dir.0, &["migrate"], &environment);
-    assert_eq!(applied.success(), "wxauth.db: applied schema versions 2, 3, 4, 5\n");
+    assert_eq!(applied.success(), "wxauth.db: applied schema versions 2, 3, 4, 5, 6\n");
     let current = run_in(&dir.0, &["migrate"], &environment);
-    assert_eq!(current.success(), "wxauth.db: schema is current (version 5)\n");
+    assert_eq!(current.success(), "wxauth.db: schema is current (version 6)\n");
     // Regression: the docs promised `DATABASE: applied schema version N` for several versions.
     let help = run_in(&dir.0, &["migrate", "--help"], &[]);
     let operations = include_str!("../../docs/operations.md");
@@ -363,7 +363,7 @@ fn migrate_upgrades_an_old_database_and_then_says_it_is_current() {
     }
     let database = rusqlite::Connection::open(dir.0.join("wxauth.db")).unwrap();
     let version: u32 = database.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
     let list = run_in(&dir.0, &["users", "list"], &environment);
     assert!(list.success().contains("oFixtureRegistered0000000001"), "{list:#?}");
 
@@ -371,7 +371,7 @@ fn migrate_upgrades_an_old_database_and_then_says_it_is_current() {
     database.execute_batch("PRAGMA user_version = 99").unwrap();
     drop(database);
     run_in(&dir.0, &["migrate"], &environment)
-        .failure("database wxauth.db has schema version 99, newer than this wxauth's (5)");
+        .failure("database wxauth.db has schema version 99, newer than this wxauth's (6)");
     run_in(&dir.0, &["users", "show", "1"], &environment).failure("newer than this wxauth's");
 }
 
@@ -422,7 +422,7 @@ fn commands_that_write_refuse_a_database_file_that_is_not_safely_theirs() {
     std::os::unix::fs::chown(&database, Some(service), Some(service)).unwrap();
     assert_eq!(
         run_in(&dir.0, &["migrate"], &environment).success(),
-        "wxauth.db: applied schema versions 2, 3, 4, 5\n"
+        "wxauth.db: applied schema versions 2, 3, 4, 5, 6\n"
     );
     for name in dir.names() {
         assert_eq!(std::fs::metadata(dir.0.join(&name)).unwrap().uid(), service, "{name}");
@@ -467,11 +467,14 @@ fn users_list_and_show_read_the_served_database() {
 
     // show: the API's account object, by id or by openid, and nothing secret.
     let id = alice_account["id"].to_string();
-    let by_id: Value =
+    let mut by_id: Value =
         serde_json::from_str(run_on(&server, &["users", "show", &id]).success()).unwrap();
     let by_openid: Value =
         serde_json::from_str(run_on(&server, &["users", "show", &alice]).success()).unwrap();
     assert_eq!(by_id, by_openid);
+    // After the fields, every identity of the account: here the one app's.
+    let identities = by_id.as_object_mut().unwrap().remove("identities");
+    assert_eq!(identities, Some(json!([{"appid": "wxdemo", "openid": alice}])));
     assert_eq!(by_id, alice_account, "the same object the API answered");
     assert!(by_id.get("token_version").is_none() && by_id.get("session_key").is_none());
 
@@ -612,6 +615,8 @@ fn users_export_csv_quotes_and_matches_the_database() {
         .lines()
         .filter_map(|line| line.strip_prefix("  \"").and_then(|rest| rest.split('"').next()))
         .map(str::to_string)
+        // After the fields, `users show` lists the account's identities, which are no field.
+        .filter(|key| key != "identities")
         .collect();
     assert_eq!(fields, shown_keys);
     let api_fields: BTreeSet<&str> =
@@ -693,9 +698,10 @@ fn users_export_json_is_one_array_of_account_objects_matching_the_database() {
     assert_eq!(accounts[7]["wx_nickname"], "-2");
     assert_eq!(accounts[8]["wx_nickname"], "@SUM(A1)");
     assert_eq!(accounts[1]["phone"], "+8613800000000");
-    let shown: Value =
+    let mut shown: Value =
         serde_json::from_str(run_on(&server, &["users", "show", &inserted[7].0]).success())
             .unwrap();
+    shown.as_object_mut().unwrap().remove("identities");
     assert_eq!(accounts[8], shown);
 
     // An empty database exports an empty array and a bare header.
@@ -743,7 +749,7 @@ fn backup_of_a_serving_database_is_complete_and_verified() {
     assert!(after > before, "no write completed while the backup ran ({before} → {after})");
     let text = run.success();
     assert!(text.starts_with(&format!("wrote {}: a copy of ", copy.display())), "{text}");
-    assert!(text.contains("schema version 5"), "{text}");
+    assert!(text.contains("schema version 6"), "{text}");
     assert!(text.ends_with("integrity_check ok\n"), "{text}");
 
     let backup = rusqlite::Connection::open(&copy).unwrap();
@@ -809,7 +815,9 @@ fn the_commands_that_read_work_on_a_read_only_file_system() {
     let lines: Vec<&str> = list.success().lines().collect();
     assert!(lines[1].contains(&openid), "{list:#?}");
     assert_eq!(lines[2], "accounts 1 to 1 of 1");
-    let shown: Value = serde_json::from_str(run(&["users", "show", &openid]).success()).unwrap();
+    let mut shown: Value =
+        serde_json::from_str(run(&["users", "show", &openid]).success()).unwrap();
+    shown.as_object_mut().unwrap().remove("identities");
     assert_eq!(shown, account);
     let exported = run(&["users", "export", "--format", "csv"]);
     assert_eq!(parse_csv(exported.success()).len(), 2, "{exported:#?}");

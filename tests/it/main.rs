@@ -6,6 +6,7 @@ mod harness;
 
 mod admin;
 mod api;
+mod apps;
 mod cli;
 mod demo;
 mod faults;
