@@ -1,6 +1,7 @@
 //! WeChat's server API as wxauth uses it: `jscode2session`, `stable_token` and
 //! `getuserphonenumber`, and the fake WeChat's helpers for the demo page. The only file that talks
-//! HTTP to WeChat (the only user of ureq).
+//! HTTP to WeChat (the only user of ureq). Each app (mini-program) has a `WeChat` of its own: its
+//! appid and secret, its access token and its bound on calls in flight.
 //!
 //! Every call has a connect and a total timeout; connections are kept alive and reused, and the
 //! host's address is resolved once a minute, not per call (`CachingResolver`). WeChat
