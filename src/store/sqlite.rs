@@ -179,9 +179,9 @@ pub(super) fn save_wechat_session(
 }
 
 /// The account id for a WeChat identity, with this login's bookkeeping (`last_login`,
-/// `last_ip`) set. An identity without an account joins the account of the unionid its WeChat
-/// session gave (`account_to_join`), or else gets a new account (not registered, username =
-/// openid, joined now from `ip`).
+/// `last_ip`) set. An identity without an account takes the account made with it, or joins the
+/// account of the unionid its WeChat session gave (`account_to_adopt`), or else gets a new
+/// account (not registered, username = openid, joined now from `ip`).
 ///
 /// Looks the account up first and inserts only when there is none: an `INSERT … ON CONFLICT` on
 /// the AUTOINCREMENT table spends an id at every login of an existing account, and ids are seen by
@@ -202,7 +202,7 @@ pub(super) fn login_account(
         touch_login(connection, id, ip, now)?;
         return Ok(id);
     }
-    if let Some(id) = account_to_join(connection, appid, openid)? {
+    if let Some(id) = account_to_adopt(connection, appid, openid)? {
         add_identity(connection, appid, openid, id)?;
         touch_login(connection, id, ip, now)?;
         return Ok(id);
@@ -227,6 +227,25 @@ fn account_id_of(connection: &Connection, appid: &str, openid: &str) -> Result<O
         .prepare_cached("SELECT account_id FROM identities WHERE appid = ?1 AND openid = ?2")?
         .query_row(params![appid, openid], |row| row.get(0))
         .optional()?)
+}
+
+/// The account an identity without an `identities` row takes: the account made with it
+/// (`accounts.wx_appid`, `wx_openid`: a row loaded from outside, by an operator or an import,
+/// may lack its identity; the unique index on them would refuse a second account), else the one
+/// it joins (`account_to_join`).
+fn account_to_adopt(
+    connection: &Connection,
+    appid: &str,
+    openid: &str,
+) -> Result<Option<i64>, Error> {
+    let made_with = connection
+        .prepare_cached("SELECT id FROM accounts WHERE wx_appid = ?1 AND wx_openid = ?2")?
+        .query_row(params![appid, openid], |row| row.get(0))
+        .optional()?;
+    match made_with {
+        Some(id) => Ok(Some(id)),
+        None => account_to_join(connection, appid, openid),
+    }
 }
 
 /// The account an identity without one joins: the (oldest) account with the unionid the
@@ -326,9 +345,9 @@ macro_rules! registration_set {
 
 /// Registers an account with its phone and the optional fields given, records this login, and
 /// returns the account as written: the account `known_id` (a token's) when given, else the
-/// account of the identity (appid, openid), which joins the account of its unionid
-/// (`account_to_join`) or is created registered when it has none. `None` when account `known_id`
-/// does not exist.
+/// account of the identity (appid, openid), which takes the account made with it or joins the
+/// account of its unionid (`account_to_adopt`), or is created registered when it has none.
+/// `None` when account `known_id` does not exist.
 ///
 /// By openid, an update of the account, and an insert only when the update found none: not an
 /// `INSERT … ON CONFLICT DO UPDATE`, which spends an AUTOINCREMENT id at every registration of an
@@ -370,7 +389,7 @@ pub(super) fn register(
                 ))?
                 .execute(&values[..])?;
             if updated == 0
-                && let Some(id) = account_to_join(connection, appid, openid)?
+                && let Some(id) = account_to_adopt(connection, appid, openid)?
             {
                 add_identity(connection, appid, openid, id)?;
                 update_by_id(id)?;
@@ -663,6 +682,19 @@ mod tests {
         let first = login_account(&connection, "wxa", "a-2", "::1", 100).unwrap();
         let second = login_account(&connection, "wxb", "b-2", "::1", 100).unwrap();
         assert!(first != second && first != id && second != id);
+
+        // An account loaded without its identity row (an operator's insert, an import) is the
+        // identity's at its first login, not a second account.
+        connection
+            .execute(
+                "INSERT INTO accounts (username, wx_appid, wx_openid, date_joined)
+                 VALUES ('loaded', 'wxa', 'a-3', 1)",
+                [],
+            )
+            .unwrap();
+        let loaded = connection.last_insert_rowid();
+        assert_eq!(login_account(&connection, "wxa", "a-3", "::1", 100).unwrap(), loaded);
+        assert_eq!(openid_in_app(&connection, loaded, "wxa").unwrap().as_deref(), Some("a-3"));
 
         assert!(delete_account(&connection, id).unwrap());
         assert!(identities_of(&connection, id).unwrap().is_empty());
