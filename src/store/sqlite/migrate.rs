@@ -68,7 +68,7 @@ mod tests {
     use rusqlite::params;
 
     use super::*;
-    use crate::store::sqlite::{login_account, open_writer, wechat_session};
+    use crate::store::sqlite::{identities_of, login_account, open_writer, wechat_session};
     use crate::store::{Opener, temp_database};
 
     #[test]
@@ -124,17 +124,12 @@ mod tests {
 
         let (connection, applied) = open_writer(&path, Opener::Server).unwrap();
         assert_eq!(applied, (6..=current_version()).collect::<Vec<_>>());
-        let identities: Vec<(String, String, i64)> = connection
-            .prepare("SELECT appid, openid, account_id FROM identities ORDER BY account_id")
-            .unwrap()
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
-        assert_eq!(
-            identities,
-            [("wxa".into(), "openid-1".into(), 1), ("wxa".into(), "openid-3".into(), 3)]
-        );
+        let identities = |id| identities_of(&connection, id).unwrap();
+        assert_eq!(identities(1), [("wxa".to_string(), "openid-1".to_string())]);
+        assert_eq!(identities(3), [("wxa".to_string(), "openid-3".to_string())]);
+        let count: i64 =
+            connection.query_row("SELECT count(*) FROM identities", [], |row| row.get(0)).unwrap();
+        assert_eq!(count, 2, "one identity per account, none for the deleted one");
         assert_eq!(login_account(&connection, "wxa", "openid-3", "::1", 200).unwrap(), 3);
         assert_eq!(login_account(&connection, "wxa", "openid-4", "::1", 200).unwrap(), 4);
     }
