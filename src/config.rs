@@ -889,7 +889,8 @@ fn validate_apps(config: &Config) -> Result<(), String> {
         }
         if config.demo_mode() && !(app.appid.is_empty() && app.secret.is_empty()) {
             return Err(format!(
-                "apps.{name}: in demo mode (no [wechat] appid and secret) every app plays against                  the fake WeChat: leave its appid and secret empty, or configure [wechat] too"
+                "apps.{name}: in demo mode (no [wechat] appid and secret) every app plays against \
+                 the fake WeChat: leave its appid and secret empty, or configure [wechat] too"
             ));
         }
         if !config.demo_mode() && (app.appid.is_empty() || app.secret.is_empty()) {

@@ -10,11 +10,12 @@
 //! panic in a handler costs that request a 500, never the worker.
 //!
 //! A request's path, all on the worker that takes it from tiny_http's queue: its app, by its
-//! path's prefix (`router::app`), then route and parse (`router`), handle (`api`, which waits for the writer thread when it writes), count and log
-//! (`record`), answer (`respond`). A worker never waits for a client: it sends what the socket
-//! takes at once, and a rest (only a client that is not reading its answers leaves one) goes to
-//! the `slow-answers` thread, which may wait, within the connection's write budget. Only a rest
-//! still waiting for such a client when the process exits is cut off.
+//! path's prefix (`router::app`), then route and parse (`router`), handle (`api`, which waits for
+//! the writer thread when it writes), count and log (`record`), answer (`respond`). A worker never
+//! waits for a client: it sends what the socket takes at once, and a rest (only a client that is
+//! not reading its answers leaves one) goes to the `slow-answers` thread, which may wait, within
+//! the connection's write budget. Only a rest still waiting for such a client when the process
+//! exits is cut off.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::panic::{AssertUnwindSafe, catch_unwind};
