@@ -353,8 +353,8 @@ macro_rules! registration_set {
 /// `INSERT … ON CONFLICT DO UPDATE`, which spends an AUTOINCREMENT id at every registration of an
 /// existing account (see `login_account`, which also says why nothing can come in between). Then
 /// the read back, in the same write, with a plain `SELECT`: this runs on the writer thread, which
-/// every durable write waits for, so the registration is one statement that writes, not a login
-/// then an update; and not `RETURNING`, which SQLite buffers through an ephemeral table.
+/// every durable write waits for, so the account is written once (not created by a login, then
+/// updated); and not `RETURNING`, which SQLite buffers through an ephemeral table.
 pub(super) fn register(
     connection: &Connection,
     known_id: Option<i64>,
