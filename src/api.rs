@@ -758,9 +758,17 @@ fn check_code(code: &str, name: &str) -> Result<(), Error> {
 
 /// An openid: letters, digits, `-` and `_`, at most 64.
 fn check_openid(openid: &str) -> Result<(), Error> {
-    let plain = openid.len() <= MAX_OPENID
-        && openid.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
-    if plain { Ok(()) } else { Err(Error::InvalidParameter("openid 格式不正确".into())) }
+    if is_openid(openid) {
+        Ok(())
+    } else {
+        Err(Error::InvalidParameter("openid 格式不正确".into()))
+    }
+}
+
+/// Letters, digits, `-` and `_`, at most 64: an openid (or unionid) as WeChat gives them.
+pub(crate) fn is_openid(openid: &str) -> bool {
+    openid.len() <= MAX_OPENID
+        && openid.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
 }
 
 fn optional_openid(body: &Map<String, Value>) -> Result<Option<String>, Error> {

@@ -24,11 +24,13 @@
 //! of the next group) is not waited for; both reach the disk with the next fsync or checkpoint.
 //! One account per WeChat identity: an identity (appid, openid) is the primary key of
 //! `identities`, which names its account; one account may have an identity in each app. The
-//! writer, the only connection that creates accounts and identities, looks an identity up and
-//! inserts only when it has none, in its transaction (an `INSERT … ON CONFLICT` on the
-//! AUTOINCREMENT table would spend an id at every login); a new identity whose WeChat session gave
-//! a unionid an account has joins that account, so two apps' first logins of one person, two jobs
-//! of the one writer, make one account.
+//! writer, the only connection of the server that creates accounts and identities, looks an
+//! identity up and inserts only when it has none, in its transaction (an `INSERT … ON CONFLICT` on
+//! the AUTOINCREMENT table would spend an id at every login); a new identity whose WeChat session
+//! gave a unionid an account has joins that account, so two apps' first logins of one person, two
+//! jobs of the one writer, make one account. `wxauth users import` writes accounts with the ids of
+//! its file, and their identities, in its one transaction (`insert_account`), which holds the
+//! write lock throughout, so the writer cannot come between.
 //!
 //! With SQLite, a connection that writes opens only a file that is safely wxauth's
 //! (`open_read_write`): a regular file of its user, writable by nobody else, reached through no
@@ -83,6 +85,30 @@ macro_rules! account {
                     $(, ", ", stringify!($hidden))+
                 )
             };
+        }
+
+        /// A named parameter per column (`:id, :username, …`), in `account_columns!`'s order,
+        /// for an insert of every column; bound by position from `Account::column_values`.
+        macro_rules! account_parameters {
+            () => {
+                concat!(
+                    ":", stringify!($first)
+                    $(, ", :", stringify!($shown))*
+                    $(, ", :", stringify!($hidden))+
+                )
+            };
+        }
+
+        impl Account {
+            /// Every column's value, in `account_columns!`'s order, as any engine binds them.
+            pub(crate) fn column_values(&self) -> impl Iterator<Item = ColumnValue<'_>> {
+                [
+                    self.$first.column_value()
+                    $(, self.$shown.column_value())*
+                    $(, self.$hidden.column_value())+
+                ]
+                .into_iter()
+            }
         }
 
         fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
@@ -148,6 +174,43 @@ account! {
             /// that app's openid in `wx_openid` (`openid_in_app`).
             wx_appid: String,
         }
+    }
+}
+
+/// A column's value as every engine can bind it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum ColumnValue<'a> {
+    Null,
+    Integer(i64),
+    Text(&'a str),
+}
+
+/// A field of `Account` as a `ColumnValue` (booleans are 0 and 1, as the schema keeps them).
+trait ToColumn {
+    fn column_value(&self) -> ColumnValue<'_>;
+}
+
+impl ToColumn for i64 {
+    fn column_value(&self) -> ColumnValue<'_> {
+        ColumnValue::Integer(*self)
+    }
+}
+
+impl ToColumn for bool {
+    fn column_value(&self) -> ColumnValue<'_> {
+        ColumnValue::Integer(i64::from(*self))
+    }
+}
+
+impl ToColumn for String {
+    fn column_value(&self) -> ColumnValue<'_> {
+        ColumnValue::Text(self)
+    }
+}
+
+impl<T: ToColumn> ToColumn for Option<T> {
+    fn column_value(&self) -> ColumnValue<'_> {
+        self.as_ref().map_or(ColumnValue::Null, ToColumn::column_value)
     }
 }
 
@@ -406,6 +469,9 @@ queries! {
     /// Deletes account `id` and what is kept of its WeChat identity; false when there is no such
     /// account.
     fn delete_account(id: i64) -> bool;
+    /// Inserts `account` as it is, every column with its id, and its identity (`wxauth users
+    /// import`).
+    fn insert_account(account: &Account) -> ();
 }
 
 /// Runs `write` in one transaction on an operator's connection (`open_existing`): everything it

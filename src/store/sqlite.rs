@@ -11,6 +11,7 @@ mod backup;
 mod migrate;
 mod open;
 
+use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, ToSql, params};
 
 pub(super) use backup::{backup, restore};
@@ -19,8 +20,8 @@ pub(super) use open::{open_existing, open_reader, open_writer};
 
 use super::writer::Step;
 use super::{
-    Account, AccountCounts, AccountQuery, DatabaseError, Edit, EditValue, EngineError, Profile,
-    RecordedSession, Registration, WechatSession, account_from_row,
+    Account, AccountCounts, AccountQuery, ColumnValue, DatabaseError, Edit, EditValue, EngineError,
+    Profile, RecordedSession, Registration, WechatSession, account_from_row,
 };
 use crate::error::Error;
 
@@ -579,6 +580,26 @@ pub(super) fn delete_account(connection: &Connection, id: i64) -> Result<bool, E
     )?;
     connection.execute("DELETE FROM identities WHERE account_id = ?1", params![id])?;
     Ok(connection.execute("DELETE FROM accounts WHERE id = ?1", params![id])? == 1)
+}
+
+/// Inserts `account` as it is, every column with its id, for `wxauth users import` (in the
+/// operator's transaction, after it checked that neither the id nor the identity is taken). An id
+/// above AUTOINCREMENT's high-water mark raises the mark, so new accounts get ids after it.
+pub(super) fn insert_account(connection: &Connection, account: &Account) -> Result<(), Error> {
+    let mut statement = connection.prepare_cached(concat!(
+        "INSERT INTO accounts (",
+        account_columns!(),
+        ") VALUES (",
+        account_parameters!(),
+        ")"
+    ))?;
+    let values = account.column_values().map(|value| match value {
+        ColumnValue::Null => ToSqlOutput::Owned(rusqlite::types::Value::Null),
+        ColumnValue::Integer(number) => ToSqlOutput::Owned(rusqlite::types::Value::Integer(number)),
+        ColumnValue::Text(text) => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
+    });
+    statement.execute(rusqlite::params_from_iter(values))?;
+    add_identity(connection, &account.wx_appid, &account.wx_openid, account.id)
 }
 
 #[cfg(test)]

@@ -608,9 +608,10 @@ fn users_export_csv_quotes_and_matches_the_database() {
     let records = parse_csv(run.success());
     let fields: Vec<&str> = records[0].iter().map(String::as_str).collect();
     // The header is the account object's fields in the API's order (as `users show` prints
-    // them), so nothing is added, lost or renamed on the way to a spreadsheet.
+    // them), so nothing is lost or renamed on the way to a spreadsheet, then the three columns
+    // `users import` needs to put an account back whole.
     let shown = run_on(&server, &["users", "show", &registered["id"].to_string()]);
-    let shown_keys: Vec<String> = shown
+    let mut shown_keys: Vec<String> = shown
         .success()
         .lines()
         .filter_map(|line| line.strip_prefix("  \"").and_then(|rest| rest.split('"').next()))
@@ -618,11 +619,13 @@ fn users_export_csv_quotes_and_matches_the_database() {
         // After the fields, `users show` lists the account's identities, which are no field.
         .filter(|key| key != "identities")
         .collect();
+    shown_keys.extend(["wx_appid", "token_version", "disabled_at"].map(str::to_string));
     assert_eq!(fields, shown_keys);
-    let api_fields: BTreeSet<&str> =
+    let mut api_fields: BTreeSet<&str> =
         registered.as_object().unwrap().keys().map(String::as_str).collect();
+    api_fields.extend(["wx_appid", "token_version", "disabled_at"]);
     assert_eq!(fields.iter().copied().collect::<BTreeSet<&str>>(), api_fields);
-    assert!(!fields.contains(&"token_version") && !fields.contains(&"session_key"));
+    assert!(!fields.contains(&"session_key"));
 
     let rows = &records[1..];
     assert_eq!(rows.len() as i64, account_count(&server.database()));
@@ -686,11 +689,16 @@ fn users_export_json_is_one_array_of_account_objects_matching_the_database() {
     assert_eq!(accounts.len(), 301);
     // One account per line between the brackets, so line tools work too.
     assert_eq!(text.lines().count(), 303);
-    assert_eq!(accounts[0], registered);
+    // The account object, then the three columns `users import` needs.
+    let mut expected = registered.clone();
+    expected["wx_appid"] = json!("wxdemo");
+    expected["token_version"] = json!(0);
+    expected["disabled_at"] = Value::Null;
+    assert_eq!(accounts[0], expected);
     for (account, (openid, nickname)) in accounts[1..].iter().zip(&inserted) {
         assert_eq!(account["wx_openid"], *openid);
         assert_eq!(account["wx_nickname"], json!(nickname));
-        assert_eq!(account.as_object().unwrap().len(), registered.as_object().unwrap().len());
+        assert_eq!(account.as_object().unwrap().len(), registered.as_object().unwrap().len() + 3);
     }
     // JSON is not read by spreadsheets: text that would start a formula there is left as it is.
     assert_eq!(accounts[5]["wx_nickname"], "=1+1");
@@ -702,7 +710,11 @@ fn users_export_json_is_one_array_of_account_objects_matching_the_database() {
         serde_json::from_str(run_on(&server, &["users", "show", &inserted[7].0]).success())
             .unwrap();
     shown.as_object_mut().unwrap().remove("identities");
-    assert_eq!(accounts[8], shown);
+    let mut exported = accounts[8].clone();
+    for column in ["wx_appid", "token_version", "disabled_at"] {
+        exported.as_object_mut().unwrap().remove(column);
+    }
+    assert_eq!(exported, shown);
 
     // An empty database exports an empty array and a bare header.
     server.database().execute("DELETE FROM accounts", []).unwrap();

@@ -12,6 +12,7 @@ mod demo;
 mod faults;
 mod front;
 mod hostile;
+mod import;
 mod login;
 mod logout;
 mod observe;
