@@ -67,6 +67,7 @@ pub(crate) fn import(
     let mut importer = Importer {
         committed: &committed,
         appid,
+        demo: config.demo_mode(),
         now: time::now(),
         django: format == ImportFormat::Django,
         imported: 0,
@@ -121,6 +122,8 @@ struct Importer<'a> {
     committed: &'a Connection,
     /// The mini-program of rows that name none (Django's, and exports made before the column).
     appid: &'a str,
+    /// Whether `appid` is demo mode's, for want of a configured one.
+    demo: bool,
     now: i64,
     django: bool,
     imported: u64,
@@ -310,6 +313,11 @@ impl Importer<'_> {
             format!("imported {accounts}{ids} from {file}\n")
         });
         if self.django {
+            text.push_str(&format!(
+                "their WeChat identities are mini-program {}'s ({})\n",
+                self.appid,
+                if self.demo { "demo mode: no wechat.appid is configured" } else { "wechat.appid" }
+            ));
             text.push_str(
                 "password hashes, first_name, last_name, email, groups and user_permissions are not kept\n",
             );

@@ -104,6 +104,12 @@ fn a_django_dump_imports_with_ids_kept_fields_mapped_and_no_password() {
     assert!(text.starts_with("imported 4 accounts (ids 3 to 40) from "), "{text}");
     assert!(text.contains("password hashes, first_name, last_name, email, groups and user_permissions are not kept"), "{text}");
     assert!(text.contains("1 account disabled, as is_active is false"), "{text}");
+    assert!(
+        text.contains(
+            "their WeChat identities are mini-program wxdemo's (demo mode: no wechat.appid is configured)"
+        ),
+        "{text}"
+    );
 
     let accounts = exported_accounts(&server);
     let ids: Vec<i64> = accounts.iter().map(|account| account["id"].as_i64().unwrap()).collect();
