@@ -203,7 +203,8 @@ pub(super) fn login_account(
         touch_login(connection, id, ip, now)?;
         return Ok(id);
     }
-    if let Some(id) = account_to_adopt(connection, appid, openid)? {
+    let unionid = session_unionid(connection, appid, openid)?;
+    if let Some(id) = account_to_adopt(connection, appid, openid, unionid.as_deref())? {
         add_identity(connection, appid, openid, id)?;
         touch_login(connection, id, ip, now)?;
         return Ok(id);
@@ -212,11 +213,9 @@ pub(super) fn login_account(
         .prepare_cached(
             "INSERT INTO accounts
                  (username, wx_appid, wx_openid, wx_unionid, join_ip, date_joined, last_ip, last_login)
-             VALUES (?2, ?1, ?2,
-                     (SELECT unionid FROM wechat_sessions WHERE appid = ?1 AND openid = ?2),
-                     ?3, ?4, ?3, ?4)",
+             VALUES (?2, ?1, ?2, ?5, ?3, ?4, ?3, ?4)",
         )?
-        .execute(params![appid, openid, ip, now])?;
+        .execute(params![appid, openid, ip, now, unionid])?;
     let id = connection.last_insert_rowid();
     add_identity(connection, appid, openid, id)?;
     Ok(id)
@@ -238,32 +237,38 @@ fn account_to_adopt(
     connection: &Connection,
     appid: &str,
     openid: &str,
+    unionid: Option<&str>,
 ) -> Result<Option<i64>, Error> {
     let made_with = connection
         .prepare_cached("SELECT id FROM accounts WHERE wx_appid = ?1 AND wx_openid = ?2")?
         .query_row(params![appid, openid], |row| row.get(0))
         .optional()?;
-    match made_with {
-        Some(id) => Ok(Some(id)),
-        None => account_to_join(connection, appid, openid),
+    match (made_with, unionid) {
+        (Some(id), _) => Ok(Some(id)),
+        (None, Some(unionid)) => account_to_join(connection, unionid),
+        (None, None) => Ok(None),
     }
 }
 
-/// The account an identity without one joins: the (oldest) account with the unionid the
-/// identity's recorded WeChat session gave, if any. One person has one unionid across the
-/// mini-programs of one WeChat Open Platform account.
-fn account_to_join(
+/// The unionid the recorded WeChat session of the identity (appid, openid) gave, if any.
+fn session_unionid(
     connection: &Connection,
     appid: &str,
     openid: &str,
-) -> Result<Option<i64>, Error> {
+) -> Result<Option<String>, Error> {
     Ok(connection
-        .prepare_cached(
-            "SELECT id FROM accounts
-             WHERE wx_unionid = (SELECT unionid FROM wechat_sessions WHERE appid = ?1 AND openid = ?2)
-             ORDER BY id LIMIT 1",
-        )?
+        .prepare_cached("SELECT unionid FROM wechat_sessions WHERE appid = ?1 AND openid = ?2")?
         .query_row(params![appid, openid], |row| row.get(0))
+        .optional()?
+        .flatten())
+}
+
+/// The account an identity without one joins: the (oldest) account with its unionid, if any. One
+/// person has one unionid across the mini-programs of one WeChat Open Platform account.
+fn account_to_join(connection: &Connection, unionid: &str) -> Result<Option<i64>, Error> {
+    Ok(connection
+        .prepare_cached("SELECT id FROM accounts WHERE wx_unionid = ?1 ORDER BY id LIMIT 1")?
+        .query_row(params![unionid], |row| row.get(0))
         .optional()?)
 }
 
@@ -389,25 +394,33 @@ pub(super) fn register(
                     " WHERE id = (SELECT account_id FROM identities WHERE appid = ?1 AND openid = ?2)"
                 ))?
                 .execute(&values[..])?;
-            if updated == 0
-                && let Some(id) = account_to_adopt(connection, appid, openid)?
-            {
-                add_identity(connection, appid, openid, id)?;
-                update_by_id(id)?;
-            } else if updated == 0 {
-                connection
-                    .prepare_cached(
-                        "INSERT INTO accounts (username, wx_appid, wx_openid, wx_unionid, join_ip, \
-                         date_joined, last_ip, last_login, phone, is_register, wx_nickname, \
-                         birthday, wx_gender) \
-                         VALUES (?3, ?1, ?2, \
-                                 (SELECT unionid FROM wechat_sessions WHERE appid = ?1 AND openid = ?2), \
-                                 ?4, ?5, ?4, ?5, ?6, 1, ?7, ?8, coalesce(?9, 0))",
-                    )?
-                    .execute(&values[..])?;
-                add_identity(connection, appid, openid, connection.last_insert_rowid())?;
+            if updated > 0 {
+                return account_by_openid(connection, appid, openid);
             }
-            account_by_openid(connection, appid, openid)
+            let unionid = session_unionid(connection, appid, openid)?;
+            let id = match account_to_adopt(connection, appid, openid, unionid.as_deref())? {
+                Some(id) => {
+                    add_identity(connection, appid, openid, id)?;
+                    update_by_id(id)?;
+                    id
+                }
+                None => {
+                    connection
+                        .prepare_cached(
+                            "INSERT INTO accounts (username, wx_appid, wx_openid, wx_unionid, \
+                             join_ip, date_joined, last_ip, last_login, phone, is_register, \
+                             wx_nickname, birthday, wx_gender) \
+                             VALUES (?3, ?1, ?2, ?10, ?4, ?5, ?4, ?5, ?6, 1, ?7, ?8, coalesce(?9, 0))",
+                        )?
+                        .execute(rusqlite::params_from_iter(
+                            values.into_iter().chain([&unionid as &dyn ToSql]),
+                        ))?;
+                    let id = connection.last_insert_rowid();
+                    add_identity(connection, appid, openid, id)?;
+                    id
+                }
+            };
+            account_by_id(connection, id)
         }
         Some(id) => {
             update_by_id(id)?;
