@@ -145,3 +145,28 @@ ALTER TABLE wechat_sessions ADD COLUMN token_version INTEGER NOT NULL DEFAULT 0;
 -- `wxauth users disable`: the time (Unix seconds) an operator disabled the account, NULL while it
 -- is enabled. A disabled account cannot log in, register or use its tokens (`account_disabled`).
 ALTER TABLE accounts ADD COLUMN disabled_at INTEGER;
+
+-- version: 6
+
+-- Several mini-programs, one person: a WeChat identity is (appid, openid), and each belongs to
+-- exactly one account; an account may have one identity per app. A first login or registration
+-- through an app whose WeChat session gives a unionid an account already has joins that account
+-- (a new identity) instead of making one. `accounts.wx_appid` and `wx_openid` stay the identity
+-- that made the account (the original backend's fields); each account's becomes its first row
+-- here, so a database from before keeps every account, id and token, as the default app's.
+-- Deleting an account deletes its identities (`ON DELETE CASCADE`), so that the identities'
+-- next logins make a new account.
+CREATE TABLE identities (
+    appid      TEXT NOT NULL CHECK (length(appid) BETWEEN 1 AND 64),
+    openid     TEXT NOT NULL CHECK (length(openid) BETWEEN 1 AND 64),
+    account_id INTEGER NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    PRIMARY KEY (appid, openid)
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX identities_account ON identities (account_id);
+
+INSERT INTO identities (appid, openid, account_id)
+    SELECT wx_appid, wx_openid, id FROM accounts ORDER BY id;
+
+-- The account a unionid belongs to, for the join.
+CREATE INDEX accounts_unionid ON accounts (wx_unionid);

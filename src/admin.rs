@@ -1,5 +1,6 @@
 //! The operator's commands besides `serve`: `check-config`, `users
-//! list|show|find|export|set|revoke|disable|enable|delete`, `backup`, `restore` and `migrate`.
+//! list|show|find|export|set|revoke|disable|enable|delete|import` (import's reading is
+//! import.rs), `backup`, `restore` and `migrate`.
 //! main.rs parses the command line into the typed arguments here (`parse_edit` checks a `users
 //! set` value as the API checks it); each command writes what it has to say to the `out` main
 //! hands it (a buffered stdout) and returns a one-line reason on failure. Nothing here prints,
@@ -13,14 +14,18 @@
 //! write do all of it in one transaction (`store::in_transaction`), waiting up to the busy
 //! timeout for the server's writer, so they work while the server runs; `restore` refuses to run
 //! while anything has the database open. Nothing here shows a secret: the configuration is
-//! printed redacted, and accounts exactly as the API shows them (with `disabled_at` when
-//! disabled), which leaves out session keys (another table, never joined) and token versions.
+//! printed redacted, and accounts as the API shows them (with `disabled_at` when disabled; an
+//! export adds `wx_appid`, `token_version` and `disabled_at`, which an import needs to put an
+//! account back whole), which leaves out session keys (another table, never joined).
 
 use std::io::Write;
+
+use serde::Serialize;
 
 use crate::api;
 use crate::config::{self, Config};
 use crate::error::{Error, Fatal};
+use crate::import::{self, ImportFormat};
 use crate::store::{self, Account, AccountQuery, Connection, Edit, EditValue};
 use crate::time;
 
@@ -45,6 +50,8 @@ pub(crate) enum UsersAction {
     Enable { who: String },
     /// Delete the account, by id or openid, and its recorded WeChat session.
     Delete { who: String },
+    /// Load the accounts of `file`, all or none; with `dry_run`, only say what would happen.
+    Import { file: String, format: ImportFormat, dry_run: bool },
 }
 
 /// What `users find --by` looks at.
@@ -68,10 +75,10 @@ impl FindBy {
     ];
 }
 
-/// What a field `users set` changes takes. Each follows the API's check of the same field
-/// (api.rs) and the schema's CHECK on its column (schema.sql).
+/// What an account field takes, for `users set` and `users import`. Each follows the API's check
+/// of the same field (api.rs) and the schema's CHECK on its column (schema.sql).
 #[derive(Clone, Copy)]
-enum Kind {
+pub(crate) enum Kind {
     /// Text of at most `max` characters without control characters; empty is null, or refused
     /// when `required`.
     Text { max: usize, required: bool },
@@ -88,6 +95,18 @@ enum Kind {
     Gender,
     /// A whole number (i64).
     Integer,
+    /// An account id: a whole number from 1.
+    Id,
+    /// A whole number from 0 (a token version).
+    Count,
+    /// An openid or unionid as WeChat gives them and the API takes them (`api::is_openid`);
+    /// empty is null.
+    Openid,
+    /// An IPv4 or IPv6 address; empty is null.
+    Ip,
+    /// A time as `users export` writes it (`yyyy-mm-dd HH:MM:SS`, UTC) or in ISO 8601 as Django
+    /// writes it (`time::parse_datetime`), kept as Unix seconds; empty is null.
+    Datetime,
 }
 
 /// The account fields `users set` changes, in the account object's order. Not the identity
@@ -116,6 +135,32 @@ const EDITABLE: [(&str, Kind); 20] = [
     ("bring_love_concern_num", Kind::Integer),
 ];
 
+/// The columns `users set` leaves alone and `users import` writes: the identity, what wxauth
+/// records itself, and the hidden ones (`users export` writes these last three after the account
+/// object's fields).
+const RECORDED: [(&str, Kind); 10] = [
+    ("id", Kind::Id),
+    ("wx_openid", Kind::Openid),
+    ("wx_unionid", Kind::Openid),
+    ("last_ip", Kind::Ip),
+    ("join_ip", Kind::Ip),
+    ("last_login", Kind::Datetime),
+    ("date_joined", Kind::Datetime),
+    ("wx_appid", Kind::Text { max: 64, required: true }),
+    ("token_version", Kind::Count),
+    ("disabled_at", Kind::Datetime),
+];
+
+/// What `users export` writes after the account object's fields, so that an import puts back
+/// every column: the mini-program, the token version (tokens issued before still verify) and
+/// when the account was disabled.
+pub(crate) const EXPORTED_AFTER: [&str; 3] = ["wx_appid", "token_version", "disabled_at"];
+
+/// How `users import` checks `field`, for every column of an account; `None` for anything else.
+pub(crate) fn field_kind(field: &str) -> Option<Kind> {
+    EDITABLE.iter().chain(&RECORDED).find(|(name, _)| *name == field).map(|(_, kind)| *kind)
+}
+
 /// One `FIELD=VALUE` of `users set`, checked: the reason it is refused otherwise, naming the
 /// field and what it takes.
 pub(crate) fn parse_edit(argument: &str) -> Result<Edit, String> {
@@ -126,49 +171,133 @@ pub(crate) fn parse_edit(argument: &str) -> Result<Edit, String> {
         let fields: Vec<&str> = EDITABLE.iter().map(|(field, _)| *field).collect();
         return Err(format!("users set cannot change `{name}`; it changes {}", fields.join(", ")));
     };
-    let refuse = |takes: &str| Err(format!("{field} takes {takes}, not `{value}`"));
-    let text = |value: &str| Ok(EditValue::Text((!value.is_empty()).then(|| value.to_string())));
-    let value = match kind {
-        Kind::Text { required: true, .. } if value.is_empty() => return refuse("a non-empty text"),
-        Kind::Text { max, .. } | Kind::Url { max } if value.chars().count() > max => {
-            return refuse(&format!("at most {max} characters"));
-        }
-        Kind::Text { .. } if value.chars().any(char::is_control) => {
-            return refuse("text without control characters");
-        }
-        Kind::Text { .. } => text(value),
-        Kind::Url { .. } if !value.is_empty() && !api::is_web_url(value) => {
-            return refuse("an http:// or https:// URL (or nothing, for null)");
-        }
-        Kind::Url { .. } => text(value),
-        Kind::Phone if value.is_empty() => text(value),
-        Kind::Phone => match api::normalize_phone(value) {
-            Some(phone) => Ok(EditValue::Text(Some(phone))),
-            None => {
-                return refuse(
-                    "a phone number: digits with an optional leading +, 5 to 20 characters once spaces and dashes are removed (or nothing, for null)",
-                );
+    let value = check_field(field, kind, &serde_json::Value::String(value.to_string()))?;
+    Ok(Edit { field, value })
+}
+
+/// `value` checked as `kind`: text as text (empty or null is null, when the kind allows it), and
+/// numbers, booleans and times from text too (a CSV cell, a `users set` argument) or from JSON's
+/// own types. Times become Unix seconds. Otherwise the reason, naming the field, what it takes and
+/// the value (cut at 64 characters).
+pub(crate) fn check_field(
+    field: &str,
+    kind: Kind,
+    value: &serde_json::Value,
+) -> Result<EditValue, String> {
+    use serde_json::Value;
+    let refuse = |takes: &str| {
+        let shown = match value {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        // One line however long the value, and whatever it holds.
+        let mut cut = String::new();
+        for character in shown.chars().take(64) {
+            match character {
+                control if control.is_control() => cut.extend(control.escape_default()),
+                other => cut.push(other),
             }
-        },
-        Kind::Date if !value.is_empty() && !time::is_valid_date(value) => {
-            return refuse("a date that exists, yyyy-mm-dd (or nothing, for null)");
         }
-        Kind::Date => text(value),
-        Kind::Flag => match value {
-            "1" | "true" | "yes" => Ok(EditValue::Integer(1)),
-            "0" | "false" | "no" => Ok(EditValue::Integer(0)),
-            _ => return refuse("1, true or yes, or 0, false or no"),
-        },
-        Kind::Gender => match value {
-            "0" | "1" | "2" => Ok(EditValue::Integer(value.parse().unwrap_or(0))),
-            _ => return refuse("0 (unknown), 1 (male) or 2 (female)"),
-        },
-        Kind::Integer => match value.parse() {
-            Ok(number) => Ok(EditValue::Integer(number)),
-            Err(_) => return refuse("a whole number"),
-        },
+        if shown.chars().count() > 64 {
+            cut.push('…');
+        }
+        Err(format!("{field} takes {takes}, not `{cut}`"))
     };
-    value.map(|value| Edit { field, value })
+    let text = match value {
+        Value::String(text) => Some(text.as_str()),
+        _ => None,
+    };
+    let empty = matches!(value, Value::Null) || text == Some("");
+    // A whole number, from JSON's numbers or from text.
+    let whole = match value {
+        Value::Number(number) => number.as_i64(),
+        Value::String(text) => text.parse::<i64>().ok(),
+        _ => None,
+    };
+    let null = Ok(EditValue::Text(None));
+    match kind {
+        Kind::Text { required: true, .. } if empty => refuse("a non-empty text"),
+        Kind::Text { .. }
+        | Kind::Url { .. }
+        | Kind::Date
+        | Kind::Phone
+        | Kind::Openid
+        | Kind::Ip
+        | Kind::Datetime
+            if empty =>
+        {
+            null
+        }
+        Kind::Phone => {
+            let raw = match value {
+                Value::Number(number) if number.is_u64() => Some(number.to_string()),
+                _ => text.map(str::to_string),
+            };
+            match raw.as_deref().and_then(api::normalize_phone) {
+                Some(phone) => Ok(EditValue::Text(Some(phone))),
+                None => refuse(
+                    "a phone number: digits with an optional leading +, 5 to 20 characters once spaces and dashes are removed (or nothing, for null)",
+                ),
+            }
+        }
+        _ if text.is_none() && matches!(kind, Kind::Text { .. } | Kind::Url { .. }) => {
+            refuse("text")
+        }
+        Kind::Text { max, .. } | Kind::Url { max } if value_chars(text) > max => {
+            refuse(&format!("at most {max} characters"))
+        }
+        Kind::Text { .. } if text.is_some_and(|text| text.chars().any(char::is_control)) => {
+            refuse("text without control characters")
+        }
+        Kind::Text { .. } => Ok(EditValue::Text(text.map(str::to_string))),
+        Kind::Url { .. } if !text.is_some_and(api::is_web_url) => {
+            refuse("an http:// or https:// URL (or nothing, for null)")
+        }
+        Kind::Url { .. } => Ok(EditValue::Text(text.map(str::to_string))),
+        Kind::Date if !text.is_some_and(time::is_valid_date) => {
+            refuse("a date that exists, yyyy-mm-dd (or nothing, for null)")
+        }
+        Kind::Date => Ok(EditValue::Text(text.map(str::to_string))),
+        Kind::Flag => match (value, text, whole) {
+            (Value::Bool(flag), _, _) => Ok(EditValue::Integer(i64::from(*flag))),
+            (_, Some("true" | "yes"), _) => Ok(EditValue::Integer(1)),
+            (_, Some("false" | "no"), _) => Ok(EditValue::Integer(0)),
+            (_, _, Some(flag @ (0 | 1))) => Ok(EditValue::Integer(flag)),
+            _ => refuse("1, true or yes, or 0, false or no"),
+        },
+        Kind::Gender => match whole {
+            Some(gender @ 0..=2) => Ok(EditValue::Integer(gender)),
+            _ => refuse("0 (unknown), 1 (male) or 2 (female)"),
+        },
+        Kind::Integer => match whole {
+            Some(number) => Ok(EditValue::Integer(number)),
+            None => refuse("a whole number"),
+        },
+        Kind::Id => match whole {
+            Some(number) if number >= 1 => Ok(EditValue::Integer(number)),
+            _ => refuse("a whole number from 1"),
+        },
+        Kind::Count => match whole {
+            Some(number) if number >= 0 => Ok(EditValue::Integer(number)),
+            _ => refuse("a whole number from 0"),
+        },
+        Kind::Openid => match text {
+            Some(openid) if api::is_openid(openid) => Ok(EditValue::Text(Some(openid.into()))),
+            _ => refuse("letters, digits, - and _, at most 64"),
+        },
+        Kind::Ip => match text.map(str::parse::<std::net::IpAddr>) {
+            Some(Ok(_)) => Ok(EditValue::Text(text.map(str::to_string))),
+            _ => refuse("an IPv4 or IPv6 address"),
+        },
+        Kind::Datetime => match text.and_then(time::parse_datetime) {
+            Some(seconds) => Ok(EditValue::Integer(seconds)),
+            None => refuse("a time, yyyy-mm-dd HH:MM:SS (UTC) or ISO 8601"),
+        },
+    }
+}
+
+fn value_chars(text: Option<&str>) -> usize {
+    text.map_or(0, |text| text.chars().count())
 }
 
 #[derive(Clone, Copy)]
@@ -221,6 +350,9 @@ pub(crate) fn users(
         UsersAction::Disable { who } => disable(config, &who, out),
         UsersAction::Enable { who } => enable(config, &who, out),
         UsersAction::Delete { who } => delete(config, &who, out),
+        UsersAction::Import { file, format, dry_run } => {
+            import::import(config, &file, format, dry_run, out)
+        }
     }
 }
 
@@ -274,18 +406,34 @@ fn list(
 }
 
 fn show(connection: &Connection, who: &str, out: &mut dyn Write) -> Result<(), Fatal> {
-    write_account(&find(connection, who)?, out)
+    let account = find(connection, who)?;
+    write_account(&account, &store::identities_of(connection, account.id)?, out)
 }
 
 /// The account as JSON: the API's account object, and after its fields `disabled_at` (as account
-/// times are written) when it is disabled, which the API never shows.
-fn write_account(account: &Account, out: &mut dyn Write) -> Result<(), Fatal> {
+/// times are written) when it is disabled, which the API never shows, and `identities`, every
+/// WeChat identity of the account (`appid` and `openid`; one per mini-program it has used).
+fn write_account(
+    account: &Account,
+    identities: &[(String, String)],
+    out: &mut dyn Write,
+) -> Result<(), Fatal> {
     let mut text = serde_json::to_string_pretty(account)
         .map_err(|error| Fatal::Other(format!("cannot show account {}: {error}", account.id)))?;
     if let Some(at) = account.disabled_at
         && let Some(fields) = text.strip_suffix("\n}")
     {
         text = format!("{fields},\n  \"disabled_at\": \"{}\"\n}}", time::format_datetime(at));
+    }
+    let identities: Vec<serde_json::Value> = identities
+        .iter()
+        .map(|(appid, openid)| serde_json::json!({"appid": appid, "openid": openid}))
+        .collect();
+    if let Some(fields) = text.strip_suffix("\n}") {
+        let listed = serde_json::to_string_pretty(&identities).map_err(|error| {
+            Fatal::Other(format!("cannot show account {}: {error}", account.id))
+        })?;
+        text = format!("{fields},\n  \"identities\": {}\n}}", listed.replace('\n', "\n  "));
     }
     writeln!(out, "{text}").map_err(write_failed)
 }
@@ -350,23 +498,52 @@ fn find(connection: &Connection, who: &str) -> Result<Account, Fatal> {
         _ => {
             let ids: Vec<String> = accounts.iter().map(|account| account.id.to_string()).collect();
             Err(Fatal::Other(format!(
-                "openid `{who}` has an account in each of several mini-programs (ids {}): name one by id",
+                "openid `{who}` names several accounts (ids {}): name one by id",
                 ids.join(", ")
             )))
         }
     }
 }
 
+/// An account as `users export` writes it: the account object, then `EXPORTED_AFTER`'s columns,
+/// which `users import` needs to put the account back whole.
+#[derive(Serialize)]
+struct Exported<'a> {
+    #[serde(flatten)]
+    account: &'a Account,
+    wx_appid: &'a str,
+    token_version: i64,
+    disabled_at: Option<String>,
+}
+
+impl<'a> Exported<'a> {
+    fn of(account: &'a Account) -> Exported<'a> {
+        Exported {
+            account,
+            wx_appid: &account.wx_appid,
+            token_version: account.token_version,
+            disabled_at: account.disabled_at.map(time::format_datetime),
+        }
+    }
+}
+
+/// The columns `users export` writes, in order: the account object's fields, then
+/// `EXPORTED_AFTER`.
+pub(crate) fn exported_columns() -> impl Iterator<Item = &'static str> {
+    Account::FIELDS.iter().copied().chain(EXPORTED_AFTER)
+}
+
 fn export(connection: &Connection, format: ExportFormat, out: &mut dyn Write) -> Result<(), Fatal> {
     match format {
         ExportFormat::Csv => {
-            out.write_all(Account::FIELDS.join(",").as_bytes()).map_err(write_failed)?;
+            let header: Vec<&str> = exported_columns().collect();
+            out.write_all(header.join(",").as_bytes()).map_err(write_failed)?;
             out.write_all(b"\r\n").map_err(write_failed)?;
             store::each_account(connection, None, 0, |account| {
-                let object = serde_json::to_value(&account)
+                let object = serde_json::to_value(Exported::of(&account))
                     .map_err(|error| Error::Internal(format!("account {}: {error}", account.id)))?;
                 let mut line = String::new();
-                for (index, field) in Account::FIELDS.iter().enumerate() {
+                for (index, field) in header.iter().enumerate() {
                     if index > 0 {
                         line.push(',');
                     }
@@ -383,7 +560,7 @@ fn export(connection: &Connection, format: ExportFormat, out: &mut dyn Write) ->
             store::each_account(connection, None, 0, |account| {
                 out.write_all(if first { b"\n" } else { b",\n" }).map_err(write_error)?;
                 first = false;
-                serde_json::to_writer(&mut *out, &account)
+                serde_json::to_writer(&mut *out, &Exported::of(&account))
                     .map_err(|error| Error::Internal(format!("cannot write: {error}")))
             })?;
             out.write_all(b"\n]\n").map_err(write_failed)
@@ -400,16 +577,19 @@ const FORMULA_STARTS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
 ///
 /// Text comes from clients (a nickname, an address), so text starting with one of
 /// `FORMULA_STARTS` gets a leading `'`, which spreadsheets show as text instead of running it as
-/// a formula. The one exception is a `phone` as the API stores it (digits with an optional leading
-/// `+`): it cannot be a formula, and machine consumers need it as it is. Numbers and booleans are
-/// written as they are: a number is a value, never a formula.
+/// a formula. So does text that starts with a `'` itself, so that `users import` can take exactly
+/// one leading `'` off any text and get back what was there. The one exception is a `phone` as
+/// the API stores it (digits with an optional leading `+`): it cannot be a formula, and machine
+/// consumers need it as it is. Numbers and booleans are written as they are: a number is a value,
+/// never a formula.
 fn push_csv_field(line: &mut String, field: &str, value: &serde_json::Value) {
     let text = match value {
         serde_json::Value::Null => return,
         serde_json::Value::String(text) => text,
         other => return line.push_str(&other.to_string()),
     };
-    let guarded = text.starts_with(FORMULA_STARTS) && !(field == "phone" && is_plain_phone(text));
+    let guarded = (text.starts_with(FORMULA_STARTS) || text.starts_with('\''))
+        && !(field == "phone" && is_plain_phone(text));
     let prefix = if guarded { "'" } else { "" };
     if text.contains([',', '"', '\r', '\n']) {
         line.push('"');
@@ -436,9 +616,7 @@ fn change_account<T>(
     who: &str,
     change: impl FnOnce(&Connection, &Account) -> Result<T, Error>,
 ) -> Result<(Account, T), Fatal> {
-    require_database(&config.database)?;
-    let connection = store::open_existing(&config.database)?;
-    require_current_schema(&connection, &config.database)?;
+    let connection = open_for_writing(config)?;
     store::in_transaction(&connection, |connection| {
         let account = find(connection, who)?;
         let changed = change(connection, &account)?;
@@ -447,12 +625,13 @@ fn change_account<T>(
 }
 
 fn set(config: &Config, who: &str, edits: &[Edit], out: &mut dyn Write) -> Result<(), Fatal> {
-    let (_, after) = change_account(config, who, |connection, account| {
+    let (_, (after, identities)) = change_account(config, who, |connection, account| {
         store::update_account(connection, account.id, edits)?;
-        store::account_by_id(connection, account.id)?
-            .ok_or_else(|| Error::Internal(format!("account {} vanished", account.id)))
+        let after = store::account_by_id(connection, account.id)?
+            .ok_or_else(|| Error::Internal(format!("account {} vanished", account.id)))?;
+        Ok((after, store::identities_of(connection, account.id)?))
     })?;
-    write_account(&after, out)
+    write_account(&after, &identities, out)
 }
 
 fn revoke(config: &Config, who: &str, out: &mut dyn Write) -> Result<(), Fatal> {
@@ -581,6 +760,15 @@ pub(crate) fn migrate(config: &Config, out: &mut dyn Write) -> Result<(), Fatal>
     writeln!(out, "{}: {message}", config.database).map_err(write_failed)
 }
 
+/// An operator's read-write connection to `config.database` (`store::open_existing`), which must
+/// exist and have the current schema.
+pub(crate) fn open_for_writing(config: &Config) -> Result<Connection, Fatal> {
+    require_database(&config.database)?;
+    let connection = store::open_existing(&config.database)?;
+    require_current_schema(&connection, &config.database)?;
+    Ok(connection)
+}
+
 fn open_for_reading(config: &Config) -> Result<Connection, Fatal> {
     require_database(&config.database)?;
     let connection = store::open_reader(&config.database)?;
@@ -650,6 +838,9 @@ mod tests {
         assert_eq!(field("wx_city", json!("-2,3")), "\"'-2,3\"");
         assert_eq!(field("wx_nickname", json!("\r=1")), "\"'\r=1\"");
         assert_eq!(field("wx_nickname", json!("a=1")), "a=1");
+        // A leading `'` is the guard, so text that has one of its own gets another.
+        assert_eq!(field("wx_nickname", json!("'=1")), "''=1");
+        assert_eq!(field("address", json!("'quoted'")), "''quoted'");
         // A phone as the API stores it stays as it is; anything else in that column (written
         // around the API) is guarded like any text.
         assert_eq!(field("phone", json!("+8613800138000")), "+8613800138000");

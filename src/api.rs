@@ -7,6 +7,11 @@
 //! (`Writer::run`), which the handler waits for, and are durable before the handler answers,
 //! except login bookkeeping (`last_login`, `last_ip`), whose answer shows the new values while the
 //! write completes in the background. An account a write changes is read back in that write.
+//!
+//! A request is served by one app (`App`, the mini-program whose prefix its path is under): its
+//! WeChat client, its rate limits, its appid for identities and its audience for tokens. An
+//! answer shows the account as that app sees it, with that app's openid in `wx_openid`; only
+//! `verify` accepts the tokens of every app.
 
 use std::net::IpAddr;
 use std::time::Instant;
@@ -61,15 +66,32 @@ impl Keys {
     }
 }
 
+/// One mini-program the server serves: the default (`[wechat]`, `prefix`, `jwt.audience`) or an
+/// `[apps.NAME]`, with what is its own at run time.
+pub(crate) struct App {
+    /// `default` or NAME: the app's label in metrics and access lines, and in `verify`'s answer.
+    pub(crate) name: String,
+    /// Where its API is served, with leading and trailing slash.
+    pub(crate) prefix: String,
+    /// The `aud` of its tokens.
+    pub(crate) audience: String,
+    /// Its WeChat client (its appid and secret, access token and in-flight cap).
+    pub(crate) wechat: WeChat,
+    /// Its clients' rate-limit buckets.
+    pub(crate) limiter: RateLimiter,
+}
+
 /// Everything a handler may use besides its input.
 pub(crate) struct Ctx<'a> {
     pub(crate) config: &'a Config,
     /// The worker's read connection.
     pub(crate) db: &'a Connection,
     pub(crate) writer: &'a Writer,
-    pub(crate) wechat: &'a WeChat,
+    /// The app the request came through (`router::app`).
+    pub(crate) app: &'a App,
+    /// Every app, the default first: `verify` accepts the tokens of each.
+    pub(crate) apps: &'a [App],
     pub(crate) codes: &'a RecentCodes,
-    pub(crate) limiter: &'a RateLimiter,
     pub(crate) keys: &'a Keys,
     /// The client's address (the peer, or `X-Forwarded-For` from a trusted proxy).
     pub(crate) client: IpAddr,
@@ -104,7 +126,7 @@ pub(crate) struct RegisteredAnswer {
 
 impl Ctx<'_> {
     fn appid(&self) -> &str {
-        self.wechat.appid()
+        self.app.wechat.appid()
     }
 
     fn client_ip(&self) -> String {
@@ -113,7 +135,8 @@ impl Ctx<'_> {
 
     /// Spends one of this client's rate-limited requests.
     fn rate_limit(&self) -> Result<(), Error> {
-        self.limiter
+        self.app
+            .limiter
             .check(&self.config.rate_limit, self.client, Instant::now())
             .map_err(|retry_after| Error::RateLimited { retry_after })
     }
@@ -121,7 +144,7 @@ impl Ctx<'_> {
     fn issue_token(&self, account: &Account) -> String {
         let claims = jwt::Claims {
             iss: self.config.jwt.issuer.clone(),
-            aud: self.config.jwt.audience.clone(),
+            aud: self.app.audience.clone(),
             sub: account.id.to_string(),
             iat: self.now,
             exp: self.now + self.config.jwt.lifetime as i64,
@@ -133,32 +156,49 @@ impl Ctx<'_> {
         jwt::sign_with(&claims, &self.keys.keys[0])
     }
 
-    /// The account a token in an `Authorization` header names.
+    /// The account a token of this app in an `Authorization` header names, as this app shows it.
     fn account_from_token(&self, header: &str) -> Result<Account, Error> {
-        self.verified_token(header).map(|(account, _)| account)
+        self.verified_token(header, std::slice::from_ref(self.app)).map(|(account, _, _)| account)
     }
 
-    /// The account a token in an `Authorization` header names, and the token's claims: the
-    /// token's signature and claims are checked, and its account must exist, be no younger than
-    /// the token, be enabled, and not have revoked it. Reads only.
-    fn verified_token(&self, header: &str) -> Result<(Account, jwt::Claims), Error> {
+    /// The account a token in an `Authorization` header names, the token's claims and the app of
+    /// `apps` whose audience it carries: the token's signature and claims are checked, and its
+    /// account must exist, be no younger than the token, be enabled, and not have revoked it. The
+    /// account is shown as that app sees it (`seen_in`). Reads only.
+    fn verified_token<'b>(
+        &self,
+        header: &str,
+        apps: &'b [App],
+    ) -> Result<(Account, jwt::Claims, &'b App), Error> {
         let token = bearer_token(header).ok_or(Error::TokenInvalid)?;
-        let expect = jwt::Expect {
-            issuer: &self.config.jwt.issuer,
-            audience: &self.config.jwt.audience,
-            leeway: self.config.jwt.leeway as i64,
-            now: self.now,
-        };
-        let claims =
-            jwt::verify_with(token, &self.keys.keys, &expect).map_err(|error| match error {
-                jwt::JwtError::Expired => Error::TokenExpired,
-                jwt::JwtError::Invalid => Error::TokenInvalid,
-            })?;
+        let leeway = self.config.jwt.leeway as i64;
+        let mut refused = Error::TokenInvalid;
+        let mut verified = None;
+        for app in apps {
+            let expect = jwt::Expect {
+                issuer: &self.config.jwt.issuer,
+                audience: &app.audience,
+                leeway,
+                now: self.now,
+            };
+            match jwt::verify_with(token, &self.keys.keys, &expect) {
+                Ok(claims) => {
+                    verified = Some((claims, app));
+                    break;
+                }
+                // Expired for one app's audience is what the client should hear, whichever
+                // app's it is.
+                Err(jwt::JwtError::Expired) => refused = Error::TokenExpired,
+                Err(jwt::JwtError::Invalid) => {}
+            }
+        }
+        let (claims, app) = verified.ok_or(refused)?;
         let id = account_id(&claims.sub).ok_or(Error::TokenInvalid)?;
         let account = store::account_by_id(self.db, id)?.ok_or(Error::TokenInvalid)?;
+        let account = seen_in(self.db, account, app.wechat.appid())?;
         // A token older than its account was issued to an earlier account with the same id: one
         // a restored backup no longer holds, whose id has since been given out again.
-        if claims.iat + expect.leeway < account.date_joined {
+        if claims.iat + leeway < account.date_joined {
             return Err(Error::TokenInvalid);
         }
         // Before the version: disabling revokes the tokens too, and the client should learn why.
@@ -166,7 +206,7 @@ impl Ctx<'_> {
         if claims.ver != account.token_version {
             return Err(Error::TokenRevoked);
         }
-        Ok((account, claims))
+        Ok((account, claims, app))
     }
 
     /// The account of a valid token, if one is given. A bad token is an error only when there is
@@ -230,7 +270,7 @@ impl Ctx<'_> {
         let keep_session_key = self.config.expose_session_key;
         let key = codes::key(self.appid(), code);
         let answer = self.codes.exchange(key, self.now, keep_session_key, || {
-            let session = self.wechat.code_to_session(code)?;
+            let session = self.app.wechat.code_to_session(code)?;
             let (appid, openid) = (self.appid().to_string(), session.openid.clone());
             let record = WechatSession {
                 unionid: session.unionid.clone(),
@@ -289,8 +329,11 @@ impl Ctx<'_> {
                 None => store::login_account(connection, &appid, &openid, &ip, now)?,
             };
             change(connection, id)?;
-            let account = store::account_by_id(connection, id)?
+            let mut account = store::account_by_id(connection, id)?
                 .ok_or_else(|| Error::Internal(format!("account {id} vanished")))?;
+            // This app's openid: the one logged in by, or the token's account's as this app
+            // shows it.
+            account.wx_openid = openid;
             enabled(&account)?;
             still_signed_in(&account, sign_in)?;
             Ok(account)
@@ -307,6 +350,17 @@ impl Ctx<'_> {
         self.writer.note_login(id, ip, now);
         account
     }
+}
+
+/// `account` as the app of `appid` shows it: with the openid of its identity there in
+/// `wx_openid` (an account joined through another app keeps its first identity's there).
+fn seen_in(db: &Connection, mut account: Account, appid: &str) -> Result<Account, Error> {
+    if account.wx_appid != appid
+        && let Some(openid) = store::openid_in_app(db, account.id, appid)?
+    {
+        account.wx_openid = openid;
+    }
+    Ok(account)
 }
 
 /// What `Ctx::exchange_code` learnt.
@@ -373,9 +427,10 @@ pub(crate) fn get_openid_by_code(ctx: &Ctx, code: Option<&str>) -> Result<Openid
     let code = required(code, "code")?;
     check_code(code, "code")?;
     ctx.rate_limit()?;
-    let Exchanged { answer: session, account } = ctx.exchange_code(code)?;
-    if let Some(account) = &account {
+    let Exchanged { answer: session, mut account } = ctx.exchange_code(code)?;
+    if let Some(account) = &mut account {
         enabled(account)?;
+        account.wx_openid = session.openid.clone();
     }
     Ok(OpenidAnswer {
         is_registered: account.as_ref().is_some_and(|account| account.is_register),
@@ -496,6 +551,8 @@ pub(crate) struct VerifyAnswer {
     pub(crate) expires_at: String,
     /// The token's `exp`, Unix seconds.
     pub(crate) exp: i64,
+    /// The app whose token it is (`default` or NAME): its audience is the token's `aud`.
+    pub(crate) app: String,
 }
 
 /// `GET verify`: is this token good right now, and whose is it. For other services and for
@@ -503,12 +560,17 @@ pub(crate) struct VerifyAnswer {
 /// from the proxy's address for every client), no body, and no write, not even login
 /// bookkeeping. Missing `Authorization` is `not_authenticated`; any other failure is the token
 /// error the other endpoints give (the router answers all of them with 401 here).
+///
+/// It accepts the token of any app, whichever app's prefix it is asked under, and names the app:
+/// a service behind several mini-programs checks any of their tokens in one call.
 pub(crate) fn verify(ctx: &Ctx, authorization: Option<&str>) -> Result<VerifyAnswer, Error> {
-    let (account, claims) = ctx.verified_token(authorization.ok_or(Error::NotAuthenticated)?)?;
+    let header = authorization.ok_or(Error::NotAuthenticated)?;
+    let (account, claims, app) = ctx.verified_token(header, ctx.apps)?;
     Ok(VerifyAnswer {
         user_id: account.id,
         expires_at: crate::time::format_datetime(claims.exp),
         exp: claims.exp,
+        app: app.name.clone(),
     })
 }
 
@@ -630,7 +692,7 @@ pub(crate) fn register(
                 .ok_or_else(|| Error::InvalidParameter("解密得到的手机号格式不正确".into()))?
         }
         PhoneSource::Code(phone_code) => {
-            let number = ctx.wechat.phone_number(&phone_code)?;
+            let number = ctx.app.wechat.phone_number(&phone_code)?;
             if number.watermark_appid != ctx.appid() {
                 return Err(Error::WatermarkMismatch);
             }
@@ -645,10 +707,12 @@ pub(crate) fn register(
     let account = ctx.writer.run(move |connection| {
         let written =
             store::register(connection, known_id, &appid, &openid, &ip, now, &registration)?;
-        let account = written.ok_or_else(|| match known_id {
+        let mut account = written.ok_or_else(|| match known_id {
             Some(id) => Error::Internal(format!("register: account {id} vanished")),
             None => Error::Internal("register: the account written is not there".into()),
         })?;
+        // This app's openid, as `Ctx::login_write` shows it.
+        account.wx_openid = openid;
         enabled(&account)?;
         still_signed_in(&account, sign_in)?;
         Ok(account)
@@ -694,9 +758,17 @@ fn check_code(code: &str, name: &str) -> Result<(), Error> {
 
 /// An openid: letters, digits, `-` and `_`, at most 64.
 fn check_openid(openid: &str) -> Result<(), Error> {
-    let plain = openid.len() <= MAX_OPENID
-        && openid.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
-    if plain { Ok(()) } else { Err(Error::InvalidParameter("openid 格式不正确".into())) }
+    if is_openid(openid) {
+        Ok(())
+    } else {
+        Err(Error::InvalidParameter("openid 格式不正确".into()))
+    }
+}
+
+/// Letters, digits, `-` and `_`, at most 64: an openid (or unionid) as WeChat gives them.
+pub(crate) fn is_openid(openid: &str) -> bool {
+    openid.len() <= MAX_OPENID
+        && openid.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
 }
 
 fn optional_openid(body: &Map<String, Value>) -> Result<Option<String>, Error> {

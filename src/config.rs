@@ -7,6 +7,12 @@
 //! environment, are errors naming the key. `Debug` never shows a secret. This module does no I/O
 //! beyond reading the file it is given and the environment.
 //!
+//! Several mini-programs: `[wechat]`, `prefix` and `jwt.audience` are the default app; each
+//! `[apps.NAME]` section adds one (`AppConfig`), whose keys are `WXAUTH_APPS_NAME_KEY` in the
+//! environment (NAME upper case; the key is the part after the last known key name, so a NAME
+//! may hold `_`). `validate` keeps their prefixes from overlapping and their appids and audiences
+//! apart, so that a path names one app and a token's `aud` names one app.
+//!
 //! A reload (SIGHUP) loads the configuration again; `Config::reloaded` takes from it the keys in
 //! `RELOADABLE`, those read afresh by each request, and keeps the running value of every other.
 
@@ -91,6 +97,25 @@ pub(crate) struct Config {
     pub(crate) rate_limit: RateLimitConfig,
     pub(crate) demo: DemoConfig,
     pub(crate) log: LogConfig,
+    /// The mini-programs served besides the default one, by NAME (`[apps.NAME]`).
+    pub(crate) apps: BTreeMap<String, AppConfig>,
+}
+
+/// One more mini-program (`[apps.NAME]`), served under its own prefix with its own WeChat client,
+/// access token, in-flight cap and rate limits; `[wechat]`'s other keys (base_url, timeouts,
+/// max_in_flight) apply to it too. After parsing, `prefix` and `audience` hold their defaults
+/// when left empty.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct AppConfig {
+    /// The mini-program's appid; empty, with `secret`, in demo mode only.
+    pub(crate) appid: String,
+    /// The mini-program's app secret.
+    pub(crate) secret: String,
+    /// URL prefix of this app's API; default `/NAME/wx_auth/`.
+    pub(crate) prefix: String,
+    /// The `aud` of this app's tokens; default NAME.
+    pub(crate) audience: String,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -168,6 +193,15 @@ pub(crate) const MIN_JWT_SECRET_BYTES: usize = 32;
 /// The appid the fake WeChat and demo mode use.
 pub(crate) const DEMO_APPID: &str = "wxdemo";
 
+/// The name of the app `[wechat]` configures, in metrics, access lines and `verify`'s answer.
+pub(crate) const DEFAULT_APP: &str = "default";
+
+/// The most `[apps.NAME]` sections: each app has its own series in the metrics' fixed arrays.
+pub(crate) const MOST_APPS: usize = 15;
+
+/// An app's keys, as `[apps.NAME]` and `WXAUTH_APPS_NAME_…` name them.
+const APP_KEYS: [&str; 4] = ["appid", "secret", "prefix", "audience"];
+
 impl Config {
     /// The largest `max_body_bytes`: a body is read whole into memory before it is handled.
     pub(crate) const MOST_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -211,6 +245,7 @@ impl Default for Config {
             rate_limit: RateLimitConfig::default(),
             demo: DemoConfig::default(),
             log: LogConfig::default(),
+            apps: BTreeMap::new(),
         }
     }
 }
@@ -268,6 +303,12 @@ impl Config {
         self.wechat.appid.is_empty() && self.wechat.secret.is_empty()
     }
 
+    /// The appid demo mode gives app `name` on the fake WeChat (the default app's is `DEMO_APPID`),
+    /// so that one demo user has a different openid in each app and the same unionid.
+    pub(crate) fn demo_appid(name: &str) -> String {
+        if name == DEFAULT_APP { DEMO_APPID.to_string() } else { format!("{DEMO_APPID}_{name}") }
+    }
+
     /// Whether the demo page and its helpers are served: in demo mode, or when `demo.page` turns
     /// them on against a fake WeChat on loopback (`validate` refuses it otherwise).
     pub(crate) fn demo_page(&self) -> bool {
@@ -280,6 +321,13 @@ impl Config {
     fn redacted(&self) -> Result<Config, String> {
         let mut table = toml::Table::try_from(self).map_err(|error| error.to_string())?;
         redact_keys(&mut table, SECRET_KEYS);
+        if let Some(toml::Value::Table(apps)) = table.get_mut("apps") {
+            for (_, app) in apps.iter_mut() {
+                if let toml::Value::Table(app) = app {
+                    redact_keys(app, APP_SECRET_KEYS);
+                }
+            }
+        }
         toml::Value::Table(table).try_into().map_err(|error: toml::de::Error| error.to_string())
     }
 }
@@ -289,6 +337,9 @@ impl Config {
 /// `every_secret_like_key_is_listed_as_secret` fails until it is.
 const SECRET_KEYS: &[&str] =
     &["database_password", "wechat.secret", "jwt.secret", "jwt.previous_secrets"];
+
+/// The keys of an `[apps.NAME]` section whose values are secret, redacted as `SECRET_KEYS`.
+const APP_SECRET_KEYS: &[&str] = &["secret"];
 
 /// Replaces the values at `keys` (`key` or `section.key`) in `table`.
 fn redact_keys(table: &mut toml::Table, keys: &[&str]) {
@@ -484,6 +535,14 @@ fn parse_and_check(
     if !bound_given {
         config.wechat.max_in_flight = default_max_in_flight(config.workers);
     }
+    for (name, app) in &mut config.apps {
+        if app.prefix.is_empty() {
+            app.prefix = format!("/{name}/wx_auth/");
+        }
+        if app.audience.is_empty() {
+            app.audience = name.clone();
+        }
+    }
     validate(&config)?;
     Ok(config)
 }
@@ -566,6 +625,17 @@ fn check_keys(table: &toml::Table, defaults: &toml::Table, section: &str) -> Res
     for (key, value) in table {
         let name = if section.is_empty() { key.clone() } else { format!("{section}.{key}") };
         match (defaults.get(key), value) {
+            (Some(_), toml::Value::Table(apps)) if name == "apps" => {
+                let app_defaults = toml::Table::try_from(AppConfig::default())
+                    .map_err(|error| format!("config defaults: {error}"))?;
+                for (app, section) in apps {
+                    let name = format!("apps.{app}");
+                    match section {
+                        toml::Value::Table(section) => check_keys(section, &app_defaults, &name)?,
+                        _ => return Err(format!("config: `{name}` must be a table ([{name}])")),
+                    }
+                }
+            }
             (None, _) => return Err(format!("config: unknown key `{name}`")),
             (Some(toml::Value::Table(inner_defaults)), toml::Value::Table(inner)) => {
                 check_keys(inner, inner_defaults, &name)?
@@ -644,12 +714,35 @@ fn apply_environment(
             }
         }
     }
+    for (name, text) in environment {
+        let Some((app, key)) = app_variable(name) else {
+            continue;
+        };
+        let apps = table.entry("apps").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::Table(apps) = apps {
+            let section = apps.entry(app).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(section) = section {
+                section.insert(key.to_string(), toml::Value::String(text.clone()));
+            }
+        }
+        known.push(name.clone());
+    }
     for name in environment.keys() {
         if !known.contains(name) && !OTHER_VARIABLES.contains(&name.as_str()) {
             return Err(format!("environment: unknown variable {name}"));
         }
     }
     Ok(())
+}
+
+/// The app and key a `WXAUTH_APPS_NAME_KEY` variable names: KEY is one of `APP_KEYS` (matched at
+/// the end, as NAME may hold `_`), NAME is read in lower case and checked by `validate`.
+fn app_variable(name: &str) -> Option<(String, &'static str)> {
+    let rest = name.strip_prefix("WXAUTH_APPS_")?;
+    APP_KEYS.into_iter().find_map(|key| {
+        let app = rest.strip_suffix(key.to_uppercase().as_str())?.strip_suffix('_')?;
+        (!app.is_empty()).then(|| (app.to_lowercase(), key))
+    })
 }
 
 /// Reads an environment variable as the type of the key's default.
@@ -771,6 +864,66 @@ fn validate(config: &Config) -> Result<(), String> {
         && (config.rate_limit.burst == 0 || config.rate_limit.per_second == 0)
     {
         return Err("rate_limit: burst and per_second must be at least 1 when enabled".into());
+    }
+    validate_apps(config)
+}
+
+/// The `[apps.NAME]` sections: names, credentials as demo mode has them, and prefixes, appids and
+/// audiences that tell the apps apart (a path, an identity and a token each name one app).
+fn validate_apps(config: &Config) -> Result<(), String> {
+    if config.apps.len() > MOST_APPS {
+        return Err(format!("apps: at most {MOST_APPS} [apps.NAME] sections"));
+    }
+    let mut prefixes = vec![(String::from("prefix"), config.prefix.as_str())];
+    let mut audiences = vec![(String::from("jwt.audience"), config.jwt.audience.as_str())];
+    let mut appids = vec![(String::from("wechat.appid"), config.wechat.appid.as_str())];
+    for (name, app) in &config.apps {
+        let good_name = !name.is_empty()
+            && name
+                .bytes()
+                .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_');
+        if !good_name || name == DEFAULT_APP {
+            return Err(format!(
+                "apps.{name}: NAME must be lower-case letters, digits and `_`, and not `{DEFAULT_APP}`"
+            ));
+        }
+        let prefix = &app.prefix;
+        if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix.contains(['?', '#', ' ']) {
+            return Err(format!("apps.{name}.prefix: `{prefix}` must start and end with `/`"));
+        }
+        if config.demo_mode() && !(app.appid.is_empty() && app.secret.is_empty()) {
+            return Err(format!(
+                "apps.{name}: in demo mode (no [wechat] appid and secret) every app plays against \
+                 the fake WeChat: leave its appid and secret empty, or configure [wechat] too"
+            ));
+        }
+        if !config.demo_mode() && (app.appid.is_empty() || app.secret.is_empty()) {
+            return Err(format!("apps.{name}: set both appid and secret"));
+        }
+        prefixes.push((format!("apps.{name}.prefix"), prefix));
+        audiences.push((format!("apps.{name}.audience"), &app.audience));
+        if !app.appid.is_empty() {
+            appids.push((format!("apps.{name}.appid"), &app.appid));
+        }
+    }
+    for (index, (key, prefix)) in prefixes.iter().enumerate() {
+        for (other_key, other) in &prefixes[index + 1..] {
+            if prefix.starts_with(other) || other.starts_with(prefix) {
+                return Err(format!(
+                    "{other_key}: `{other}` overlaps {key} `{prefix}`: a path must name one app"
+                ));
+            }
+        }
+    }
+    for (what, list) in [("audience", &audiences), ("appid", &appids)] {
+        for (index, (key, value)) in list.iter().enumerate() {
+            if let Some((other_key, _)) = list[index + 1..].iter().find(|(_, other)| other == value)
+            {
+                return Err(format!(
+                    "{other_key}: the same {what} as {key}: each app needs its own"
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -1122,6 +1275,115 @@ mod tests {
         let text = toml::to_string(&table).unwrap();
         assert!(text.contains(r#"secret = ["<redacted>", "", "<redacted>"]"#), "{text}");
         assert!(text.contains(r#"issuer = "me""#), "{text}");
+    }
+
+    #[test]
+    fn apps_come_from_the_file_and_the_environment_with_their_defaults() {
+        let text = "[wechat]\nappid = \"wxmain\"\nsecret = \"s\"\n\
+                    [apps.shop]\nappid = \"wxshop\"\nsecret = \"shop-secret\"\n";
+        let config = parse(
+            text,
+            &env(&[
+                ("WXAUTH_APPS_SHOP_AUDIENCE", "shop-tokens"),
+                ("WXAUTH_APPS_STAFF_APP_APPID", "wxstaff"),
+                ("WXAUTH_APPS_STAFF_APP_SECRET", "staff-secret"),
+                ("WXAUTH_APPS_STAFF_APP_PREFIX", "/staff/"),
+            ]),
+        )
+        .unwrap();
+        let names: Vec<&str> = config.apps.keys().map(String::as_str).collect();
+        assert_eq!(names, ["shop", "staff_app"]);
+        let shop = &config.apps["shop"];
+        assert_eq!((shop.appid.as_str(), shop.secret.as_str()), ("wxshop", "shop-secret"));
+        assert_eq!(
+            (shop.prefix.as_str(), shop.audience.as_str()),
+            ("/shop/wx_auth/", "shop-tokens")
+        );
+        let staff = &config.apps["staff_app"];
+        assert_eq!((staff.prefix.as_str(), staff.audience.as_str()), ("/staff/", "staff_app"));
+        assert!(parse("", &env(&[])).unwrap().apps.is_empty(), "one app unless configured");
+
+        // Demo mode: apps without credentials, each with a demo appid of its own.
+        let demo = parse("[apps.shop]\n", &env(&[])).unwrap();
+        assert!(demo.demo_mode());
+        assert_eq!(Config::demo_appid("shop"), "wxdemo_shop");
+        assert_eq!(Config::demo_appid(DEFAULT_APP), DEMO_APPID);
+        assert_eq!(demo.apps["shop"].prefix, "/shop/wx_auth/");
+
+        let error = parse("[apps.shop]\nappid = \"wx1\"\nsecret = \"s\"\n", &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("apps.shop: in demo mode"), "{error}");
+        let error = parse("[wechat]\nappid = \"wx1\"\nsecret = \"s\"\n[apps.shop]\n", &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(error, "apps.shop: set both appid and secret");
+        let error = parse("[apps.shop]\nappsecret = \"x\"\n", &env(&[])).unwrap_err().to_string();
+        assert!(error.contains("`apps.shop.appsecret`"), "{error}");
+        let error =
+            parse("", &env(&[("WXAUTH_APPS_SHOP_APPSECRET", "x")])).unwrap_err().to_string();
+        assert!(error.contains("WXAUTH_APPS_SHOP_APPSECRET"), "{error}");
+    }
+
+    #[test]
+    fn apps_need_names_prefixes_audiences_and_appids_of_their_own() {
+        for (text, expected) in [
+            ("[apps.Shop]\n", "apps.Shop: NAME must be"),
+            ("[apps.default]\n", "apps.default: NAME must be"),
+            ("[apps.shop]\nprefix = \"shop\"\n", "apps.shop.prefix: `shop` must start"),
+            (
+                "[apps.shop]\nprefix = \"/miniprog/\"\n",
+                "apps.shop.prefix: `/miniprog/` overlaps prefix",
+            ),
+            (
+                "[apps.shop]\nprefix = \"/miniprog/wx_auth/shop/\"\n",
+                "apps.shop.prefix: `/miniprog/wx_auth/shop/` overlaps prefix",
+            ),
+            (
+                "[apps.a]\nprefix = \"/x/\"\n[apps.b]\nprefix = \"/x/\"\n",
+                "apps.b.prefix: `/x/` overlaps apps.a.prefix",
+            ),
+            (
+                "[apps.shop]\naudience = \"miniprog\"\n",
+                "apps.shop.audience: the same audience as jwt.audience",
+            ),
+            (
+                "[apps.a]\naudience = \"b\"\n[apps.b]\n",
+                "apps.b.audience: the same audience as apps.a.audience",
+            ),
+        ] {
+            let error = parse(text, &env(&[])).unwrap_err().to_string();
+            assert!(error.starts_with(expected), "{text}: {error}");
+        }
+        let configured = "[wechat]\nappid = \"wx1\"\nsecret = \"s\"\n\
+                          [apps.shop]\nappid = \"wx1\"\nsecret = \"t\"\n";
+        let error = parse(configured, &env(&[])).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "apps.shop.appid: the same appid as wechat.appid: each app needs its own"
+        );
+        let many: String = (0..=MOST_APPS).map(|index| format!("[apps.a{index}]\n")).collect();
+        assert!(parse(&many, &env(&[])).unwrap_err().to_string().starts_with("apps: at most"));
+    }
+
+    #[test]
+    fn app_secrets_are_redacted_and_apps_take_a_restart() {
+        let text = "[wechat]\nappid = \"wxmain\"\nsecret = \"main-secret-value\"\n\
+                    [apps.shop]\nappid = \"wxshop\"\nsecret = \"shop-secret-value\"\n";
+        let config = parse(text, &env(&[])).unwrap();
+        let shown = format!("{config:?}");
+        assert!(
+            shown.contains("[apps.shop]\nappid = \"wxshop\"\nsecret = \"<redacted>\""),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("shop-secret-value") && !shown.contains("main-secret-value"),
+            "{shown}"
+        );
+        let loaded = parse(&text.replace("wxshop", "wxshop2"), &env(&[])).unwrap();
+        let reloaded = config.reloaded(&loaded).unwrap();
+        assert_eq!(reloaded.need_restart, ["apps.shop"]);
+        assert_eq!(reloaded.config.apps["shop"].appid, "wxshop");
     }
 
     #[test]

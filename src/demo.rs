@@ -83,9 +83,15 @@ pub(crate) fn handle(ctx: &Ctx, method: &str, path: &str, query: &str) -> Option
 fn helper_reply(ctx: &Ctx, name: &str, query: &str) -> Option<Reply> {
     let result = match name {
         "info" => router::success(&json!({
-            "prefix": ctx.config.prefix,
-            "appid": ctx.wechat.appid(),
+            "prefix": ctx.app.prefix,
+            "appid": ctx.app.wechat.appid(),
             "users": USERS,
+            // Every app, the default first, for the page to play any of them.
+            "apps": ctx.apps.iter().map(|app| json!({
+                "name": app.name,
+                "prefix": app.prefix,
+                "appid": app.wechat.appid(),
+            })).collect::<Vec<_>>(),
         })),
         "wx_login" => fake(ctx, "/fake/wx_login", query, &["user"]),
         "encrypt_phone" => fake(ctx, "/fake/encrypted_phone", query, &["openid", "phone"]),
@@ -107,6 +113,7 @@ fn fake(ctx: &Ctx, path: &'static str, query: &str, names: &[&str]) -> Result<Re
     }
     let pairs: Vec<(&str, &str)> =
         pairs.iter().map(|(name, value)| (*name, value.as_str())).collect();
-    let (status, answer) = ctx.wechat.fake_helper(path, &pairs)?;
+    // The fake is one for every app: the helpers need no app of their own.
+    let (status, answer) = ctx.app.wechat.fake_helper(path, &pairs)?;
     Ok(Reply { status, body: answer.to_string(), headers: Vec::new(), error: None, log: None })
 }

@@ -154,6 +154,9 @@ pub(crate) fn error(message: &str) {
 
 /// One answered request, for the access log.
 pub(crate) struct Access<'a> {
+    /// The app the request came through (`default` or an `[apps.NAME]`'s NAME, from the
+    /// configuration, never from the request).
+    pub(crate) app: &'a str,
     pub(crate) client: IpAddr,
     pub(crate) method: &'a str,
     /// The path without its query (which may hold a `wx.login` code).
@@ -189,6 +192,7 @@ pub(crate) fn access(entry: &Access) {
         let millis = entry.duration.as_secs_f64() * 1000.0;
         let mut fields = json!({
             "type": "access",
+            "app": entry.app,
             "client": entry.client.to_string(),
             "method": bounded(entry.method),
             "path": bounded(entry.path),
@@ -207,7 +211,8 @@ pub(crate) fn access(entry: &Access) {
     }
 }
 
-/// `time LEVEL client METHOD path status 1.2ms[ error (detail)]`.
+/// `time LEVEL client METHOD path status 1.2ms[ app=NAME][ error (detail)]`: the app is named
+/// when it is not the default, so a one-app deployment's lines keep their shape.
 fn plain_access_line(entry: &Access, level: LogLevel) -> String {
     let time = crate::time::format_datetime(crate::time::now());
     let (method, path) = (bounded(entry.method), bounded(entry.path));
@@ -224,6 +229,9 @@ fn plain_access_line(entry: &Access, level: LogLevel) -> String {
         tenths / 10,
         tenths % 10
     );
+    if entry.app != crate::config::DEFAULT_APP {
+        let _ = write!(text, " app={}", entry.app);
+    }
     if let Some((name, detail)) = entry.error {
         // The detail may quote what a client sent (a header, a field's value).
         let _ = write!(text, " {} ({})", escape_controls(name), escape_controls(detail));
@@ -305,6 +313,7 @@ mod tests {
     #[test]
     fn access_levels() {
         let entry = |status, probe| Access {
+            app: "default",
             client: "127.0.0.1".parse().unwrap(),
             method: "GET",
             path: "/",
@@ -324,6 +333,7 @@ mod tests {
     #[test]
     fn plain_access_lines_field_by_field() {
         let entry = |client: &str, path, status, micros, error| Access {
+            app: "default",
             client: client.parse().unwrap(),
             method: "GET",
             path,
@@ -374,6 +384,7 @@ mod tests {
         // The method too: tiny_http takes any token as one.
         let method = "M".repeat(7000);
         let entry = Access {
+            app: "default",
             client: "127.0.0.1".parse().unwrap(),
             method: &method,
             path: &long,

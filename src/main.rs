@@ -22,6 +22,7 @@ mod demo;
 mod error;
 mod fake_wechat;
 mod health;
+mod import;
 mod jwt;
 mod log;
 mod metrics;
@@ -72,6 +73,7 @@ Usage:
   wxauth users disable ID|OPENID              stop an account logging in or using its tokens
   wxauth users enable ID|OPENID               let a disabled account log in again
   wxauth users delete ID|OPENID               delete an account; its id is never reused
+  wxauth users import FILE --format F         load accounts (django dumpdata, csv, json), all or none
   wxauth backup PATH                          copy the live database to a new file, verified
   wxauth restore BACKUP                       put a backup in place of the stopped server's database
   wxauth migrate                              apply pending schema upgrades to the database
@@ -130,6 +132,7 @@ Usage:
   wxauth users disable ID|OPENID [--config PATH]
   wxauth users enable ID|OPENID [--config PATH]
   wxauth users delete ID|OPENID [--config PATH]
+  wxauth users import FILE --format django|csv|json [--dry-run] [--config PATH]
 
 An account is named by its id, or by its openid (a number is tried as an id first).
 
@@ -161,8 +164,20 @@ enable  lets a disabled account log in again; the tokens it had stay revoked.
 delete  deletes the account and its recorded WeChat session: its tokens no longer verify, its
         WeChat user gets a new account (a new id) at the next login, and the id is never given
         out again.
+import  loads the accounts in FILE, all or none, in one transaction, keeping their ids (new
+        accounts then get ids after the largest). --format django reads the original Django
+        backend's `python manage.py dumpdata wx_auth.User` (naive times as UTC; password hashes
+        and the fields wxauth has no use for are dropped; is_active false imports the account
+        disabled); csv and json read what `users export` writes. Every field is checked as the
+        API checks it. A row with no openid, a refused field, or an id or openid taken (in the
+        database or earlier in the file) is refused: every refused row is listed on stdout with
+        its line (csv) or element and pk/id (json), the command exits 1, and nothing is written.
+        --dry-run checks everything the same way and writes nothing. The file is read row by
+        row, so its size does not matter; the write lock is held until the end, so stop the
+        server first (docs/operations.md, \"Moving in\").
 
-Session keys and token versions are never shown. The database (`database` in the config) must
+Session keys are never shown; token versions only by export (with wx_appid and disabled_at, after
+the account object's fields), so that an import keeps tokens issued before valid. The database (`database` in the config) must
 exist and have the current schema (`wxauth migrate`); list, show, find and export read it without
 taking the write lock. The others write, in one transaction each, and work while the server runs
 (waiting up to 5 s for its writer); they refuse a database file that is not safely their user's,
@@ -352,6 +367,9 @@ const VALUE_OPTIONS: [(&str, &str); 6] = [
     ("--by", "phone, openid, unionid or nickname"),
 ];
 
+/// Options that take no value.
+const FLAG_OPTIONS: [&str; 1] = ["--dry-run"];
+
 fn parse_arguments(arguments: Vec<String>) -> Result<Command, UsageError> {
     let mut words = Vec::new();
     let mut options: Vec<(&'static str, String)> = Vec::new();
@@ -369,6 +387,19 @@ fn parse_arguments(arguments: Vec<String>) -> Result<Command, UsageError> {
                     Some((name, value)) => (name, Some(value.to_string())),
                     None => (argument.as_str(), None),
                 };
+                if let Some(&flag) = FLAG_OPTIONS.iter().find(|known| **known == name) {
+                    if inline.is_some() {
+                        return Err(UsageError {
+                            message: format!("{flag} takes no value"),
+                            usage,
+                        });
+                    }
+                    if options.iter().any(|(given, _)| *given == flag) {
+                        return Err(UsageError { message: format!("{flag} given twice"), usage });
+                    }
+                    options.push((flag, String::new()));
+                    continue;
+                }
                 let Some(&(name, what)) = VALUE_OPTIONS.iter().find(|(known, _)| *known == name)
                 else {
                     return Err(UsageError {
@@ -446,7 +477,8 @@ fn parse_arguments(arguments: Vec<String>) -> Result<Command, UsageError> {
         }
         "migrate" => Command::Migrate { config: rest.config() },
         _ => {
-            let actions = "list, show, find, export, set, revoke, disable, enable or delete";
+            let actions =
+                "list, show, find, export, set, revoke, disable, enable, delete or import";
             let action = match rest.word(&format!("an action: {actions}"))?.as_str() {
                 "list" => admin::UsersAction::List {
                     limit: rest.number("--limit")?.unwrap_or(50),
@@ -506,6 +538,26 @@ fn parse_arguments(arguments: Vec<String>) -> Result<Command, UsageError> {
                 "disable" => admin::UsersAction::Disable { who: rest.word("an ID or OPENID")? },
                 "enable" => admin::UsersAction::Enable { who: rest.word("an ID or OPENID")? },
                 "delete" => admin::UsersAction::Delete { who: rest.word("an ID or OPENID")? },
+                "import" => {
+                    let file = rest.word("a FILE to import")?;
+                    let format = match rest.option("--format").as_deref() {
+                        Some("django") => import::ImportFormat::Django,
+                        Some("csv") => import::ImportFormat::Csv,
+                        Some("json") => import::ImportFormat::Json,
+                        Some(other) => {
+                            return Err(rest.error(&format!(
+                                "--format must be django, csv or json, not `{other}`"
+                            )));
+                        }
+                        None => {
+                            return Err(
+                                rest.error("users import needs --format django, csv or json")
+                            );
+                        }
+                    };
+                    let dry_run = rest.option("--dry-run").is_some();
+                    admin::UsersAction::Import { file, format, dry_run }
+                }
                 other => {
                     return Err(rest.error(&format!("unknown users action `{other}`: {actions}")));
                 }
@@ -598,16 +650,7 @@ fn serve(config_path: Option<String>) -> Result<(), Fatal> {
     } else {
         None
     };
-    let (appid, secret, base_url) = match &demo {
-        Some(fake) => {
-            (config::DEMO_APPID.to_string(), random_hex(16)?, format!("http://{}", fake.address))
-        }
-        None => (
-            config.wechat.appid.clone(),
-            config.wechat.secret.clone(),
-            config.wechat.base_url.clone(),
-        ),
-    };
+    let apps = apps(&config, demo.as_ref())?;
 
     let (connection, applied) = store::open_writer(&config.database, store::Opener::Server)?;
     let jwt_secret = if config.jwt.secret.is_empty() {
@@ -624,9 +667,8 @@ fn serve(config_path: Option<String>) -> Result<(), Fatal> {
 
     let shared = Arc::new(server::Shared::new(
         config.clone(),
-        wechat::WeChat::new(&config.wechat, &appid, &secret, &base_url),
+        apps,
         codes::RecentCodes::new(config.expose_session_key).shared_through(shared_database),
-        ratelimit::RateLimiter::new(),
         api::Keys::new(&jwt_secret, &config.jwt.previous_secrets),
     ));
     let running = server::start(server, shared.clone(), &writer, readers)?;
@@ -647,6 +689,15 @@ fn serve(config_path: Option<String>) -> Result<(), Fatal> {
             format!(" (applied schema versions {applied:?})")
         },
     ));
+    for app in &shared.apps[1..] {
+        log::info(&format!(
+            "app {} (appid {}) serving {} with tokens for audience {}",
+            app.name,
+            app.wechat.appid(),
+            app.prefix,
+            app.audience
+        ));
+    }
     // Key ids are public (every token names its key) and let an operator check a rotation.
     let kids = shared.keys.kids();
     log::info(&format!(
@@ -702,6 +753,50 @@ fn serve(config_path: Option<String>) -> Result<(), Fatal> {
     }
     log::info("stopped");
     Ok(())
+}
+
+/// The apps to serve, the default first: each with its own WeChat client (in demo mode against
+/// the fake, with a demo appid of its own and a throwaway secret) and rate-limit buckets.
+fn apps(
+    config: &config::Config,
+    demo: Option<&fake_wechat::FakeWeChat>,
+) -> Result<Vec<api::App>, Fatal> {
+    let default = (
+        config::DEFAULT_APP.to_string(),
+        &config.wechat.appid,
+        &config.wechat.secret,
+        &config.prefix,
+        &config.jwt.audience,
+    );
+    let named = config
+        .apps
+        .iter()
+        .map(|(name, app)| (name.clone(), &app.appid, &app.secret, &app.prefix, &app.audience));
+    let mut apps = Vec::new();
+    for (slot, (name, appid, secret, prefix, audience)) in
+        std::iter::once(default).chain(named).enumerate()
+    {
+        let client = match demo {
+            Some(fake) => wechat::WeChat::new(
+                slot,
+                &config.wechat,
+                &config::Config::demo_appid(&name),
+                &random_hex(16)?,
+                &format!("http://{}", fake.address),
+            ),
+            None => {
+                wechat::WeChat::new(slot, &config.wechat, appid, secret, &config.wechat.base_url)
+            }
+        };
+        apps.push(api::App {
+            name,
+            prefix: prefix.clone(),
+            audience: audience.clone(),
+            wechat: client,
+            limiter: ratelimit::RateLimiter::new(),
+        });
+    }
+    Ok(apps)
 }
 
 /// Reads the configuration again as at start (the same file, the same environment), puts the

@@ -4,8 +4,10 @@
 //! Recording is a few relaxed atomic additions into fixed arrays, never a lock or an allocation,
 //! so it costs the hot path nothing worth measuring. Every label value comes from a fixed list:
 //! the routes from the router's own (`router::Route::ALL` and `router::Operation::ALL`), the
-//! statuses, WeChat APIs and outcomes from here. A path nobody routes is `other`, a status not
-//! listed is `other`, so no client can grow the label set. The two account gauges are not
+//! statuses, WeChat APIs and outcomes from here, the apps (`app`, `default` or an `[apps.NAME]`'s
+//! NAME) from the configuration, each in a slot of its own (its place in the server's list, at
+//! most `APP_SLOTS`). A path nobody routes is `other`, a status not listed is `other`, so no
+//! client can grow the label set. The two account gauges are not
 //! kept here: a scrape counts them in SQLite (`store::account_counts`, a scan of the accounts
 //! table), at most once every `ACCOUNTS_COUNTED_EVERY`; scrapes in between reuse the last count.
 //!
@@ -21,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::config::MOST_APPS;
 use crate::router::{Operation, Route};
 use crate::store::{AccountCounts, Connection};
 use crate::wechat::ERRCODES;
@@ -195,22 +198,25 @@ const fn counters<const N: usize>() -> Counters<N> {
     [const { AtomicU64::new(0) }; N]
 }
 
+/// App slots: the default app and each `[apps.NAME]`.
+const APP_SLOTS: usize = MOST_APPS + 1;
+
 /// Status slots: one per listed status, and `other`.
 const STATUS_SLOTS: usize = STATUSES.len() + 1;
 /// Bucket slots: one per bound, and one for slower requests (`+Inf` only).
 const BUCKET_SLOTS: usize = BUCKETS.len() + 1;
 
 pub(crate) struct Metrics {
-    /// Requests answered by a worker, by route and status.
-    requests: [Counters<STATUS_SLOTS>; ROUTES.len()],
-    /// Requests by route and the first bucket their duration fits in (not cumulative).
-    latency: [Counters<BUCKET_SLOTS>; ROUTES.len()],
-    /// Sum of request durations by route, in microseconds.
-    latency_sum: Counters<{ ROUTES.len() }>,
+    /// Requests answered by a worker, by app, route and status.
+    requests: [[Counters<STATUS_SLOTS>; ROUTES.len()]; APP_SLOTS],
+    /// Requests by app, route and the first bucket their duration fits in (not cumulative).
+    latency: [[Counters<BUCKET_SLOTS>; ROUTES.len()]; APP_SLOTS],
+    /// Sum of request durations by app and route, in microseconds.
+    latency_sum: [Counters<{ ROUTES.len() }>; APP_SLOTS],
     /// Requests tiny_http refused before a worker saw them, by status.
     refused: Counters<STATUS_SLOTS>,
-    /// Calls to WeChat by API and outcome.
-    wechat_calls: [Counters<{ WECHAT_OUTCOMES.len() }>; WECHAT_APIS.len()],
+    /// Calls to WeChat by app, API and outcome.
+    wechat_calls: [[Counters<{ WECHAT_OUTCOMES.len() }>; WECHAT_APIS.len()]; APP_SLOTS],
     /// The last call to WeChat that was sent: Unix seconds << 16 | API << 8 | outcome; 0 before
     /// the first. One word, so a reader never sees the time of one call with another's outcome.
     last_wechat_call: AtomicU64,
@@ -278,11 +284,11 @@ fn status_label(slot: usize) -> String {
 impl Metrics {
     pub(crate) const fn new() -> Metrics {
         Metrics {
-            requests: [const { counters() }; ROUTES.len()],
-            latency: [const { counters() }; ROUTES.len()],
-            latency_sum: counters(),
+            requests: [const { [const { counters() }; ROUTES.len()] }; APP_SLOTS],
+            latency: [const { [const { counters() }; ROUTES.len()] }; APP_SLOTS],
+            latency_sum: [const { counters() }; APP_SLOTS],
             refused: counters(),
-            wechat_calls: [const { counters() }; WECHAT_APIS.len()],
+            wechat_calls: [const { [const { counters() }; WECHAT_APIS.len()] }; APP_SLOTS],
             last_wechat_call: AtomicU64::new(0),
             access_token_refreshes: AtomicU64::new(0),
             rate_limit_refusals: AtomicU64::new(0),
@@ -295,14 +301,15 @@ impl Metrics {
         self.started.store(now.max(0) as u64, Ordering::Relaxed);
     }
 
-    /// One request answered by a worker.
-    pub(crate) fn request(&self, route: RouteLabel, status: u16, duration: Duration) {
-        add(&self.requests[route.0][status_slot(status)], 1);
+    /// One request answered by a worker, through the app in slot `app`.
+    pub(crate) fn request(&self, app: usize, route: RouteLabel, status: u16, duration: Duration) {
+        let app = app.min(APP_SLOTS - 1);
+        add(&self.requests[app][route.0][status_slot(status)], 1);
         let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
         let bucket =
             BUCKETS.iter().position(|(bound, _)| micros <= *bound).unwrap_or(BUCKETS.len());
-        add(&self.latency[route.0][bucket], 1);
-        add(&self.latency_sum[route.0], micros);
+        add(&self.latency[app][route.0][bucket], 1);
+        add(&self.latency_sum[app][route.0], micros);
     }
 
     /// One request head refused by tiny_http (too long, too slow, malformed).
@@ -311,14 +318,14 @@ impl Metrics {
     }
 
     /// One call to WeChat (each attempt, so a retried errcode -1 counts twice), or one refused by
-    /// the in-flight cap. `api` is one of `WECHAT_APIS`.
-    pub(crate) fn wechat_call(&self, api: &str, outcome: WechatOutcome, now: i64) {
+    /// the in-flight cap, by the app in slot `app`. `api` is one of `WECHAT_APIS`.
+    pub(crate) fn wechat_call(&self, app: usize, api: &str, outcome: WechatOutcome, now: i64) {
         let Some(api_index) = WECHAT_APIS.iter().position(|known| *known == api) else {
             debug_assert!(false, "unknown WeChat API {api}");
             return;
         };
         let outcome_index = WECHAT_OUTCOMES.iter().position(|known| *known == outcome).unwrap_or(0);
-        add(&self.wechat_calls[api_index][outcome_index], 1);
+        add(&self.wechat_calls[app.min(APP_SLOTS - 1)][api_index][outcome_index], 1);
         if outcome != WechatOutcome::InFlightCap {
             let packed = (now.max(1) as u64) << 16 | (api_index as u64) << 8 | outcome_index as u64;
             self.last_wechat_call.store(packed, Ordering::Relaxed);
@@ -346,10 +353,10 @@ impl Metrics {
         add(&self.rate_limit_refusals, 1);
     }
 
-    /// The text exposition. Labelled series still at zero are left out, series without labels
-    /// never are; `accounts` is `None` when the database could not be read (the gauges are then
-    /// absent).
-    pub(crate) fn render(&self, accounts: Option<&AccountCounts>) -> String {
+    /// The text exposition, the apps labelled by `apps` (the server's list, by slot). Labelled
+    /// series still at zero are left out, series without labels never are; `accounts` is `None`
+    /// when the database could not be read (the gauges are then absent).
+    pub(crate) fn render(&self, apps: &[&str], accounts: Option<&AccountCounts>) -> String {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let mut out = String::with_capacity(4096);
 
@@ -357,17 +364,19 @@ impl Metrics {
             &mut out,
             "wxauth_http_requests_total",
             "counter",
-            "Requests answered, by route (API endpoint without the prefix, healthz, readyz, metrics, or other for any unknown path) and HTTP status.",
+            "Requests answered, by route (API endpoint without the prefix, healthz, readyz, metrics, or other for any unknown path), HTTP status and app (the default app also answers the operator's endpoints and unknown paths).",
         );
-        for (route, statuses) in ROUTES.iter().zip(&self.requests) {
-            for (slot, counter) in statuses.iter().enumerate() {
-                let count = load(counter);
-                if count > 0 {
-                    let status = status_label(slot);
-                    let _ = writeln!(
-                        out,
-                        "wxauth_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}"
-                    );
+        for (app, requests) in apps.iter().zip(&self.requests) {
+            for (route, statuses) in ROUTES.iter().zip(requests) {
+                for (slot, counter) in statuses.iter().enumerate() {
+                    let count = load(counter);
+                    if count > 0 {
+                        let status = status_label(slot);
+                        let _ = writeln!(
+                            out,
+                            "wxauth_http_requests_total{{route=\"{route}\",status=\"{status}\",app=\"{app}\"}} {count}"
+                        );
+                    }
                 }
             }
         }
@@ -376,29 +385,32 @@ impl Metrics {
             &mut out,
             "wxauth_http_request_duration_seconds",
             "histogram",
-            "Time from a worker taking a request to its answer being ready, by route.",
+            "Time from a worker taking a request to its answer being ready, by route and app.",
         );
-        for (index, route) in ROUTES.iter().enumerate() {
-            let counts: Vec<u64> = self.latency[index].iter().map(load).collect();
-            let total: u64 = counts.iter().sum();
-            if total == 0 {
-                continue;
-            }
-            let mut cumulative = 0;
-            for ((_, le), count) in BUCKETS.iter().zip(&counts) {
-                cumulative += count;
+        for (slot, app) in apps.iter().enumerate().take(APP_SLOTS) {
+            for (index, route) in ROUTES.iter().enumerate() {
+                let counts: Vec<u64> = self.latency[slot][index].iter().map(load).collect();
+                let total: u64 = counts.iter().sum();
+                if total == 0 {
+                    continue;
+                }
+                let labels = format!("route=\"{route}\",app=\"{app}\"");
+                let mut cumulative = 0;
+                for ((_, le), count) in BUCKETS.iter().zip(&counts) {
+                    cumulative += count;
+                    let _ = writeln!(
+                        out,
+                        "wxauth_http_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+                    );
+                }
+                let sum = load(&self.latency_sum[slot][index]) as f64 / 1e6;
                 let _ = writeln!(
                     out,
-                    "wxauth_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{le}\"}} {cumulative}"
+                    "wxauth_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {total}\n\
+                     wxauth_http_request_duration_seconds_sum{{{labels}}} {sum}\n\
+                     wxauth_http_request_duration_seconds_count{{{labels}}} {total}"
                 );
             }
-            let sum = load(&self.latency_sum[index]) as f64 / 1e6;
-            let _ = writeln!(
-                out,
-                "wxauth_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {total}\n\
-                 wxauth_http_request_duration_seconds_sum{{route=\"{route}\"}} {sum}\n\
-                 wxauth_http_request_duration_seconds_count{{route=\"{route}\"}} {total}"
-            );
         }
 
         family(
@@ -419,17 +431,19 @@ impl Metrics {
             &mut out,
             "wxauth_wechat_calls_total",
             "counter",
-            "Calls to WeChat by API and outcome: ok, an errcode class (invalid_code, code_used, rate_limited, user_blocked, busy, other_errcode), a transport failure (timeout, refused, connection_error, bad_answer), or in_flight_cap (not sent: too many in flight and WeChat not answering).",
+            "Calls to WeChat by API, outcome and app: ok, an errcode class (invalid_code, code_used, rate_limited, user_blocked, busy, other_errcode), a transport failure (timeout, refused, connection_error, bad_answer), or in_flight_cap (not sent: too many in flight and WeChat not answering).",
         );
-        for (api, outcomes) in WECHAT_APIS.iter().zip(&self.wechat_calls) {
-            for (outcome, counter) in WECHAT_OUTCOMES.iter().zip(outcomes) {
-                let count = load(counter);
-                if count > 0 {
-                    let outcome = outcome.name();
-                    let _ = writeln!(
-                        out,
-                        "wxauth_wechat_calls_total{{api=\"{api}\",outcome=\"{outcome}\"}} {count}"
-                    );
+        for (app, calls) in apps.iter().zip(&self.wechat_calls) {
+            for (api, outcomes) in WECHAT_APIS.iter().zip(calls) {
+                for (outcome, counter) in WECHAT_OUTCOMES.iter().zip(outcomes) {
+                    let count = load(counter);
+                    if count > 0 {
+                        let outcome = outcome.name();
+                        let _ = writeln!(
+                            out,
+                            "wxauth_wechat_calls_total{{api=\"{api}\",outcome=\"{outcome}\",app=\"{app}\"}} {count}"
+                        );
+                    }
                 }
             }
         }
@@ -597,8 +611,8 @@ impl ProcessStat {
 
 /// The exposition for `GET /metrics`: the server's metrics, the account gauges, counted on the
 /// worker's read connection unless a scrape counted them less than `ACCOUNTS_COUNTED_EVERY` ago,
-/// the sizes of the files of `database`, and the process's metrics.
-pub(crate) fn scrape(db: &Connection, database: &str) -> String {
+/// the sizes of the files of `database`, and the process's metrics; `apps` names the app slots.
+pub(crate) fn scrape(db: &Connection, database: &str, apps: &[&str]) -> String {
     let counts = recent_counts(&ACCOUNT_COUNT, Instant::now(), || {
         crate::store::account_counts(db)
             .inspect_err(|error| {
@@ -606,7 +620,7 @@ pub(crate) fn scrape(db: &Connection, database: &str) -> String {
             })
             .ok()
     });
-    let mut out = METRICS.render(counts.as_ref());
+    let mut out = METRICS.render(apps, counts.as_ref());
     render_database_files(&mut out, database);
     render_process(&mut out);
     out
@@ -676,10 +690,10 @@ mod tests {
     fn histograms_are_cumulative_and_count_every_request() {
         let metrics = Metrics::new();
         let login = RouteLabel::of(PREFIX, "/miniprog/wx_auth/login", 200);
-        metrics.request(login, 200, Duration::from_micros(400));
-        metrics.request(login, 200, Duration::from_millis(3));
-        metrics.request(login, 599, Duration::from_secs(60));
-        let text = metrics.render(None);
+        metrics.request(0, login, 200, Duration::from_micros(400));
+        metrics.request(0, login, 200, Duration::from_millis(3));
+        metrics.request(0, login, 599, Duration::from_secs(60));
+        let text = metrics.render(&["default"], None);
         let line = |prefix: &str| {
             text.lines()
                 .find(|line| line.starts_with(prefix))
@@ -689,11 +703,17 @@ mod tests {
                 .unwrap()
                 .to_string()
         };
-        assert_eq!(line("wxauth_http_requests_total{route=\"login\",status=\"200\"}"), "2");
-        assert_eq!(line("wxauth_http_requests_total{route=\"login\",status=\"other\"}"), "1");
+        assert_eq!(
+            line("wxauth_http_requests_total{route=\"login\",status=\"200\",app=\"default\"}"),
+            "2"
+        );
+        assert_eq!(
+            line("wxauth_http_requests_total{route=\"login\",status=\"other\",app=\"default\"}"),
+            "1"
+        );
         let bucket = |le: &str| {
             line(&format!(
-                "wxauth_http_request_duration_seconds_bucket{{route=\"login\",le=\"{le}\"}}"
+                "wxauth_http_request_duration_seconds_bucket{{route=\"login\",app=\"default\",le=\"{le}\"}}"
             ))
         };
         assert_eq!(bucket("0.0005"), "1");
@@ -701,8 +721,14 @@ mod tests {
         assert_eq!(bucket("0.005"), "2");
         assert_eq!(bucket("10"), "2");
         assert_eq!(bucket("+Inf"), "3");
-        assert_eq!(line("wxauth_http_request_duration_seconds_count{route=\"login\"}"), "3");
-        assert_eq!(line("wxauth_http_request_duration_seconds_sum{route=\"login\"}"), "60.0034");
+        assert_eq!(
+            line("wxauth_http_request_duration_seconds_count{route=\"login\",app=\"default\"}"),
+            "3"
+        );
+        assert_eq!(
+            line("wxauth_http_request_duration_seconds_sum{route=\"login\",app=\"default\"}"),
+            "60.0034"
+        );
         assert!(!text.contains("route=\"logout\""), "zero series are left out");
         assert!(!text.contains("wxauth_accounts "), "no gauges without the database");
     }
@@ -710,9 +736,10 @@ mod tests {
     #[test]
     fn every_family_has_help_and_type() {
         let metrics = Metrics::new();
-        metrics.wechat_call("jscode2session", WechatOutcome::Busy, 1_700_000_000);
+        metrics.wechat_call(0, "jscode2session", WechatOutcome::Busy, 1_700_000_000);
         metrics.refused(431);
-        let text = metrics.render(Some(&AccountCounts { accounts: 2, registered: 1 }));
+        let text =
+            metrics.render(&["default"], Some(&AccountCounts { accounts: 2, registered: 1 }));
         for line in text.lines().filter(|line| !line.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();
             let family = ["_bucket", "_sum", "_count"]
@@ -723,9 +750,9 @@ mod tests {
             assert!(text.contains(&format!("# HELP {family} ")), "no HELP for {name}");
             assert!(text.contains(&format!("# TYPE {family} ")), "no TYPE for {name}");
         }
-        assert!(
-            text.contains("wxauth_wechat_calls_total{api=\"jscode2session\",outcome=\"busy\"} 1")
-        );
+        assert!(text.contains(
+            "wxauth_wechat_calls_total{api=\"jscode2session\",outcome=\"busy\",app=\"default\"} 1"
+        ));
         assert!(text.contains("wxauth_http_refused_total{status=\"431\"} 1"));
         assert!(text.contains("wxauth_registered_accounts 1"));
     }
@@ -794,8 +821,8 @@ mod tests {
     fn the_last_wechat_call_is_one_word() {
         let metrics = Metrics::new();
         assert_eq!(metrics.last_wechat_call(), None);
-        metrics.wechat_call("stable_token", WechatOutcome::Timeout, 1_700_000_000);
-        metrics.wechat_call("getuserphonenumber", WechatOutcome::InFlightCap, 1_700_000_005);
+        metrics.wechat_call(0, "stable_token", WechatOutcome::Timeout, 1_700_000_000);
+        metrics.wechat_call(0, "getuserphonenumber", WechatOutcome::InFlightCap, 1_700_000_005);
         let last = metrics.last_wechat_call().unwrap();
         assert_eq!(last.api, "stable_token", "a call never sent is not the last call");
         assert_eq!(last.outcome, WechatOutcome::Timeout);

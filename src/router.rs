@@ -3,6 +3,10 @@
 //! an `Error` becomes the JSON envelope. Handlers in `api` never see tiny_http. `/healthz`,
 //! `/readyz` and `/metrics` are answered here too, outside the API prefix and its envelope, and
 //! the demo page's paths are handed to `demo` (which declines them unless the page is served).
+//!
+//! Each app (mini-program) has the whole API under its own prefix: `app` finds a request's app
+//! by its path before anything else, for the worker to build the request's `Ctx` around; the
+//! prefixes never overlap (config.rs), so a path is under at most one.
 
 use std::net::IpAddr;
 
@@ -10,7 +14,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tiny_http::Request;
 
-use crate::api::{self, Ctx};
+use crate::api::{self, App, Ctx};
 use crate::error::Error;
 use crate::{demo, health, metrics};
 
@@ -114,6 +118,13 @@ pub(crate) fn route(prefix: &str, method: &str, path: &str) -> Result<Route, Err
     }
 }
 
+/// The app whose prefix `path` is under; the default app (the first) for any other path, such
+/// as the operator's endpoints and the demo page.
+pub(crate) fn app<'a>(apps: &'a [App], path: &str) -> &'a App {
+    let path = path.split('?').next().unwrap_or(path);
+    apps.iter().find(|app| path.starts_with(&app.prefix)).unwrap_or(&apps[0])
+}
+
 /// Handles one request: routes it, reads its input, calls the handler, and builds the reply.
 pub(crate) fn handle(ctx: &Ctx, request: &mut Request) -> Reply {
     let (path, query) = request.url().split_once('?').unwrap_or((request.url(), ""));
@@ -129,7 +140,7 @@ pub(crate) fn handle(ctx: &Ctx, request: &mut Request) -> Reply {
 fn dispatch(ctx: &Ctx, request: &mut Request) -> Result<Reply, Error> {
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
-    let route = route(&ctx.config.prefix, request.method().as_str(), path)?;
+    let route = route(&ctx.app.prefix, request.method().as_str(), path)?;
     match route {
         Route::GetOpenidByCode => {
             let code = query_value(query, "code")?;
@@ -179,7 +190,9 @@ fn operations(ctx: &Ctx, method: &str, path: &str) -> Option<Reply> {
     Some(match operation {
         Operation::Healthz => plain_reply(200, health::health().to_string(), JSON),
         Operation::Readyz => {
-            let readiness = health::readiness(ctx.db, ctx.wechat, ctx.config.demo_mode(), ctx.now);
+            // The default app's WeChat client, as with one app.
+            let wechat = &ctx.apps[0].wechat;
+            let readiness = health::readiness(ctx.db, wechat, ctx.config.demo_mode(), ctx.now);
             let mut reply = plain_reply(
                 if readiness.ready { 200 } else { 503 },
                 readiness.body.to_string(),
@@ -191,7 +204,8 @@ fn operations(ctx: &Ctx, method: &str, path: &str) -> Option<Reply> {
             reply
         }
         Operation::Metrics => {
-            let body = metrics::scrape(ctx.db, &ctx.config.database);
+            let apps: Vec<&str> = ctx.apps.iter().map(|app| app.name.as_str()).collect();
+            let body = metrics::scrape(ctx.db, &ctx.config.database, &apps);
             plain_reply(200, body, "text/plain; version=0.0.4; charset=utf-8")
         }
     })

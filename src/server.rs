@@ -9,12 +9,13 @@
 //! it looks at the stop flag, so a request in flight when the stop comes still gets its answer. A
 //! panic in a handler costs that request a 500, never the worker.
 //!
-//! A request's path, all on the worker that takes it from tiny_http's queue: route and parse
-//! (`router`), handle (`api`, which waits for the writer thread when it writes), count and log
-//! (`record`), answer (`respond`). A worker never waits for a client: it sends what the socket
-//! takes at once, and a rest (only a client that is not reading its answers leaves one) goes to
-//! the `slow-answers` thread, which may wait, within the connection's write budget. Only a rest
-//! still waiting for such a client when the process exits is cut off.
+//! A request's path, all on the worker that takes it from tiny_http's queue: its app, by its
+//! path's prefix (`router::app`), then route and parse (`router`), handle (`api`, which waits for
+//! the writer thread when it writes), count and log (`record`), answer (`respond`). A worker never
+//! waits for a client: it sends what the socket takes at once, and a rest (only a client that is
+//! not reading its answers leaves one) goes to the `slow-answers` thread, which may wait, within
+//! the connection's write budget. Only a rest still waiting for such a client when the process
+//! exits is cut off.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -25,15 +26,13 @@ use std::time::{Duration, Instant};
 
 use tiny_http::{Header, Request, Response, Server, Unsent};
 
-use crate::api::{Ctx, Keys};
+use crate::api::{App, Ctx, Keys};
 use crate::codes::RecentCodes;
 use crate::config::Config;
 use crate::error::{Error, Fatal};
 use crate::metrics::{METRICS, RouteLabel};
-use crate::ratelimit::RateLimiter;
 use crate::router::{self, Reply};
 use crate::store::{Connection, Writer};
-use crate::wechat::WeChat;
 
 /// How often an idle worker looks at the stop flag.
 const POLL: Duration = Duration::from_millis(200);
@@ -43,21 +42,15 @@ pub(crate) struct Shared {
     /// The configuration in force: what wxauth started with, its reloadable keys as of the last
     /// reload (config.rs, `Config::reloaded`).
     config: RwLock<Arc<Config>>,
-    pub(crate) wechat: WeChat,
+    /// Every app, the default first (its index is its metrics slot).
+    pub(crate) apps: Vec<App>,
     pub(crate) codes: RecentCodes,
-    pub(crate) limiter: RateLimiter,
     pub(crate) keys: Keys,
 }
 
 impl Shared {
-    pub(crate) fn new(
-        config: Config,
-        wechat: WeChat,
-        codes: RecentCodes,
-        limiter: RateLimiter,
-        keys: Keys,
-    ) -> Shared {
-        Shared { config: RwLock::new(Arc::new(config)), wechat, codes, limiter, keys }
+    pub(crate) fn new(config: Config, apps: Vec<App>, codes: RecentCodes, keys: Keys) -> Shared {
+        Shared { config: RwLock::new(Arc::new(config)), apps, codes, keys }
     }
 
     /// The configuration in force.
@@ -205,20 +198,22 @@ impl Worker {
         let forwarded_for = router::header(&request, "X-Forwarded-For");
         let client =
             router::client_address(peer, forwarded_for.as_deref(), &config.trusted_proxies);
+        let apps = &self.shared.apps;
+        let app = router::app(apps, request.url());
         let ctx = Ctx {
             config: &config,
             db: &self.db,
             writer: &self.writer,
-            wechat: &self.shared.wechat,
+            app,
+            apps,
             codes: &self.shared.codes,
-            limiter: &self.shared.limiter,
             keys: &self.shared.keys,
             client,
             now: crate::time::now(),
         };
         let reply = catch_unwind(AssertUnwindSafe(|| router::handle(&ctx, &mut request)))
             .unwrap_or_else(|_| router::failure(&Error::Internal("a handler panicked".into())));
-        record(&config, &request, &reply, started, client);
+        record(app, apps, &request, &reply, started, client);
         respond(request, reply, &self.slow);
     }
 }
@@ -227,13 +222,22 @@ impl Worker {
 /// answer can rely on the metrics holding it, and on the log when it is a failure on our side (the
 /// other access lines wait a moment to be written together, log.rs). The duration is ours: it
 /// leaves out the time a slow client takes to read the answer.
-fn record(config: &Config, request: &Request, reply: &Reply, started: Instant, client: IpAddr) {
+fn record(
+    app: &App,
+    apps: &[App],
+    request: &Request,
+    reply: &Reply,
+    started: Instant,
+    client: IpAddr,
+) {
     let duration = started.elapsed();
     // The query may hold a wx.login code: metrics and the log get the path only.
     let path = request.url().split('?').next().unwrap_or("");
-    let route = RouteLabel::of(&config.prefix, path, reply.status);
-    METRICS.request(route, reply.status, duration);
+    let route = RouteLabel::of(&app.prefix, path, reply.status);
+    let slot = apps.iter().position(|known| std::ptr::eq(known, app)).unwrap_or(0);
+    METRICS.request(slot, route, reply.status, duration);
     crate::log::access(&crate::log::Access {
+        app: &app.name,
         client,
         method: request.method().as_str(),
         path,

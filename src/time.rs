@@ -1,6 +1,7 @@
 //! Calendar arithmetic for the formats the API speaks: `yyyy-mm-dd` dates and
-//! `yyyy-mm-dd HH:MM:SS` times (UTC). Pure functions over Unix seconds; the only clock read is
-//! `now`, which handlers receive through their context rather than call.
+//! `yyyy-mm-dd HH:MM:SS` times (UTC), and reading those times back, or ISO 8601's as Django
+//! writes them (`users import`). Pure functions over Unix seconds; the only clock read is `now`,
+//! which handlers receive through their context rather than call.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -43,6 +44,56 @@ pub(crate) fn is_valid_date(text: &str) -> bool {
         && (1..=days_in_month(year, month)).contains(&day)
 }
 
+/// Reads a time as `format_datetime` writes it, or in ISO 8601 as Django's `dumpdata` writes one
+/// (`2023-05-01T12:34:56.789`, with `Z` or `+08:00` when it kept time zones): a date
+/// `is_valid_date` accepts, `T` or a space, `HH:MM:SS`, optional fractions of a second (dropped),
+/// and an optional `Z` or `±HH:MM` offset; without one the time is UTC, as Django writes naive
+/// times. Unix seconds, or `None` for anything else.
+pub(crate) fn parse_datetime(text: &str) -> Option<i64> {
+    let (date, rest) = (text.get(..10)?, text.get(10..)?);
+    if !is_valid_date(date) {
+        return None;
+    }
+    let rest = rest.strip_prefix(['T', ' '])?;
+    let number = |part: &str| -> Option<i64> {
+        let plain = part.len() == 2 && part.bytes().all(|byte| byte.is_ascii_digit());
+        plain.then(|| part.parse().ok())?
+    };
+    let (clock, mut rest) = (rest.get(..8)?, rest.get(8..)?);
+    let (hour, minute, second) = match clock.as_bytes() {
+        [_, _, b':', _, _, b':', _, _] => {
+            (number(&clock[..2])?, number(&clock[3..5])?, number(&clock[6..])?)
+        }
+        _ => return None,
+    };
+    if hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        rest = &fraction[digits..];
+    }
+    let offset = match rest.as_bytes() {
+        [] | [b'Z'] => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (hours, minutes) = (number(&rest[1..3])?, number(&rest[4..])?);
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            let offset = hours * 3600 + minutes * 60;
+            if *sign == b'-' { -offset } else { offset }
+        }
+        _ => return None,
+    };
+    let year: i64 = date[..4].parse().ok()?;
+    let month: u32 = date[5..7].parse().ok()?;
+    let day: u32 = date[8..].parse().ok()?;
+    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset)
+}
+
 fn days_in_month(year: u32, month: u32) -> u32 {
     match month {
         2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => {
@@ -67,6 +118,17 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let month = if month_index < 10 { month_index + 3 } else { month_index - 9 } as u32;
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
+}
+
+/// Howard Hinnant's civil-to-days algorithm, the inverse of `civil_from_days`.
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = year - i64::from(month <= 2);
+    let era = year.div_euclid(400);
+    let year_of_era = year.rem_euclid(400);
+    let month_index = i64::from(if month > 2 { month - 3 } else { month + 9 });
+    let day_of_year = (153 * month_index + 2) / 5 + i64::from(day) - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
 }
 
 #[cfg(test)]
@@ -97,5 +159,34 @@ mod tests {
         assert!(!is_valid_date("+023-02-03"));
         assert!(!is_valid_date("1899-12-31"));
         assert!(!is_valid_date(""));
+    }
+
+    #[test]
+    fn reads_back_what_it_writes_and_what_django_writes() {
+        for seconds in [0, 951_782_400, 1_700_000_000, 1_709_251_199, 4_102_444_799] {
+            assert_eq!(parse_datetime(&format_datetime(seconds)), Some(seconds), "{seconds}");
+        }
+        // dumpdata: naive (UTC), milliseconds, `Z`, an offset.
+        assert_eq!(parse_datetime("2023-11-14T22:13:20"), Some(1_700_000_000));
+        assert_eq!(parse_datetime("2023-11-14T22:13:20.789"), Some(1_700_000_000));
+        assert_eq!(parse_datetime("2023-11-14T22:13:20.123456Z"), Some(1_700_000_000));
+        assert_eq!(parse_datetime("2023-11-15T06:13:20+08:00"), Some(1_700_000_000));
+        assert_eq!(parse_datetime("2023-11-14T17:13:20.5-05:00"), Some(1_700_000_000));
+        for bad in [
+            "",
+            "2023-11-14",
+            "2023-11-14T22:13",
+            "2023-02-30T00:00:00",
+            "2023-11-14T24:00:00",
+            "2023-11-14T22:60:00",
+            "2023-11-14X22:13:20",
+            "2023-11-14T22:13:20.",
+            "2023-11-14T22:13:20+8:00",
+            "2023-11-14T22:13:20 ",
+            "2023-11-14T22:13:20z",
+            "１２３４-11-14T22:13:20",
+        ] {
+            assert_eq!(parse_datetime(bad), None, "{bad:?}");
+        }
     }
 }

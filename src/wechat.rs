@@ -1,6 +1,7 @@
 //! WeChat's server API as wxauth uses it: `jscode2session`, `stable_token` and
 //! `getuserphonenumber`, and the fake WeChat's helpers for the demo page. The only file that talks
-//! HTTP to WeChat (the only user of ureq).
+//! HTTP to WeChat (the only user of ureq). Each app (mini-program) has a `WeChat` of its own: its
+//! appid and secret, its access token and its bound on calls in flight.
 //!
 //! Every call has a connect and a total timeout; connections are kept alive and reused, and the
 //! host's address is resolved once a minute, not per call (`CachingResolver`). WeChat
@@ -129,6 +130,8 @@ pub(crate) struct WeChat {
     /// builder encodes and formats each of them, and parses the URL again, on every call, a
     /// large share of what the client costs per call. Holds the app secret, like every URL here.
     code_url: String,
+    /// The app's metrics slot.
+    app: usize,
     appid: String,
     secret: String,
     slots: Slots,
@@ -249,7 +252,14 @@ impl Drop for Slot<'_> {
 }
 
 impl WeChat {
-    pub(crate) fn new(config: &WechatConfig, appid: &str, secret: &str, base_url: &str) -> WeChat {
+    /// A client for the app in metrics slot `app` (its place in the server's list of apps).
+    pub(crate) fn new(
+        app: usize,
+        config: &WechatConfig,
+        appid: &str,
+        secret: &str,
+        base_url: &str,
+    ) -> WeChat {
         let loopback = ["http://127.", "http://localhost", "http://[::1]"]
             .iter()
             .any(|start| base_url.starts_with(start));
@@ -286,6 +296,7 @@ impl WeChat {
             resolver,
             base_url,
             code_url,
+            app,
             appid: appid.to_string(),
             secret: secret.to_string(),
             slots: Slots::new(config.max_in_flight, ANSWERING_WINDOW),
@@ -450,6 +461,7 @@ impl WeChat {
     fn slot(&self, api: &'static str) -> Result<Slot<'_>, Error> {
         self.slots.take(self.wait_for_slot).ok_or_else(|| {
             crate::metrics::METRICS.wechat_call(
+                self.app,
                 api,
                 WechatOutcome::InFlightCap,
                 crate::time::now(),
@@ -497,7 +509,7 @@ impl WeChat {
     ) -> Result<Value, Failure> {
         let result = self.exchange(api, send);
         let outcome = result.as_ref().map_or_else(|(_, outcome)| *outcome, |_| WechatOutcome::Ok);
-        crate::metrics::METRICS.wechat_call(api, outcome, crate::time::now());
+        crate::metrics::METRICS.wechat_call(self.app, api, outcome, crate::time::now());
         result
     }
 
@@ -880,7 +892,7 @@ mod tests {
         let api_doc = include_str!("../docs/api.md");
         let fake_doc = include_str!("../docs/fake-wechat.md");
         let operations_doc = include_str!("../docs/operations.md");
-        let metrics = crate::metrics::Metrics::new().render(None);
+        let metrics = crate::metrics::Metrics::new().render(&["default"], None);
         let help = metrics
             .lines()
             .find(|line| line.starts_with("# HELP wxauth_wechat_calls_total "))

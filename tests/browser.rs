@@ -265,3 +265,26 @@ fn the_demo_page_plays_the_whole_flow_in_a_browser() {
     assert_eq!(stacked, true);
     browser.screenshot("demo-page-narrow.png");
 }
+
+/// With two demo apps the page offers both: the same demo user, logged in through each, is one
+/// account with an openid per app, and `verify` names the app of the token.
+#[test]
+fn the_demo_page_switches_between_two_demo_apps() {
+    let server = Wxauth::start(&[("WXAUTH_APPS_SHOP_PREFIX", "/shop/wx_auth/")]);
+    let browser = Browser::start(1280, 860);
+    browser.open(&format!("{}/", server.base));
+    browser.find("body[data-completed=\"0\"]");
+    assert!(browser.text("#app-choice").contains("wxdemo_shop"));
+
+    browser.step("#btn-login", 1);
+    let (id, openid) = (browser.text("#acc-id"), browser.text("#acc-openid"));
+    browser.click("#app option[value=\"/shop/wx_auth/\"]");
+    assert!(browser.text("#acc-state").contains("not logged in"), "a fresh session");
+    browser.step("#btn-login", 2);
+    assert_eq!(browser.text("#acc-id"), id, "one person, one account");
+    assert_ne!(browser.text("#acc-openid"), openid, "the shop app's openid");
+    browser.step("#btn-verify", 3);
+    let verify = browser.text("li[data-action=\"verify\"]");
+    assert!(verify.contains("GET /shop/wx_auth/verify"), "{verify}");
+    assert!(verify.contains("\"app\": \"shop\""), "{verify}");
+}

@@ -250,6 +250,18 @@
     set('acc-exp', state.token && state.claims && state.claims.exp ? expiry(state.claims.exp) : null);
   }
 
+  // Another mini-program is another session: its own openid, its own tokens. The same demo user
+  // keeps one account across them (the fake gives them one unionid).
+  function chooseApp(prefix) {
+    state.prefix = prefix;
+    state.openid = null;
+    state.token = null;
+    state.claims = null;
+    state.account = null;
+    state.revoked = null;
+    renderAccount();
+  }
+
   function chosenUser() {
     const user = $('user').value;
     if (user !== '__new__') return user;
@@ -380,6 +392,18 @@
       const fresh = el('option', '', '新用户 · new user');
       fresh.value = '__new__';
       select.append(fresh);
+      const apps = $('app');
+      for (const app of found.apps || []) {
+        const option = el('option', '', app.name + ' · ' + app.appid + ' · ' + app.prefix);
+        option.value = app.prefix;
+        apps.append(option);
+      }
+      apps.value = state.prefix;
+      $('app-choice').hidden = apps.options.length < 2;
+      apps.addEventListener('change', () => {
+        if (state.busy) apps.value = state.prefix;
+        else chooseApp(apps.value);
+      });
     }
     // The log starts after whatever the fake was asked before the page opened.
     const log = await request('GET', '/demo/api/wechat_log?after=' + Number.MAX_SAFE_INTEGER);

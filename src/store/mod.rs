@@ -23,9 +23,15 @@
 //! (`synchronous = FULL`), many of them sharing one fsync; `run_visible` writes (a WeChat
 //! session) are answered once committed, and login bookkeeping (`note_login`, written at the start
 //! of the next group) is not waited for; both reach the disk with the next fsync or checkpoint.
-//! One account per WeChat identity is a unique index. The writer, the only connection that creates
-//! accounts, looks an identity up and inserts only when it has none, in its transaction: an
-//! `INSERT … ON CONFLICT` on the AUTOINCREMENT table would spend an id at every login.
+//! One account per WeChat identity: an identity (appid, openid) is the primary key of
+//! `identities`, which names its account; one account may have an identity in each app. The
+//! writer, the only connection of the server that creates accounts and identities, looks an
+//! identity up and inserts only when it has none, in its transaction (an `INSERT … ON CONFLICT` on
+//! the AUTOINCREMENT table would spend an id at every login); a new identity whose WeChat session
+//! gave a unionid an account has joins that account, so two apps' first logins of one person, two
+//! jobs of the one writer, make one account. `wxauth users import` writes accounts with the ids of
+//! its file, and their identities, in its one transaction (`insert_account`), which holds the
+//! write lock throughout, so the writer cannot come between.
 //!
 //! On a database several instances share (MySQL, `SharedDatabase`), each write runs in a
 //! transaction of its own on the worker that asks, committed before it is answered, and accounts
@@ -101,6 +107,30 @@ macro_rules! account {
             })
         }
 
+        /// A named parameter per column (`:id, :username, …`), in `account_columns!`'s order,
+        /// for an insert of every column; bound by position from `Account::column_values`.
+        macro_rules! account_parameters {
+            () => {
+                concat!(
+                    ":", stringify!($first)
+                    $(, ", :", stringify!($shown))*
+                    $(, ", :", stringify!($hidden))+
+                )
+            };
+        }
+
+        impl Account {
+            /// Every column's value, in `account_columns!`'s order, as any engine binds them.
+            pub(crate) fn column_values(&self) -> impl Iterator<Item = ColumnValue<'_>> {
+                [
+                    self.$first.column_value()
+                    $(, self.$shown.column_value())*
+                    $(, self.$hidden.column_value())+
+                ]
+                .into_iter()
+            }
+        }
+
         fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
             // Columns in the fields' order: the index counts up, folded to constants.
             let mut column = 0;
@@ -159,7 +189,48 @@ account! {
             /// When an operator disabled the account (`wxauth users disable`), `None` while it is
             /// enabled. Not part of the account object: the API answers `account_disabled`.
             disabled_at: Option<i64>,
+            /// The appid of the identity that made the account (with `wx_openid`, the original
+            /// backend's fields). Not part of the account object: an answer through an app shows
+            /// that app's openid in `wx_openid` (`openid_in_app`).
+            wx_appid: String,
         }
+    }
+}
+
+/// A column's value as every engine can bind it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum ColumnValue<'a> {
+    Null,
+    Integer(i64),
+    Text(&'a str),
+}
+
+/// A field of `Account` as a `ColumnValue` (booleans are 0 and 1, as the schema keeps them).
+trait ToColumn {
+    fn column_value(&self) -> ColumnValue<'_>;
+}
+
+impl ToColumn for i64 {
+    fn column_value(&self) -> ColumnValue<'_> {
+        ColumnValue::Integer(*self)
+    }
+}
+
+impl ToColumn for bool {
+    fn column_value(&self) -> ColumnValue<'_> {
+        ColumnValue::Integer(i64::from(*self))
+    }
+}
+
+impl ToColumn for String {
+    fn column_value(&self) -> ColumnValue<'_> {
+        ColumnValue::Text(self)
+    }
+}
+
+impl<T: ToColumn> ToColumn for Option<T> {
+    fn column_value(&self) -> ColumnValue<'_> {
+        self.as_ref().map_or(ColumnValue::Null, ToColumn::column_value)
     }
 }
 
@@ -396,8 +467,8 @@ queries! {
     fn wechat_session(appid: &str, openid: &str) -> Option<RecordedSession>;
     /// Records a `jscode2session` answer.
     fn save_wechat_session(appid: &str, openid: &str, session: &WechatSession) -> ();
-    /// The account id for a WeChat identity, with this login's bookkeeping; creates the account
-    /// if there is none.
+    /// The account id for a WeChat identity, with this login's bookkeeping; an identity without
+    /// an account joins the account of its session's unionid, or else gets a new account.
     fn login_account(appid: &str, openid: &str, ip: &str, now: i64) -> i64;
     /// Applies the fields of `profile` that are present.
     fn update_profile(id: i64, profile: &Profile) -> ();
@@ -411,6 +482,10 @@ queries! {
         now: i64,
         registration: &Registration
     ) -> Option<Account>;
+    /// The openid account `id` has in mini-program `appid`, if it has an identity there.
+    fn openid_in_app(id: i64, appid: &str) -> Option<String>;
+    /// Every identity of account `id`, as (appid, openid), by appid.
+    fn identities_of(id: i64) -> Vec<(String, String)>;
     /// Revokes every token issued to the account so far; false when there is no such account.
     fn revoke_tokens(id: i64) -> bool;
     /// Login bookkeeping: when and from where.
@@ -440,6 +515,9 @@ queries! {
     /// Deletes account `id` and what is kept of its WeChat identity; false when there is no such
     /// account.
     fn delete_account(id: i64) -> bool;
+    /// Inserts `account` as it is, every column with its id, and its identity (`wxauth users
+    /// import`).
+    fn insert_account(account: &Account) -> ();
 }
 
 /// A database several instances share (MySQL): a handle any thread may keep, from which each use

@@ -704,3 +704,21 @@ pub(super) fn release_code(connection: &Connection, key: &[u8]) -> Result<(), Er
         Ok(())
     })
 }
+
+// ---- Schema 6's identities, not yet on MySQL ------------------------------------------------------
+
+fn not_ported<T>() -> Result<T, Error> {
+    Err(Error::Internal("identities are not yet on MySQL".into()))
+}
+
+pub(super) fn openid_in_app(_: &Connection, _: i64, _: &str) -> Result<Option<String>, Error> {
+    not_ported()
+}
+
+pub(super) fn identities_of(_: &Connection, _: i64) -> Result<Vec<(String, String)>, Error> {
+    not_ported()
+}
+
+pub(super) fn insert_account(_: &Connection, _: &Account) -> Result<(), Error> {
+    not_ported()
+}

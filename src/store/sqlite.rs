@@ -1,14 +1,17 @@
 //! The SQLite engine: the queries, one function per query, on a rusqlite connection, each
 //! statement prepared once per connection (`prepare_cached`); the writer's plumbing (`step`); and
 //! beside it in `sqlite/`, opening connections with their pragmas (`open.rs`), `schema.sql` by
-//! version (`migrate.rs`) and backups and restores (`backup.rs`). One account per WeChat identity
-//! is a unique index; accounts are created by a lookup, then an insert when there is none, in the
-//! writer's transaction (never `INSERT … ON CONFLICT`: it spends ids).
+//! version (`migrate.rs`) and backups and restores (`backup.rs`). A WeChat identity (appid, openid)
+//! is a row of `identities`, the primary key, naming its one account; accounts and identities are
+//! created by a lookup, then an insert when there is none, in the writer's transaction (never
+//! `INSERT … ON CONFLICT`: it spends ids), where a new identity whose unionid an account has joins
+//! that account.
 
 mod backup;
 mod migrate;
 mod open;
 
+use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, ToSql, params};
 
 pub(super) use backup::{backup, restore};
@@ -17,8 +20,8 @@ pub(super) use open::{open_existing, open_reader, open_writer};
 
 use super::writer::Step;
 use super::{
-    Account, AccountCounts, AccountQuery, DatabaseError, Edit, EditValue, EngineError, Profile,
-    RecordedSession, Registration, WechatSession, account_from_row,
+    Account, AccountCounts, AccountQuery, ColumnValue, DatabaseError, Edit, EditValue, EngineError,
+    Profile, RecordedSession, Registration, WechatSession, account_from_row,
 };
 use crate::error::Error;
 
@@ -82,7 +85,7 @@ pub(super) fn account_by_openid(
     let mut statement = connection.prepare_cached(concat!(
         "SELECT ",
         account_columns!(),
-        " FROM accounts WHERE wx_appid = ?1 AND wx_openid = ?2"
+        " FROM accounts WHERE id = (SELECT account_id FROM identities WHERE appid = ?1 AND openid = ?2)"
     ))?;
     Ok(statement.query_row(params![appid, openid], account_from_row).optional()?)
 }
@@ -94,11 +97,14 @@ pub(super) fn is_registered(
     openid: &str,
 ) -> Result<Option<bool>, Error> {
     let mut statement = connection.prepare_cached(
-        "SELECT is_register FROM accounts WHERE wx_appid = ?1 AND wx_openid = ?2",
+        "SELECT is_register FROM accounts
+         WHERE id = (SELECT account_id FROM identities WHERE appid = ?1 AND openid = ?2)",
     )?;
     Ok(statement.query_row(params![appid, openid], |row| row.get(0)).optional()?)
 }
 
+/// The recorded session of a WeChat identity, with the token version of the account it has, or
+/// else of the account its unionid would join (`login_account`), 0 when neither exists.
 pub(super) fn wechat_session(
     connection: &Connection,
     appid: &str,
@@ -106,7 +112,12 @@ pub(super) fn wechat_session(
 ) -> Result<Option<RecordedSession>, Error> {
     let mut statement = connection.prepare_cached(
         "SELECT unionid, session_key, created_at, token_version,
-                coalesce((SELECT token_version FROM accounts WHERE wx_appid = ?1 AND wx_openid = ?2), 0)
+                coalesce(
+                    (SELECT token_version FROM accounts WHERE id =
+                        (SELECT account_id FROM identities WHERE appid = ?1 AND openid = ?2)),
+                    (SELECT token_version FROM accounts WHERE wx_unionid = wechat_sessions.unionid
+                     ORDER BY id LIMIT 1),
+                    0)
          FROM wechat_sessions WHERE appid = ?1 AND openid = ?2",
     )?;
     Ok(statement
@@ -124,8 +135,9 @@ pub(super) fn wechat_session(
         .optional()?)
 }
 
-/// Records a `jscode2session` answer with the token version of the openid's account as of this
-/// write (0 when there is none), and the unionid on an existing account that lacked one.
+/// Records a `jscode2session` answer with the token version of the identity's account as of this
+/// write, or else of the account its unionid would join (0 when there is neither), and the
+/// unionid on an existing account that lacked one.
 pub(super) fn save_wechat_session(
     connection: &Connection,
     appid: &str,
@@ -136,7 +148,12 @@ pub(super) fn save_wechat_session(
         .prepare_cached(
             "INSERT INTO wechat_sessions (appid, openid, unionid, session_key, created_at, token_version)
              VALUES (?1, ?2, ?3, ?4, ?5,
-                     coalesce((SELECT token_version FROM accounts WHERE wx_appid = ?1 AND wx_openid = ?2), 0))
+                     coalesce(
+                         (SELECT token_version FROM accounts WHERE id =
+                             (SELECT account_id FROM identities WHERE appid = ?1 AND openid = ?2)),
+                         (SELECT token_version FROM accounts WHERE wx_unionid = ?3
+                          ORDER BY id LIMIT 1),
+                         0))
              ON CONFLICT (appid, openid) DO UPDATE SET
                  unionid = coalesce(excluded.unionid, unionid),
                  session_key = excluded.session_key,
@@ -154,7 +171,8 @@ pub(super) fn save_wechat_session(
         connection
             .prepare_cached(
                 "UPDATE accounts SET wx_unionid = ?3
-                 WHERE wx_appid = ?1 AND wx_openid = ?2 AND wx_unionid IS NULL",
+                 WHERE id = (SELECT account_id FROM identities WHERE appid = ?1 AND openid = ?2)
+                   AND wx_unionid IS NULL",
             )?
             .execute(params![appid, openid, session.unionid])?;
     }
@@ -162,8 +180,9 @@ pub(super) fn save_wechat_session(
 }
 
 /// The account id for a WeChat identity, with this login's bookkeeping (`last_login`,
-/// `last_ip`) set; creates the account (not registered, username = openid, joined now from `ip`)
-/// if there is none.
+/// `last_ip`) set. An identity without an account takes the account made with it, or joins the
+/// account of the unionid its WeChat session gave (`account_to_adopt`), or else gets a new
+/// account (not registered, username = openid, joined now from `ip`).
 ///
 /// Looks the account up first and inserts only when there is none: an `INSERT … ON CONFLICT` on
 /// the AUTOINCREMENT table spends an id at every login of an existing account, and ids are seen by
@@ -171,7 +190,8 @@ pub(super) fn save_wechat_session(
 /// that creates accounts, so nothing can come between the lookup and the insert; the unique index
 /// still guarantees one account per identity (a second insert would fail, not duplicate). A new
 /// account costs one statement (no `RETURNING`, which makes SQLite build a temporary table on
-/// every call).
+/// every call). Two apps' first logins of one person (one unionid) are two jobs of the one writer:
+/// the second finds the account the first made.
 pub(super) fn login_account(
     connection: &Connection,
     appid: &str,
@@ -183,24 +203,108 @@ pub(super) fn login_account(
         touch_login(connection, id, ip, now)?;
         return Ok(id);
     }
+    let unionid = session_unionid(connection, appid, openid)?;
+    if let Some(id) = account_to_adopt(connection, appid, openid, unionid.as_deref())? {
+        add_identity(connection, appid, openid, id)?;
+        touch_login(connection, id, ip, now)?;
+        return Ok(id);
+    }
     connection
         .prepare_cached(
             "INSERT INTO accounts
                  (username, wx_appid, wx_openid, wx_unionid, join_ip, date_joined, last_ip, last_login)
-             VALUES (?2, ?1, ?2,
-                     (SELECT unionid FROM wechat_sessions WHERE appid = ?1 AND openid = ?2),
-                     ?3, ?4, ?3, ?4)",
+             VALUES (?2, ?1, ?2, ?5, ?3, ?4, ?3, ?4)",
         )?
-        .execute(params![appid, openid, ip, now])?;
-    Ok(connection.last_insert_rowid())
+        .execute(params![appid, openid, ip, now, unionid])?;
+    let id = connection.last_insert_rowid();
+    add_identity(connection, appid, openid, id)?;
+    Ok(id)
 }
 
 /// The id of the account of a WeChat identity, if it has one.
 fn account_id_of(connection: &Connection, appid: &str, openid: &str) -> Result<Option<i64>, Error> {
     Ok(connection
-        .prepare_cached("SELECT id FROM accounts WHERE wx_appid = ?1 AND wx_openid = ?2")?
+        .prepare_cached("SELECT account_id FROM identities WHERE appid = ?1 AND openid = ?2")?
         .query_row(params![appid, openid], |row| row.get(0))
         .optional()?)
+}
+
+/// The account an identity without an `identities` row takes: the account made with it
+/// (`accounts.wx_appid`, `wx_openid`: a row loaded from outside, by an operator or an import,
+/// may lack its identity; the unique index on them would refuse a second account), else the one
+/// it joins (`account_to_join`).
+fn account_to_adopt(
+    connection: &Connection,
+    appid: &str,
+    openid: &str,
+    unionid: Option<&str>,
+) -> Result<Option<i64>, Error> {
+    let made_with = connection
+        .prepare_cached("SELECT id FROM accounts WHERE wx_appid = ?1 AND wx_openid = ?2")?
+        .query_row(params![appid, openid], |row| row.get(0))
+        .optional()?;
+    match (made_with, unionid) {
+        (Some(id), _) => Ok(Some(id)),
+        (None, Some(unionid)) => account_to_join(connection, unionid),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The unionid the recorded WeChat session of the identity (appid, openid) gave, if any.
+fn session_unionid(
+    connection: &Connection,
+    appid: &str,
+    openid: &str,
+) -> Result<Option<String>, Error> {
+    Ok(connection
+        .prepare_cached("SELECT unionid FROM wechat_sessions WHERE appid = ?1 AND openid = ?2")?
+        .query_row(params![appid, openid], |row| row.get(0))
+        .optional()?
+        .flatten())
+}
+
+/// The account an identity without one joins: the (oldest) account with its unionid, if any. One
+/// person has one unionid across the mini-programs of one WeChat Open Platform account.
+fn account_to_join(connection: &Connection, unionid: &str) -> Result<Option<i64>, Error> {
+    Ok(connection
+        .prepare_cached("SELECT id FROM accounts WHERE wx_unionid = ?1 ORDER BY id LIMIT 1")?
+        .query_row(params![unionid], |row| row.get(0))
+        .optional()?)
+}
+
+/// Gives account `id` the identity (appid, openid).
+fn add_identity(connection: &Connection, appid: &str, openid: &str, id: i64) -> Result<(), Error> {
+    connection
+        .prepare_cached("INSERT INTO identities (appid, openid, account_id) VALUES (?1, ?2, ?3)")?
+        .execute(params![appid, openid, id])?;
+    Ok(())
+}
+
+/// The openid account `id` has in mini-program `appid`, if it has an identity there.
+pub(super) fn openid_in_app(
+    connection: &Connection,
+    id: i64,
+    appid: &str,
+) -> Result<Option<String>, Error> {
+    Ok(connection
+        .prepare_cached(
+            "SELECT openid FROM identities WHERE account_id = ?1 AND appid = ?2
+             ORDER BY openid LIMIT 1",
+        )?
+        .query_row(params![id, appid], |row| row.get(0))
+        .optional()?)
+}
+
+/// Every identity of account `id`, as (appid, openid), by appid.
+pub(super) fn identities_of(
+    connection: &Connection,
+    id: i64,
+) -> Result<Vec<(String, String)>, Error> {
+    let mut statement = connection.prepare(
+        "SELECT appid, openid FROM identities WHERE account_id = ?1 ORDER BY appid, openid",
+    )?;
+    let identities = statement.query_map(params![id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    Ok(identities.collect::<Result<_, _>>()?)
 }
 
 /// Applies the fields of `profile` that are present.
@@ -247,16 +351,16 @@ macro_rules! registration_set {
 
 /// Registers an account with its phone and the optional fields given, records this login, and
 /// returns the account as written: the account `known_id` (a token's) when given, else the
-/// account of `openid`, created registered when there is none. `None` when account `known_id`
-/// does not exist.
+/// account of the identity (appid, openid), which takes the account made with it or joins the
+/// account of its unionid (`account_to_adopt`), or is created registered when it has none.
+/// `None` when account `known_id` does not exist.
 ///
 /// By openid, an update of the account, and an insert only when the update found none: not an
 /// `INSERT … ON CONFLICT DO UPDATE`, which spends an AUTOINCREMENT id at every registration of an
 /// existing account (see `login_account`, which also says why nothing can come in between). Then
-/// the read back, in the same write: this runs on the writer thread, which every durable write
-/// waits for, and a login, then an update, then the read cost 6.5k more instructions per
-/// registration (bench/profile). Not `RETURNING`, which SQLite buffers through an ephemeral
-/// table: 8.6k more than this.
+/// the read back, in the same write, with a plain `SELECT`: this runs on the writer thread, which
+/// every durable write waits for, so the account is written once (not created by a login, then
+/// updated); and not `RETURNING`, which SQLite buffers through an ephemeral table.
 pub(super) fn register(
     connection: &Connection,
     known_id: Option<i64>,
@@ -269,41 +373,57 @@ pub(super) fn register(
     let Registration { phone, username, wx_nickname, birthday, wx_gender } = registration;
     let values: [&dyn ToSql; 9] =
         [&appid, &openid, username, &ip, &now, phone, wx_nickname, birthday, wx_gender];
+    // ?1 and ?2 are not used by the update by id; they are bound so that every statement shares
+    // `registration_set!`'s numbering.
+    let update_by_id = |id: i64| -> Result<(), Error> {
+        connection
+            .prepare_cached(concat!(
+                "UPDATE accounts SET ",
+                registration_set!(),
+                " WHERE id = ?10"
+            ))?
+            .execute(rusqlite::params_from_iter(values.into_iter().chain([&id as &dyn ToSql])))?;
+        Ok(())
+    };
     match known_id {
         None => {
             let updated = connection
                 .prepare_cached(concat!(
                     "UPDATE accounts SET ",
                     registration_set!(),
-                    " WHERE wx_appid = ?1 AND wx_openid = ?2"
+                    " WHERE id = (SELECT account_id FROM identities WHERE appid = ?1 AND openid = ?2)"
                 ))?
                 .execute(&values[..])?;
-            if updated == 0 {
-                connection
-                    .prepare_cached(
-                        "INSERT INTO accounts (username, wx_appid, wx_openid, wx_unionid, join_ip, \
-                         date_joined, last_ip, last_login, phone, is_register, wx_nickname, \
-                         birthday, wx_gender) \
-                         VALUES (?3, ?1, ?2, \
-                                 (SELECT unionid FROM wechat_sessions WHERE appid = ?1 AND openid = ?2), \
-                                 ?4, ?5, ?4, ?5, ?6, 1, ?7, ?8, coalesce(?9, 0))",
-                    )?
-                    .execute(&values[..])?;
+            if updated > 0 {
+                return account_by_openid(connection, appid, openid);
             }
-            account_by_openid(connection, appid, openid)
+            let unionid = session_unionid(connection, appid, openid)?;
+            let id = match account_to_adopt(connection, appid, openid, unionid.as_deref())? {
+                Some(id) => {
+                    add_identity(connection, appid, openid, id)?;
+                    update_by_id(id)?;
+                    id
+                }
+                None => {
+                    connection
+                        .prepare_cached(
+                            "INSERT INTO accounts (username, wx_appid, wx_openid, wx_unionid, \
+                             join_ip, date_joined, last_ip, last_login, phone, is_register, \
+                             wx_nickname, birthday, wx_gender) \
+                             VALUES (?3, ?1, ?2, ?10, ?4, ?5, ?4, ?5, ?6, 1, ?7, ?8, coalesce(?9, 0))",
+                        )?
+                        .execute(rusqlite::params_from_iter(
+                            values.into_iter().chain([&unionid as &dyn ToSql]),
+                        ))?;
+                    let id = connection.last_insert_rowid();
+                    add_identity(connection, appid, openid, id)?;
+                    id
+                }
+            };
+            account_by_id(connection, id)
         }
         Some(id) => {
-            // ?1 and ?2 are not used here; they are bound so that both statements share
-            // `registration_set!`'s numbering.
-            connection
-                .prepare_cached(concat!(
-                    "UPDATE accounts SET ",
-                    registration_set!(),
-                    " WHERE id = ?10"
-                ))?
-                .execute(rusqlite::params_from_iter(
-                    values.into_iter().chain([&id as &dyn ToSql]),
-                ))?;
+            update_by_id(id)?;
             account_by_id(connection, id)
         }
     }
@@ -350,8 +470,9 @@ pub(super) fn account_counts(connection: &Connection) -> Result<AccountCounts, E
 // `store::in_transaction`); backups and restores are in `sqlite/backup.rs`. None of these opens a
 // database that does not exist yet; admin.rs checks that first and says so.
 
-/// Every account with this openid, whatever its appid (one deployment may serve several
-/// mini-programs), by id.
+/// Every account with an identity of this openid, whatever its appid (one deployment may serve
+/// several mini-programs), or made with it (`wx_openid`, which rows an operator loaded without
+/// their identity keep), by id.
 pub(super) fn accounts_with_openid(
     connection: &Connection,
     openid: &str,
@@ -359,7 +480,8 @@ pub(super) fn accounts_with_openid(
     let mut statement = connection.prepare(concat!(
         "SELECT ",
         account_columns!(),
-        " FROM accounts WHERE wx_openid = ?1 ORDER BY id"
+        " FROM accounts WHERE wx_openid = ?1 \
+          OR id IN (SELECT account_id FROM identities WHERE openid = ?1) ORDER BY id"
     ))?;
     let accounts = statement.query_map(params![openid], account_from_row)?;
     Ok(accounts.collect::<Result<_, _>>()?)
@@ -389,7 +511,8 @@ pub(super) fn each_account(
     Ok(())
 }
 
-/// The accounts that match any field of `query` given: `phone`, `openid` and `unionid` exactly,
+/// The accounts that match any field of `query` given: `phone`, `openid` (of any of the
+/// account's identities) and `unionid` exactly,
 /// `nickname` as a part of `wx_nickname` (`instr`, which has no wildcards to escape), by id. An
 /// absent field is bound as NULL, which matches nothing.
 pub(super) fn find_accounts(
@@ -400,7 +523,8 @@ pub(super) fn find_accounts(
     let mut statement = connection.prepare(concat!(
         "SELECT ",
         account_columns!(),
-        " FROM accounts WHERE phone = ?1 OR wx_openid = ?2 OR wx_unionid = ?3 \
+        " FROM accounts WHERE phone = ?1 OR wx_openid = ?2 \
+          OR id IN (SELECT account_id FROM identities WHERE openid = ?2) OR wx_unionid = ?3 \
           OR instr(wx_nickname, ?4) > 0 ORDER BY id"
     ))?;
     let accounts =
@@ -457,17 +581,38 @@ pub(super) fn enable_account(connection: &Connection, id: i64) -> Result<bool, E
     Ok(changed == 1)
 }
 
-/// Deletes account `id` and the recorded WeChat session of its identity (its session key), so
-/// that the identity's next login makes a new account; false when there is no such account.
-/// Two statements: the caller runs them in one transaction (`store::in_transaction`).
+/// Deletes account `id`, its identities and their recorded WeChat sessions (their session keys),
+/// so that each identity's next login makes a new account; false when there is no such account.
+/// Three statements: the caller runs them in one transaction (`store::in_transaction`).
 /// AUTOINCREMENT never gives the id out again.
 pub(super) fn delete_account(connection: &Connection, id: i64) -> Result<bool, Error> {
     connection.execute(
         "DELETE FROM wechat_sessions
-         WHERE (appid, openid) = (SELECT wx_appid, wx_openid FROM accounts WHERE id = ?1)",
+         WHERE (appid, openid) IN (SELECT appid, openid FROM identities WHERE account_id = ?1)",
         params![id],
     )?;
+    connection.execute("DELETE FROM identities WHERE account_id = ?1", params![id])?;
     Ok(connection.execute("DELETE FROM accounts WHERE id = ?1", params![id])? == 1)
+}
+
+/// Inserts `account` as it is, every column with its id, for `wxauth users import` (in the
+/// operator's transaction, after it checked that neither the id nor the identity is taken). An id
+/// above AUTOINCREMENT's high-water mark raises the mark, so new accounts get ids after it.
+pub(super) fn insert_account(connection: &Connection, account: &Account) -> Result<(), Error> {
+    let mut statement = connection.prepare_cached(concat!(
+        "INSERT INTO accounts (",
+        account_columns!(),
+        ") VALUES (",
+        account_parameters!(),
+        ")"
+    ))?;
+    let values = account.column_values().map(|value| match value {
+        ColumnValue::Null => ToSqlOutput::Owned(rusqlite::types::Value::Null),
+        ColumnValue::Integer(number) => ToSqlOutput::Owned(rusqlite::types::Value::Integer(number)),
+        ColumnValue::Text(text) => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
+    });
+    statement.execute(rusqlite::params_from_iter(values))?;
+    add_identity(connection, &account.wx_appid, &account.wx_openid, account.id)
 }
 
 #[cfg(test)]
@@ -532,6 +677,65 @@ mod tests {
         assert_eq!(again.unwrap(), id + 1, "a new account, with a new id");
     }
 
+    /// One person, one account: an identity in a second app joins the account of the unionid its
+    /// session gave, by login or by registration; without a unionid each identity is its own
+    /// account; deleting the account deletes its identities and their sessions.
+    #[test]
+    fn an_identity_joins_the_account_of_its_unionid_and_only_then() {
+        let path = temp_database("identities");
+        let (connection, _) = open_writer(&path, Opener::Server).unwrap();
+        let session = |unionid: Option<&str>| WechatSession {
+            unionid: unionid.map(Into::into),
+            session_key: "key".into(),
+            created_at: 1,
+        };
+        save_wechat_session(&connection, "wxa", "a-1", &session(Some("u-1"))).unwrap();
+        let id = login_account(&connection, "wxa", "a-1", "::1", 100).unwrap();
+        save_wechat_session(&connection, "wxb", "b-1", &session(Some("u-1"))).unwrap();
+        assert_eq!(login_account(&connection, "wxb", "b-1", "::1", 101).unwrap(), id);
+        assert_eq!(login_account(&connection, "wxb", "b-1", "::1", 102).unwrap(), id);
+        save_wechat_session(&connection, "wxc", "c-1", &session(Some("u-1"))).unwrap();
+        let registration = Registration {
+            phone: "13800138000".into(),
+            username: "c-1".into(),
+            wx_nickname: None,
+            birthday: None,
+            wx_gender: None,
+        };
+        let registered =
+            register(&connection, None, "wxc", "c-1", "::1", 103, &registration).unwrap().unwrap();
+        assert_eq!((registered.id, registered.is_register), (id, true));
+        assert_eq!(registered.wx_openid, "a-1", "the identity that made the account");
+        assert_eq!(openid_in_app(&connection, id, "wxb").unwrap().as_deref(), Some("b-1"));
+        assert_eq!(openid_in_app(&connection, id, "wxd").unwrap(), None);
+        assert_eq!(identities_of(&connection, id).unwrap().len(), 3);
+
+        // No unionid: the same person or not, each identity is its own account.
+        save_wechat_session(&connection, "wxa", "a-2", &session(None)).unwrap();
+        save_wechat_session(&connection, "wxb", "b-2", &session(None)).unwrap();
+        let first = login_account(&connection, "wxa", "a-2", "::1", 100).unwrap();
+        let second = login_account(&connection, "wxb", "b-2", "::1", 100).unwrap();
+        assert!(first != second && first != id && second != id);
+
+        // An account loaded without its identity row (an operator's insert, an import) is the
+        // identity's at its first login, not a second account.
+        connection
+            .execute(
+                "INSERT INTO accounts (username, wx_appid, wx_openid, date_joined)
+                 VALUES ('loaded', 'wxa', 'a-3', 1)",
+                [],
+            )
+            .unwrap();
+        let loaded = connection.last_insert_rowid();
+        assert_eq!(login_account(&connection, "wxa", "a-3", "::1", 100).unwrap(), loaded);
+        assert_eq!(openid_in_app(&connection, loaded, "wxa").unwrap().as_deref(), Some("a-3"));
+
+        assert!(delete_account(&connection, id).unwrap());
+        assert!(identities_of(&connection, id).unwrap().is_empty());
+        assert!(wechat_session(&connection, "wxb", "b-1").unwrap().is_none());
+        assert_ne!(login_account(&connection, "wxb", "b-1", "::1", 104).unwrap(), id);
+    }
+
     /// The account's fields are one list (`account!`): the object the API shows has exactly
     /// `Account::FIELDS`, in that order, and the query reads those columns and the hidden ones.
     #[test]
@@ -551,7 +755,7 @@ mod tests {
         }
         assert_eq!(keys, Account::FIELDS);
         let mut columns = Account::FIELDS.to_vec();
-        columns.extend(["token_version", "disabled_at"]);
+        columns.extend(["token_version", "disabled_at", "wx_appid"]);
         assert_eq!(account_columns!().split(", ").collect::<Vec<_>>(), columns);
         assert_eq!(
             (account.id, account.wx_openid.as_str(), account.token_version),

@@ -118,7 +118,9 @@ fn users_set_changes_checked_fields_and_refuses_a_bad_one_writing_nothing() {
             "member_score=42",
         ],
     );
-    let shown: Value = serde_json::from_str(run.success()).unwrap();
+    let mut shown: Value = serde_json::from_str(run.success()).unwrap();
+    let identities = shown.as_object_mut().unwrap().remove("identities");
+    assert_eq!(identities, Some(json!([{"appid": "wxdemo", "openid": openid}])));
     assert_eq!(shown["id"], id);
     assert_eq!(shown["phone"], "+8613900001111", "normalised as the API does");
     assert_eq!((&shown["is_staff"], &shown["flag"]), (&json!(true), &json!(-3)));
@@ -134,8 +136,9 @@ fn users_set_changes_checked_fields_and_refuses_a_bad_one_writing_nothing() {
     // The API sees the same account; its tokens keep working.
     let me = get_with_token(&server, "me", &token);
     assert_eq!(me.result(), &shown);
-    let shown_again: Value =
+    let mut shown_again: Value =
         serde_json::from_str(run_on(&server, &["users", "show", &id_text]).success()).unwrap();
+    shown_again.as_object_mut().unwrap().remove("identities");
     assert_eq!(shown_again, shown);
 
     // A text field set empty is null; a flag back to 0.
@@ -372,7 +375,7 @@ fn restore_puts_a_backup_in_place_of_the_stopped_servers_database() {
     let text = run.success();
     assert!(text.starts_with("restored wxauth.db from backup.db ("), "{text}");
     assert!(
-        text.contains("schema version 5, readable by its owner only)\n  accounts: 2 rows\n"),
+        text.contains("schema version 6, readable by its owner only)\n  accounts: 2 rows\n  identities: 2 rows\n"),
         "{text}"
     );
     assert!(text.contains("integrity_check ok\n"), "{text}");
@@ -433,7 +436,7 @@ fn restore_refuses_what_is_not_a_backup_it_can_serve_and_changes_nothing() {
     newer.execute_batch("PRAGMA user_version = 99").unwrap();
     drop(newer);
     restore(&dir, "backup.db")
-        .failure("its schema version 99 is newer than this wxauth's (5): use a newer wxauth");
+        .failure("its schema version 99 is newer than this wxauth's (6): use a newer wxauth");
 
     assert_eq!(std::fs::read(&database).unwrap(), before, "the database is as it was");
     let mut left = dir.names();
@@ -447,7 +450,7 @@ fn restore_refuses_what_is_not_a_backup_it_can_serve_and_changes_nothing() {
         return;
     }
     let fixed = rusqlite::Connection::open(&backup).unwrap();
-    fixed.execute_batch("PRAGMA user_version = 5").unwrap();
+    fixed.execute_batch("PRAGMA user_version = 6").unwrap();
     drop(fixed);
     let service = 65534;
     std::os::unix::fs::chown(&database, Some(service), Some(service)).unwrap();

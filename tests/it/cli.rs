@@ -355,11 +355,11 @@ fn migrate_upgrades_an_old_database_and_then_says_it_is_current() {
     let environment = [("WXAUTH_DATABASE", "wxauth.db")];
 
     run_in(&dir.0, &["users", "list"], &environment)
-        .failure("has schema version 1, this wxauth needs 5: run `wxauth migrate` first");
+        .failure("has schema version 1, this wxauth needs 6: run `wxauth migrate` first");
     let applied = run_in(&dir.0, &["migrate"], &environment);
-    assert_eq!(applied.success(), "wxauth.db: applied schema versions 2, 3, 4, 5\n");
+    assert_eq!(applied.success(), "wxauth.db: applied schema versions 2, 3, 4, 5, 6\n");
     let current = run_in(&dir.0, &["migrate"], &environment);
-    assert_eq!(current.success(), "wxauth.db: schema is current (version 5)\n");
+    assert_eq!(current.success(), "wxauth.db: schema is current (version 6)\n");
     // Regression: the docs promised `DATABASE: applied schema version N` for several versions.
     let help = run_in(&dir.0, &["migrate", "--help"], &[]);
     let operations = include_str!("../../docs/operations.md");
@@ -371,7 +371,7 @@ fn migrate_upgrades_an_old_database_and_then_says_it_is_current() {
     }
     let database = rusqlite::Connection::open(dir.0.join("wxauth.db")).unwrap();
     let version: u32 = database.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
     let list = run_in(&dir.0, &["users", "list"], &environment);
     assert!(list.success().contains("oFixtureRegistered0000000001"), "{list:#?}");
 
@@ -379,7 +379,7 @@ fn migrate_upgrades_an_old_database_and_then_says_it_is_current() {
     database.execute_batch("PRAGMA user_version = 99").unwrap();
     drop(database);
     run_in(&dir.0, &["migrate"], &environment)
-        .failure("database wxauth.db has schema version 99, newer than this wxauth's (5)");
+        .failure("database wxauth.db has schema version 99, newer than this wxauth's (6)");
     run_in(&dir.0, &["users", "show", "1"], &environment).failure("newer than this wxauth's");
 }
 
@@ -430,7 +430,7 @@ fn commands_that_write_refuse_a_database_file_that_is_not_safely_theirs() {
     std::os::unix::fs::chown(&database, Some(service), Some(service)).unwrap();
     assert_eq!(
         run_in(&dir.0, &["migrate"], &environment).success(),
-        "wxauth.db: applied schema versions 2, 3, 4, 5\n"
+        "wxauth.db: applied schema versions 2, 3, 4, 5, 6\n"
     );
     for name in dir.names() {
         assert_eq!(std::fs::metadata(dir.0.join(&name)).unwrap().uid(), service, "{name}");
@@ -475,11 +475,14 @@ fn users_list_and_show_read_the_served_database() {
 
     // show: the API's account object, by id or by openid, and nothing secret.
     let id = alice_account["id"].to_string();
-    let by_id: Value =
+    let mut by_id: Value =
         serde_json::from_str(run_on(&server, &["users", "show", &id]).success()).unwrap();
     let by_openid: Value =
         serde_json::from_str(run_on(&server, &["users", "show", &alice]).success()).unwrap();
     assert_eq!(by_id, by_openid);
+    // After the fields, every identity of the account: here the one app's.
+    let identities = by_id.as_object_mut().unwrap().remove("identities");
+    assert_eq!(identities, Some(json!([{"appid": "wxdemo", "openid": alice}])));
     assert_eq!(by_id, alice_account, "the same object the API answered");
     assert!(by_id.get("token_version").is_none() && by_id.get("session_key").is_none());
 
@@ -618,19 +621,24 @@ fn users_export_csv_quotes_and_matches_the_database() {
     let records = parse_csv(run.success());
     let fields: Vec<&str> = records[0].iter().map(String::as_str).collect();
     // The header is the account object's fields in the API's order (as `users show` prints
-    // them), so nothing is added, lost or renamed on the way to a spreadsheet.
+    // them), so nothing is lost or renamed on the way to a spreadsheet, then the three columns
+    // `users import` needs to put an account back whole.
     let shown = run_on(&server, &["users", "show", &registered["id"].to_string()]);
-    let shown_keys: Vec<String> = shown
+    let mut shown_keys: Vec<String> = shown
         .success()
         .lines()
         .filter_map(|line| line.strip_prefix("  \"").and_then(|rest| rest.split('"').next()))
         .map(str::to_string)
+        // After the fields, `users show` lists the account's identities, which are no field.
+        .filter(|key| key != "identities")
         .collect();
+    shown_keys.extend(["wx_appid", "token_version", "disabled_at"].map(str::to_string));
     assert_eq!(fields, shown_keys);
-    let api_fields: BTreeSet<&str> =
+    let mut api_fields: BTreeSet<&str> =
         registered.as_object().unwrap().keys().map(String::as_str).collect();
+    api_fields.extend(["wx_appid", "token_version", "disabled_at"]);
     assert_eq!(fields.iter().copied().collect::<BTreeSet<&str>>(), api_fields);
-    assert!(!fields.contains(&"token_version") && !fields.contains(&"session_key"));
+    assert!(!fields.contains(&"session_key"));
 
     let rows = &records[1..];
     assert_eq!(rows.len() as i64, account_count(&server.database()));
@@ -699,11 +707,16 @@ fn users_export_json_is_one_array_of_account_objects_matching_the_database() {
     assert_eq!(accounts.len(), 301);
     // One account per line between the brackets, so line tools work too.
     assert_eq!(text.lines().count(), 303);
-    assert_eq!(accounts[0], registered);
+    // The account object, then the three columns `users import` needs.
+    let mut expected = registered.clone();
+    expected["wx_appid"] = json!("wxdemo");
+    expected["token_version"] = json!(0);
+    expected["disabled_at"] = Value::Null;
+    assert_eq!(accounts[0], expected);
     for (account, (openid, nickname)) in accounts[1..].iter().zip(&inserted) {
         assert_eq!(account["wx_openid"], *openid);
         assert_eq!(account["wx_nickname"], json!(nickname));
-        assert_eq!(account.as_object().unwrap().len(), registered.as_object().unwrap().len());
+        assert_eq!(account.as_object().unwrap().len(), registered.as_object().unwrap().len() + 3);
     }
     // JSON is not read by spreadsheets: text that would start a formula there is left as it is.
     assert_eq!(accounts[5]["wx_nickname"], "=1+1");
@@ -711,10 +724,15 @@ fn users_export_json_is_one_array_of_account_objects_matching_the_database() {
     assert_eq!(accounts[7]["wx_nickname"], "-2");
     assert_eq!(accounts[8]["wx_nickname"], "@SUM(A1)");
     assert_eq!(accounts[1]["phone"], "+8613800000000");
-    let shown: Value =
+    let mut shown: Value =
         serde_json::from_str(run_on(&server, &["users", "show", &inserted[7].0]).success())
             .unwrap();
-    assert_eq!(accounts[8], shown);
+    shown.as_object_mut().unwrap().remove("identities");
+    let mut exported = accounts[8].clone();
+    for column in ["wx_appid", "token_version", "disabled_at"] {
+        exported.as_object_mut().unwrap().remove(column);
+    }
+    assert_eq!(exported, shown);
 
     // An empty database exports an empty array and a bare header.
     server.database().execute("DELETE FROM accounts", []).unwrap();
@@ -764,7 +782,7 @@ fn backup_of_a_serving_database_is_complete_and_verified() {
     assert!(after > before, "no write completed while the backup ran ({before} → {after})");
     let text = run.success();
     assert!(text.starts_with(&format!("wrote {}: a copy of ", copy.display())), "{text}");
-    assert!(text.contains("schema version 5"), "{text}");
+    assert!(text.contains("schema version 6"), "{text}");
     assert!(text.ends_with("integrity_check ok\n"), "{text}");
 
     let backup = rusqlite::Connection::open(&copy).unwrap();
@@ -833,7 +851,9 @@ fn the_commands_that_read_work_on_a_read_only_file_system() {
     let lines: Vec<&str> = list.success().lines().collect();
     assert!(lines[1].contains(&openid), "{list:#?}");
     assert_eq!(lines[2], "accounts 1 to 1 of 1");
-    let shown: Value = serde_json::from_str(run(&["users", "show", &openid]).success()).unwrap();
+    let mut shown: Value =
+        serde_json::from_str(run(&["users", "show", &openid]).success()).unwrap();
+    shown.as_object_mut().unwrap().remove("identities");
     assert_eq!(shown, account);
     let exported = run(&["users", "export", "--format", "csv"]);
     assert_eq!(parse_csv(exported.success()).len(), 2, "{exported:#?}");

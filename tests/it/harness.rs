@@ -350,6 +350,10 @@ impl Wxauth {
             .iter()
             .flat_map(|(name, value)| match *name {
                 "WXAUTH_WECHAT_SECRET" | "WXAUTH_JWT_SECRET" => vec![value.to_string()],
+                // An app's secret, `WXAUTH_APPS_NAME_SECRET`.
+                name if name.starts_with("WXAUTH_APPS_") && name.ends_with("_SECRET") => {
+                    vec![value.to_string()]
+                }
                 // A comma-separated list, as the server reads it.
                 "WXAUTH_JWT_PREVIOUS_SECRETS" => {
                     value.split(',').map(|secret| secret.trim().to_string()).collect()

@@ -6,11 +6,13 @@ mod harness;
 
 mod admin;
 mod api;
+mod apps;
 mod cli;
 mod demo;
 mod faults;
 mod front;
 mod hostile;
+mod import;
 mod login;
 mod logout;
 mod observe;

@@ -156,7 +156,10 @@ fn readyz_is_unavailable_while_the_schema_is_not_this_binarys() {
     // 503 is a status of its own in the metrics, not `other`.
     let scrape = Scrape::of(&server);
     let readyz = |status| {
-        scrape.value("wxauth_http_requests_total", &[("route", "readyz"), ("status", status)])
+        scrape.value(
+            "wxauth_http_requests_total",
+            &[("route", "readyz"), ("status", status), ("app", "default")],
+        )
     };
     assert_eq!((readyz("200"), readyz("503"), readyz("other")), (2.0, 1.0, 0.0), "{}", scrape.text);
 }
@@ -204,7 +207,10 @@ fn metrics_count_a_known_sequence_of_requests_exactly() {
     let scraped = Instant::now();
     let scrape = Scrape::of(&server);
     let requests = |route: &str, status: &str| {
-        scrape.value("wxauth_http_requests_total", &[("route", route), ("status", status)])
+        scrape.value(
+            "wxauth_http_requests_total",
+            &[("route", route), ("status", status), ("app", "default")],
+        )
     };
     let expected = [
         ("is_openid_registered", "200", 3.0),
@@ -230,7 +236,10 @@ fn metrics_count_a_known_sequence_of_requests_exactly() {
     for route in ["is_openid_registered", "other", "login", "register", "get_openid_by_code"] {
         let count: f64 = expected.iter().filter(|(r, _, _)| *r == route).map(|e| e.2).sum();
         let histogram = "wxauth_http_request_duration_seconds";
-        assert_eq!(scrape.value(&format!("{histogram}_count"), &[("route", route)]), count);
+        assert_eq!(
+            scrape.value(&format!("{histogram}_count"), &[("route", route), ("app", "default")]),
+            count
+        );
         let mut buckets: Vec<(f64, f64)> = scrape
             .all(&format!("{histogram}_bucket"))
             .into_iter()
@@ -240,12 +249,17 @@ fn metrics_count_a_known_sequence_of_requests_exactly() {
         buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
         assert_eq!(buckets.last(), Some(&(f64::INFINITY, count)), "{route}");
         assert!(buckets.windows(2).all(|pair| pair[0].1 <= pair[1].1), "{route}: {buckets:?}");
-        assert!(scrape.value(&format!("{histogram}_sum"), &[("route", route)]) > 0.0);
+        assert!(
+            scrape.value(&format!("{histogram}_sum"), &[("route", route), ("app", "default")])
+                > 0.0
+        );
     }
 
     let wechat = |outcome: &str| {
-        scrape
-            .value("wxauth_wechat_calls_total", &[("api", "jscode2session"), ("outcome", outcome)])
+        scrape.value(
+            "wxauth_wechat_calls_total",
+            &[("api", "jscode2session"), ("outcome", outcome), ("app", "default")],
+        )
     };
     assert_eq!(wechat("ok"), 2.0);
     assert_eq!(wechat("invalid_code"), 1.0 + more_invalid);
@@ -283,7 +297,10 @@ fn metrics_count_a_known_sequence_of_requests_exactly() {
     // The first scrape is counted before the second is answered.
     let again = Scrape::of(&server);
     assert_eq!(
-        again.value("wxauth_http_requests_total", &[("route", "metrics"), ("status", "200")]),
+        again.value(
+            "wxauth_http_requests_total",
+            &[("route", "metrics"), ("status", "200"), ("app", "default")]
+        ),
         1.0
     );
     // The accounts were counted by the first scrape; a scrape within 15 s reuses that count
@@ -342,7 +359,10 @@ fn wechat_calls_are_counted_by_outcome() {
 
     let scrape = Scrape::of(&server);
     let calls = |api: &str, outcome: &str| {
-        scrape.value("wxauth_wechat_calls_total", &[("api", api), ("outcome", outcome)])
+        scrape.value(
+            "wxauth_wechat_calls_total",
+            &[("api", api), ("outcome", outcome), ("app", "default")],
+        )
     };
     for (outcome, count) in [
         ("busy", 2.0), // retried once
@@ -385,7 +405,7 @@ fn readyz_reports_an_unreachable_wechat_but_stays_ready() {
     assert_eq!(
         scrape.value(
             "wxauth_wechat_calls_total",
-            &[("api", "jscode2session"), ("outcome", "refused")]
+            &[("api", "jscode2session"), ("outcome", "refused"), ("app", "default")]
         ),
         1.0
     );

@@ -174,7 +174,7 @@ fn a_start_on_a_database_it_cannot_use_names_the_file_and_the_cause() {
     assert_refused_with(
         refused_start(&dir, &[]),
         &format!(
-            "wxauth: database {path} has schema version 99, newer than this wxauth's (5): use a newer wxauth"
+            "wxauth: database {path} has schema version 99, newer than this wxauth's (6): use a newer wxauth"
         ),
     );
 }

@@ -63,7 +63,10 @@ pub(crate) fn assert_verified(server: &Wxauth, token: &str, id: i64) {
     let exp = claims["exp"].as_i64().expect("exp");
     let answer = verify(server, Some(&jwt(token)));
     assert_eq!(answer.header("X-Wxauth-User-Id"), Some(id.to_string().as_str()), "{answer:?}");
-    assert_eq!(answer.result(), &json!({"user_id": id, "expires_at": utc(exp), "exp": exp}));
+    assert_eq!(
+        answer.result(),
+        &json!({"user_id": id, "expires_at": utc(exp), "exp": exp, "app": "default"})
+    );
 }
 
 /// Asserts that `verify` (GET and HEAD) answers 401 with `error` and no user, and that `me`

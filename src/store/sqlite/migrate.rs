@@ -68,7 +68,7 @@ mod tests {
     use rusqlite::params;
 
     use super::*;
-    use crate::store::sqlite::{login_account, open_writer, wechat_session};
+    use crate::store::sqlite::{identities_of, login_account, open_writer, wechat_session};
     use crate::store::{Opener, temp_database};
 
     #[test]
@@ -101,6 +101,39 @@ mod tests {
         (path, connection)
     }
 
+    /// An account as a wxauth before version 6 made one: a row of `accounts` alone.
+    fn old_account(connection: &Connection, openid: &str) {
+        connection
+            .execute(
+                "INSERT INTO accounts
+                     (username, wx_appid, wx_openid, join_ip, date_joined, last_ip, last_login)
+                 VALUES (?1, 'wxa', ?1, '203.0.113.5', 100, '203.0.113.5', 100)",
+                params![openid],
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn version_6_gives_every_account_its_identity() {
+        let (path, connection) = database_at_version("v6", 5);
+        for openid in ["openid-1", "openid-2", "openid-3"] {
+            old_account(&connection, openid);
+        }
+        connection.execute("DELETE FROM accounts WHERE wx_openid = 'openid-2'", []).unwrap();
+        drop(connection);
+
+        let (connection, applied) = open_writer(&path, Opener::Server).unwrap();
+        assert_eq!(applied, (6..=current_version()).collect::<Vec<_>>());
+        let identities = |id| identities_of(&connection, id).unwrap();
+        assert_eq!(identities(1), [("wxa".to_string(), "openid-1".to_string())]);
+        assert_eq!(identities(3), [("wxa".to_string(), "openid-3".to_string())]);
+        let count: i64 =
+            connection.query_row("SELECT count(*) FROM identities", [], |row| row.get(0)).unwrap();
+        assert_eq!(count, 2, "one identity per account, none for the deleted one");
+        assert_eq!(login_account(&connection, "wxa", "openid-3", "::1", 200).unwrap(), 3);
+        assert_eq!(login_account(&connection, "wxa", "openid-4", "::1", 200).unwrap(), 4);
+    }
+
     /// Every column of every account, in id order, as text.
     fn all_accounts(connection: &Connection) -> Vec<Vec<String>> {
         let mut statement = connection.prepare("SELECT * FROM accounts ORDER BY id").unwrap();
@@ -120,7 +153,7 @@ mod tests {
     fn version_3_rebuilds_accounts_keeping_rows_ids_and_the_id_mark() {
         let (path, connection) = database_at_version("v3", 2);
         for (openid, gender) in [("openid-1", 0), ("openid-2", 2), ("openid-3", 1)] {
-            login_account(&connection, "wxa", openid, "203.0.113.5", 100).unwrap();
+            old_account(&connection, openid);
             connection
                 .execute(
                     "UPDATE accounts SET wx_gender = ?2, token_version = 7, phone = '13800138000'
@@ -176,7 +209,7 @@ mod tests {
     fn version_4_ends_the_sessions_of_accounts_that_have_logged_out() {
         let (path, connection) = database_at_version("v4", 3);
         for (openid, version) in [("openid-in", 0), ("openid-out", 2)] {
-            login_account(&connection, "wxa", openid, "::1", 100).unwrap();
+            old_account(&connection, openid);
             connection
                 .execute(
                     "UPDATE accounts SET token_version = ?2 WHERE wx_openid = ?1",
@@ -203,7 +236,7 @@ mod tests {
     #[test]
     fn a_failed_upgrade_leaves_the_database_as_it_was() {
         let (path, connection) = database_at_version("failed-upgrade", 1);
-        login_account(&connection, "wxa", "openid-1", "::1", 100).unwrap();
+        old_account(&connection, "openid-1");
         // Version 3 creates this table: its section fails after version 2's has run.
         connection.execute_batch("CREATE TABLE accounts_v3 (x INTEGER)").unwrap();
         let before = all_accounts(&connection);
