@@ -10,7 +10,7 @@ mod harness;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Barrier, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -71,8 +71,8 @@ fn mysql() -> Mysql {
 
 /// Two instances on one database (the first one's), each with the rate limit off and the
 /// `open` openid policy, against `wechat` (one fake WeChat both call, as two instances call the
-/// one WeChat) when given, else each in demo mode.
-fn two_instances(wechat: Option<&FakeProcess>) -> (Wxauth, Wxauth) {
+/// one WeChat) when given, else each in demo mode, and the settings of `extra`.
+fn two_instances(wechat: Option<&FakeProcess>, extra: &[(&str, &str)]) -> (Wxauth, Wxauth) {
     let mysql = mysql();
     let dir = TempDir::new();
     let url = mysql.create_database(&dir.database_name());
@@ -82,6 +82,7 @@ fn two_instances(wechat: Option<&FakeProcess>) -> (Wxauth, Wxauth) {
         env.push(("WXAUTH_WECHAT_SECRET", "mysql-test-app-secret".into()));
         env.push(("WXAUTH_WECHAT_BASE_URL", fake.url.clone()));
     }
+    env.extend(extra.iter().map(|(name, value)| (*name, value.to_string())));
     let env: Vec<(&str, &str)> = env.iter().map(|(name, value)| (*name, value.as_str())).collect();
     let first = Wxauth::start_in(dir, &env);
     let mut second_env = env.clone();
@@ -93,7 +94,7 @@ fn two_instances(wechat: Option<&FakeProcess>) -> (Wxauth, Wxauth) {
 #[test]
 fn racing_first_logins_on_two_instances_make_one_account() {
     let _shared = shared_server();
-    let (first, second) = two_instances(None);
+    let (first, second) = two_instances(None, &[]);
     let openid = first.openid_for(&fresh_code("race"))["openid"].as_str().unwrap().to_string();
     let ids = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
@@ -117,11 +118,56 @@ fn racing_first_logins_on_two_instances_make_one_account() {
     assert_eq!(count, 1);
 }
 
+/// One person's first logins through two mini-programs, on two instances at once, for many
+/// people: each person ends with one account (the second login joins the unionid's account the
+/// first made), whichever instance wrote first.
+#[test]
+fn racing_first_logins_through_two_apps_on_two_instances_make_one_account_per_person() {
+    let _shared = shared_server();
+    let (first, second) = two_instances(None, &[("WXAUTH_APPS_SHOP_PREFIX", "/shop/wx_auth/")]);
+    const PEOPLE: usize = 16;
+    let barrier = Barrier::new(PEOPLE * 2);
+    let ids = Mutex::new(vec![Vec::new(); PEOPLE]);
+    std::thread::scope(|scope| {
+        for person in 0..PEOPLE {
+            for (server, prefix) in [(&first, "/miniprog/wx_auth/"), (&second, "/shop/wx_auth/")] {
+                let (barrier, ids) = (&barrier, &ids);
+                scope.spawn(move || {
+                    let agent = harness::agent();
+                    let url = |endpoint: &str| format!("{}{prefix}{endpoint}", server.base);
+                    let code = fresh_code(&format!("joiner{person}"));
+                    let exchanged = harness::send(
+                        &agent,
+                        "GET",
+                        &url(&format!("get_openid_by_code?code={code}")),
+                        &[],
+                        None,
+                    );
+                    let openid = exchanged.result()["openid"].as_str().unwrap().to_string();
+                    barrier.wait();
+                    let body = json!({ "openid": openid }).to_string();
+                    let login =
+                        harness::send(&agent, "POST", &url("login"), &[], Some(body.as_bytes()));
+                    let id = login.result()["account"]["id"].as_i64().unwrap();
+                    ids.lock().unwrap()[person].push(id);
+                });
+            }
+        }
+    });
+    for (person, ids) in ids.into_inner().unwrap().iter().enumerate() {
+        assert_eq!(ids[0], ids[1], "person {person} got two accounts: {ids:?}");
+    }
+    let database = first.database();
+    let count = |sql: &str| -> i64 { database.query_row(sql, [], |row| row.get(0)).unwrap() };
+    assert_eq!(count("SELECT count(*) FROM accounts"), PEOPLE as i64);
+    assert_eq!(count("SELECT count(*) FROM identities"), 2 * PEOPLE as i64);
+}
+
 #[test]
 fn a_code_retried_on_the_other_instance_gets_the_first_answer() {
     let _shared = shared_server();
     let fake = FakeProcess::start();
-    let (first, second) = two_instances(Some(&fake));
+    let (first, second) = two_instances(Some(&fake), &[]);
     let code = fresh_code("retried");
     let answer = first.get(&format!("get_openid_by_code?code={code}"));
     let again = second.get(&format!("get_openid_by_code?code={code}"));
@@ -133,7 +179,7 @@ fn a_code_retried_on_the_other_instance_gets_the_first_answer() {
 fn a_session_recorded_by_one_instance_lets_the_other_apply_the_openid_policy() {
     let _shared = shared_server();
     let fake = FakeProcess::start();
-    let (first, second) = two_instances(Some(&fake));
+    let (first, second) = two_instances(Some(&fake), &[]);
     // Under `recent_code` on the second instance: it never saw the code, the database did.
     drop(second);
     let url = mysql().url(&first.dir.database_name());
@@ -159,7 +205,7 @@ fn a_session_recorded_by_one_instance_lets_the_other_apply_the_openid_policy() {
 #[test]
 fn a_killed_instance_loses_no_acknowledged_registration() {
     let _shared = shared_server();
-    let (first, mut second) = two_instances(None);
+    let (first, mut second) = two_instances(None, &[]);
     let register = second.url("register");
     let acknowledged = Mutex::new(Vec::new());
     let stop = AtomicBool::new(false);
@@ -205,7 +251,7 @@ fn a_database_restart_under_load_recovers_without_restarting_wxauth() {
     let dir = std::env::var("WXAUTH_TEST_MYSQL_DIR")
         .expect("WXAUTH_TEST_MYSQL_DIR: the directory `.ci/mariadb start` made");
     let _alone = SERVER.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let (first, _second) = two_instances(None);
+    let (first, _second) = two_instances(None, &[]);
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
     let refused = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -263,6 +309,50 @@ fn a_database_restart_under_load_recovers_without_restarting_wxauth() {
         let answer = first.get(&format!("is_openid_registered?openid={openid}"));
         assert_eq!(answer.result()["is_registered"], true, "{openid} was acknowledged");
     }
+}
+
+/// A MySQL database of schema version 5 (before several mini-programs): its accounts become the
+/// default app's identities, keeping their ids, and new accounts still get ids after them.
+#[test]
+fn a_database_from_schema_version_5_gives_every_account_its_identity() {
+    use mysql::prelude::Queryable;
+    let _shared = shared_server();
+    let mysql = mysql();
+    let dir = TempDir::new();
+    mysql.create_database(&dir.database_name());
+    let mut conn = mysql.connect(Some(&dir.database_name()));
+    let schema = include_str!("../src/store/mysql/schema.sql");
+    let (up_to_5, _) = schema.split_once("-- version: 6").unwrap();
+    let sql: String = up_to_5
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for statement in sql.split(';').map(str::trim).filter(|statement| !statement.is_empty()) {
+        conn.query_drop(statement).unwrap();
+    }
+    conn.query_drop(
+        "INSERT INTO meta (`key`, value) VALUES ('schema_version', '5');
+         INSERT INTO accounts (id, username, wx_appid, wx_openid, date_joined)
+         VALUES (3, 'oFiveA', 'wxdemo', 'oFiveA', 1690000000),
+                (9, 'oFiveB', 'wxdemo', 'oFiveB', 1690000000)",
+    )
+    .unwrap();
+    drop(conn);
+
+    let server = Wxauth::start_in(dir, &[("WXAUTH_OPENID_LOGIN", "open")]);
+    assert!(server.stderr().contains("applied schema versions [6]"), "{}", server.stderr());
+    let identities: Vec<(String, String, i64)> = mysql
+        .connect(Some(&server.dir.database_name()))
+        .query("SELECT appid, openid, account_id FROM identities ORDER BY account_id")
+        .unwrap();
+    assert_eq!(
+        identities,
+        [("wxdemo".into(), "oFiveA".into(), 3), ("wxdemo".into(), "oFiveB".into(), 9)]
+    );
+    let login = server.post("login", &json!({ "openid": "oFiveB" }));
+    assert_eq!(login.result()["account"]["id"], 9, "{login:?}");
+    assert_eq!(server.login_as("after-five").1["account"]["id"], 10);
 }
 
 #[test]

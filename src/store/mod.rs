@@ -35,7 +35,8 @@
 //!
 //! On a database several instances share (MySQL, `SharedDatabase`), each write runs in a
 //! transaction of its own on the worker that asks, committed before it is answered, and accounts
-//! are created race-free across instances (see `mysql.rs`); the answers of repeated codes are kept
+//! and identities are created race-free across instances, the unique keys deciding and two new
+//! identities of one unionid taking turns (see `mysql.rs`); the answers of repeated codes are kept
 //! there too (`claim_code`), for `codes.rs`.
 //!
 //! With SQLite, a connection that writes opens only a file that is safely wxauth's

@@ -13,11 +13,17 @@
 //! accounts are created by a lookup, then an `INSERT … ON DUPLICATE KEY UPDATE` that, when another
 //! instance created the identity's account in between, takes the winner's row (its id, with this
 //! login's bookkeeping) instead of failing; such a race spends one AUTO_INCREMENT id, an ordinary
-//! login none. A connection the server dropped (a restart) fails its query with
-//! `database_unavailable`; a read outside a transaction is tried once more on a new connection.
+//! login none. An identity (appid, openid) is the primary key of `identities`, inserted with
+//! `ON DUPLICATE KEY UPDATE` and read back, so the row that got there first names the account. A
+//! new identity whose WeChat session gave a unionid first locks that unionid's row of
+//! `unionid_joins` for the rest of its transaction: two instances' first logins of one person
+//! through two apps take turns, and the second joins the account the first made. A connection the
+//! server dropped (a restart) fails its query with `database_unavailable`; a read outside a
+//! transaction is tried once more on a new connection.
 
 mod open;
 
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use mysql::prelude::{FromValue, Queryable};
@@ -27,8 +33,9 @@ pub(super) use open::{is_url, open_reader, open_writer, set_password};
 
 use super::writer::Step;
 use super::{
-    Account, AccountCounts, AccountQuery, CodeClaim, DatabaseError, Edit, EditValue, EngineError,
-    Profile, RecordedSession, Registration, StoredCode, WechatSession, account_from_mysql_row,
+    Account, AccountCounts, AccountQuery, CodeClaim, ColumnValue, DatabaseError, Edit, EditValue,
+    EngineError, Profile, RecordedSession, Registration, StoredCode, WechatSession,
+    account_from_mysql_row,
 };
 use crate::error::Error;
 
@@ -215,7 +222,7 @@ pub(super) fn account_by_openid(
         concat!(
             "SELECT ",
             account_columns!(),
-            " FROM accounts WHERE wx_appid = ? AND wx_openid = ?"
+            " FROM accounts WHERE id = (SELECT account_id FROM identities WHERE appid = ? AND openid = ?)"
         ),
         Params::from((appid, openid)),
     )
@@ -228,12 +235,31 @@ pub(super) fn is_registered(
 ) -> Result<Option<bool>, Error> {
     connection.with(|conn| {
         Ok(conn.exec_first(
-            "SELECT is_register FROM accounts WHERE wx_appid = ? AND wx_openid = ?",
+            "SELECT is_register FROM accounts
+             WHERE id = (SELECT account_id FROM identities WHERE appid = ? AND openid = ?)",
             (appid, openid),
         )?)
     })
 }
 
+/// The token version of the account of the identity (:appid, :openid), or else of the account
+/// unionid `$unionid` would join (`login_account`), 0 when neither exists.
+macro_rules! identity_token_version {
+    ($unionid:literal) => {
+        concat!(
+            "coalesce(
+                 (SELECT token_version FROM accounts WHERE id =
+                     (SELECT account_id FROM identities WHERE appid = :appid AND openid = :openid)),
+                 (SELECT token_version FROM accounts WHERE wx_unionid = ",
+            $unionid,
+            " ORDER BY id LIMIT 1),
+                 0)"
+        )
+    };
+}
+
+/// The recorded session of a WeChat identity, with the token version of the account it has, or
+/// else of the account its unionid would join (`login_account`), 0 when neither exists.
 pub(super) fn wechat_session(
     connection: &Connection,
     appid: &str,
@@ -241,10 +267,11 @@ pub(super) fn wechat_session(
 ) -> Result<Option<RecordedSession>, Error> {
     connection.with(|conn| {
         let row: Option<Row> = conn.exec_first(
-            "SELECT unionid, session_key, created_at, token_version,
-                    coalesce((SELECT token_version FROM accounts
-                              WHERE wx_appid = :appid AND wx_openid = :openid), 0)
-             FROM wechat_sessions WHERE appid = :appid AND openid = :openid",
+            concat!(
+                "SELECT unionid, session_key, created_at, token_version, ",
+                identity_token_version!("wechat_sessions.unionid"),
+                " FROM wechat_sessions WHERE appid = :appid AND openid = :openid"
+            ),
             params! { "appid" => appid, "openid" => openid },
         )?;
         let Some(mut row) = row else { return Ok(None) };
@@ -260,8 +287,9 @@ pub(super) fn wechat_session(
     })
 }
 
-/// Records a `jscode2session` answer with the token version of the openid's account as of this
-/// write (0 when there is none), and the unionid on an existing account that lacked one.
+/// Records a `jscode2session` answer with the token version of the identity's account as of this
+/// write, or else of the account its unionid would join (0 when there is neither), and the
+/// unionid on an existing account that lacked one.
 pub(super) fn save_wechat_session(
     connection: &Connection,
     appid: &str,
@@ -277,22 +305,26 @@ pub(super) fn save_wechat_session(
     };
     connection.with(|conn| {
         conn.exec_drop(
-            "INSERT INTO wechat_sessions (appid, openid, unionid, session_key, created_at, token_version)
-             VALUES (:appid, :openid, :unionid, :session_key, :created_at,
-                     coalesce((SELECT token_version FROM accounts
-                               WHERE wx_appid = :appid AND wx_openid = :openid), 0))
-             ON DUPLICATE KEY UPDATE
-                 unionid = coalesce(:unionid, unionid),
-                 session_key = :session_key,
-                 created_at = :created_at,
-                 token_version = coalesce((SELECT token_version FROM accounts
-                                           WHERE wx_appid = :appid AND wx_openid = :openid), 0)",
+            concat!(
+                "INSERT INTO wechat_sessions
+                     (appid, openid, unionid, session_key, created_at, token_version)
+                 VALUES (:appid, :openid, :unionid, :session_key, :created_at, ",
+                identity_token_version!(":unionid"),
+                ") ON DUPLICATE KEY UPDATE
+                     unionid = coalesce(:unionid, unionid),
+                     session_key = :session_key,
+                     created_at = :created_at,
+                     token_version = ",
+                identity_token_version!(":unionid")
+            ),
             values.clone(),
         )?;
         if session.unionid.is_some() {
             conn.exec_drop(
                 "UPDATE accounts SET wx_unionid = :unionid
-                 WHERE wx_appid = :appid AND wx_openid = :openid AND wx_unionid IS NULL",
+                 WHERE id = (SELECT account_id FROM identities
+                             WHERE appid = :appid AND openid = :openid)
+                   AND wx_unionid IS NULL",
                 values.clone(),
             )?;
         }
@@ -300,10 +332,13 @@ pub(super) fn save_wechat_session(
     })
 }
 
-/// The account id for a WeChat identity, with this login's bookkeeping set; creates the account
-/// (not registered, username = openid, joined now from `ip`) if there is none. A lookup first, so
-/// that a login of an existing account spends no id; then an insert that, should another instance
-/// have created the account since, updates that one (`LAST_INSERT_ID(id)` names it).
+/// The account id for a WeChat identity, with this login's bookkeeping set. An identity without
+/// an account takes the account made with it, or joins the account of the unionid its WeChat
+/// session gave (`account_to_adopt`), or else gets a new account (not registered, username =
+/// openid, joined now from `ip`). A lookup first, so that a login of an existing account spends
+/// no id; then an insert that, should another instance have created the account since, updates
+/// that one (`LAST_INSERT_ID(id)` names it); the identity's row, whichever instance wrote it
+/// first, names the account returned (`add_identity`).
 pub(super) fn login_account(
     connection: &Connection,
     appid: &str,
@@ -315,25 +350,131 @@ pub(super) fn login_account(
         touch_login(connection, id, ip, now)?;
         return Ok(id);
     }
-    connection.with(|conn| {
+    let unionid = session_unionid(connection, appid, openid)?;
+    if let Some(id) = account_to_adopt(connection, appid, openid, unionid.as_deref())? {
+        let id = add_identity(connection, appid, openid, id)?;
+        touch_login(connection, id, ip, now)?;
+        return Ok(id);
+    }
+    let id = connection.with(|conn| {
         conn.exec_drop(
             "INSERT INTO accounts
                  (username, wx_appid, wx_openid, wx_unionid, join_ip, date_joined, last_ip, last_login)
-             VALUES (:openid, :appid, :openid,
-                     (SELECT unionid FROM wechat_sessions WHERE appid = :appid AND openid = :openid),
-                     :ip, :now, :ip, :now)
+             VALUES (:openid, :appid, :openid, :unionid, :ip, :now, :ip, :now)
              ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id), last_ip = :ip, last_login = :now",
-            params! { "appid" => appid, "openid" => openid, "ip" => ip, "now" => now },
+            params! {
+                "appid" => appid,
+                "openid" => openid,
+                "unionid" => unionid.as_deref(),
+                "ip" => ip,
+                "now" => now,
+            },
         )?;
         Ok(conn.last_insert_id() as i64)
-    })
+    })?;
+    add_identity(connection, appid, openid, id)
 }
 
+/// The id of the account of a WeChat identity, if it has one.
 fn account_id_of(connection: &Connection, appid: &str, openid: &str) -> Result<Option<i64>, Error> {
     connection.with(|conn| {
         Ok(conn.exec_first(
+            "SELECT account_id FROM identities WHERE appid = ? AND openid = ?",
+            (appid, openid),
+        )?)
+    })
+}
+
+/// The unionid the recorded WeChat session of the identity (appid, openid) gave, if any.
+fn session_unionid(
+    connection: &Connection,
+    appid: &str,
+    openid: &str,
+) -> Result<Option<String>, Error> {
+    connection.with(|conn| {
+        let unionid: Option<Option<String>> = conn.exec_first(
+            "SELECT unionid FROM wechat_sessions WHERE appid = ? AND openid = ?",
+            (appid, openid),
+        )?;
+        Ok(unionid.flatten())
+    })
+}
+
+/// The account an identity without an `identities` row takes: the account made with it
+/// (`accounts.wx_appid`, `wx_openid`: a row loaded from outside may lack its identity), else the
+/// (oldest) account with its unionid. With a unionid, first locks the unionid's row of
+/// `unionid_joins` until the transaction ends, so that another instance's new identity of the
+/// same person waits here and then finds the account this one makes.
+fn account_to_adopt(
+    connection: &Connection,
+    appid: &str,
+    openid: &str,
+    unionid: Option<&str>,
+) -> Result<Option<i64>, Error> {
+    connection.with(|conn| {
+        if let Some(unionid) = unionid {
+            conn.exec_drop(
+                "INSERT INTO unionid_joins (unionid) VALUES (?)
+                 ON DUPLICATE KEY UPDATE unionid = unionid",
+                (unionid,),
+            )?;
+        }
+        let made_with: Option<i64> = conn.exec_first(
             "SELECT id FROM accounts WHERE wx_appid = ? AND wx_openid = ?",
             (appid, openid),
+        )?;
+        match (made_with, unionid) {
+            (Some(id), _) => Ok(Some(id)),
+            (None, Some(unionid)) => Ok(conn.exec_first(
+                "SELECT id FROM accounts WHERE wx_unionid = ? ORDER BY id LIMIT 1",
+                (unionid,),
+            )?),
+            (None, None) => Ok(None),
+        }
+    })
+}
+
+/// Gives account `id` the identity (appid, openid), unless another instance gave it one first;
+/// the id of the account the identity has.
+fn add_identity(connection: &Connection, appid: &str, openid: &str, id: i64) -> Result<i64, Error> {
+    connection.with(|conn| {
+        conn.exec_drop(
+            "INSERT INTO identities (appid, openid, account_id) VALUES (?, ?, ?)
+             ON DUPLICATE KEY UPDATE account_id = account_id",
+            (appid, openid, id),
+        )?;
+        let owner: Option<i64> = conn.exec_first(
+            "SELECT account_id FROM identities WHERE appid = ? AND openid = ?",
+            (appid, openid),
+        )?;
+        owner.ok_or_else(|| Error::Internal("database: an identity was not kept".into()))
+    })
+}
+
+/// The openid account `id` has in mini-program `appid`, if it has an identity there.
+pub(super) fn openid_in_app(
+    connection: &Connection,
+    id: i64,
+    appid: &str,
+) -> Result<Option<String>, Error> {
+    connection.with(|conn| {
+        Ok(conn.exec_first(
+            "SELECT openid FROM identities WHERE account_id = ? AND appid = ?
+             ORDER BY openid LIMIT 1",
+            (id, appid),
+        )?)
+    })
+}
+
+/// Every identity of account `id`, as (appid, openid), by appid.
+pub(super) fn identities_of(
+    connection: &Connection,
+    id: i64,
+) -> Result<Vec<(String, String)>, Error> {
+    connection.with(|conn| {
+        Ok(conn.exec(
+            "SELECT appid, openid FROM identities WHERE account_id = ? ORDER BY appid, openid",
+            (id,),
         )?)
     })
 }
@@ -380,8 +521,10 @@ macro_rules! registration_set {
 
 /// Registers an account with its phone and the optional fields given, records this login, and
 /// returns the account as written: the account `known_id` (a token's) when given, else the
-/// account of `openid`, created registered when there is none (or, when another instance
-/// created it in between, that one registered). `None` when account `known_id` does not exist.
+/// account of the identity (appid, openid), which takes the account made with it or joins the
+/// account of its unionid (`account_to_adopt`), or is created registered when it has none (or,
+/// when another instance created it in between, that one registered). `None` when account
+/// `known_id` does not exist.
 pub(super) fn register(
     connection: &Connection,
     known_id: Option<i64>,
@@ -392,60 +535,84 @@ pub(super) fn register(
     registration: &Registration,
 ) -> Result<Option<Account>, Error> {
     let Registration { phone, username, wx_nickname, birthday, wx_gender } = registration;
-    let values = params! {
-        "appid" => appid,
-        "openid" => openid,
-        "username" => username.as_str(),
-        "ip" => ip,
-        "now" => now,
-        "phone" => phone.as_str(),
-        "nickname" => wx_nickname.as_deref(),
-        "birthday" => birthday.as_deref(),
-        "gender" => *wx_gender,
-        "id" => known_id,
+    let values = |id: Option<i64>, unionid: Option<&str>| {
+        params! {
+            "appid" => appid,
+            "openid" => openid,
+            "username" => username.as_str(),
+            "ip" => ip,
+            "now" => now,
+            "phone" => phone.as_str(),
+            "nickname" => wx_nickname.as_deref(),
+            "birthday" => birthday.as_deref(),
+            "gender" => *wx_gender,
+            "id" => id,
+            "unionid" => unionid,
+        }
     };
-    match known_id {
+    let update_by_id = |id: i64| {
+        connection.with(|conn| {
+            Ok(conn.exec_drop(
+                concat!("UPDATE accounts SET ", registration_set!(), " WHERE id = :id"),
+                values(Some(id), None),
+            )?)
+        })
+    };
+    let id = match known_id {
+        Some(id) => {
+            update_by_id(id)?;
+            id
+        }
         None => {
-            connection.with(|conn| {
+            let updated = connection.with(|conn| {
                 conn.exec_drop(
                     concat!(
                         "UPDATE accounts SET ",
                         registration_set!(),
-                        " WHERE wx_appid = :appid AND wx_openid = :openid"
+                        " WHERE id = (SELECT account_id FROM identities \
+                                      WHERE appid = :appid AND openid = :openid)"
                     ),
-                    values.clone(),
+                    values(None, None),
                 )?;
-                if conn.affected_rows() == 0 {
-                    conn.exec_drop(
-                        concat!(
-                            "INSERT INTO accounts (username, wx_appid, wx_openid, wx_unionid, \
-                             join_ip, date_joined, last_ip, last_login, phone, is_register, \
-                             wx_nickname, birthday, wx_gender) \
-                             VALUES (:username, :appid, :openid, \
-                                     (SELECT unionid FROM wechat_sessions \
-                                      WHERE appid = :appid AND openid = :openid), \
-                                     :ip, :now, :ip, :now, :phone, 1, :nickname, :birthday, \
-                                     coalesce(:gender, 0)) \
-                             ON DUPLICATE KEY UPDATE ",
-                            registration_set!()
-                        ),
-                        values.clone(),
-                    )?;
+                Ok(conn.affected_rows() > 0)
+            })?;
+            if updated {
+                return account_by_openid(connection, appid, openid);
+            }
+            let unionid = session_unionid(connection, appid, openid)?;
+            match account_to_adopt(connection, appid, openid, unionid.as_deref())? {
+                Some(id) => {
+                    let id = add_identity(connection, appid, openid, id)?;
+                    update_by_id(id)?;
+                    id
                 }
-                Ok(())
-            })?;
-            account_by_openid(connection, appid, openid)
+                None => {
+                    let id = connection.with(|conn| {
+                        conn.exec_drop(
+                            concat!(
+                                "INSERT INTO accounts (username, wx_appid, wx_openid, wx_unionid, \
+                                 join_ip, date_joined, last_ip, last_login, phone, is_register, \
+                                 wx_nickname, birthday, wx_gender) \
+                                 VALUES (:username, :appid, :openid, :unionid, \
+                                         :ip, :now, :ip, :now, :phone, 1, :nickname, :birthday, \
+                                         coalesce(:gender, 0)) \
+                                 ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id), ",
+                                registration_set!()
+                            ),
+                            values(None, unionid.as_deref()),
+                        )?;
+                        Ok(conn.last_insert_id() as i64)
+                    })?;
+                    let owner = add_identity(connection, appid, openid, id)?;
+                    if owner != id {
+                        update_by_id(owner)?;
+                    }
+                    owner
+                }
+            }
         }
-        Some(id) => {
-            connection.with(|conn| {
-                Ok(conn.exec_drop(
-                    concat!("UPDATE accounts SET ", registration_set!(), " WHERE id = :id"),
-                    values.clone(),
-                )?)
-            })?;
-            account_by_id(connection, id)
-        }
-    }
+    };
+    account_by_id(connection, id)
 }
 
 pub(super) fn revoke_tokens(connection: &Connection, id: i64) -> Result<bool, Error> {
@@ -491,8 +658,13 @@ pub(super) fn accounts_with_openid(
 ) -> Result<Vec<Account>, Error> {
     accounts(
         connection,
-        concat!("SELECT ", account_columns!(), " FROM accounts WHERE wx_openid = ? ORDER BY id"),
-        Params::from((openid,)),
+        concat!(
+            "SELECT ",
+            account_columns!(),
+            " FROM accounts WHERE wx_openid = :openid \
+              OR id IN (SELECT account_id FROM identities WHERE openid = :openid) ORDER BY id"
+        ),
+        params! { "openid" => openid },
     )
 }
 
@@ -537,15 +709,16 @@ pub(super) fn find_accounts(
         concat!(
             "SELECT ",
             account_columns!(),
-            " FROM accounts WHERE phone = ? OR wx_openid = ? OR wx_unionid = ? \
-              OR instr(wx_nickname, ?) > 0 ORDER BY id"
+            " FROM accounts WHERE phone = :phone OR wx_openid = :openid \
+              OR id IN (SELECT account_id FROM identities WHERE openid = :openid) \
+              OR wx_unionid = :unionid OR instr(wx_nickname, :nickname) > 0 ORDER BY id"
         ),
-        Params::from((
-            phone.as_deref(),
-            openid.as_deref(),
-            unionid.as_deref(),
-            nickname.as_deref(),
-        )),
+        params! {
+            "phone" => phone.as_deref(),
+            "openid" => openid.as_deref(),
+            "unionid" => unionid.as_deref(),
+            "nickname" => nickname.as_deref(),
+        },
     )
 }
 
@@ -593,15 +766,58 @@ pub(super) fn enable_account(connection: &Connection, id: i64) -> Result<bool, E
     )
 }
 
+/// Deletes account `id`, its identities and their recorded WeChat sessions, so that each
+/// identity's next login makes a new account; false when there is no such account. The caller
+/// runs the three statements in one transaction.
 pub(super) fn delete_account(connection: &Connection, id: i64) -> Result<bool, Error> {
     connection.with(|conn| {
         conn.exec_drop(
             "DELETE FROM wechat_sessions
-             WHERE (appid, openid) IN (SELECT wx_appid, wx_openid FROM accounts WHERE id = ?)",
+             WHERE (appid, openid) IN (SELECT appid, openid FROM identities WHERE account_id = ?)",
             (id,),
         )?;
+        conn.exec_drop("DELETE FROM identities WHERE account_id = ?", (id,))?;
         conn.exec_drop("DELETE FROM accounts WHERE id = ?", (id,))?;
         Ok(conn.affected_rows() == 1)
+    })
+}
+
+/// Inserts `account` as it is, every column with its id, and its identity, for `wxauth users
+/// import` (in the operator's transaction, after it checked that neither the id nor the identity
+/// is taken). InnoDB moves the AUTO_INCREMENT counter past an id inserted above it, so new
+/// accounts get ids after the imported ones.
+pub(super) fn insert_account(connection: &Connection, account: &Account) -> Result<(), Error> {
+    let values: HashMap<Vec<u8>, Value> = account_columns!()
+        .split(", ")
+        .zip(account.column_values())
+        .map(|(name, value)| {
+            let value = match value {
+                ColumnValue::Null => Value::NULL,
+                ColumnValue::Integer(number) => Value::from(number),
+                ColumnValue::Text(text) => Value::from(text),
+            };
+            (name.as_bytes().to_vec(), value)
+        })
+        .collect();
+    connection.with(|conn| {
+        conn.exec_drop(
+            concat!(
+                "INSERT INTO accounts (",
+                account_columns!(),
+                ") VALUES (",
+                account_parameters!(),
+                ")"
+            ),
+            Params::Named(values.clone()),
+        )?;
+        Ok(())
+    })?;
+    connection.with(|conn| {
+        conn.exec_drop(
+            "INSERT INTO identities (appid, openid, account_id) VALUES (?, ?, ?)",
+            (account.wx_appid.as_str(), account.wx_openid.as_str(), account.id),
+        )?;
+        Ok(())
     })
 }
 
@@ -703,22 +919,4 @@ pub(super) fn release_code(connection: &Connection, key: &[u8]) -> Result<(), Er
         conn.exec_drop("DELETE FROM code_answers WHERE code_key = ? AND openid IS NULL", (key,))?;
         Ok(())
     })
-}
-
-// ---- Schema 6's identities, not yet on MySQL ------------------------------------------------------
-
-fn not_ported<T>() -> Result<T, Error> {
-    Err(Error::Internal("identities are not yet on MySQL".into()))
-}
-
-pub(super) fn openid_in_app(_: &Connection, _: i64, _: &str) -> Result<Option<String>, Error> {
-    not_ported()
-}
-
-pub(super) fn identities_of(_: &Connection, _: i64) -> Result<Vec<(String, String)>, Error> {
-    not_ported()
-}
-
-pub(super) fn insert_account(_: &Connection, _: &Account) -> Result<(), Error> {
-    not_ported()
 }

@@ -229,7 +229,12 @@ fn migrate(conn: &mut mysql::PooledConn) -> Result<Vec<u32>, Error> {
                 continue;
             }
             for statement in &statements {
-                conn.query_drop(statement)?;
+                match conn.query_drop(statement) {
+                    // ER_DUP_KEYNAME: an index a broken-off application of this section made
+                    // (MySQL has no `CREATE INDEX IF NOT EXISTS`).
+                    Err(mysql::Error::MySqlError(error)) if error.code == 1061 => {}
+                    result => result?,
+                }
             }
             conn.exec_drop(
                 "INSERT INTO meta (`key`, value) VALUES ('schema_version', ?) \

@@ -79,3 +79,33 @@ CREATE TABLE IF NOT EXISTS code_answers (
     token_version BIGINT NOT NULL DEFAULT 0,
     KEY code_answers_expiry (expires_at)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- version: 6
+
+-- Several mini-programs, one person, as schema.sql's version 6: a WeChat identity is (appid,
+-- openid), and each belongs to exactly one account; an account may have one identity per app.
+-- Every account's own identity becomes its first row, so a database from before keeps every
+-- account, id and token, as the default app's. Deleting an account deletes its identities.
+CREATE TABLE IF NOT EXISTS identities (
+    appid      VARCHAR(64) NOT NULL CHECK (char_length(appid) >= 1),
+    openid     VARCHAR(64) NOT NULL CHECK (char_length(openid) >= 1),
+    account_id BIGINT NOT NULL,
+    PRIMARY KEY (appid, openid),
+    KEY identities_account (account_id),
+    CONSTRAINT identities_account_fk FOREIGN KEY (account_id) REFERENCES accounts (id)
+        ON DELETE CASCADE
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+INSERT IGNORE INTO identities (appid, openid, account_id)
+    SELECT wx_appid, wx_openid, id FROM accounts ORDER BY id;
+
+-- One row per unionid a new identity joined or made an account for: the row a new identity with a
+-- unionid locks (`INSERT … ON DUPLICATE KEY UPDATE`) for the rest of its transaction, so that two
+-- instances' first logins of one person through two apps take turns and make one account.
+CREATE TABLE IF NOT EXISTS unionid_joins (
+    unionid VARCHAR(128) NOT NULL PRIMARY KEY
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- The account a unionid belongs to, for the join. (MySQL has no `CREATE INDEX IF NOT EXISTS`:
+-- open.rs takes "duplicate key name" from a section applied again as done.)
+CREATE INDEX accounts_unionid ON accounts (wx_unionid);
