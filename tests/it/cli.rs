@@ -65,21 +65,28 @@ fn run_wrapped(
     }
 }
 
-/// Runs `wxauth ARGS` on the database `server` is serving.
+/// Runs `wxauth ARGS` on the database `server` is serving, and checks that its output holds no
+/// secret of the server's.
 pub(crate) fn run_on(server: &Wxauth, arguments: &[&str]) -> Run {
+    let run = run_on_database(server, arguments);
+    assert_no_secrets(server, &run.stdout);
+    assert_no_secrets(server, &run.stderr);
+    run
+}
+
+/// Runs `wxauth ARGS` on the database `server` is serving (its SQLite file, or its MySQL
+/// database under `WXAUTH_TEST_MYSQL`).
+pub(crate) fn run_on_database(server: &Wxauth, arguments: &[&str]) -> Run {
     let database = server.dir.database_setting();
     let password = crate::harness::Mysql::from_env().map(|mysql| mysql.password);
-    let run = run_in(
+    run_in(
         &server.dir.0,
         arguments,
         &[
             ("WXAUTH_DATABASE", database.as_str()),
             ("WXAUTH_DATABASE_PASSWORD", password.as_deref().unwrap_or_default()),
         ],
-    );
-    assert_no_secrets(server, &run.stdout);
-    assert_no_secrets(server, &run.stderr);
-    run
+    )
 }
 
 /// No session key the server recorded, no JWT secret and no token appears in `text`.

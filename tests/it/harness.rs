@@ -112,7 +112,7 @@ impl Mysql {
     }
 
     /// A SQLite copy, in memory, of what MySQL database `name` holds (`meta`, `accounts`,
-    /// `wechat_sessions`), so that a test reads it back with the same queries under either
+    /// `wechat_sessions`, `identities`), at schema.sql's latest version, so that a test reads it back with the same queries under either
     /// engine. Writes to the copy change nothing in MySQL: a test that writes behind the server's
     /// back is SQLite's (`sqlite_only`).
     pub fn snapshot(&self, name: &str) -> rusqlite::Connection {
@@ -120,11 +120,17 @@ impl Mysql {
         let copy = rusqlite::Connection::open_in_memory().unwrap();
         let schema = include_str!("../../schema.sql");
         copy.execute_batch(schema).unwrap();
-        copy.execute_batch("PRAGMA user_version = 5").unwrap();
+        let latest = schema
+            .lines()
+            .filter_map(|line| line.strip_prefix("-- version: "))
+            .map(|number| number.trim().parse::<u32>().unwrap())
+            .max()
+            .unwrap();
+        copy.execute_batch(&format!("PRAGMA user_version = {latest}")).unwrap();
         // A directory whose server never started (one swapped in by a restart) has an empty one.
         self.create_database(name);
         let mut conn = self.connect(Some(name));
-        for table in ["meta", "accounts", "wechat_sessions"] {
+        for table in ["meta", "accounts", "wechat_sessions", "identities"] {
             // A server that has not started yet has made no tables.
             let Ok(rows) = conn.query::<mysql::Row, _>(format!("SELECT * FROM {table}")) else {
                 continue;

@@ -7,8 +7,8 @@ use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::cli::{Run, account_count, login_by_token, registered_user, run_in};
-use crate::harness::{TempDir, Wxauth, binary, fresh_code};
+use crate::cli::{Run, account_count, login_by_token, registered_user, run_in, run_on_database};
+use crate::harness::{Mysql, TempDir, Wxauth, binary, fresh_code};
 
 /// The original backend's `manage.py dumpdata wx_auth.User --indent 2`: three accounts (pk 3, 7,
 /// 12), naive, `Z` and offset times, password hashes, empty strings, one `is_active` false.
@@ -24,12 +24,6 @@ const PASSWORDS: [&str; 3] = [
 /// A JWT secret set explicitly, as a moving deployment sets it on both sides.
 const SECRET: &str = "moving-deployment-secret-0123456789abcdef";
 
-/// Runs `wxauth ARGS` on the database of `server`.
-fn run_on(server: &Wxauth, arguments: &[&str]) -> Run {
-    let database = server.dir.0.join("wxauth.db");
-    run_in(&server.dir.0, arguments, &[("WXAUTH_DATABASE", database.to_str().unwrap())])
-}
-
 /// Writes `text` to a file named `name` in the server's directory; returns its path.
 fn write_file(server: &Wxauth, name: &str, text: &str) -> String {
     let path = server.dir.0.join(name);
@@ -42,15 +36,30 @@ fn import(server: &Wxauth, file: &str, format: &str, dry_run: bool) -> Run {
     if dry_run {
         arguments.push("--dry-run");
     }
-    run_on(server, &arguments)
+    run_on_database(server, &arguments)
 }
 
 fn export(server: &Wxauth, format: &str) -> String {
-    run_on(server, &["users", "export", "--format", format]).success().to_string()
+    run_on_database(server, &["users", "export", "--format", format]).success().to_string()
 }
 
-/// Every byte of the database's files (the database, its WAL), as text.
+/// Every byte of the database's files (the database, its WAL), as text; under
+/// `WXAUTH_TEST_MYSQL`, every row of every table of the MySQL database, which keeps rolled-back
+/// rows in no file a test can read.
 fn database_bytes(server: &Wxauth) -> String {
+    if let Some(mysql) = Mysql::from_env() {
+        use mysql::prelude::Queryable;
+        let mut conn = mysql.connect(Some(&server.dir.database_name()));
+        let tables: Vec<String> = conn.query("SHOW TABLES").unwrap();
+        let mut text = String::new();
+        for table in tables {
+            let rows: Vec<mysql::Row> = conn.query(format!("SELECT * FROM `{table}`")).unwrap();
+            for row in rows {
+                text.push_str(&format!("{:?}\n", row.unwrap()));
+            }
+        }
+        return text;
+    }
     let mut bytes = Vec::new();
     for name in ["wxauth.db", "wxauth.db-wal"] {
         if let Ok(content) = std::fs::read(server.dir.0.join(name)) {
@@ -324,13 +333,13 @@ fn export_then_import_moves_every_account_with_its_id_and_tokens() {
     assert_eq!(logout.status, 200, "{logout:?}");
     let bob_token = old.login_as("move-bob").1["token"].as_str().unwrap().to_string();
     let (carol, _) = old.login_as("move-carol");
-    run_on(&old, &["users", "disable", &carol]).success();
+    run_on_database(&old, &["users", "disable", &carol]).success();
     let (dave, _) = old.login_as("move-dave");
-    run_on(&old, &["users", "delete", &dave]).success();
+    run_on_database(&old, &["users", "delete", &dave]).success();
     let (_, erin) = old.login_as("move-erin");
     let alice_id = alice["id"].to_string();
     // Text a spreadsheet would run, and text that starts with the CSV guard itself.
-    run_on(&old, &["users", "set", &alice_id, "wx_nickname='=quoted", "address==SUM(A1)"])
+    run_on_database(&old, &["users", "set", &alice_id, "wx_nickname='=quoted", "address==SUM(A1)"])
         .success();
     let csv = export(&old, "csv");
     let json = export(&old, "json");
@@ -456,13 +465,14 @@ fn an_import_holds_one_row_at_a_time_whatever_the_file_size() {
     }
     text.push_str("\n]\n");
     let file = write_file(&server, "many.json", &text);
-    let database = server.dir.0.join("wxauth.db");
+    let password = Mysql::from_env().map(|mysql| mysql.password).unwrap_or_default();
     let mut command = Command::new(binary());
     command
         .args(["users", "import", &file, "--format", "json"])
         .current_dir(&server.dir.0)
         .env_clear()
-        .env("WXAUTH_DATABASE", &database)
+        .env("WXAUTH_DATABASE", server.dir.database_setting())
+        .env("WXAUTH_DATABASE_PASSWORD", password)
         .stdin(Stdio::null());
     // SAFETY: between fork and exec the closure only calls setrlimit, which is
     // async-signal-safe, on a value it owns.
