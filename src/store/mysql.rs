@@ -404,7 +404,10 @@ fn session_unionid(
 /// (`accounts.wx_appid`, `wx_openid`: a row loaded from outside may lack its identity), else the
 /// (oldest) account with its unionid. With a unionid, first locks the unionid's row of
 /// `unionid_joins` until the transaction ends, so that another instance's new identity of the
-/// same person waits here and then finds the account this one makes.
+/// same person waits here and then finds the account this one makes. The account found is locked
+/// (`FOR UPDATE`) before its identity is written, the order in which an insert that finds the
+/// account made meanwhile locks them: an account, then an identity, so that two registrations of
+/// one identity wait for each other rather than deadlock.
 fn account_to_adopt(
     connection: &Connection,
     appid: &str,
@@ -420,13 +423,13 @@ fn account_to_adopt(
             )?;
         }
         let made_with: Option<i64> = conn.exec_first(
-            "SELECT id FROM accounts WHERE wx_appid = ? AND wx_openid = ?",
+            "SELECT id FROM accounts WHERE wx_appid = ? AND wx_openid = ? FOR UPDATE",
             (appid, openid),
         )?;
         match (made_with, unionid) {
             (Some(id), _) => Ok(Some(id)),
             (None, Some(unionid)) => Ok(conn.exec_first(
-                "SELECT id FROM accounts WHERE wx_unionid = ? ORDER BY id LIMIT 1",
+                "SELECT id FROM accounts WHERE wx_unionid = ? ORDER BY id LIMIT 1 FOR UPDATE",
                 (unionid,),
             )?),
             (None, None) => Ok(None),
