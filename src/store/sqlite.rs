@@ -135,6 +135,25 @@ pub(super) fn wechat_session(
         .optional()?)
 }
 
+/// `save_wechat_session`'s statement. A bound value is compared with an indexed column that is
+/// not unique (`wx_unionid`) as `CAST(? AS TEXT)`: compared bare, it makes SQLite prepare the
+/// statement again for every new value (`sqlite3Reprepare`, more instructions than the rest of a
+/// code exchange together).
+const SAVE_WECHAT_SESSION: &str =
+    "INSERT INTO wechat_sessions (appid, openid, unionid, session_key, created_at, token_version)
+             VALUES (?1, ?2, ?3, ?4, ?5,
+                     coalesce(
+                         (SELECT token_version FROM accounts WHERE id =
+                             (SELECT account_id FROM identities WHERE appid = ?1 AND openid = ?2)),
+                         (SELECT token_version FROM accounts
+                          WHERE wx_unionid = CAST(?3 AS TEXT) ORDER BY id LIMIT 1),
+                         0))
+             ON CONFLICT (appid, openid) DO UPDATE SET
+                 unionid = coalesce(excluded.unionid, unionid),
+                 session_key = excluded.session_key,
+                 created_at = excluded.created_at,
+                 token_version = excluded.token_version";
+
 /// Records a `jscode2session` answer with the token version of the identity's account as of this
 /// write, or else of the account its unionid would join (0 when there is neither), and the
 /// unionid on an existing account that lacked one.
@@ -144,29 +163,13 @@ pub(super) fn save_wechat_session(
     openid: &str,
     session: &WechatSession,
 ) -> Result<(), Error> {
-    connection
-        .prepare_cached(
-            "INSERT INTO wechat_sessions (appid, openid, unionid, session_key, created_at, token_version)
-             VALUES (?1, ?2, ?3, ?4, ?5,
-                     coalesce(
-                         (SELECT token_version FROM accounts WHERE id =
-                             (SELECT account_id FROM identities WHERE appid = ?1 AND openid = ?2)),
-                         (SELECT token_version FROM accounts WHERE wx_unionid = ?3
-                          ORDER BY id LIMIT 1),
-                         0))
-             ON CONFLICT (appid, openid) DO UPDATE SET
-                 unionid = coalesce(excluded.unionid, unionid),
-                 session_key = excluded.session_key,
-                 created_at = excluded.created_at,
-                 token_version = excluded.token_version",
-        )?
-        .execute(params![
-            appid,
-            openid,
-            session.unionid,
-            session.session_key,
-            session.created_at
-        ])?;
+    connection.prepare_cached(SAVE_WECHAT_SESSION)?.execute(params![
+        appid,
+        openid,
+        session.unionid,
+        session.session_key,
+        session.created_at
+    ])?;
     if session.unionid.is_some() {
         connection
             .prepare_cached(
@@ -267,7 +270,9 @@ fn session_unionid(
 /// person has one unionid across the mini-programs of one WeChat Open Platform account.
 fn account_to_join(connection: &Connection, unionid: &str) -> Result<Option<i64>, Error> {
     Ok(connection
-        .prepare_cached("SELECT id FROM accounts WHERE wx_unionid = ?1 ORDER BY id LIMIT 1")?
+        .prepare_cached(
+            "SELECT id FROM accounts WHERE wx_unionid = CAST(?1 AS TEXT) ORDER BY id LIMIT 1",
+        )?
         .query_row(params![unionid], |row| row.get(0))
         .optional()?)
 }
@@ -619,6 +624,22 @@ pub(super) fn insert_account(connection: &Connection, account: &Account) -> Resu
 mod tests {
     use super::*;
     use crate::store::{Opener, temp_database};
+
+    #[test]
+    fn recording_sessions_never_prepares_its_statement_again() {
+        let path = temp_database("no-reprepare");
+        let (connection, _) = open_writer(&path, Opener::Server).unwrap();
+        for round in 0..4 {
+            let session = WechatSession {
+                unionid: Some(format!("union-{round}")),
+                session_key: "key".into(),
+                created_at: round,
+            };
+            save_wechat_session(&connection, "wxa", &format!("openid-{round}"), &session).unwrap();
+        }
+        let statement = connection.prepare_cached(SAVE_WECHAT_SESSION).unwrap();
+        assert_eq!(statement.get_status(rusqlite::StatementStatus::RePrepare), 0);
+    }
 
     #[test]
     fn a_session_ends_when_its_account_logs_out_and_the_next_one_is_current() {
