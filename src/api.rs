@@ -227,7 +227,7 @@ impl Ctx<'_> {
     /// Applies the openid login policy to a request that names an account by openid alone. A
     /// WeChat session recorded before the account's latest logout ended with it and lets no one
     /// in. When a session lets the request in, returns the token version it was recorded at, for
-    /// `still_signed_in` to check again in the write that issues the token: a logout committed
+    /// `admitted` to check again in the write that issues the token: a logout committed
     /// between this check and that write ends the session too.
     fn check_openid_login(
         &self,
@@ -311,7 +311,7 @@ impl Ctx<'_> {
     /// pages again from the file (`store::register` reads back in its write the same way).
     ///
     /// `sign_in` is what let the request in: the write refuses the login if the account has
-    /// logged out since (`still_signed_in`).
+    /// logged out since (`admitted`).
     fn login_write(
         &self,
         known_id: Option<i64>,
@@ -329,14 +329,9 @@ impl Ctx<'_> {
                 None => store::login_account(connection, &appid, &openid, &ip, now)?,
             };
             change(connection, id)?;
-            let mut account = store::account_by_id(connection, id)?
+            let account = store::account_by_id(connection, id)?
                 .ok_or_else(|| Error::Internal(format!("account {id} vanished")))?;
-            // This app's openid: the one logged in by, or the token's account's as this app
-            // shows it.
-            account.wx_openid = openid;
-            enabled(&account)?;
-            still_signed_in(&account, sign_in)?;
-            Ok(account)
+            admitted(account, openid, sign_in)
         })?;
         let token = self.issue_token(&account);
         Ok(SessionAnswer { account, token })
@@ -378,7 +373,7 @@ fn token_version(account: Option<&Account>) -> i64 {
 }
 
 /// What let a request in that a write then answers with a new token: checked again in that write
-/// (`still_signed_in`), since a logout committed between the check on the worker and the write
+/// (`admitted`), since a logout committed between the check on the worker and the write
 /// ends that sign-in too.
 #[derive(Debug, Clone, Copy)]
 enum SignIn {
@@ -407,16 +402,22 @@ fn enabled(account: &Account) -> Result<(), Error> {
     }
 }
 
-/// Refuses, in the write that would issue its token, a request whose sign-in the account's
-/// logout has ended since it was checked: a token then gets `TokenRevoked`, as it would on its
-/// next use, and a WeChat session `OpenidLoginRefused`.
-fn still_signed_in(account: &Account, sign_in: SignIn) -> Result<(), Error> {
+/// The account as written, in the write that issues its token (`login`, `register`), checked
+/// once more there and shown with this app's openid (the one logged in by, or the token's
+/// account's as this app shows it). It is refused if the operator disabled it, or if its logout
+/// ended the request's sign-in since that was checked: a token then gets `TokenRevoked`, as it
+/// would on its next use, and a WeChat session `OpenidLoginRefused`.
+fn admitted(mut account: Account, openid: String, sign_in: SignIn) -> Result<Account, Error> {
+    enabled(&account)?;
     match sign_in {
         SignIn::Token(version) if version != account.token_version => Err(Error::TokenRevoked),
         SignIn::Session(version) if version != account.token_version => {
             Err(Error::OpenidLoginRefused)
         }
-        _ => Ok(()),
+        _ => {
+            account.wx_openid = openid;
+            Ok(account)
+        }
     }
 }
 
@@ -707,15 +708,11 @@ pub(crate) fn register(
     let account = ctx.writer.run(move |connection| {
         let written =
             store::register(connection, known_id, &appid, &openid, &ip, now, &registration)?;
-        let mut account = written.ok_or_else(|| match known_id {
+        let account = written.ok_or_else(|| match known_id {
             Some(id) => Error::Internal(format!("register: account {id} vanished")),
             None => Error::Internal("register: the account written is not there".into()),
         })?;
-        // This app's openid, as `Ctx::login_write` shows it.
-        account.wx_openid = openid;
-        enabled(&account)?;
-        still_signed_in(&account, sign_in)?;
-        Ok(account)
+        admitted(account, openid, sign_in)
     })?;
     let token = ctx.issue_token(&account);
     Ok(SessionAnswer { account, token })
