@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use crate::cli::{Run, account_count, login_by_token, registered_user, run_in, run_on};
-use crate::harness::{Answer, TempDir, Wxauth, agent, fresh_code, send};
+use crate::harness::{Answer, TempDir, Wxauth, agent, fresh_code, schema_version, send};
 
 /// Asserts a usage error: status 2, nothing on stdout, the reason and the usage on stderr.
 fn usage_error(run: &Run, reason: &str) {
@@ -375,7 +375,10 @@ fn restore_puts_a_backup_in_place_of_the_stopped_servers_database() {
     let text = run.success();
     assert!(text.starts_with("restored wxauth.db from backup.db ("), "{text}");
     assert!(
-        text.contains("schema version 6, readable by its owner only)\n  accounts: 2 rows\n  identities: 2 rows\n"),
+        text.contains(&format!(
+            "schema version {}, readable by its owner only)\n  accounts: 2 rows\n  identities: 2 rows\n",
+            schema_version()
+        )),
         "{text}"
     );
     assert!(text.contains("integrity_check ok\n"), "{text}");
@@ -435,8 +438,10 @@ fn restore_refuses_what_is_not_a_backup_it_can_serve_and_changes_nothing() {
     let newer = rusqlite::Connection::open(&backup).unwrap();
     newer.execute_batch("PRAGMA user_version = 99").unwrap();
     drop(newer);
-    restore(&dir, "backup.db")
-        .failure("its schema version 99 is newer than this wxauth's (6): use a newer wxauth");
+    restore(&dir, "backup.db").failure(&format!(
+        "its schema version 99 is newer than this wxauth's ({}): use a newer wxauth",
+        schema_version()
+    ));
 
     assert_eq!(std::fs::read(&database).unwrap(), before, "the database is as it was");
     let mut left = dir.names();
@@ -450,7 +455,7 @@ fn restore_refuses_what_is_not_a_backup_it_can_serve_and_changes_nothing() {
         return;
     }
     let fixed = rusqlite::Connection::open(&backup).unwrap();
-    fixed.execute_batch("PRAGMA user_version = 6").unwrap();
+    fixed.execute_batch(&format!("PRAGMA user_version = {}", schema_version())).unwrap();
     drop(fixed);
     let service = 65534;
     std::os::unix::fs::chown(&database, Some(service), Some(service)).unwrap();

@@ -8,7 +8,9 @@ use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::harness::{TempDir, Wxauth, binary, fresh_code, on_read_only, wrapped};
+use crate::harness::{
+    TempDir, Wxauth, binary, fresh_code, on_read_only, schema_version, versions_from, wrapped,
+};
 
 /// What one run of the binary showed.
 #[derive(Debug)]
@@ -361,12 +363,20 @@ fn migrate_upgrades_an_old_database_and_then_says_it_is_current() {
     std::fs::copy(fixture, dir.0.join("wxauth.db")).unwrap();
     let environment = [("WXAUTH_DATABASE", "wxauth.db")];
 
-    run_in(&dir.0, &["users", "list"], &environment)
-        .failure("has schema version 1, this wxauth needs 6: run `wxauth migrate` first");
+    run_in(&dir.0, &["users", "list"], &environment).failure(&format!(
+        "has schema version 1, this wxauth needs {}: run `wxauth migrate` first",
+        schema_version()
+    ));
     let applied = run_in(&dir.0, &["migrate"], &environment);
-    assert_eq!(applied.success(), "wxauth.db: applied schema versions 2, 3, 4, 5, 6\n");
+    assert_eq!(
+        applied.success(),
+        format!("wxauth.db: applied schema versions {}\n", versions_from(2))
+    );
     let current = run_in(&dir.0, &["migrate"], &environment);
-    assert_eq!(current.success(), "wxauth.db: schema is current (version 6)\n");
+    assert_eq!(
+        current.success(),
+        format!("wxauth.db: schema is current (version {})\n", schema_version())
+    );
     // Regression: the docs promised `DATABASE: applied schema version N` for several versions.
     let help = run_in(&dir.0, &["migrate", "--help"], &[]);
     let operations = include_str!("../../docs/operations.md");
@@ -378,15 +388,17 @@ fn migrate_upgrades_an_old_database_and_then_says_it_is_current() {
     }
     let database = rusqlite::Connection::open(dir.0.join("wxauth.db")).unwrap();
     let version: u32 = database.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
-    assert_eq!(version, 6);
+    assert_eq!(version, schema_version());
     let list = run_in(&dir.0, &["users", "list"], &environment);
     assert!(list.success().contains("oFixtureRegistered0000000001"), "{list:#?}");
 
     // A database from a newer wxauth is refused, by migrate and by the readers alike.
     database.execute_batch("PRAGMA user_version = 99").unwrap();
     drop(database);
-    run_in(&dir.0, &["migrate"], &environment)
-        .failure("database wxauth.db has schema version 99, newer than this wxauth's (6)");
+    run_in(&dir.0, &["migrate"], &environment).failure(&format!(
+        "database wxauth.db has schema version 99, newer than this wxauth's ({})",
+        schema_version()
+    ));
     run_in(&dir.0, &["users", "show", "1"], &environment).failure("newer than this wxauth's");
 }
 
@@ -437,7 +449,7 @@ fn commands_that_write_refuse_a_database_file_that_is_not_safely_theirs() {
     std::os::unix::fs::chown(&database, Some(service), Some(service)).unwrap();
     assert_eq!(
         run_in(&dir.0, &["migrate"], &environment).success(),
-        "wxauth.db: applied schema versions 2, 3, 4, 5, 6\n"
+        format!("wxauth.db: applied schema versions {}\n", versions_from(2))
     );
     for name in dir.names() {
         assert_eq!(std::fs::metadata(dir.0.join(&name)).unwrap().uid(), service, "{name}");
@@ -789,7 +801,7 @@ fn backup_of_a_serving_database_is_complete_and_verified() {
     assert!(after > before, "no write completed while the backup ran ({before} → {after})");
     let text = run.success();
     assert!(text.starts_with(&format!("wrote {}: a copy of ", copy.display())), "{text}");
-    assert!(text.contains("schema version 6"), "{text}");
+    assert!(text.contains(&format!("schema version {}", schema_version())), "{text}");
     assert!(text.ends_with("integrity_check ok\n"), "{text}");
 
     let backup = rusqlite::Connection::open(&copy).unwrap();

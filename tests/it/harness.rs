@@ -9,6 +9,22 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The schema version this wxauth brings its databases to: the last `-- version: N` of
+/// schema.sql, so that a new version does not change every test that names the current one.
+pub fn schema_version() -> u32 {
+    include_str!("../../schema.sql")
+        .lines()
+        .filter_map(|line| line.strip_prefix("-- version: "))
+        .map(|number| number.trim().parse().unwrap())
+        .max()
+        .unwrap()
+}
+
+/// The schema versions from `first` to the current one, as `migrate` lists them: "2, 3, 4".
+pub fn versions_from(first: u32) -> String {
+    (first..=schema_version()).map(|version| version.to_string()).collect::<Vec<_>>().join(", ")
+}
+
 static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
 
 /// A temporary directory removed on drop.

@@ -4,7 +4,9 @@ use std::process::{Command, Stdio};
 
 use serde_json::json;
 
-use crate::harness::{TempDir, Wxauth, binary, on_read_only, refused_start, refused_start_wrapped};
+use crate::harness::{
+    TempDir, Wxauth, binary, on_read_only, refused_start, refused_start_wrapped, schema_version,
+};
 
 #[test]
 fn sigterm_stops_cleanly_with_status_zero() {
@@ -174,7 +176,8 @@ fn a_start_on_a_database_it_cannot_use_names_the_file_and_the_cause() {
     assert_refused_with(
         refused_start(&dir, &[]),
         &format!(
-            "wxauth: database {path} has schema version 99, newer than this wxauth's (6): use a newer wxauth"
+            "wxauth: database {path} has schema version 99, newer than this wxauth's ({}): use a newer wxauth",
+            schema_version()
         ),
     );
 }
