@@ -1,9 +1,9 @@
 -- wxauth's database schema, applied by version.
 --
 -- Each section below starts with a `-- version: N` line and upgrades a database from version N-1
--- to N. store.rs applies every section above the database's `PRAGMA user_version`, each followed
--- by setting user_version to N, all in one transaction. Released sections are never edited: a
--- change is a new section at the end.
+-- to N. src/store/sqlite/migrate.rs applies every section above the database's
+-- `PRAGMA user_version`, each followed by setting user_version to N, all in one transaction.
+-- Released sections are never edited: a change is a new section at the end.
 
 -- version: 1
 
@@ -170,3 +170,19 @@ INSERT INTO identities (appid, openid, account_id)
 
 -- The account a unionid belongs to, for the join.
 CREATE INDEX accounts_unionid ON accounts (wx_unionid);
+
+-- version: 7
+
+-- `identities` is the one record of which account a WeChat identity has, and its primary key the
+-- one guarantee of one account per identity. An account's own identity (`wx_appid`, `wx_openid`,
+-- the one that made it) gets its row from this trigger, in the statement that inserts the
+-- account, whoever inserts it: the server, `users import`, or an operator's SQL (a second account
+-- with an identity that has one fails here, at its insert). A login that finds no identity row
+-- therefore finds no account made with it either. The unique index on the accounts' `wx_appid`,
+-- `wx_openid` guarded the same thing a second time, at the price of one more B-tree written by
+-- every new account.
+DROP INDEX accounts_wechat_identity;
+
+CREATE TRIGGER accounts_identity AFTER INSERT ON accounts BEGIN
+    INSERT INTO identities (appid, openid, account_id) VALUES (new.wx_appid, new.wx_openid, new.id);
+END;

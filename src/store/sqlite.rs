@@ -183,18 +183,19 @@ pub(super) fn save_wechat_session(
 }
 
 /// The account id for a WeChat identity, with this login's bookkeeping (`last_login`,
-/// `last_ip`) set. An identity without an account takes the account made with it, or joins the
-/// account of the unionid its WeChat session gave (`account_to_adopt`), or else gets a new
-/// account (not registered, username = openid, joined now from `ip`).
+/// `last_ip`) set. An identity without an account joins the account of the unionid its WeChat
+/// session gave (`new_identity`), or else gets a new account (not registered, username = openid,
+/// joined now from `ip`).
 ///
 /// Looks the account up first and inserts only when there is none: an `INSERT … ON CONFLICT` on
 /// the AUTOINCREMENT table spends an id at every login of an existing account, and ids are seen by
 /// clients (`sub`). This runs in the writer's transaction, and the writer is the only connection
-/// that creates accounts, so nothing can come between the lookup and the insert; the unique index
-/// still guarantees one account per identity (a second insert would fail, not duplicate). A new
-/// account costs one statement (no `RETURNING`, which makes SQLite build a temporary table on
-/// every call). Two apps' first logins of one person (one unionid) are two jobs of the one writer:
-/// the second finds the account the first made.
+/// that creates accounts, so nothing can come between the lookup and the insert; the identities'
+/// primary key still guarantees one account per identity (a second insert would fail, not
+/// duplicate). A new account costs one statement, which gives it its identity (the schema's
+/// `accounts_identity` trigger), and no `RETURNING` (which makes SQLite build a temporary table
+/// on every call). Two apps' first logins of one person (one unionid) are two
+/// jobs of the one writer: the second finds the account the first made.
 pub(super) fn login_account(
     connection: &Connection,
     appid: &str,
@@ -206,8 +207,8 @@ pub(super) fn login_account(
         touch_login(connection, id, ip, now)?;
         return Ok(id);
     }
-    let unionid = session_unionid(connection, appid, openid)?;
-    if let Some(id) = account_to_adopt(connection, appid, openid, unionid.as_deref())? {
+    let NewIdentity { unionid, joins } = new_identity(connection, appid, openid)?;
+    if let Some(id) = joins {
         add_identity(connection, appid, openid, id)?;
         touch_login(connection, id, ip, now)?;
         return Ok(id);
@@ -219,9 +220,7 @@ pub(super) fn login_account(
              VALUES (?2, ?1, ?2, ?5, ?3, ?4, ?3, ?4)",
         )?
         .execute(params![appid, openid, ip, now, unionid])?;
-    let id = connection.last_insert_rowid();
-    add_identity(connection, appid, openid, id)?;
-    Ok(id)
+    Ok(connection.last_insert_rowid())
 }
 
 /// The id of the account of a WeChat identity, if it has one.
@@ -232,52 +231,33 @@ fn account_id_of(connection: &Connection, appid: &str, openid: &str) -> Result<O
         .optional()?)
 }
 
-/// The account an identity without an `identities` row takes: the account made with it
-/// (`accounts.wx_appid`, `wx_openid`: a row loaded from outside, by an operator or an import,
-/// may lack its identity; the unique index on them would refuse a second account), else the one
-/// it joins (`account_to_join`).
-fn account_to_adopt(
-    connection: &Connection,
-    appid: &str,
-    openid: &str,
-    unionid: Option<&str>,
-) -> Result<Option<i64>, Error> {
-    let made_with = connection
-        .prepare_cached("SELECT id FROM accounts WHERE wx_appid = ?1 AND wx_openid = ?2")?
-        .query_row(params![appid, openid], |row| row.get(0))
-        .optional()?;
-    match (made_with, unionid) {
-        (Some(id), _) => Ok(Some(id)),
-        (None, Some(unionid)) => account_to_join(connection, unionid),
-        (None, None) => Ok(None),
-    }
+/// What an identity without an account is given: the unionid its recorded WeChat session gave,
+/// and the (oldest) account with that unionid, which it joins. One person has one unionid across
+/// the mini-programs of one WeChat Open Platform account.
+struct NewIdentity {
+    unionid: Option<String>,
+    joins: Option<i64>,
 }
 
-/// The unionid the recorded WeChat session of the identity (appid, openid) gave, if any.
-fn session_unionid(
-    connection: &Connection,
-    appid: &str,
-    openid: &str,
-) -> Result<Option<String>, Error> {
-    Ok(connection
-        .prepare_cached("SELECT unionid FROM wechat_sessions WHERE appid = ?1 AND openid = ?2")?
-        .query_row(params![appid, openid], |row| row.get(0))
-        .optional()?
-        .flatten())
-}
-
-/// The account an identity without one joins: the (oldest) account with its unionid, if any. One
-/// person has one unionid across the mini-programs of one WeChat Open Platform account.
-fn account_to_join(connection: &Connection, unionid: &str) -> Result<Option<i64>, Error> {
+/// Reads the identity's `NewIdentity` in one statement (the session and the account it joins);
+/// an identity without a recorded session has neither.
+fn new_identity(connection: &Connection, appid: &str, openid: &str) -> Result<NewIdentity, Error> {
     Ok(connection
         .prepare_cached(
-            "SELECT id FROM accounts WHERE wx_unionid = CAST(?1 AS TEXT) ORDER BY id LIMIT 1",
+            "SELECT unionid,
+                    (SELECT id FROM accounts WHERE wx_unionid = wechat_sessions.unionid
+                     ORDER BY id LIMIT 1)
+             FROM wechat_sessions WHERE appid = ?1 AND openid = ?2",
         )?
-        .query_row(params![unionid], |row| row.get(0))
-        .optional()?)
+        .query_row(params![appid, openid], |row| {
+            Ok(NewIdentity { unionid: row.get(0)?, joins: row.get(1)? })
+        })
+        .optional()?
+        .unwrap_or(NewIdentity { unionid: None, joins: None }))
 }
 
-/// Gives account `id` the identity (appid, openid).
+/// Gives account `id` the identity (appid, openid) it joins (an account's own identity is the
+/// trigger's, with the account).
 fn add_identity(connection: &Connection, appid: &str, openid: &str, id: i64) -> Result<(), Error> {
     connection
         .prepare_cached("INSERT INTO identities (appid, openid, account_id) VALUES (?1, ?2, ?3)")?
@@ -356,8 +336,8 @@ macro_rules! registration_set {
 
 /// Registers an account with its phone and the optional fields given, records this login, and
 /// returns the account as written: the account `known_id` (a token's) when given, else the
-/// account of the identity (appid, openid), which takes the account made with it or joins the
-/// account of its unionid (`account_to_adopt`), or is created registered when it has none.
+/// account of the identity (appid, openid), which joins the account of its unionid
+/// (`new_identity`) or is created registered when it has none.
 /// `None` when account `known_id` does not exist.
 ///
 /// By openid, an update of the account, and an insert only when the update found none: not an
@@ -402,8 +382,8 @@ pub(super) fn register(
             if updated > 0 {
                 return account_by_openid(connection, appid, openid);
             }
-            let unionid = session_unionid(connection, appid, openid)?;
-            let id = match account_to_adopt(connection, appid, openid, unionid.as_deref())? {
+            let NewIdentity { unionid, joins } = new_identity(connection, appid, openid)?;
+            let id = match joins {
                 Some(id) => {
                     add_identity(connection, appid, openid, id)?;
                     update_by_id(id)?;
@@ -420,9 +400,7 @@ pub(super) fn register(
                         .execute(rusqlite::params_from_iter(
                             values.into_iter().chain([&unionid as &dyn ToSql]),
                         ))?;
-                    let id = connection.last_insert_rowid();
-                    add_identity(connection, appid, openid, id)?;
-                    id
+                    connection.last_insert_rowid()
                 }
             };
             account_by_id(connection, id)
@@ -476,8 +454,7 @@ pub(super) fn account_counts(connection: &Connection) -> Result<AccountCounts, E
 // database that does not exist yet; admin.rs checks that first and says so.
 
 /// Every account with an identity of this openid, whatever its appid (one deployment may serve
-/// several mini-programs), or made with it (`wx_openid`, which rows an operator loaded without
-/// their identity keep), by id.
+/// several mini-programs), by id.
 pub(super) fn accounts_with_openid(
     connection: &Connection,
     openid: &str,
@@ -485,8 +462,7 @@ pub(super) fn accounts_with_openid(
     let mut statement = connection.prepare(concat!(
         "SELECT ",
         account_columns!(),
-        " FROM accounts WHERE wx_openid = ?1 \
-          OR id IN (SELECT account_id FROM identities WHERE openid = ?1) ORDER BY id"
+        " FROM accounts WHERE id IN (SELECT account_id FROM identities WHERE openid = ?1) ORDER BY id"
     ))?;
     let accounts = statement.query_map(params![openid], account_from_row)?;
     Ok(accounts.collect::<Result<_, _>>()?)
@@ -528,7 +504,7 @@ pub(super) fn find_accounts(
     let mut statement = connection.prepare(concat!(
         "SELECT ",
         account_columns!(),
-        " FROM accounts WHERE phone = ?1 OR wx_openid = ?2 \
+        " FROM accounts WHERE phone = ?1 \
           OR id IN (SELECT account_id FROM identities WHERE openid = ?2) OR wx_unionid = ?3 \
           OR instr(wx_nickname, ?4) > 0 ORDER BY id"
     ))?;
@@ -600,9 +576,10 @@ pub(super) fn delete_account(connection: &Connection, id: i64) -> Result<bool, E
     Ok(connection.execute("DELETE FROM accounts WHERE id = ?1", params![id])? == 1)
 }
 
-/// Inserts `account` as it is, every column with its id, for `wxauth users import` (in the
-/// operator's transaction, after it checked that neither the id nor the identity is taken). An id
-/// above AUTOINCREMENT's high-water mark raises the mark, so new accounts get ids after it.
+/// Inserts `account` as it is, every column with its id, and so its identity (the trigger), for
+/// `wxauth users import` (in the operator's transaction, after it checked that neither the id
+/// nor the identity is taken). An id above AUTOINCREMENT's high-water mark raises the mark, so
+/// new accounts get ids after it.
 pub(super) fn insert_account(connection: &Connection, account: &Account) -> Result<(), Error> {
     let mut statement = connection.prepare_cached(concat!(
         "INSERT INTO accounts (",
@@ -617,7 +594,7 @@ pub(super) fn insert_account(connection: &Connection, account: &Account) -> Resu
         ColumnValue::Text(text) => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
     });
     statement.execute(rusqlite::params_from_iter(values))?;
-    add_identity(connection, &account.wx_appid, &account.wx_openid, account.id)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -738,8 +715,9 @@ mod tests {
         let second = login_account(&connection, "wxb", "b-2", "::1", 100).unwrap();
         assert!(first != second && first != id && second != id);
 
-        // An account loaded without its identity row (an operator's insert, an import) is the
-        // identity's at its first login, not a second account.
+        // An account inserted by other means than the server's (an operator's SQL) has its
+        // identity too, so its first login is that account's, not a second one; and a second
+        // account with an identity that has one is refused at its insert.
         connection
             .execute(
                 "INSERT INTO accounts (username, wx_appid, wx_openid, date_joined)
@@ -750,6 +728,12 @@ mod tests {
         let loaded = connection.last_insert_rowid();
         assert_eq!(login_account(&connection, "wxa", "a-3", "::1", 100).unwrap(), loaded);
         assert_eq!(openid_in_app(&connection, loaded, "wxa").unwrap().as_deref(), Some("a-3"));
+        let twice = connection.execute(
+            "INSERT INTO accounts (username, wx_appid, wx_openid, date_joined)
+             VALUES ('again', 'wxa', 'a-3', 1)",
+            [],
+        );
+        assert!(twice.unwrap_err().to_string().contains("UNIQUE constraint failed: identities"));
 
         assert!(delete_account(&connection, id).unwrap());
         assert!(identities_of(&connection, id).unwrap().is_empty());

@@ -294,12 +294,18 @@ mod tests {
     }
 
     /// A MySQL database reaches the version the SQLite schema is at: each new schema.sql version
-    /// gets its mysql/schema.sql section in the same change.
+    /// gets its mysql/schema.sql section in the same change, with statements unless it is one
+    /// that says MySQL needs none (version 7).
     #[test]
     fn the_mysql_schema_reaches_the_current_version() {
         let versions: Vec<u32> = schema_versions().iter().map(|(version, _)| *version).collect();
         assert_eq!(versions.last(), Some(&crate::store::current_version()));
         assert!(versions.windows(2).all(|pair| pair[0] < pair[1]), "{versions:?}");
-        assert!(schema_versions().iter().all(|(_, statements)| !statements.is_empty()));
+        let empty: Vec<u32> = schema_versions()
+            .into_iter()
+            .filter(|(_, statements)| statements.is_empty())
+            .map(|(version, _)| version)
+            .collect();
+        assert_eq!(empty, [7]);
     }
 }

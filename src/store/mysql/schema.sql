@@ -109,3 +109,12 @@ CREATE TABLE IF NOT EXISTS unionid_joins (
 -- The account a unionid belongs to, for the join. (MySQL has no `CREATE INDEX IF NOT EXISTS`:
 -- open.rs takes "duplicate key name" from a section applied again as done.)
 CREATE INDEX accounts_unionid ON accounts (wx_unionid);
+
+-- version: 7
+
+-- Nothing changes here. SQLite's version 7 gives each account its identity's row by a trigger and
+-- drops its unique index on the accounts' `wx_appid`, `wx_openid`. MySQL keeps the index:
+-- instances creating one identity's account at once meet on it (`login_account`'s
+-- `ON DUPLICATE KEY UPDATE`). And the engine writes the identity itself: with binary logging on,
+-- as on managed databases, creating a trigger needs SUPER or `log_bin_trust_function_creators`,
+-- which wxauth's database user is not expected to have.
