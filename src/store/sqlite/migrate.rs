@@ -184,7 +184,7 @@ mod tests {
         assert_eq!(
             login_account(&connection, "wxa", "openid-2", "::1", 200).unwrap(),
             2,
-            "the unique index on (appid, openid) is back"
+            "the identity keeps its one account"
         );
         let gender = |value: i64| {
             connection.execute("UPDATE accounts SET wx_gender = ?1 WHERE id = 4", params![value])
