@@ -172,27 +172,19 @@ impl Ctx<'_> {
     ) -> Result<(Account, jwt::Claims, &'b App), Error> {
         let token = bearer_token(header).ok_or(Error::TokenInvalid)?;
         let leeway = self.config.jwt.leeway as i64;
-        let mut refused = Error::TokenInvalid;
-        let mut verified = None;
-        for app in apps {
-            let expect = jwt::Expect {
-                issuer: &self.config.jwt.issuer,
-                audience: &app.audience,
-                leeway,
-                now: self.now,
-            };
-            match jwt::verify_with(token, &self.keys.keys, &expect) {
-                Ok(claims) => {
-                    verified = Some((claims, app));
-                    break;
-                }
-                // Expired for one app's audience is what the client should hear, whichever
-                // app's it is.
-                Err(jwt::JwtError::Expired) => refused = Error::TokenExpired,
-                Err(jwt::JwtError::Invalid) => {}
-            }
-        }
-        let (claims, app) = verified.ok_or(refused)?;
+        let audiences: Vec<&str> = apps.iter().map(|app| app.audience.as_str()).collect();
+        let expect = jwt::Expect {
+            issuer: &self.config.jwt.issuer,
+            audiences: &audiences,
+            leeway,
+            now: self.now,
+        };
+        let claims =
+            jwt::verify_with(token, &self.keys.keys, &expect).map_err(|error| match error {
+                jwt::JwtError::Expired => Error::TokenExpired,
+                jwt::JwtError::Invalid => Error::TokenInvalid,
+            })?;
+        let app = apps.iter().find(|app| app.audience == claims.aud).ok_or(Error::TokenInvalid)?;
         let id = account_id(&claims.sub).ok_or(Error::TokenInvalid)?;
         let account = store::account_by_id(self.db, id)?.ok_or(Error::TokenInvalid)?;
         let account = seen_in(self.db, account, app.wechat.appid())?;

@@ -50,7 +50,9 @@ fn is_zero(value: &i64) -> bool {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Expect<'a> {
     pub(crate) issuer: &'a str,
-    pub(crate) audience: &'a str,
+    /// The audiences accepted (one per mini-program served): a token must carry one of them, and
+    /// its claims name the first of these it carries.
+    pub(crate) audiences: &'a [&'a str],
     /// Seconds of clock skew tolerated on `exp`, `nbf` and `iat`.
     pub(crate) leeway: i64,
     /// Unix seconds.
@@ -322,13 +324,13 @@ fn check_claims(claims: ReceivedClaims, expect: &Expect) -> Result<Claims, JwtEr
     if claims.iss != expect.issuer {
         return Err(JwtError::Invalid);
     }
-    let audience_matches = match &claims.aud {
-        Audience::One(audience) => audience == expect.audience,
-        Audience::Many(audiences) => audiences.iter().any(|audience| audience == expect.audience),
+    let carried = |accepted: &&&str| match &claims.aud {
+        Audience::One(audience) => audience == **accepted,
+        Audience::Many(audiences) => audiences.iter().any(|audience| audience == **accepted),
     };
-    if !audience_matches {
+    let Some(audience) = expect.audiences.iter().find(carried) else {
         return Err(JwtError::Invalid);
-    }
+    };
     // Saturating arithmetic keeps extreme claim values from wrapping around
     // into the valid window.
     if claims.nbf.is_some_and(|nbf| nbf.saturating_sub(expect.leeway) > expect.now) {
@@ -344,7 +346,7 @@ fn check_claims(claims: ReceivedClaims, expect: &Expect) -> Result<Claims, JwtEr
     }
     Ok(Claims {
         iss: claims.iss,
-        aud: expect.audience.to_owned(),
+        aud: (*audience).to_owned(),
         sub: claims.sub,
         iat: claims.iat,
         exp: claims.exp,
@@ -381,7 +383,7 @@ mod tests {
     }
 
     fn expect_at(now: i64) -> Expect<'static> {
-        Expect { issuer: ISSUER, audience: AUDIENCE, leeway: LEEWAY, now }
+        Expect { issuer: ISSUER, audiences: &[AUDIENCE], leeway: LEEWAY, now }
     }
 
     fn current_only() -> Vec<(&'static str, &'static [u8])> {
@@ -788,6 +790,24 @@ mod tests {
             r#"{"iss":"wxauth","aud":["other","miniapp"],"sub":"42","iat":1700000000,"exp":1700003600,"nickname":"alice","scopes":["profile","phone"]}"#,
         );
         assert_eq!(check(&token), Ok(claims()));
+    }
+
+    /// One check of the signature serves every mini-program: the token's audience picks the
+    /// app, the first accepted one it carries.
+    #[test]
+    fn the_first_accepted_audience_the_token_carries_is_its_own() {
+        let mut shop = claims();
+        shop.aud = "shop".to_owned();
+        let token = sign(&shop, SECRET, None);
+        let expect = Expect { audiences: &[AUDIENCE, "shop", "staff"], ..expect_at(NOW) };
+        assert_eq!(verify(&token, &current_only(), &expect), Ok(shop));
+        let both = forge_with_payload(
+            r#"{"iss":"wxauth","aud":["staff","shop"],"sub":"42","iat":1700000000,"exp":1700003600,"scopes":[]}"#,
+        );
+        let claims = verify(&both, &current_only(), &expect).unwrap();
+        assert_eq!(claims.aud, "shop");
+        let none = Expect { audiences: &[], ..expect_at(NOW) };
+        assert_eq!(verify(&token, &current_only(), &none), Err(JwtError::Invalid));
     }
 
     #[test]

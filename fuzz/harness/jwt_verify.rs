@@ -22,7 +22,7 @@ const CURRENT: (&str, &[u8]) = ("current", b"current-secret-for-fuzzing-01234567
 const PREVIOUS: (&str, &[u8]) = ("previous", b"previous-secret-for-fuzzing-9876543210");
 const NOW: i64 = 1_700_000_000;
 const EXPECT: Expect<'static> =
-    Expect { issuer: "wxauth", audience: "miniapp", leeway: 60, now: NOW };
+    Expect { issuer: "wxauth", audiences: &["miniapp"], leeway: 60, now: NOW };
 
 pub(crate) fn run(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else {
@@ -136,7 +136,7 @@ fn check_signed(rest: &[u8], (kid, secret): (&str, &[u8])) {
 /// What `verify` returns meets every check in `Expect`.
 fn check_accepted(claims: &Claims) {
     assert_eq!(claims.iss, EXPECT.issuer);
-    assert_eq!(claims.aud, EXPECT.audience);
+    assert_eq!(claims.aud, EXPECT.audiences[0]);
     assert!(claims.iat.saturating_sub(EXPECT.leeway) <= NOW, "issued in the future");
     assert!(claims.nbf.is_none_or(|nbf| nbf.saturating_sub(EXPECT.leeway) <= NOW), "not yet");
     assert!(NOW <= claims.exp.saturating_add(EXPECT.leeway), "expired");
