@@ -175,13 +175,22 @@ CREATE INDEX accounts_unionid ON accounts (wx_unionid);
 
 -- `identities` is the one record of which account a WeChat identity has, and its primary key the
 -- one guarantee of one account per identity. An account's own identity (`wx_appid`, `wx_openid`,
--- the one that made it) gets its row from this trigger, in the statement that inserts the
+-- the one that made it) gets its row from the trigger below, in the statement that inserts the
 -- account, whoever inserts it: the server, `users import`, or an operator's SQL (a second account
 -- with an identity that has one fails here, at its insert). A login that finds no identity row
 -- therefore finds no account made with it either. The unique index on the accounts' `wx_appid`,
 -- `wx_openid` guarded the same thing a second time, at the price of one more B-tree written by
 -- every new account.
 DROP INDEX accounts_wechat_identity;
+
+-- An account put in at version 6 by other means than the server's (an operator's SQL) may lack
+-- its identity row, which the server's lookup at a login then found through that index; it gets
+-- the row here.
+INSERT INTO identities (appid, openid, account_id)
+    SELECT wx_appid, wx_openid, id FROM accounts
+    WHERE NOT EXISTS (SELECT 1 FROM identities
+                      WHERE appid = accounts.wx_appid AND openid = accounts.wx_openid)
+    ORDER BY id;
 
 CREATE TRIGGER accounts_identity AFTER INSERT ON accounts BEGIN
     INSERT INTO identities (appid, openid, account_id) VALUES (new.wx_appid, new.wx_openid, new.id);

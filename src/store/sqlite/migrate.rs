@@ -134,6 +134,23 @@ mod tests {
         assert_eq!(login_account(&connection, "wxa", "openid-4", "::1", 200).unwrap(), 4);
     }
 
+    #[test]
+    fn version_7_gives_an_account_loaded_without_its_identity_that_identity() {
+        let (path, connection) = database_at_version("v7", 6);
+        // As wxauth wrote an account at version 6: the account, then its identity.
+        old_account(&connection, "openid-1");
+        connection.execute("INSERT INTO identities VALUES ('wxa', 'openid-1', 1)", []).unwrap();
+        // Put in by an operator's SQL at version 6: the account alone, no identity row.
+        old_account(&connection, "openid-2");
+        drop(connection);
+
+        let (connection, applied) = open_writer(&path, Opener::Server).unwrap();
+        assert_eq!(applied, (7..=current_version()).collect::<Vec<_>>());
+        assert_eq!(identities_of(&connection, 2).unwrap(), [("wxa".into(), "openid-2".into())]);
+        assert_eq!(login_account(&connection, "wxa", "openid-2", "::1", 200).unwrap(), 2);
+        assert_eq!(login_account(&connection, "wxa", "openid-1", "::1", 200).unwrap(), 1);
+    }
+
     /// Every column of every account, in id order, as text.
     fn all_accounts(connection: &Connection) -> Vec<Vec<String>> {
         let mut statement = connection.prepare("SELECT * FROM accounts ORDER BY id").unwrap();
