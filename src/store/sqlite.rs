@@ -194,8 +194,8 @@ pub(super) fn save_wechat_session(
 /// primary key still guarantees one account per identity (a second insert would fail, not
 /// duplicate). A new account costs one statement, which gives it its identity (the schema's
 /// `accounts_identity` trigger), and no `RETURNING` (which makes SQLite build a temporary table
-/// on every call). Two apps' first logins of one person (one unionid) are two
-/// jobs of the one writer: the second finds the account the first made.
+/// on every call). Two apps' first logins of one person (one unionid) are two jobs of the one
+/// writer: the second finds the account the first made.
 pub(super) fn login_account(
     connection: &Connection,
     appid: &str,
@@ -462,7 +462,8 @@ pub(super) fn accounts_with_openid(
     let mut statement = connection.prepare(concat!(
         "SELECT ",
         account_columns!(),
-        " FROM accounts WHERE id IN (SELECT account_id FROM identities WHERE openid = ?1) ORDER BY id"
+        " FROM accounts WHERE id IN (SELECT account_id FROM identities WHERE openid = ?1) \
+          ORDER BY id"
     ))?;
     let accounts = statement.query_map(params![openid], account_from_row)?;
     Ok(accounts.collect::<Result<_, _>>()?)
