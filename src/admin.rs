@@ -15,8 +15,9 @@
 //! timeout for the server's writer, so they work while the server runs; `restore` refuses to run
 //! while anything has the database open. Nothing here shows a secret: the configuration is
 //! printed redacted, and accounts as the API shows them (with `disabled_at` when disabled; an
-//! export adds `wx_appid`, `token_version` and `disabled_at`, which an import needs to put an
-//! account back whole), which leaves out session keys (another table, never joined).
+//! export adds `wx_appid`, `token_version`, `disabled_at` and `identities`, the account's WeChat
+//! identities besides its own, which an import needs to put an account back whole), which leaves
+//! out session keys (another table, never joined).
 
 use std::io::Write;
 
@@ -152,9 +153,11 @@ const RECORDED: [(&str, Kind); 10] = [
 ];
 
 /// What `users export` writes after the account object's fields, so that an import puts back
-/// every column: the mini-program, the token version (tokens issued before still verify) and
-/// when the account was disabled.
-pub(crate) const EXPORTED_AFTER: [&str; 3] = ["wx_appid", "token_version", "disabled_at"];
+/// every column and identity: the mini-program, the token version (tokens issued before still
+/// verify), when the account was disabled, and the account's identities other than its own (in
+/// the other mini-programs its person has used: `Exported`).
+pub(crate) const EXPORTED_AFTER: [&str; 4] =
+    ["wx_appid", "token_version", "disabled_at", "identities"];
 
 /// How `users import` checks `field`, for every column of an account; `None` for anything else.
 pub(crate) fn field_kind(field: &str) -> Option<Kind> {
@@ -186,22 +189,11 @@ pub(crate) fn check_field(
 ) -> Result<EditValue, String> {
     use serde_json::Value;
     let refuse = |takes: &str| {
-        let shown = match value {
+        let text = match value {
             Value::String(text) => text.clone(),
             other => other.to_string(),
         };
-        // One line however long the value, and whatever it holds.
-        let mut cut = String::new();
-        for character in shown.chars().take(64) {
-            match character {
-                control if control.is_control() => cut.extend(control.escape_default()),
-                other => cut.push(other),
-            }
-        }
-        if shown.chars().count() > 64 {
-            cut.push('…');
-        }
-        Err(format!("{field} takes {takes}, not `{cut}`"))
+        Err(format!("{field} takes {takes}, not `{}`", shown(&text)))
     };
     let text = match value {
         Value::String(text) => Some(text.as_str()),
@@ -296,6 +288,22 @@ pub(crate) fn check_field(
     }
 }
 
+/// A value as a reason shows it: on one line however long it is and whatever it holds (control
+/// characters escaped), cut at 64 characters.
+pub(crate) fn shown(text: &str) -> String {
+    let mut cut = String::new();
+    for character in text.chars().take(64) {
+        match character {
+            control if control.is_control() => cut.extend(control.escape_default()),
+            other => cut.push(other),
+        }
+    }
+    if text.chars().count() > 64 {
+        cut.push('…');
+    }
+    cut
+}
+
 fn value_chars(text: Option<&str>) -> usize {
     text.map_or(0, |text| text.chars().count())
 }
@@ -387,7 +395,7 @@ fn list(
     let total = store::account_counts(connection)?.accounts;
     write_header(out).map_err(write_failed)?;
     let mut shown = 0u64;
-    store::each_account(connection, Some(limit), offset, |account| {
+    store::each_account(connection, Some(limit), offset, |account, _| {
         shown += 1;
         write_row(out, &account).map_err(write_error)
     })?;
@@ -425,10 +433,7 @@ fn write_account(
     {
         text = format!("{fields},\n  \"disabled_at\": \"{}\"\n}}", time::format_datetime(at));
     }
-    let identities: Vec<serde_json::Value> = identities
-        .iter()
-        .map(|(appid, openid)| serde_json::json!({"appid": appid, "openid": openid}))
-        .collect();
+    let identities: Vec<Identity> = identities.iter().map(Identity::of).collect();
     if let Some(fields) = text.strip_suffix("\n}") {
         let listed = serde_json::to_string_pretty(&identities).map_err(|error| {
             Fatal::Other(format!("cannot show account {}: {error}", account.id))
@@ -505,8 +510,25 @@ fn find(connection: &Connection, who: &str) -> Result<Account, Fatal> {
     }
 }
 
+/// A WeChat identity as `users show` and `users export` write it.
+#[derive(Serialize)]
+struct Identity<'a> {
+    appid: &'a str,
+    openid: &'a str,
+}
+
+impl<'a> Identity<'a> {
+    fn of((appid, openid): &'a (String, String)) -> Identity<'a> {
+        Identity { appid, openid }
+    }
+}
+
 /// An account as `users export` writes it: the account object, then `EXPORTED_AFTER`'s columns,
-/// which `users import` needs to put the account back whole.
+/// which `users import` needs to put the account back whole. `identities` are the account's
+/// identities other than its own (`wx_appid`, `wx_openid`), by appid then openid: in JSON an
+/// array of `{"appid", "openid"}` objects, in CSV one field of `appid:openid` separated by single
+/// spaces (an openid never holds either, as the API and `users import` refuse them, nor does a
+/// WeChat appid, `wx` and hex; `users import` refuses an appid with one).
 #[derive(Serialize)]
 struct Exported<'a> {
     #[serde(flatten)]
@@ -514,15 +536,17 @@ struct Exported<'a> {
     wx_appid: &'a str,
     token_version: i64,
     disabled_at: Option<String>,
+    identities: Vec<Identity<'a>>,
 }
 
 impl<'a> Exported<'a> {
-    fn of(account: &'a Account) -> Exported<'a> {
+    fn of(account: &'a Account, identities: &'a [(String, String)]) -> Exported<'a> {
         Exported {
             account,
             wx_appid: &account.wx_appid,
             token_version: account.token_version,
             disabled_at: account.disabled_at.map(time::format_datetime),
+            identities: identities.iter().map(Identity::of).collect(),
         }
     }
 }
@@ -539,9 +563,12 @@ fn export(connection: &Connection, format: ExportFormat, out: &mut dyn Write) ->
             let header: Vec<&str> = exported_columns().collect();
             out.write_all(header.join(",").as_bytes()).map_err(write_failed)?;
             out.write_all(b"\r\n").map_err(write_failed)?;
-            store::each_account(connection, None, 0, |account| {
-                let object = serde_json::to_value(Exported::of(&account))
+            store::each_account(connection, None, 0, |account, identities| {
+                let mut object = serde_json::to_value(Exported::of(&account, &identities))
                     .map_err(|error| Error::Internal(format!("account {}: {error}", account.id)))?;
+                let pairs: Vec<String> =
+                    identities.iter().map(|(appid, openid)| format!("{appid}:{openid}")).collect();
+                object["identities"] = serde_json::Value::String(pairs.join(" "));
                 let mut line = String::new();
                 for (index, field) in header.iter().enumerate() {
                     if index > 0 {
@@ -557,10 +584,10 @@ fn export(connection: &Connection, format: ExportFormat, out: &mut dyn Write) ->
         ExportFormat::Json => {
             out.write_all(b"[").map_err(write_failed)?;
             let mut first = true;
-            store::each_account(connection, None, 0, |account| {
+            store::each_account(connection, None, 0, |account, identities| {
                 out.write_all(if first { b"\n" } else { b",\n" }).map_err(write_error)?;
                 first = false;
-                serde_json::to_writer(&mut *out, &Exported::of(&account))
+                serde_json::to_writer(&mut *out, &Exported::of(&account, &identities))
                     .map_err(|error| Error::Internal(format!("cannot write: {error}")))
             })?;
             out.write_all(b"\n]\n").map_err(write_failed)

@@ -1,7 +1,9 @@
 //! `wxauth users import`: accounts from a file into the database, all or nothing. The file is the
 //! original Django backend's `manage.py dumpdata wx_auth.User` (a JSON array of `{"model", "pk",
 //! "fields"}`; ids kept, password hashes dropped, naive times read as UTC), or what `users export`
-//! writes (csv or json), which puts every column back: ids, token versions, disabled accounts.
+//! writes (csv or json), which puts every column back: ids, token versions, disabled accounts,
+//! and each account's identities in other mini-programs (`identities`, optional: exports made
+//! before it have none).
 //!
 //! The file is read one row at a time, a JSON array element by element (serde's `SeqAccess`,
 //! never the whole array) and a CSV file record by record, and each row is written as it is read,
@@ -9,7 +11,7 @@
 //! commits at the end only when no row was refused and this is not a dry run; otherwise it rolls
 //! back. So a file of any size costs the memory of one row and the reasons of the first refused
 //! rows (`SHOWN_REFUSALS`, then a count). Each row is checked as the API checks its fields
-//! (`admin::check_field`), then its id and WeChat identity are looked up in the transaction: a
+//! (`admin::check_field`), then its id and WeChat identities are looked up in the transaction: a
 //! taken one is taken in the database if a second connection, which sees only what is committed,
 //! finds it too, and earlier in the file otherwise.
 //!
@@ -160,19 +162,19 @@ impl Importer<'_> {
             }
             _ => position,
         };
-        let (account, is_active) = match self.account(fields) {
+        let (account, identities, is_active) = match self.account(fields) {
             Ok(account) => account,
             Err(reasons) => {
                 self.refuse(&label, &reasons);
                 return Ok(());
             }
         };
-        let reasons = self.taken(connection, &account)?;
+        let reasons = self.taken(connection, &account, &identities)?;
         if !reasons.is_empty() {
             self.refuse(&label, &reasons);
             return Ok(());
         }
-        store::insert_account(connection, &account)?;
+        store::insert_account(connection, &account, &identities)?;
         self.imported += 1;
         self.disabled += u64::from(!is_active);
         self.ids = Some(match self.ids {
@@ -189,11 +191,13 @@ impl Importer<'_> {
         }
     }
 
-    /// The account a row describes, and whether Django's `is_active` leaves it enabled, or every
-    /// reason the row is refused.
-    fn account(&self, mut fields: Map<String, Value>) -> Result<(Account, bool), Vec<String>> {
+    /// The account a row describes, its other identities, and whether Django's `is_active` leaves
+    /// it enabled, or every reason the row is refused.
+    fn account(&self, mut fields: Map<String, Value>) -> Result<Imported, Vec<String>> {
         let mut row = Row { fields: Map::new(), reasons: Vec::new() };
         let mut is_active = true;
+        // Only `users export` writes them; to Django's model they are an unknown field.
+        let identities = if self.django { None } else { fields.remove("identities") };
         if self.django {
             for dropped in DJANGO_DROPPED {
                 fields.remove(dropped);
@@ -258,12 +262,23 @@ impl Importer<'_> {
             disabled_at: if is_active { disabled_at } else { Some(self.now) },
             wx_appid: row.text("wx_appid").unwrap_or_else(|| self.appid.to_string()),
         };
-        if row.reasons.is_empty() { Ok((account, is_active)) } else { Err(row.reasons) }
+        let own = (account.wx_appid.as_str(), account.wx_openid.as_str());
+        let identities = match identities {
+            Some(value) => other_identities(&value, own, &mut row.reasons),
+            None => Vec::new(),
+        };
+        if row.reasons.is_empty() { Ok((account, identities, is_active)) } else { Err(row.reasons) }
     }
 
-    /// Why the account's id or WeChat identity cannot be had: taken in the database, or by an
-    /// earlier row of the file (written in this transaction, which only it sees).
-    fn taken(&self, connection: &Connection, account: &Account) -> Result<Vec<String>, Error> {
+    /// Why the account's id, its WeChat identity or one of its `identities` cannot be had: taken
+    /// in the database, or by an earlier row of the file (written in this transaction, which only
+    /// it sees).
+    fn taken(
+        &self,
+        connection: &Connection,
+        account: &Account,
+        identities: &[(String, String)],
+    ) -> Result<Vec<String>, Error> {
         let mut reasons = Vec::new();
         let id = account.id;
         if store::account_by_id(connection, id)?.is_some() {
@@ -273,13 +288,21 @@ impl Importer<'_> {
                 format!("id {id} comes twice in the file")
             });
         }
-        let (appid, openid) = (&account.wx_appid, &account.wx_openid);
-        if let Some(holder) = store::account_by_openid(connection, appid, openid)? {
-            reasons.push(if store::account_by_openid(self.committed, appid, openid)?.is_some() {
-                format!("openid `{openid}` has account {} in the database", holder.id)
-            } else {
-                format!("openid `{openid}` comes twice in the file (also id {})", holder.id)
-            });
+        let own =
+            (&account.wx_appid, &account.wx_openid, format!("openid `{}`", account.wx_openid));
+        let others = identities
+            .iter()
+            .map(|(appid, openid)| (appid, openid, format!("identity `{appid}:{openid}`")));
+        for (appid, openid, named) in std::iter::once(own).chain(others) {
+            if let Some(holder) = store::account_by_openid(connection, appid, openid)? {
+                reasons.push(
+                    if store::account_by_openid(self.committed, appid, openid)?.is_some() {
+                        format!("{named} has account {} in the database", holder.id)
+                    } else {
+                        format!("{named} comes twice in the file (also id {})", holder.id)
+                    },
+                );
+            }
         }
         Ok(reasons)
     }
@@ -330,6 +353,90 @@ impl Importer<'_> {
         }
         out.write_all(text.as_bytes()).map_err(write_failed)
     }
+}
+
+/// What a row puts in: the account, its identities other than its own as (appid, openid), and
+/// whether Django's `is_active` leaves it enabled.
+type Imported = (Account, Vec<(String, String)>, bool);
+
+/// The identities a row of `users export` gives its account besides `own` (its `identities`: an
+/// array of `{"appid", "openid"}` objects, or, as in CSV, `appid:openid` separated by single
+/// spaces), each checked as the schema and the export need them: 1 to 64 characters, no space,
+/// colon or control character, neither the account's own nor twice. The reason for each refused
+/// one is added to `reasons`.
+fn other_identities(
+    value: &Value,
+    own: (&str, &str),
+    reasons: &mut Vec<String>,
+) -> Vec<(String, String)> {
+    let pair = |appid: &str, openid: &str| (appid.to_string(), openid.to_string());
+    let not_objects = |value: &Value| {
+        format!(
+            "identities takes an array of {{\"appid\", \"openid\"}} objects, not `{}`",
+            admin::shown(&value.to_string())
+        )
+    };
+    let mut read = Vec::new();
+    match value {
+        Value::Null => {}
+        Value::String(text) if text.is_empty() => {}
+        Value::String(text) => {
+            for identity in text.split(' ') {
+                match identity.split_once(':') {
+                    Some((appid, openid)) => read.push(pair(appid, openid)),
+                    None => reasons.push(format!(
+                        "identities takes appid:openid pairs separated by single spaces, not `{}`",
+                        admin::shown(identity)
+                    )),
+                }
+            }
+        }
+        Value::Array(elements) => {
+            for element in elements {
+                match element
+                    .as_object()
+                    .map(|object| (object.len(), object.get("appid"), object.get("openid")))
+                {
+                    Some((2, Some(Value::String(appid)), Some(Value::String(openid)))) => {
+                        read.push(pair(appid, openid));
+                    }
+                    _ => reasons.push(not_objects(element)),
+                }
+            }
+        }
+        other => reasons.push(not_objects(other)),
+    }
+    let mut identities: Vec<(String, String)> = Vec::with_capacity(read.len());
+    for (appid, openid) in read {
+        let mut malformed = false;
+        for (part, text) in [("appid", &appid), ("openid", &openid)] {
+            if text.is_empty()
+                || text.chars().count() > 64
+                || text
+                    .chars()
+                    .any(|character| matches!(character, ' ' | ':') || character.is_control())
+            {
+                reasons.push(format!(
+                    "an identity's {part} takes 1 to 64 characters without spaces, colons or control characters, not `{}`",
+                    admin::shown(text)
+                ));
+                malformed = true;
+            }
+        }
+        if malformed {
+            continue;
+        }
+        if (appid.as_str(), openid.as_str()) == own {
+            reasons.push(format!(
+                "identity `{appid}:{openid}` is the account's own (wx_appid and wx_openid)"
+            ));
+        } else if identities.iter().any(|taken| (&taken.0, &taken.1) == (&appid, &openid)) {
+            reasons.push(format!("identity `{appid}:{openid}` comes twice in identities"));
+        } else {
+            identities.push((appid, openid));
+        }
+    }
+    identities
 }
 
 fn plural(count: u64, noun: &str) -> String {

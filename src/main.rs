@@ -138,8 +138,8 @@ An account is named by its id, or by its openid (a number is tried as an id firs
 
 list    accounts by id as a table (id, openid, phone, registered, date_joined, last_login),
         --limit of them (default 50) after skipping --offset (default 0), then a summary line.
-show    one account as JSON with the API's account field names, and `disabled_at` when it is
-        disabled.
+show    one account as JSON with the API's account field names, `disabled_at` when it is
+        disabled, and `identities`: every WeChat identity of the account, one per app.
 find    the accounts whose phone (normalised as the API stores it), openid or unionid is QUERY,
         or whose wx_nickname contains it, in list's table, then `N accounts found`; --by looks
         at that one only. No match exits 1.
@@ -148,7 +148,9 @@ export  every account to stdout, read row by row (any number of accounts): `csv`
         fields quoted when they hold a comma, quote or line break; null is empty), where text
         starting with = + - @ tab or CR gets a leading ' so that spreadsheets do not run it as a
         formula (except `phone`: digits with an optional leading +, written as it is); `json` is
-        one JSON array with one account object per line, values as the API shows them.
+        one JSON array with one account object per line, values as the API shows them. Both
+        end with wx_appid, token_version, disabled_at and identities: the account's identities
+        in other apps (json: [{\"appid\", \"openid\"}]; csv: appid:openid separated by spaces).
 set     changes the fields given, each FIELD=VALUE checked as the API checks it, then prints
         the account as show does. Fields: username, phone, is_register, is_staff, is_superuser,
         flag, avatar, avatar_thumb, birthday, address, member_score, credit_score, wx_nickname,
@@ -169,15 +171,16 @@ import  loads the accounts in FILE, all or none, in one transaction, keeping the
         backend's `python manage.py dumpdata wx_auth.User` (naive times as UTC; password hashes
         and the fields wxauth has no use for are dropped; is_active false imports the account
         disabled); csv and json read what `users export` writes. Every field is checked as the
-        API checks it. A row with no openid, a refused field, or an id or openid taken (in the
-        database or earlier in the file) is refused: every refused row is listed on stdout with
+        API checks it, and export's identities each put back. A row with no openid, a refused
+        field or identity, or an id, openid or identity taken (in the database or earlier in the
+        file) is refused: every refused row is listed on stdout with
         its line (csv) or element and pk/id (json), the command exits 1, and nothing is written.
         --dry-run checks everything the same way and writes nothing. The file is read row by
         row, so its size does not matter; the write lock is held until the end, so stop the
         server first (docs/operations.md, \"Moving in\").
 
-Session keys are never shown; token versions only by export (with wx_appid and disabled_at, after
-the account object's fields), so that an import keeps tokens issued before valid. The database (`database` in the config) must
+Session keys are never shown; token versions only by export (with wx_appid, disabled_at and
+identities, after the account object's fields), so that an import keeps tokens issued before valid. The database (`database` in the config) must
 exist and have the current schema (`wxauth migrate`); list, show, find and export read it without
 taking the write lock. The others write, in one transaction each, and work while the server runs
 (waiting up to 5 s for its writer); they refuse a database file that is not safely their user's,

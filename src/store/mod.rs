@@ -198,6 +198,19 @@ account! {
     }
 }
 
+/// An account's other identities as `each_account`'s query gives them (`group_concat`:
+/// `appid:openid`, separated by spaces; null for none), as (appid, openid). An openid never holds
+/// a colon (the API's `is_openid`, `users import`'s check), so an identity splits at its last one.
+fn split_identities(concatenated: Option<String>) -> Vec<(String, String)> {
+    concatenated
+        .as_deref()
+        .unwrap_or_default()
+        .split(' ')
+        .filter_map(|identity| identity.rsplit_once(':'))
+        .map(|(appid, openid)| (appid.to_string(), openid.to_string()))
+        .collect()
+}
+
 /// A column's value as every engine can bind it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum ColumnValue<'a> {
@@ -495,12 +508,13 @@ queries! {
     fn account_counts() -> AccountCounts;
     /// Every account with this openid, whatever its appid, by id.
     fn accounts_with_openid(openid: &str) -> Vec<Account>;
-    /// Hands the accounts to `visit` one at a time, by id, skipping `offset` and stopping after
-    /// `limit` (all when `None`), from one snapshot of the database.
+    /// Hands the accounts to `visit` one at a time, by id, each with its identities other than
+    /// its own (`wx_appid`, `wx_openid`), by appid then openid, skipping `offset` and stopping
+    /// after `limit` (all when `None`), from one snapshot of the database.
     fn each_account(
         limit: Option<u64>,
         offset: u64,
-        visit: impl FnMut(Account) -> Result<(), Error>
+        visit: impl FnMut(Account, Vec<(String, String)>) -> Result<(), Error>
     ) -> ();
     /// Copies the database to a new file at `destination` and checks the copy.
     fn backup(destination: &str) -> BackupReport;
@@ -516,9 +530,9 @@ queries! {
     /// Deletes account `id` and what is kept of its WeChat identity; false when there is no such
     /// account.
     fn delete_account(id: i64) -> bool;
-    /// Inserts `account` as it is, every column with its id, and its identity (`wxauth users
-    /// import`).
-    fn insert_account(account: &Account) -> ();
+    /// Inserts `account` as it is, every column with its id, its identity and `identities`, its
+    /// others as (appid, openid) (`wxauth users import`).
+    fn insert_account(account: &Account, identities: &[(String, String)]) -> ();
 }
 
 /// A database several instances share (MySQL): a handle any thread may keep, from which each use

@@ -35,7 +35,7 @@ use super::writer::Step;
 use super::{
     Account, AccountCounts, AccountQuery, CodeClaim, ColumnValue, DatabaseError, Edit, EditValue,
     EngineError, Profile, RecordedSession, Registration, StoredCode, WechatSession,
-    account_from_mysql_row,
+    account_from_mysql_row, split_identities,
 };
 use crate::error::Error;
 
@@ -671,14 +671,19 @@ pub(super) fn accounts_with_openid(
     )
 }
 
-/// Hands the accounts to `visit` one at a time, by id, skipping `offset` and stopping after
-/// `limit` (all when `None`). Rows are read from the server as they are visited (one consistent
-/// read), never collected.
+/// Hands the accounts to `visit` one at a time, by id, each with its identities other than its
+/// own, by appid then openid, skipping `offset` and stopping after `limit` (all when `None`).
+/// Rows are read from the server as they are visited (one consistent read), never collected. The
+/// other identities come in the same row (`GROUP_CONCAT` over the `identities_account` index),
+/// not a round trip per account. The session's `group_concat_max_len` (MySQL's default is 1024
+/// bytes, which cuts the list short with only a warning) is raised first to 1 GiB, MariaDB's
+/// largest and the largest `max_allowed_packet` of either server: a longer row could not be sent
+/// anyway, and that fails loudly.
 pub(super) fn each_account(
     connection: &Connection,
     limit: Option<u64>,
     offset: u64,
-    mut visit: impl FnMut(Account) -> Result<(), Error>,
+    mut visit: impl FnMut(Account, Vec<(String, String)>) -> Result<(), Error>,
 ) -> Result<(), Error> {
     // `visit` writes out what it is handed and runs no query, so the transaction's connection
     // (if any) stays locked while the rows stream.
@@ -692,12 +697,23 @@ pub(super) fn each_account(
         }
     };
     let limit = limit.unwrap_or(u64::MAX >> 1);
+    conn.query_drop("SET SESSION group_concat_max_len = 1073741824")?;
     let rows = conn.exec_iter(
-        concat!("SELECT ", account_columns!(), " FROM accounts ORDER BY id LIMIT ? OFFSET ?"),
+        concat!(
+            "SELECT ",
+            account_columns!(),
+            ", (SELECT GROUP_CONCAT(appid, ':', openid ORDER BY appid, openid SEPARATOR ' ')
+                FROM identities WHERE account_id = accounts.id
+                  AND NOT (appid = accounts.wx_appid AND openid = accounts.wx_openid))
+             FROM accounts ORDER BY id LIMIT ? OFFSET ?"
+        ),
         (limit, offset),
     )?;
     for row in rows {
-        visit(account_from_mysql_row(row?)?)?;
+        let mut row = row?;
+        let last = row.len() - 1;
+        let identities = split_identities(column(&mut row, last)?);
+        visit(account_from_mysql_row(row)?, identities)?;
     }
     Ok(())
 }
@@ -785,11 +801,15 @@ pub(super) fn delete_account(connection: &Connection, id: i64) -> Result<bool, E
     })
 }
 
-/// Inserts `account` as it is, every column with its id, and its identity, for `wxauth users
-/// import` (in the operator's transaction, after it checked that neither the id nor the identity
-/// is taken). InnoDB moves the AUTO_INCREMENT counter past an id inserted above it, so new
-/// accounts get ids after the imported ones.
-pub(super) fn insert_account(connection: &Connection, account: &Account) -> Result<(), Error> {
+/// Inserts `account` as it is, every column with its id, its identity and `identities`, its
+/// others, for `wxauth users import` (in the operator's transaction, after it checked that
+/// neither the id nor any identity is taken). InnoDB moves the AUTO_INCREMENT counter past an id
+/// inserted above it, so new accounts get ids after the imported ones.
+pub(super) fn insert_account(
+    connection: &Connection,
+    account: &Account,
+    identities: &[(String, String)],
+) -> Result<(), Error> {
     let values: HashMap<Vec<u8>, Value> = account_columns!()
         .split(", ")
         .zip(account.column_values())
@@ -815,11 +835,15 @@ pub(super) fn insert_account(connection: &Connection, account: &Account) -> Resu
         )?;
         Ok(())
     })?;
+    let own = (account.wx_appid.as_str(), account.wx_openid.as_str());
+    let others = identities.iter().map(|(appid, openid)| (appid.as_str(), openid.as_str()));
     connection.with(|conn| {
-        conn.exec_drop(
-            "INSERT INTO identities (appid, openid, account_id) VALUES (?, ?, ?)",
-            (account.wx_appid.as_str(), account.wx_openid.as_str(), account.id),
-        )?;
+        for (appid, openid) in std::iter::once(own).chain(others.clone()) {
+            conn.exec_drop(
+                "INSERT INTO identities (appid, openid, account_id) VALUES (?, ?, ?)",
+                (appid, openid, account.id),
+            )?;
+        }
         Ok(())
     })
 }

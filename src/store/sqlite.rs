@@ -21,7 +21,7 @@ pub(super) use open::{open_existing, open_reader, open_writer};
 use super::writer::Step;
 use super::{
     Account, AccountCounts, AccountQuery, ColumnValue, DatabaseError, Edit, EditValue, EngineError,
-    Profile, RecordedSession, Registration, WechatSession, account_from_row,
+    Profile, RecordedSession, Registration, WechatSession, account_from_row, split_identities,
 };
 use crate::error::Error;
 
@@ -469,14 +469,16 @@ pub(super) fn accounts_with_openid(
     Ok(accounts.collect::<Result<_, _>>()?)
 }
 
-/// Hands the accounts to `visit` one at a time, by id, skipping `offset` and stopping after
-/// `limit` (all when `None`). Rows are read as they are visited, never collected, so a million
-/// accounts cost the memory of one; the read sees one snapshot of the database throughout.
+/// Hands the accounts to `visit` one at a time, by id, each with its identities other than its
+/// own, by appid then openid, skipping `offset` and stopping after `limit` (all when `None`).
+/// Rows are read as they are visited, never collected, so a million accounts cost the memory of
+/// one; the read sees one snapshot of the database throughout. The other identities come in the
+/// same row (`group_concat` over the `identities_account` index), not a query per account.
 pub(super) fn each_account(
     connection: &Connection,
     limit: Option<u64>,
     offset: u64,
-    mut visit: impl FnMut(Account) -> Result<(), Error>,
+    mut visit: impl FnMut(Account, Vec<(String, String)>) -> Result<(), Error>,
 ) -> Result<(), Error> {
     // SQLite reads a negative LIMIT as "no limit"; numbers past i64 mean the same.
     let limit = limit.map_or(-1, |limit| i64::try_from(limit).unwrap_or(-1));
@@ -484,11 +486,15 @@ pub(super) fn each_account(
     let mut statement = connection.prepare(concat!(
         "SELECT ",
         account_columns!(),
-        " FROM accounts ORDER BY id LIMIT ?1 OFFSET ?2"
+        ", (SELECT group_concat(appid || ':' || openid, ' ' ORDER BY appid, openid)
+            FROM identities WHERE account_id = accounts.id
+              AND NOT (appid = accounts.wx_appid AND openid = accounts.wx_openid))
+         FROM accounts ORDER BY id LIMIT ?1 OFFSET ?2"
     ))?;
+    let identities = statement.column_count() - 1;
     let mut rows = statement.query(params![limit, offset])?;
     while let Some(row) = rows.next()? {
-        visit(account_from_row(row)?)?;
+        visit(account_from_row(row)?, split_identities(row.get(identities)?))?;
     }
     Ok(())
 }
@@ -577,11 +583,15 @@ pub(super) fn delete_account(connection: &Connection, id: i64) -> Result<bool, E
     Ok(connection.execute("DELETE FROM accounts WHERE id = ?1", params![id])? == 1)
 }
 
-/// Inserts `account` as it is, every column with its id, and so its identity (the trigger), for
-/// `wxauth users import` (in the operator's transaction, after it checked that neither the id
-/// nor the identity is taken). An id above AUTOINCREMENT's high-water mark raises the mark, so
-/// new accounts get ids after it.
-pub(super) fn insert_account(connection: &Connection, account: &Account) -> Result<(), Error> {
+/// Inserts `account` as it is, every column with its id, and so its identity (the trigger), then
+/// `identities`, its others, for `wxauth users import` (in the operator's transaction, after it
+/// checked that neither the id nor any identity is taken). An id above AUTOINCREMENT's
+/// high-water mark raises the mark, so new accounts get ids after it.
+pub(super) fn insert_account(
+    connection: &Connection,
+    account: &Account,
+    identities: &[(String, String)],
+) -> Result<(), Error> {
     let mut statement = connection.prepare_cached(concat!(
         "INSERT INTO accounts (",
         account_columns!(),
@@ -595,6 +605,9 @@ pub(super) fn insert_account(connection: &Connection, account: &Account) -> Resu
         ColumnValue::Text(text) => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
     });
     statement.execute(rusqlite::params_from_iter(values))?;
+    for (appid, openid) in identities {
+        add_identity(connection, appid, openid, account.id)?;
+    }
     Ok(())
 }
 

@@ -11,10 +11,10 @@ use crate::harness::{Answer, FakeProcess, Wxauth, agent, fresh_code, send};
 use crate::login::{jwt, token_of};
 
 /// The shop app beside the default one, in demo mode: both against the built-in fake WeChat.
-const SHOP: (&str, &str) = ("WXAUTH_APPS_SHOP_PREFIX", "/shop/wx_auth/");
+pub(crate) const SHOP: (&str, &str) = ("WXAUTH_APPS_SHOP_PREFIX", "/shop/wx_auth/");
 
 /// A request under `prefix`, with a token when given.
-fn call(
+pub(crate) fn call(
     server: &Wxauth,
     method: &str,
     prefix: &str,
@@ -36,7 +36,7 @@ fn call(
 }
 
 /// Logs demo user `name` in through the app at `prefix` by a fresh code: (openid, login results).
-fn login_through(server: &Wxauth, prefix: &str, name: &str) -> (String, Value) {
+pub(crate) fn login_through(server: &Wxauth, prefix: &str, name: &str) -> (String, Value) {
     let code = fresh_code(name);
     let exchanged =
         call(server, "GET", prefix, &format!("get_openid_by_code?code={code}"), None, None);

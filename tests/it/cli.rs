@@ -549,7 +549,7 @@ fn users_revoke_refuses_every_earlier_token_of_the_running_server() {
 
 /// Splits RFC 4180 CSV text into records of fields, strictly: CRLF record ends, quoted fields
 /// with doubled quotes; anything else is a test failure.
-fn parse_csv(text: &str) -> Vec<Vec<String>> {
+pub(crate) fn parse_csv(text: &str) -> Vec<Vec<String>> {
     let mut records = Vec::new();
     let mut record = Vec::new();
     let mut field = String::new();
@@ -640,7 +640,7 @@ fn users_export_csv_quotes_and_matches_the_database() {
     let records = parse_csv(run.success());
     let fields: Vec<&str> = records[0].iter().map(String::as_str).collect();
     // The header is the account object's fields in the API's order (as `users show` prints
-    // them), so nothing is lost or renamed on the way to a spreadsheet, then the three columns
+    // them), so nothing is lost or renamed on the way to a spreadsheet, then the four columns
     // `users import` needs to put an account back whole.
     let shown = run_on(&server, &["users", "show", &registered["id"].to_string()]);
     let mut shown_keys: Vec<String> = shown
@@ -651,11 +651,12 @@ fn users_export_csv_quotes_and_matches_the_database() {
         // After the fields, `users show` lists the account's identities, which are no field.
         .filter(|key| key != "identities")
         .collect();
-    shown_keys.extend(["wx_appid", "token_version", "disabled_at"].map(str::to_string));
+    shown_keys
+        .extend(["wx_appid", "token_version", "disabled_at", "identities"].map(str::to_string));
     assert_eq!(fields, shown_keys);
     let mut api_fields: BTreeSet<&str> =
         registered.as_object().unwrap().keys().map(String::as_str).collect();
-    api_fields.extend(["wx_appid", "token_version", "disabled_at"]);
+    api_fields.extend(["wx_appid", "token_version", "disabled_at", "identities"]);
     assert_eq!(fields.iter().copied().collect::<BTreeSet<&str>>(), api_fields);
     assert!(!fields.contains(&"session_key"));
 
@@ -705,6 +706,7 @@ fn users_export_csv_quotes_and_matches_the_database() {
     assert_eq!(by_field(&rows[1], "is_register"), "true");
     assert_eq!(by_field(&rows[2], "is_register"), "false");
     assert_eq!(by_field(&rows[2], "phone"), "");
+    assert_eq!(by_field(first, "identities"), "", "no identity but its own");
     assert_eq!(by_field(&rows[1], "date_joined"), "2023-11-14 22:13:20");
 }
 
@@ -726,16 +728,17 @@ fn users_export_json_is_one_array_of_account_objects_matching_the_database() {
     assert_eq!(accounts.len(), 301);
     // One account per line between the brackets, so line tools work too.
     assert_eq!(text.lines().count(), 303);
-    // The account object, then the three columns `users import` needs.
+    // The account object, then the four columns `users import` needs (no identity but its own).
     let mut expected = registered.clone();
     expected["wx_appid"] = json!("wxdemo");
     expected["token_version"] = json!(0);
     expected["disabled_at"] = Value::Null;
+    expected["identities"] = json!([]);
     assert_eq!(accounts[0], expected);
     for (account, (openid, nickname)) in accounts[1..].iter().zip(&inserted) {
         assert_eq!(account["wx_openid"], *openid);
         assert_eq!(account["wx_nickname"], json!(nickname));
-        assert_eq!(account.as_object().unwrap().len(), registered.as_object().unwrap().len() + 3);
+        assert_eq!(account.as_object().unwrap().len(), registered.as_object().unwrap().len() + 4);
     }
     // JSON is not read by spreadsheets: text that would start a formula there is left as it is.
     assert_eq!(accounts[5]["wx_nickname"], "=1+1");
@@ -748,7 +751,7 @@ fn users_export_json_is_one_array_of_account_objects_matching_the_database() {
             .unwrap();
     shown.as_object_mut().unwrap().remove("identities");
     let mut exported = accounts[8].clone();
-    for column in ["wx_appid", "token_version", "disabled_at"] {
+    for column in ["wx_appid", "token_version", "disabled_at", "identities"] {
         exported.as_object_mut().unwrap().remove(column);
     }
     assert_eq!(exported, shown);

@@ -7,7 +7,10 @@ use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::cli::{Run, account_count, login_by_token, registered_user, run_in, run_on_database};
+use crate::apps::{SHOP, call, login_through};
+use crate::cli::{
+    Run, account_count, login_by_token, parse_csv, registered_user, run_in, run_on_database,
+};
 use crate::harness::{Mysql, TempDir, Wxauth, binary, fresh_code};
 
 /// The original backend's `manage.py dumpdata wx_auth.User --indent 2`: three accounts (pk 3, 7,
@@ -71,6 +74,31 @@ fn database_bytes(server: &Wxauth) -> String {
 
 fn exported_accounts(server: &Wxauth) -> Vec<Value> {
     serde_json::from_str(&export(server, "json")).unwrap()
+}
+
+/// One CSV record under `header` (export's columns): the `given` columns' values, and in the
+/// others what a new account holds (empty for null).
+fn csv_record(header: &[String], given: &[(&str, &str)]) -> String {
+    let cells: Vec<&str> = header
+        .iter()
+        .map(|column| match given.iter().find(|(name, _)| name == column) {
+            Some((_, value)) => value,
+            None => match column.as_str() {
+                "is_register" | "is_staff" | "is_superuser" => "false",
+                "flag" => "1",
+                "member_score"
+                | "credit_score"
+                | "wx_gender"
+                | "love_help_num"
+                | "bring_love_concern_num"
+                | "token_version" => "0",
+                "date_joined" => "2024-01-01 00:00:00",
+                "wx_appid" => "wxdemo",
+                _ => "",
+            },
+        })
+        .collect();
+    cells.join(",")
 }
 
 /// Asserts a refused import: status 1, the refused rows on stdout (exactly `rows`, in order),
@@ -268,27 +296,15 @@ fn bad_rows_are_all_reported_with_their_position_and_nothing_is_written() {
     let mut csv = export(&server, "csv");
     let header: Vec<String> = csv.lines().next().unwrap().split(',').map(str::to_string).collect();
     let row = |id: i64, openid: &str, phone: &str, nickname: &str| {
-        header
-            .iter()
-            .map(|column| match column.as_str() {
-                "id" => id.to_string(),
-                "username" | "wx_openid" => openid.to_string(),
-                "phone" => phone.to_string(),
-                "wx_nickname" => nickname.to_string(),
-                "is_register" | "is_staff" | "is_superuser" => "false".into(),
-                "flag" => "1".into(),
-                "member_score"
-                | "credit_score"
-                | "wx_gender"
-                | "love_help_num"
-                | "bring_love_concern_num"
-                | "token_version" => "0".into(),
-                "date_joined" => "2024-01-01 00:00:00".into(),
-                "wx_appid" => "wxdemo".into(),
-                _ => String::new(),
-            })
-            .collect::<Vec<_>>()
-            .join(",")
+        let id = id.to_string();
+        let given = [
+            ("id", id.as_str()),
+            ("username", openid),
+            ("wx_openid", openid),
+            ("phone", phone),
+            ("wx_nickname", nickname),
+        ];
+        csv_record(&header, &given)
     };
     // Line 1 is the header, line 2 the existing account; a quoted line break makes a record of
     // two lines.
@@ -307,7 +323,7 @@ fn bad_rows_are_all_reported_with_their_position_and_nothing_is_written() {
             ),
             "line 3 (id 50): wx_nickname takes text without control characters, not `two\\r\\nlines`",
             "line 5 (id 51): phone takes a phone number: digits with an optional leading +, 5 to 20 characters once spaces and dashes are removed (or nothing, for null), not `not a phone`",
-            "line 6: 2 fields, the header has 30",
+            "line 6: 2 fields, the header has 31",
             "line 8 (id 54): openid `oCsv53` comes twice in the file (also id 53)",
         ],
         6,
@@ -424,6 +440,218 @@ fn import_usage_errors_exit_2_and_unreadable_files_exit_1() {
     let open = file("open.csv", &format!("{header}1,\"a\r\n\r\n"));
     import(&server, &open, "csv", false).failure("line 2: a quoted field is not closed by the end");
     assert_eq!(account_count(&server.database()), 0);
+}
+
+// ----- identities in other mini-programs -----
+
+/// The default app's prefix, beside `SHOP`'s.
+const MAIN: &str = "/miniprog/wx_auth/";
+
+/// A person who used two mini-programs has one account with an identity in each: an export
+/// lists the one that did not make the account (`identities`), and an import into a new
+/// database gives it back, so that the person's next login through the second app, by openid
+/// alone (no WeChat session there to join by unionid), finds the same account.
+#[test]
+fn export_then_import_keeps_the_identities_an_account_has_in_other_apps() {
+    let env = [SHOP, ("WXAUTH_OPENID_LOGIN", "open"), ("WXAUTH_JWT_SECRET", SECRET)];
+    let old = Wxauth::start(&env);
+    let (main_openid, main) = login_through(&old, MAIN, "ivy");
+    let (shop_openid, shop) = login_through(&old, SHOP.1, "ivy");
+    let id = main["account"]["id"].clone();
+    assert_eq!(shop["account"]["id"], id, "one person, one account");
+    login_through(&old, MAIN, "jack");
+    let json = export(&old, "json");
+    let csv = export(&old, "csv");
+
+    let accounts: Vec<Value> = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        accounts[0]["identities"],
+        json!([{"appid": "wxdemo_shop", "openid": shop_openid}]),
+        "{json}"
+    );
+    assert_eq!(accounts[1]["identities"], json!([]), "{json}");
+    let records = parse_csv(&csv);
+    assert_eq!(records[0].last().map(String::as_str), Some("identities"), "{csv}");
+    assert_eq!(records[1].last(), Some(&format!("wxdemo_shop:{shop_openid}")), "{csv}");
+    assert_eq!(records[2].last().map(String::as_str), Some(""), "{csv}");
+
+    for (format, text) in [("csv", &csv), ("json", &json)] {
+        let new = Wxauth::start(&env);
+        let file = write_file(&new, &format!("moved.{format}"), text);
+        let run = import(&new, &file, format, false);
+        assert!(run.success().starts_with("imported 2 accounts (ids 1 to 2) from "), "{run:#?}");
+        let shown = run_on_database(&new, &["users", "show", &id.to_string()]);
+        let shown: Value = serde_json::from_str(shown.success()).unwrap();
+        assert_eq!(
+            shown["identities"],
+            json!([
+                {"appid": "wxdemo", "openid": main_openid},
+                {"appid": "wxdemo_shop", "openid": shop_openid},
+            ]),
+            "{format}"
+        );
+        assert_eq!(export(&new, "json"), json, "{format}");
+        assert_eq!(export(&new, "csv"), csv, "{format}");
+        let login =
+            call(&new, "POST", SHOP.1, "login", Some(&json!({"openid": shop_openid})), None);
+        assert_eq!(login.result()["account"]["id"], id, "{format}: the same account");
+        assert_eq!(login.result()["account"]["wx_openid"], json!(shop_openid), "{format}");
+        assert_eq!(account_count(&new.database()), 2, "{format}: no new account");
+    }
+}
+
+/// An extra identity that is malformed, the account's own, twice in its row, taken in the
+/// database or taken by an earlier row refuses its row, named with the reason; nothing is
+/// written, and a dry run says the same.
+#[test]
+fn an_identity_malformed_or_taken_refuses_its_row_and_nothing_is_written() {
+    let server = Wxauth::start(&[SHOP, ("WXAUTH_OPENID_LOGIN", "open")]);
+    let (kim, _) = login_through(&server, SHOP.1, "kim");
+    let identity = |appid: &str, openid: &str| json!({"appid": appid, "openid": openid});
+    let row = |id: i64, identities: Value| json!({"id": id, "wx_openid": format!("oIdent{id}"), "identities": identities});
+    let long = "o".repeat(65);
+    let rows = vec![
+        row(10, json!([identity("wxdemo_shop", "oIdentShop10")])), // 1: fine
+        row(11, json!([identity("wxdemo_shop", &kim)])),           // 2: in the database
+        row(12, json!([identity("wxdemo_shop", "oIdentShop10")])), // 3: row 1's extra one
+        row(13, json!([identity("wxdemo", "oIdent10")])),          // 4: row 1's own one
+        row(14, json!([identity("wxdemo", "oIdent14")])),          // 5: its own
+        row(15, json!([identity("wxdemo_shop", "o15"), identity("wxdemo_shop", "o15")])), // 6
+        row(16, json!([identity("wx shop", "o16")])),              // 7
+        row(17, json!([{"appid": "wxdemo_shop"}])),                // 8
+        row(18, json!(5)),                                         // 9
+        row(19, json!([identity("wxdemo_shop", &long)])),          // 10
+        row(20, json!([identity("", "o20")])),                     // 11
+        // 12: an own identity that row 1 has as an extra one.
+        json!({"id": 21, "wx_openid": "oIdentShop10", "wx_appid": "wxdemo_shop"}),
+        row(22, json!([])),                                // 13: fine
+        row(23, json!([identity("wxdemo_shop", "o:23")])), // 14
+    ];
+    let file = write_file(&server, "identities.json", &serde_json::to_string(&rows).unwrap());
+    let before = export(&server, "json");
+    let refusals = [
+        format!("element 2 (id 11): identity `wxdemo_shop:{kim}` has account 1 in the database"),
+        "element 3 (id 12): identity `wxdemo_shop:oIdentShop10` comes twice in the file (also id 10)".into(),
+        "element 4 (id 13): identity `wxdemo:oIdent10` comes twice in the file (also id 10)".into(),
+        "element 5 (id 14): identity `wxdemo:oIdent14` is the account's own (wx_appid and wx_openid)".into(),
+        "element 6 (id 15): identity `wxdemo_shop:o15` comes twice in identities".into(),
+        "element 7 (id 16): an identity's appid takes 1 to 64 characters without spaces, colons or control characters, not `wx shop`".into(),
+        "element 8 (id 17): identities takes an array of {\"appid\", \"openid\"} objects, not `{\"appid\":\"wxdemo_shop\"}`".into(),
+        "element 9 (id 18): identities takes an array of {\"appid\", \"openid\"} objects, not `5`".into(),
+        format!("element 10 (id 19): an identity's openid takes 1 to 64 characters without spaces, colons or control characters, not `{}…`", "o".repeat(64)),
+        "element 11 (id 20): an identity's appid takes 1 to 64 characters without spaces, colons or control characters, not ``".into(),
+        "element 12 (id 21): openid `oIdentShop10` comes twice in the file (also id 10)".into(),
+        "element 14 (id 23): an identity's openid takes 1 to 64 characters without spaces, colons or control characters, not `o:23`".into(),
+    ];
+    let refusals: Vec<&str> = refusals.iter().map(String::as_str).collect();
+    for dry_run in [true, false] {
+        let run = import(&server, &file, "json", dry_run);
+        refused(&run, &refusals, rows.len());
+        assert_eq!(export(&server, "json"), before, "nothing written");
+    }
+    assert!(!database_bytes(&server).contains("oIdentShop10"), "not even rolled-back rows");
+
+    // The same in CSV, each row named by its line.
+    let export_csv = export(&server, "csv");
+    let header: Vec<String> =
+        export_csv.lines().next().unwrap().split(',').map(str::to_string).collect();
+    let line = |id: i64, identities: &str| {
+        let (openid, id) = (format!("oCsv{id}"), id.to_string());
+        let given = [
+            ("id", id.as_str()),
+            ("username", &openid),
+            ("wx_openid", &openid),
+            ("identities", identities),
+        ];
+        csv_record(&header, &given)
+    };
+    let mut csv = export_csv.clone();
+    for (id, identities) in [
+        (30, "wxdemo_shop:oCsvShop30 wxother:oCsvOther30"), // line 3: fine
+        (31, &format!("wxdemo_shop:{kim}") as &str),        // line 4
+        (32, "wxother:oCsvOther30"),                        // line 5
+        (33, "wxdemo_shop"),                                // line 6
+        (34, "wxdemo_shop:o34  wxother:o34"),               // line 7
+        (35, "wxdemo:oCsv35"),                              // line 8
+        (36, "wxdemo_shop:o\u{7}36"),                       // line 9
+        (37, ""),                                           // line 10: fine
+    ] {
+        csv.push_str(&format!("{}\r\n", line(id, identities)));
+    }
+    let file = write_file(&server, "identities.csv", &csv);
+    for dry_run in [true, false] {
+        let run = import(&server, &file, "csv", dry_run);
+        refused(
+            &run,
+            &[
+                &format!(
+                    "line 2 (id 1): id 1 is taken by an account in the database; openid `{kim}` has account 1 in the database"
+                ),
+                &format!(
+                    "line 4 (id 31): identity `wxdemo_shop:{kim}` has account 1 in the database"
+                ),
+                "line 5 (id 32): identity `wxother:oCsvOther30` comes twice in the file (also id 30)",
+                "line 6 (id 33): identities takes appid:openid pairs separated by single spaces, not `wxdemo_shop`",
+                "line 7 (id 34): identities takes appid:openid pairs separated by single spaces, not ``",
+                "line 8 (id 35): identity `wxdemo:oCsv35` is the account's own (wx_appid and wx_openid)",
+                "line 9 (id 36): an identity's openid takes 1 to 64 characters without spaces, colons or control characters, not `o\\u{7}36`",
+            ],
+            9,
+        );
+        assert_eq!(export(&server, "json"), before, "nothing written");
+    }
+}
+
+/// A file exported before `identities` was a column (or by hand without it) still imports: its
+/// accounts get their own identity each, and export with no other.
+#[test]
+fn an_export_without_identities_still_imports() {
+    let old = Wxauth::start(&[]);
+    old.login_as("old-lena");
+    old.login_as("old-milo");
+    let json: Vec<Value> = serde_json::from_str(&export(&old, "json")).unwrap();
+    let csv = export(&old, "csv");
+    let without_json: Vec<Value> = json
+        .iter()
+        .map(|account| {
+            let mut account = account.clone();
+            account.as_object_mut().unwrap().remove("identities");
+            account
+        })
+        .collect();
+    let without_json = serde_json::to_string(&without_json).unwrap();
+    // Without the last column, when there is one: its name, and each row's (empty) field.
+    let last = csv.lines().next().unwrap().ends_with(",identities");
+    let without_csv: String = csv
+        .lines()
+        .map(|line| {
+            let line = if last { &line[..line.rfind(',').unwrap()] } else { line };
+            format!("{line}\r\n")
+        })
+        .collect();
+    assert!(!without_json.contains("identities") && !without_csv.contains("identities"));
+
+    for (format, text) in [("csv", &without_csv), ("json", &without_json)] {
+        let new = Wxauth::start(&[]);
+        let file = write_file(&new, &format!("old.{format}"), text);
+        let run = import(&new, &file, format, false);
+        assert!(run.success().starts_with("imported 2 accounts (ids 1 to 2) from "), "{run:#?}");
+        let exported: Vec<Value> = serde_json::from_str(&export(&new, "json")).unwrap();
+        for (account, old_account) in exported.iter().zip(&json) {
+            assert_eq!(account["identities"], json!([]), "{format}: {account}");
+            let mut account = account.clone();
+            account.as_object_mut().unwrap().remove("identities");
+            let mut old_account = old_account.clone();
+            old_account.as_object_mut().unwrap().remove("identities");
+            assert_eq!(account, old_account, "{format}");
+        }
+        let shown = run_on_database(&new, &["users", "show", "1"]);
+        let shown: Value = serde_json::from_str(shown.success()).unwrap();
+        assert_eq!(
+            shown["identities"],
+            json!([{"appid": "wxdemo", "openid": json[0]["wx_openid"]}])
+        );
+    }
 }
 
 // ----- memory -----
