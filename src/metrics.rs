@@ -621,7 +621,10 @@ pub(crate) fn scrape(db: &Connection, database: &str, apps: &[&str]) -> String {
             .ok()
     });
     let mut out = METRICS.render(apps, counts.as_ref());
-    render_database_files(&mut out, database);
+    // A MySQL database is no file of ours: its sizes are the server's to report.
+    if !crate::store::is_shared(database) {
+        render_database_files(&mut out, database);
+    }
     render_process(&mut out);
     out
 }
