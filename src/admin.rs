@@ -49,7 +49,7 @@ pub(crate) enum UsersAction {
     Disable { who: String },
     /// Enable a disabled account again.
     Enable { who: String },
-    /// Delete the account, by id or openid, and its recorded WeChat session.
+    /// Delete the account, by id or openid, its identities and their recorded WeChat sessions.
     Delete { who: String },
     /// Load the accounts of `file`, all or none; with `dry_run`, only say what would happen.
     Import { file: String, format: ImportFormat, dry_run: bool },
@@ -713,7 +713,7 @@ fn delete(config: &Config, who: &str, out: &mut dyn Write) -> Result<(), Fatal> 
     })?;
     writeln!(
         out,
-        "deleted account {} (openid {}) and its WeChat session: its tokens no longer verify, its WeChat user gets a new account at the next login, and id {} is never given out again",
+        "deleted account {} (openid {}) and its WeChat sessions: its tokens no longer verify, its WeChat user gets a new account at the next login, and id {} is never given out again",
         account.id, account.wx_openid, account.id
     )
     .map_err(write_failed)

@@ -274,7 +274,7 @@ fn a_deleted_account_loses_its_tokens_and_session_and_its_id_is_never_reused() {
     assert_eq!(
         run.success(),
         format!(
-            "deleted account {id} (openid {openid}) and its WeChat session: its tokens no longer verify, its WeChat user gets a new account at the next login, and id {id} is never given out again\n"
+            "deleted account {id} (openid {openid}) and its WeChat sessions: its tokens no longer verify, its WeChat user gets a new account at the next login, and id {id} is never given out again\n"
         )
     );
     assert!(stored_row(&server, id).is_none());
