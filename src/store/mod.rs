@@ -30,8 +30,9 @@
 //! the AUTOINCREMENT table would spend an id at every login); a new identity whose WeChat session
 //! gave a unionid an account has joins that account, so two apps' first logins of one person, two
 //! jobs of the one writer, make one account. `wxauth users import` writes accounts with the ids of
-//! its file, and their identities, in its one transaction (`insert_account`), which holds the
-//! write lock throughout, so the writer cannot come between.
+//! its file, and their identities, in its one transaction (`insert_account`), which on SQLite
+//! holds the write lock throughout, so the writer cannot come between (see `in_transaction` for
+//! MySQL).
 //!
 //! On a database several instances share (MySQL, `SharedDatabase`), each write runs in a
 //! transaction of its own on the worker that asks, committed before it is answered, and accounts
@@ -615,9 +616,12 @@ pub(crate) fn release_code(connection: &Connection, key: &[u8]) -> Result<(), Er
 }
 
 /// Runs `write` in one transaction on an operator's connection (`open_existing`): everything it
-/// does is committed together, or nothing when it fails. The write lock is taken at the start
-/// (waiting up to the busy timeout for the server's writer between its group commits), so what
-/// `write` reads stays true until the commit.
+/// does is committed together, or nothing when it fails. On SQLite the write lock is taken at the
+/// start (waiting up to the busy timeout for the server's writer between its group commits), so
+/// what `write` reads stays true until the commit. On MySQL reads take no lock (READ COMMITTED):
+/// a server instance may write between a read and the write that follows it, and then the unique
+/// keys refuse the write and the whole transaction fails (an import, say, rather than one of its
+/// rows).
 pub(crate) fn in_transaction<T, E: From<Error>>(
     connection: &Connection,
     write: impl FnOnce(&Connection) -> Result<T, E>,

@@ -18,8 +18,8 @@
 //! new identity whose WeChat session gave a unionid first locks that unionid's row of
 //! `unionid_joins` for the rest of its transaction: two instances' first logins of one person
 //! through two apps take turns, and the second joins the account the first made. A connection the
-//! server dropped (a restart) fails its query with `database_unavailable`; a read outside a
-//! transaction is tried once more on a new connection.
+//! server dropped (a restart) fails its query with `database_unavailable`; a query outside a
+//! transaction is tried once more on a new connection (`Connection::with`).
 
 mod open;
 
@@ -92,8 +92,12 @@ impl Connection {
     }
 
     /// Runs `query` on the transaction's connection, or on one from the pool. Outside a
-    /// transaction, a query that failed because its connection was dead (the server restarted
-    /// since it was opened) runs once more on a new one: nothing was done by the first try.
+    /// transaction, a query that failed for want of the server (its connection dead since a
+    /// restart, a lock wait timed out, a deadlock) runs once more on a new one. Those run so are
+    /// reads or writes that may run twice (`INSERT IGNORE`, updates to the same values), with one
+    /// exception: should `claim_code`'s reply be lost after its insert was done, the second try
+    /// finds the claim the first made and answers `Pending`, and the request waits for a claim of
+    /// its own as for another's.
     fn with<T>(&self, query: impl Fn(&mut PooledConn) -> Result<T, Error>) -> Result<T, Error> {
         let mut held = self.held();
         if let Some(conn) = held.as_mut() {

@@ -275,7 +275,7 @@ fn run_demo(server: &Wxauth, script: &str, variables: &[(&str, &str)]) -> String
 /// Regression: the README's step 3c needed the encrypted data copied by hand, and step 5 did not
 /// show the `X-Wxauth-User-Id` header it promised (`curl -s` prints no headers).
 #[test]
-fn the_readme_demo_steps_run_as_written() {
+fn the_readme_demo_steps_3c_and_5_run_as_written() {
     let server = Wxauth::start(&[]);
     let (openid, login) = server.login_as("readme-demo");
     let token = login["token"].as_str().unwrap();
@@ -290,4 +290,5 @@ fn the_readme_demo_steps_run_as_written() {
     let verify = verify.lines().find(|line| line.contains("/verify")).unwrap();
     let answer = run_demo(&server, verify, &[("TOKEN", token)]);
     assert!(answer.contains(&format!("X-Wxauth-User-Id: {id}\r\n")), "{answer}");
+    assert!(answer.contains(r#""app":"default""#), "{answer}");
 }
