@@ -331,6 +331,9 @@ fn check_config_refuses_an_invalid_configuration_with_the_reason() {
 
 // ----- missing and old databases -----
 
+/// A file `users import` reads, outside the test's directory.
+const DJANGO_USERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/django-users.json");
+
 #[test]
 fn commands_on_a_missing_database_fail_without_creating_it() {
     let dir = TempDir::new();
@@ -346,6 +349,7 @@ fn commands_on_a_missing_database_fail_without_creating_it() {
         &["users", "disable", "1"],
         &["users", "enable", "1"],
         &["users", "delete", "1"],
+        &["users", "import", DJANGO_USERS, "--format", "django"],
         &["backup", "copy.db"],
         &["migrate"],
     ] {
@@ -410,13 +414,14 @@ fn commands_that_write_refuse_a_database_file_that_is_not_safely_theirs() {
     let database = dir.0.join("wxauth.db");
     std::fs::copy(fixture, &database).unwrap();
     let environment = [("WXAUTH_DATABASE", "wxauth.db")];
-    let writers: [&[&str]; 6] = [
+    let writers: [&[&str]; 7] = [
         &["migrate"],
         &["users", "revoke", "1"],
         &["users", "set", "1", "flag=2"],
         &["users", "disable", "1"],
         &["users", "enable", "1"],
         &["users", "delete", "1"],
+        &["users", "import", DJANGO_USERS, "--format", "django"],
     ];
 
     std::fs::set_permissions(&database, std::fs::Permissions::from_mode(0o666)).unwrap();
