@@ -16,10 +16,10 @@
 //! decide, as only the database knows.
 //!
 //! Several instances on one MySQL database share the answers there (`shared`): a code is
-//! claimed in the database before WeChat is asked (`store::claim_code`), so a retry that lands on
-//! another instance waits for the first exchange and gets its answer, as one on this instance
-//! does in memory. Only then does this file touch the database, and only through those `store`
-//! functions; with SQLite it never does.
+//! claimed in the database before WeChat is asked (`SharedDatabase::claim_code`), so a retry that
+//! lands on another instance waits for the first exchange and gets its answer, as one on this
+//! instance does in memory. Only then does this file touch the database, and only through those
+//! `SharedDatabase` methods; with SQLite it never does.
 
 use std::collections::HashSet;
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::error::Error;
-use crate::store::{self, CodeClaim, SharedDatabase, StoredCode};
+use crate::store::{CodeClaim, SharedDatabase};
 use crate::wechat::CodeSession;
 
 /// How long a code's answer is remembered: WeChat's codes live five minutes.
@@ -51,18 +51,7 @@ const WAIT_FOR_FIRST: Duration = Duration::from_secs(30);
 /// mini-program; a collision among 20,000 live codes has odds of about 1 in 10^30).
 pub(crate) type Key = [u8; 16];
 
-/// A code's answer as remembered and given again. The session_key is kept only for a server that
-/// gives it to clients (`expose_session_key`): nothing else needs it again, and a secret not kept
-/// cannot leak.
-#[derive(Clone)]
-pub(crate) struct CodeAnswer {
-    pub(crate) openid: String,
-    pub(crate) unionid: Option<String>,
-    pub(crate) session_key: Option<String>,
-    /// The token version of the openid's account when the code was exchanged (0 when it had
-    /// none): a logout since then raised the account's, and ended the sign-in this code began.
-    pub(crate) token_version: i64,
-}
+pub(crate) use crate::store::CodeAnswer;
 
 /// The key of `code` for the mini-program `appid`.
 pub(crate) fn key(appid: &str, code: &str) -> Key {
@@ -160,7 +149,7 @@ impl RecentCodes {
         };
         let answer = match &self.shared {
             None => exchange(),
-            Some(database) => exchange_shared(&database.connection(), key, now, deadline, exchange),
+            Some(database) => exchange_shared(database, key, now, deadline, exchange),
         };
         if let Ok(answer) = &answer {
             self.lock().memory.remember(key, answer, now + CODE_LIFE, now);
@@ -178,7 +167,7 @@ impl RecentCodes {
 /// holds the code's claim) what `exchange` returns, recorded for the others. A failed exchange
 /// gives the claim up, so the next request for the code tries again.
 fn exchange_shared(
-    connection: &store::Connection,
+    database: &SharedDatabase,
     key: Key,
     now: i64,
     deadline: Instant,
@@ -188,11 +177,9 @@ fn exchange_shared(
     loop {
         // The request's `now`, moved on by the time spent waiting here.
         let at = now + started.elapsed().as_secs() as i64;
-        match store::claim_code(connection, &key, at, now + CODE_LIFE)? {
+        match database.claim_code(&key, at, now + CODE_LIFE)? {
             CodeClaim::Claimed => break,
-            CodeClaim::Answered(StoredCode { openid, unionid, session_key, token_version }) => {
-                return Ok(CodeAnswer { openid, unionid, session_key, token_version });
-            }
+            CodeClaim::Answered(answer) => return Ok(answer),
             CodeClaim::Pending if Instant::now() >= deadline => {
                 return Err(Error::WechatUnavailable {
                     api: "jscode2session",
@@ -204,17 +191,11 @@ fn exchange_shared(
     }
     match exchange() {
         Ok(answer) => {
-            let stored = StoredCode {
-                openid: answer.openid.clone(),
-                unionid: answer.unionid.clone(),
-                session_key: answer.session_key.clone(),
-                token_version: answer.token_version,
-            };
-            store::answer_code(connection, &key, &stored)?;
+            database.answer_code(&key, &answer)?;
             Ok(answer)
         }
         Err(error) => {
-            let _ = store::release_code(connection, &key);
+            let _ = database.release_code(&key);
             Err(error)
         }
     }

@@ -38,7 +38,7 @@
 //! transaction of its own on the worker that asks, committed before it is answered, and accounts
 //! and identities are created race-free across instances, the unique keys deciding and two new
 //! identities of one unionid taking turns (see `mysql.rs`); the answers of repeated codes are kept
-//! there too (`claim_code`), for `codes.rs`.
+//! there too (`SharedDatabase::claim_code`), for `codes.rs`.
 //!
 //! With SQLite, a connection that writes opens only a file that is safely wxauth's
 //! (`open_read_write`): a regular file of its user, writable by nobody else, reached through no
@@ -551,68 +551,58 @@ impl SharedDatabase {
 
     /// A connection outside any transaction.
     pub(crate) fn connection(&self) -> Connection {
-        Connection(Engine::Mysql(mysql::Connection::new(self.0.clone())))
+        Connection(Engine::Mysql(self.mysql()))
+    }
+
+    fn mysql(&self) -> mysql::Connection {
+        mysql::Connection::new(self.0.clone())
+    }
+
+    /// Claims `wx.login` code `key` (a hash, never the code) for an exchange whose answer lives
+    /// until `expires`, or finds the answer another instance recorded.
+    pub(crate) fn claim_code(
+        &self,
+        key: &[u8],
+        now: i64,
+        expires: i64,
+    ) -> Result<CodeClaim, Error> {
+        mysql::claim_code(&self.mysql(), key, now, expires)
+    }
+
+    /// Records the answer of a code this request claimed (`claim_code`).
+    pub(crate) fn answer_code(&self, key: &[u8], answer: &CodeAnswer) -> Result<(), Error> {
+        mysql::answer_code(&self.mysql(), key, answer)
+    }
+
+    /// Gives up a claim whose exchange failed, so that the code's next request tries again.
+    pub(crate) fn release_code(&self, key: &[u8]) -> Result<(), Error> {
+        mysql::release_code(&self.mysql(), key)
     }
 }
 
-/// A repeated code's answer as a shared database keeps it (see `codes::CodeAnswer`).
+/// A `wx.login` code's answer as remembered and given again (`codes`), in memory or, with a
+/// shared database, in its `code_answers`. The session_key is kept only for a server that gives
+/// it to clients (`expose_session_key`): nothing else needs it again, and a secret not kept
+/// cannot leak.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct StoredCode {
+pub(crate) struct CodeAnswer {
     pub(crate) openid: String,
     pub(crate) unionid: Option<String>,
     pub(crate) session_key: Option<String>,
+    /// The token version of the openid's account when the code was exchanged (0 when it had
+    /// none): a logout since then raised the account's, and ended the sign-in this code began.
     pub(crate) token_version: i64,
 }
 
-/// What `claim_code` found.
+/// What `SharedDatabase::claim_code` found.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum CodeClaim {
     /// The code is this request's to exchange with WeChat.
     Claimed,
     /// Another request, on any instance, exchanged it first: its answer.
-    Answered(StoredCode),
+    Answered(CodeAnswer),
     /// Another request is exchanging it now.
     Pending,
-}
-
-/// Claims `wx.login` code `key` (a hash, never the code) on a shared database for an exchange
-/// whose answer lives until `expires`, or finds the answer another instance recorded.
-pub(crate) fn claim_code(
-    connection: &Connection,
-    key: &[u8],
-    now: i64,
-    expires: i64,
-) -> Result<CodeClaim, Error> {
-    match &connection.0 {
-        Engine::Mysql(connection) => mysql::claim_code(connection, key, now, expires),
-        Engine::Sqlite(_) => {
-            Err(Error::Internal("repeated codes are in memory with SQLite".into()))
-        }
-    }
-}
-
-/// Records the answer of a code this request claimed (`claim_code`).
-pub(crate) fn answer_code(
-    connection: &Connection,
-    key: &[u8],
-    code: &StoredCode,
-) -> Result<(), Error> {
-    match &connection.0 {
-        Engine::Mysql(connection) => mysql::answer_code(connection, key, code),
-        Engine::Sqlite(_) => {
-            Err(Error::Internal("repeated codes are in memory with SQLite".into()))
-        }
-    }
-}
-
-/// Gives up a claim whose exchange failed, so that the code's next request tries again.
-pub(crate) fn release_code(connection: &Connection, key: &[u8]) -> Result<(), Error> {
-    match &connection.0 {
-        Engine::Mysql(connection) => mysql::release_code(connection, key),
-        Engine::Sqlite(_) => {
-            Err(Error::Internal("repeated codes are in memory with SQLite".into()))
-        }
-    }
 }
 
 /// Runs `write` in one transaction on an operator's connection (`open_existing`): everything it

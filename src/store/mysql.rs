@@ -33,8 +33,8 @@ pub(super) use open::{is_url, open_reader, open_writer, set_password};
 
 use super::writer::Step;
 use super::{
-    Account, AccountCounts, AccountQuery, CodeClaim, ColumnValue, DatabaseError, Edit, EditValue,
-    EngineError, Profile, RecordedSession, Registration, StoredCode, WechatSession,
+    Account, AccountCounts, AccountQuery, CodeAnswer, CodeClaim, ColumnValue, DatabaseError, Edit,
+    EditValue, EngineError, Profile, RecordedSession, Registration, WechatSession,
     account_from_mysql_row, split_identities,
 };
 use crate::error::Error;
@@ -901,7 +901,7 @@ pub(super) fn claim_code(
         let (expires_at, claimed_at): (i64, i64) = (column(&mut row, 0)?, column(&mut row, 1)?);
         let openid: Option<String> = column(&mut row, 2)?;
         match openid {
-            Some(openid) if expires_at >= now => Ok(CodeClaim::Answered(StoredCode {
+            Some(openid) if expires_at >= now => Ok(CodeClaim::Answered(CodeAnswer {
                 openid,
                 unionid: column(&mut row, 3)?,
                 session_key: column(&mut row, 4)?,
@@ -926,7 +926,7 @@ pub(super) fn claim_code(
 pub(super) fn answer_code(
     connection: &Connection,
     key: &[u8],
-    code: &StoredCode,
+    code: &CodeAnswer,
 ) -> Result<(), Error> {
     connection.with(|conn| {
         conn.exec_drop(
