@@ -521,8 +521,6 @@ queries! {
     fn backup(destination: &str) -> BackupReport;
     /// The accounts that match any field of `query`, by id.
     fn find_accounts(query: &AccountQuery) -> Vec<Account>;
-    /// Applies `edits` to account `id`; false when there is no such account.
-    fn update_account(id: i64, edits: &[Edit]) -> bool;
     /// Disables account `id` as of `now` and revokes its tokens; false when it is already
     /// disabled or does not exist.
     fn disable_account(id: i64, now: i64) -> bool;
@@ -534,6 +532,28 @@ queries! {
     /// Inserts `account` as it is, every column with its id, its identity and `identities`, its
     /// others as (appid, openid) (`wxauth users import`).
     fn insert_account(account: &Account, identities: &[(String, String)]) -> ();
+}
+
+/// Applies `edits` to account `id` in one statement (none: nothing to do). Each engine writes the
+/// field names into its SQL (a column name cannot be a parameter), so only a name from
+/// `Account::FIELDS` other than `id` may reach it: checked here, once for both.
+pub(crate) fn update_account(
+    connection: &Connection,
+    id: i64,
+    edits: &[Edit],
+) -> Result<(), Error> {
+    if let Some(Edit { field, .. }) =
+        edits.iter().find(|edit| edit.field == "id" || !Account::FIELDS.contains(&edit.field))
+    {
+        return Err(Error::Internal(format!("`{field}` is not an account field to set")));
+    }
+    if edits.is_empty() {
+        return Ok(());
+    }
+    match &connection.0 {
+        Engine::Sqlite(connection) => sqlite::update_account(connection, id, edits),
+        Engine::Mysql(connection) => mysql::update_account(connection, id, edits),
+    }
 }
 
 /// A database several instances share (MySQL): a handle any thread may keep, from which each use
@@ -733,5 +753,29 @@ impl fmt::Display for TempDatabase {
 impl Drop for TempDatabase {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A field name reaches the SQL only when it is an account field other than `id`; a refused
+    /// edit changes nothing, an accepted one is written.
+    #[test]
+    fn only_account_fields_other_than_the_id_are_set() {
+        let path = temp_database("update-fields");
+        let (connection, _) = open_writer(&path, Opener::Server).unwrap();
+        let id = login_account(&connection, "wxa", "openid-u", "::1", 100).unwrap();
+        let edit = |field, value| Edit { field, value: EditValue::Integer(value) };
+        for field in ["id", "token_version", "flag = 9, is_staff"] {
+            let refused = update_account(&connection, id, &[edit("flag", 5), edit(field, 7)]);
+            assert!(refused.unwrap_err().to_string().contains("not an account field"), "{field}");
+        }
+        assert_eq!(account_by_id(&connection, id).unwrap().unwrap().flag, 1);
+        update_account(&connection, id, &[edit("flag", 5), edit("member_score", 7)]).unwrap();
+        let account = account_by_id(&connection, id).unwrap().unwrap();
+        assert_eq!((account.flag, account.member_score), (5, 7));
+        update_account(&connection, id, &[]).unwrap();
     }
 }

@@ -745,22 +745,16 @@ pub(super) fn find_accounts(
     )
 }
 
-/// Applies `edits` to account `id` in one statement; only a name from `Account::FIELDS` (other
-/// than `id`) is written into the SQL.
+/// Applies `edits`, at least one, to account `id` in one statement, their field names checked
+/// (`store::update_account`).
 pub(super) fn update_account(
     connection: &Connection,
     id: i64,
     edits: &[Edit],
-) -> Result<bool, Error> {
-    if edits.is_empty() {
-        return Ok(account_by_id(connection, id)?.is_some());
-    }
+) -> Result<(), Error> {
     let mut sets = Vec::with_capacity(edits.len());
     let mut values: Vec<Value> = Vec::with_capacity(edits.len() + 1);
     for Edit { field, value } in edits {
-        if *field == "id" || !Account::FIELDS.contains(field) {
-            return Err(Error::Internal(format!("`{field}` is not an account field to set")));
-        }
         sets.push(format!("{field} = ?"));
         values.push(match value {
             EditValue::Text(text) => Value::from(text.as_deref()),
@@ -769,7 +763,8 @@ pub(super) fn update_account(
     }
     values.push(Value::from(id));
     let sql = format!("UPDATE accounts SET {} WHERE id = ?", sets.join(", "));
-    execute(connection, &sql, values)
+    execute(connection, &sql, values)?;
+    Ok(())
 }
 
 pub(super) fn disable_account(connection: &Connection, id: i64, now: i64) -> Result<bool, Error> {

@@ -520,23 +520,16 @@ pub(super) fn find_accounts(
     Ok(accounts.collect::<Result<_, _>>()?)
 }
 
-/// Applies `edits` to account `id` in one statement; false when there is no such account. Only a
-/// name from `Account::FIELDS` (other than `id`) is written into the SQL: a column name cannot
-/// be a parameter, and no other text may reach the statement.
+/// Applies `edits`, at least one, to account `id` in one statement, their field names checked
+/// (`store::update_account`).
 pub(super) fn update_account(
     connection: &Connection,
     id: i64,
     edits: &[Edit],
-) -> Result<bool, Error> {
-    if edits.is_empty() {
-        return Ok(account_by_id(connection, id)?.is_some());
-    }
+) -> Result<(), Error> {
     let mut sets = Vec::with_capacity(edits.len());
     let mut values: Vec<&dyn ToSql> = vec![&id];
     for (index, Edit { field, value }) in edits.iter().enumerate() {
-        if *field == "id" || !Account::FIELDS.contains(field) {
-            return Err(Error::Internal(format!("`{field}` is not an account field to set")));
-        }
         sets.push(format!("{field} = ?{}", index + 2));
         values.push(match value {
             EditValue::Text(text) => text,
@@ -544,7 +537,8 @@ pub(super) fn update_account(
         });
     }
     let sql = format!("UPDATE accounts SET {} WHERE id = ?1", sets.join(", "));
-    Ok(connection.execute(&sql, &values[..])? == 1)
+    connection.execute(&sql, &values[..])?;
+    Ok(())
 }
 
 /// Disables account `id` as of `now` and revokes every token issued to it so far, as logout does
