@@ -534,6 +534,23 @@ queries! {
     fn insert_account(account: &Account, identities: &[(String, String)]) -> ();
 }
 
+/// A schema file's sections, as (version, SQL), in order: each starts at a line `-- version: N`
+/// (`schema.sql`, `mysql/schema.sql`, named `name` when a version line is bad).
+fn schema_sections(text: &str, name: &str) -> Vec<(u32, String)> {
+    let mut sections: Vec<(u32, String)> = Vec::new();
+    for line in text.lines() {
+        if let Some(number) = line.strip_prefix("-- version: ") {
+            let version =
+                number.trim().parse().unwrap_or_else(|_| panic!("{name}: bad version line"));
+            sections.push((version, String::new()));
+        } else if let Some((_, sql)) = sections.last_mut() {
+            sql.push_str(line);
+            sql.push('\n');
+        }
+    }
+    sections
+}
+
 /// Applies `edits` to account `id` in one statement (none: nothing to do). Each engine writes the
 /// field names into its SQL (a column name cannot be a parameter), so only a name from
 /// `Account::FIELDS` other than `id` may reach it: checked here, once for both.

@@ -165,23 +165,17 @@ pub(in crate::store) fn open_reader(url: &str) -> Result<Connection, Error> {
     Ok(Connection::new(pool(url)?))
 }
 
-/// The schema's sections, as (version, SQL statements), in order.
+/// The schema's sections, as (version, SQL statements), in order. MySQL runs one statement at a
+/// time, so each section is split at `;`, comment lines (which may hold one) left out first.
 pub(in crate::store) fn schema_versions() -> Vec<(u32, Vec<String>)> {
-    let mut versions: Vec<(u32, String)> = Vec::new();
-    for line in SCHEMA.lines() {
-        if let Some(number) = line.strip_prefix("-- version: ") {
-            let version = number.trim().parse().expect("mysql/schema.sql: bad version line");
-            versions.push((version, String::new()));
-        } else if let Some((_, sql)) = versions.last_mut()
-            && !line.trim_start().starts_with("--")
-        {
-            sql.push_str(line);
-            sql.push('\n');
-        }
-    }
-    versions
+    crate::store::schema_sections(SCHEMA, "mysql/schema.sql")
         .into_iter()
         .map(|(version, sql)| {
+            let sql: String = sql
+                .lines()
+                .filter(|line| !line.trim_start().starts_with("--"))
+                .map(|line| format!("{line}\n"))
+                .collect();
             let statements = sql
                 .split(';')
                 .map(str::trim)

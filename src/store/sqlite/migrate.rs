@@ -7,24 +7,15 @@ use crate::error::Error;
 
 const SCHEMA: &str = include_str!("../../../schema.sql");
 
-/// The schema's sections, as (version, SQL), in order: each starts at a line `-- version: N`.
+/// The schema's sections, as (version, SQL), in order.
 pub(super) fn schema_versions() -> Vec<(u32, String)> {
-    let mut versions: Vec<(u32, String)> = Vec::new();
-    for line in SCHEMA.lines() {
-        if let Some(number) = line.strip_prefix("-- version: ") {
-            let version = number.trim().parse().expect("schema.sql: bad version line");
-            versions.push((version, String::new()));
-        } else if let Some((_, sql)) = versions.last_mut() {
-            sql.push_str(line);
-            sql.push('\n');
-        }
-    }
-    versions
+    crate::store::schema_sections(SCHEMA, "schema.sql")
 }
 
-/// The schema version this binary brings.
+/// The schema version this binary brings (read once: `/readyz` asks at every probe).
 pub(crate) fn current_version() -> u32 {
-    schema_versions().last().map(|(version, _)| *version).unwrap_or(0)
+    static CURRENT: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *CURRENT.get_or_init(|| schema_versions().last().map(|(version, _)| *version).unwrap_or(0))
 }
 
 /// Applies every schema section above the database's `user_version`, all in one transaction: the
