@@ -401,9 +401,10 @@ impl Config {
         };
         let (running, loaded) = (table(self)?, table(loaded)?);
         let old: BTreeMap<String, &toml::Value> = leaves(&running).collect();
+        let new: BTreeMap<String, &toml::Value> = leaves(&loaded).collect();
         let mut merged = running.clone();
         let (mut applied, mut need_restart) = (Vec::new(), Vec::new());
-        for (path, new_value) in leaves(&loaded) {
+        for (path, new_value) in new.iter().map(|(path, value)| (path.clone(), *value)) {
             if old.get(&path) == Some(&new_value) {
                 continue;
             }
@@ -416,6 +417,10 @@ impl Config {
                 need_restart.push(path);
             }
         }
+        // What the file no longer has (an `[apps.NAME]` taken out: every other key has a
+        // default) keeps running too, until a restart.
+        need_restart.extend(old.keys().filter(|path| !new.contains_key(*path)).cloned());
+        need_restart.sort();
         let config: Config = toml::Value::Table(merged)
             .try_into()
             .map_err(|error: toml::de::Error| Fatal::Config(format!("config: {error}")))?;
@@ -1381,6 +1386,12 @@ mod tests {
             "{shown}"
         );
         let loaded = parse(&text.replace("wxshop", "wxshop2"), &env(&[])).unwrap();
+        let reloaded = config.reloaded(&loaded).unwrap();
+        assert_eq!(reloaded.need_restart, ["apps.shop"]);
+        assert_eq!(reloaded.config.apps["shop"].appid, "wxshop");
+        // An app taken out of the file is served until a restart, and the reload says so.
+        let (without, _) = text.split_once("[apps.shop]").unwrap();
+        let loaded = parse(without, &env(&[])).unwrap();
         let reloaded = config.reloaded(&loaded).unwrap();
         assert_eq!(reloaded.need_restart, ["apps.shop"]);
         assert_eq!(reloaded.config.apps["shop"].appid, "wxshop");
