@@ -156,15 +156,18 @@ impl Ctx<'_> {
         jwt::sign_with(&claims, &self.keys.keys[0])
     }
 
-    /// The account a token of this app in an `Authorization` header names, as this app shows it.
+    /// The account a token of this app in an `Authorization` header names, as this app shows it
+    /// (`seen_in`).
     fn account_from_token(&self, header: &str) -> Result<Account, Error> {
-        self.verified_token(header, std::slice::from_ref(self.app)).map(|(account, _, _)| account)
+        let (account, _, _) = self.verified_token(header, std::slice::from_ref(self.app))?;
+        seen_in(self.db, account, self.app.wechat.appid())
     }
 
     /// The account a token in an `Authorization` header names, the token's claims and the app of
     /// `apps` whose audience it carries: the token's signature and claims are checked, and its
-    /// account must exist, be no younger than the token, be enabled, and not have revoked it. The
-    /// account is shown as that app sees it (`seen_in`). Reads only.
+    /// account must exist, be no younger than the token, be enabled, and not have revoked it.
+    /// Reads only: the account as stored (`wx_openid` its first identity's), for what needs only
+    /// its id; `account_from_token` shows it as the app sees it.
     fn verified_token<'b>(
         &self,
         header: &str,
@@ -187,7 +190,6 @@ impl Ctx<'_> {
         let app = apps.iter().find(|app| app.audience == claims.aud).ok_or(Error::TokenInvalid)?;
         let id = account_id(&claims.sub).ok_or(Error::TokenInvalid)?;
         let account = store::account_by_id(self.db, id)?.ok_or(Error::TokenInvalid)?;
-        let account = seen_in(self.db, account, app.wechat.appid())?;
         // A token older than its account was issued to an earlier account with the same id: one
         // a restored backup no longer holds, whose id has since been given out again.
         if claims.iat + leeway < account.date_joined {
@@ -526,7 +528,8 @@ pub(crate) struct LogoutAnswer {
 /// codes answered before now carry an older token version, and give no token any more
 /// (`Ctx::check_openid_login`, `Ctx::exchange_code`). A new `wx.login` code signs in again.
 pub(crate) fn logout(ctx: &Ctx, authorization: Option<&str>) -> Result<LogoutAnswer, Error> {
-    let account = ctx.account_from_token(authorization.ok_or(Error::NotAuthenticated)?)?;
+    let header = authorization.ok_or(Error::NotAuthenticated)?;
+    let (account, _, _) = ctx.verified_token(header, std::slice::from_ref(ctx.app))?;
     let id = account.id;
     let revoked = ctx.writer.run(move |connection| store::revoke_tokens(connection, id))?;
     if !revoked {
