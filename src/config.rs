@@ -934,7 +934,7 @@ fn validate_apps(config: &Config) -> Result<(), String> {
 }
 
 /// Whether a URL's host is a loopback address (or `localhost`).
-fn on_loopback(url: &str) -> bool {
+pub(crate) fn on_loopback(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let host = match authority.strip_prefix('[') {

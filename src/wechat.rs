@@ -260,9 +260,7 @@ impl WeChat {
         secret: &str,
         base_url: &str,
     ) -> WeChat {
-        let loopback = ["http://127.", "http://localhost", "http://[::1]"]
-            .iter()
-            .any(|start| base_url.starts_with(start));
+        let loopback = crate::config::on_loopback(base_url);
         let mut builder = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_millis(config.connect_timeout_ms)))
