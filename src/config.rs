@@ -1262,11 +1262,19 @@ mod tests {
 
     #[test]
     fn every_secret_like_key_is_listed_as_secret() {
+        let secret_like = |name: &str| {
+            ["secret", "password", "token", "private"].iter().any(|word| name.contains(word))
+        };
         let defaults = toml::Table::try_from(Config::default()).unwrap();
         for (path, _) in leaves(&defaults) {
-            let name = path.rsplit('.').next().unwrap_or_default();
-            if ["secret", "password", "token", "private"].iter().any(|word| name.contains(word)) {
+            if secret_like(path.rsplit('.').next().unwrap_or_default()) {
                 assert!(SECRET_KEYS.contains(&path.as_str()), "add `{path}` to SECRET_KEYS");
+            }
+        }
+        // An `[apps.NAME]` section's keys, which the defaults (no apps) do not have.
+        for key in toml::Table::try_from(AppConfig::default()).unwrap().keys() {
+            if secret_like(key) {
+                assert!(APP_SECRET_KEYS.contains(&key.as_str()), "add `{key}` to APP_SECRET_KEYS");
             }
         }
     }

@@ -248,8 +248,9 @@ fn record(
     });
 }
 
-/// Sends the answer without waiting for the client: no worker may be held by a client that does not read its answers (one that pipelines requests and never reads fills
-/// its socket within a few thousand answers). What the socket does not take at once goes to the
+/// Sends the answer without waiting for the client: no worker may be held by a client that does
+/// not read its answers (one that pipelines requests and never reads fills its socket within a
+/// few thousand answers). What the socket does not take at once goes to the
 /// slow-answers thread; a client that reads its answers never leaves a rest, as one request at a
 /// time leaves its socket's send buffer empty when the answer is written.
 fn respond(request: Request, reply: Reply, slow: &mpsc::Sender<Unsent>) {
