@@ -130,7 +130,7 @@ impl Mysql {
     /// A SQLite copy, in memory, of what MySQL database `name` holds (`meta`, `accounts`,
     /// `wechat_sessions`, `identities`), at schema.sql's latest version, so that a test reads it
     /// back with the same queries under either engine. Writes to the copy change nothing in
-    /// MySQL: a test that writes behind the server's back is SQLite's (`sqlite_only`).
+    /// MySQL: a test writes behind the server's back with `Wxauth::execute`.
     pub fn snapshot(&self, name: &str) -> rusqlite::Connection {
         use mysql::prelude::Queryable;
         let copy = rusqlite::Connection::open_in_memory().unwrap();
@@ -395,6 +395,18 @@ impl Wxauth {
         let connection = rusqlite::Connection::open(self.dir.0.join("wxauth.db")).unwrap();
         connection.busy_timeout(Duration::from_secs(5)).unwrap();
         connection
+    }
+
+    /// Runs one statement on the server's database behind its back (its SQLite file, or its
+    /// MySQL database under `WXAUTH_TEST_MYSQL`): the rows it changed.
+    pub fn execute(&self, sql: &str) -> u64 {
+        if let Some(mysql) = Mysql::from_env() {
+            use mysql::prelude::Queryable;
+            let mut conn = mysql.connect(Some(&self.dir.database_name()));
+            conn.query_drop(sql).unwrap();
+            return conn.affected_rows();
+        }
+        self.database().execute(sql, []).unwrap() as u64
     }
 
     pub fn stderr(&self) -> String {
