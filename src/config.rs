@@ -775,6 +775,17 @@ fn env_value(name: &str, value: &str, default: &toml::Value) -> Result<toml::Val
     })
 }
 
+/// A prefix the router can match: a path that starts and ends with `/`, without a query,
+/// fragment or space.
+fn check_prefix(key: &str, prefix: &str) -> Result<(), String> {
+    if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix.contains(['?', '#', ' ']) {
+        return Err(format!(
+            "{key}: `{prefix}` must start and end with `/` and hold no `?`, `#` or space"
+        ));
+    }
+    Ok(())
+}
+
 fn validate(config: &Config) -> Result<(), String> {
     if config.database.trim().is_empty() {
         return Err("database: must name a file".into());
@@ -782,10 +793,7 @@ fn validate(config: &Config) -> Result<(), String> {
     if !(2..=256).contains(&config.workers) {
         return Err("workers: must be between 2 and 256".into());
     }
-    let prefix = &config.prefix;
-    if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix.contains(['?', '#', ' ']) {
-        return Err(format!("prefix: `{prefix}` must start and end with `/`"));
-    }
+    check_prefix("prefix", &config.prefix)?;
     if config.openid_login == OpenidLogin::SessionKey && !config.expose_session_key {
         return Err(
             "openid_login: \"session_key\" needs expose_session_key = true (clients cannot send a key they never get)"
@@ -892,10 +900,7 @@ fn validate_apps(config: &Config) -> Result<(), String> {
                 "apps.{name}: NAME must be lower-case letters, digits and `_`, and not `{DEFAULT_APP}`"
             ));
         }
-        let prefix = &app.prefix;
-        if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix.contains(['?', '#', ' ']) {
-            return Err(format!("apps.{name}.prefix: `{prefix}` must start and end with `/`"));
-        }
+        check_prefix(&format!("apps.{name}.prefix"), &app.prefix)?;
         if config.demo_mode() && !(app.appid.is_empty() && app.secret.is_empty()) {
             return Err(format!(
                 "apps.{name}: in demo mode (no [wechat] appid and secret) every app plays against \
@@ -905,7 +910,7 @@ fn validate_apps(config: &Config) -> Result<(), String> {
         if !config.demo_mode() && (app.appid.is_empty() || app.secret.is_empty()) {
             return Err(format!("apps.{name}: set both appid and secret"));
         }
-        prefixes.push((format!("apps.{name}.prefix"), prefix));
+        prefixes.push((format!("apps.{name}.prefix"), &app.prefix));
         audiences.push((format!("apps.{name}.audience"), &app.audience));
         if !app.appid.is_empty() {
             appids.push((format!("apps.{name}.appid"), &app.appid));
@@ -1277,6 +1282,17 @@ mod tests {
                 assert!(APP_SECRET_KEYS.contains(&key.as_str()), "add `{key}` to APP_SECRET_KEYS");
             }
         }
+    }
+
+    /// `WXAUTH_APPS_NAME_KEY` knows every key of an app section (`APP_KEYS`, a list of its own
+    /// because the variable's KEY is matched at its end).
+    #[test]
+    fn app_keys_are_exactly_an_app_sections_keys() {
+        let keys: Vec<String> =
+            toml::Table::try_from(AppConfig::default()).unwrap().keys().cloned().collect();
+        let mut listed: Vec<&str> = APP_KEYS.to_vec();
+        listed.sort();
+        assert_eq!(keys, listed);
     }
 
     #[test]
