@@ -411,6 +411,8 @@ fn a_url_asking_for_tls_connects_over_tls() {
         &[("WXAUTH_DATABASE", url.as_str()), ("WXAUTH_DATABASE_PASSWORD", mysql.password.as_str())],
     );
     assert_eq!(plain.0.code(), Some(1), "{plain:?}");
+    // Refused for want of TLS (the server says access denied), not for another reason.
+    assert!(plain.2.contains("Access denied for user 'wxauth_tls'"), "{plain:?}");
     assert!(!plain.2.contains(&mysql.password), "the password is never shown: {}", plain.2);
 
     let url = format!("{url}?ssl-mode=REQUIRED");

@@ -177,15 +177,25 @@ impl Mysql {
 }
 
 /// Whether this test is SQLite's alone (it looks at the database file, its permissions, backups
-/// or the WAL, or writes behind the server's back): under `WXAUTH_TEST_MYSQL` it says so on
-/// stderr and the test returns early. The tests that call it are listed in
-/// docs/operations.md's MySQL section.
+/// or the WAL, or puts in behind the server's back what neither the API nor an import lets in):
+/// under `WXAUTH_TEST_MYSQL` it says so on stderr and the test returns early. The tests that call
+/// it are listed in docs/operations.md's MySQL section.
 pub fn sqlite_only(why: &str) -> bool {
     let mysql = Mysql::from_env().is_some();
     if mysql {
         eprintln!("SQLite only, skipped under WXAUTH_TEST_MYSQL: {why}");
     }
     mysql
+}
+
+/// Whether a check that needs root (to hand files to another user) must be skipped, saying so.
+pub fn not_root(file: &std::path::Path, why: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let skipped = std::fs::metadata(file).unwrap().uid() != 0;
+    if skipped {
+        eprintln!("root only, skipped: {why}");
+    }
+    skipped
 }
 
 /// A running `wxauth serve`, killed on drop.
