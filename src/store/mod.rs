@@ -9,10 +9,11 @@
 //! `schema.sql` by version, backups and restores), and `mysql.rs` with `mysql/` (MySQL 8.0 or
 //! MariaDB through the blocking `mysql` crate, for several instances on one database; `database`
 //! picks it with a `mysql://` URL). Another engine is one more variant and one more file set: the
-//! compiler then points at each `match` that needs its arm, and no caller changes. Not a trait: `Ctx` and
-//! the writer's jobs (boxed closures sent to the writer thread) would have to be generic over the
-//! engine up into api.rs and server.rs, or hold a `dyn` engine and pay an
-//! indirect call per query. The enum keeps every query a direct call on the engine's own
+//! compiler then points at each `match` that needs its arm (the openers, `open_writer` and the
+//! rest, choose by the URL's scheme, `mysql::is_url`, and need a branch too), and no caller
+//! changes. Not a trait: `Ctx` and the writer's jobs (boxed closures sent to the writer thread)
+//! would have to be generic over the engine up into api.rs and server.rs, or hold a `dyn` engine
+//! and pay an indirect call per query. The enum keeps every query a direct call on the engine's own
 //! connection, where its prepared statements stay cached, with no allocation. An engine's error
 //! reaches the crate's `Error` as a `DatabaseError`, which keeps it whole as its source.
 //!
