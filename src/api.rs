@@ -24,7 +24,9 @@ use crate::config::{Config, OpenidLogin};
 use crate::error::Error;
 use crate::jwt;
 use crate::ratelimit::RateLimiter;
-use crate::store::{self, Account, Connection, Profile, Registration, WechatSession, Writer};
+use crate::store::{
+    self, Account, Connection, IdentityRegistration, Profile, Registration, WechatSession, Writer,
+};
 use crate::wechat::WeChat;
 use crate::wxcrypt;
 
@@ -699,15 +701,15 @@ pub(crate) fn register(
     let registration =
         Registration { phone, username: openid.clone(), wx_nickname, birthday, wx_gender };
     let known_id = token_account.map(|account| account.id);
-    let (appid, ip, now) = (ctx.appid().to_string(), ctx.client_ip(), ctx.now);
-    let account = ctx.writer.run(move |connection| {
-        let written =
-            store::register(connection, known_id, &appid, &openid, &ip, now, &registration)?;
-        let account = written.ok_or_else(|| match known_id {
-            Some(id) => Error::Internal(format!("register: account {id} vanished")),
-            None => Error::Internal("register: the account written is not there".into()),
-        })?;
-        admitted(account, openid, sign_in)
+    let registration = IdentityRegistration {
+        appid: ctx.appid().to_string(),
+        openid: openid.clone(),
+        ip: ctx.client_ip(),
+        now: ctx.now,
+        registration,
+    };
+    let account = ctx.writer.register(known_id, registration, move |account| {
+        admitted(account, openid.clone(), sign_in)
     })?;
     let token = ctx.issue_token(&account);
     Ok(SessionAnswer { account, token })

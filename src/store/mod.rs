@@ -36,10 +36,12 @@
 //! MySQL).
 //!
 //! On a database several instances share (MySQL, `SharedDatabase`), each write runs in a
-//! transaction of its own on the worker that asks, committed before it is answered, and accounts
-//! and identities are created race-free across instances, the unique keys deciding and two new
-//! identities of one unionid taking turns (see `mysql.rs`); the answers of repeated codes are kept
-//! there too (`SharedDatabase::claim_code`), for `codes.rs`.
+//! transaction of its own on the worker that asks, committed before it is answered, but for
+//! registrations of new identities, which go in batches of many to one transaction
+//! (`Writer::register`, `SharedDatabase::register_new`); accounts and identities are created
+//! race-free across instances, the unique keys deciding and two new identities of one unionid
+//! taking turns (see `mysql.rs`); the answers of repeated codes are kept there too
+//! (`SharedDatabase::claim_code`), for `codes.rs`.
 //!
 //! With SQLite, a connection that writes opens only a file that is safely wxauth's
 //! (`open_read_write`): a regular file of its user, writable by nobody else, reached through no
@@ -329,6 +331,18 @@ pub(crate) struct Registration {
     pub(crate) wx_gender: Option<i64>,
 }
 
+/// A registration of the account of a WeChat identity (rather than of a token's account), with
+/// this login's bookkeeping: what `Writer::register` hands to a batch on a shared database
+/// (`SharedDatabase::register_new`).
+#[derive(Debug, Clone)]
+pub(crate) struct IdentityRegistration {
+    pub(crate) appid: String,
+    pub(crate) openid: String,
+    pub(crate) ip: String,
+    pub(crate) now: i64,
+    pub(crate) registration: Registration,
+}
+
 /// How many accounts exist, and how many of them completed registration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct AccountCounts {
@@ -594,6 +608,55 @@ impl SharedDatabase {
 
     fn mysql(&self) -> mysql::Connection {
         mysql::Connection::new(self.0.clone())
+    }
+
+    /// Registers the new identities of `batch` in one transaction of their own
+    /// (`mysql::register_new`), each account as written passed through `admit` (the API's last
+    /// checks) before the commit; `statements_done` is called once the statements have run (or
+    /// failed), before that commit. The admitted account for each, by position, once committed;
+    /// `None` for each registration the batch left, and for all of them when any statement,
+    /// check or the commit failed (the transaction is then rolled back): those are for
+    /// `register`, one transaction each, which also says what went wrong.
+    pub(crate) fn register_new(
+        &self,
+        batch: &[IdentityRegistration],
+        admit: impl Fn(usize, Account) -> Result<Account, Error>,
+        statements_done: impl FnOnce(),
+    ) -> Vec<Option<Account>> {
+        let connection = self.connection();
+        let Connection(Engine::Mysql(mysql)) = &connection else { unreachable!() };
+        let mut statements_done = Some(statements_done);
+        let written = connection.step(writer::Step::Begin).and_then(|()| {
+            let written = mysql::register_new(mysql, batch);
+            if let Some(done) = statements_done.take() {
+                done();
+            }
+            let admitted = written?
+                .into_iter()
+                .enumerate()
+                .map(|(index, account)| account.map(|account| admit(index, account)).transpose())
+                .collect::<Result<Vec<_>, Error>>()?;
+            connection.step(writer::Step::Commit)?;
+            Ok(admitted)
+        });
+        if let Some(done) = statements_done.take() {
+            done();
+        }
+        written.unwrap_or_else(|error| {
+            let _ = connection.step(writer::Step::Rollback);
+            // A unique key another instance took meanwhile is the race the batch gives way in,
+            // and an unavailable server or a refused login is what each then hears alone; the
+            // rest is worth the operator's eye.
+            if matches!(&error, Error::Internal(_))
+                || matches!(&error, Error::Database(error) if !mysql::is_duplicate(error))
+            {
+                crate::log::warn(&format!(
+                    "a batch of {} registrations failed, each runs alone: {error}",
+                    batch.len()
+                ));
+            }
+            vec![None; batch.len()]
+        })
     }
 
     /// Claims `wx.login` code `key` (a hash, never the code) for an exchange whose answer lives

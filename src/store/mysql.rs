@@ -17,7 +17,9 @@
 //! `ON DUPLICATE KEY UPDATE` and read back, so the row that got there first names the account. A
 //! new identity whose WeChat session gave a unionid first locks that unionid's row of
 //! `unionid_joins` for the rest of its transaction: two instances' first logins of one person
-//! through two apps take turns, and the second joins the account the first made. A connection the
+//! through two apps take turns, and the second joins the account the first made. Registrations
+//! of identities without an account are also made many at a time (`register_new`): multi-row
+//! inserts in one transaction, which give way to `register` on any race. A connection the
 //! server dropped (a restart) fails its query with `database_unavailable`; a query outside a
 //! transaction is tried once more on a new connection (`Connection::with`).
 
@@ -34,8 +36,8 @@ pub(super) use open::{is_url, open_reader, open_writer, set_password};
 use super::writer::Step;
 use super::{
     Account, AccountCounts, AccountQuery, CodeAnswer, CodeClaim, ColumnValue, DatabaseError, Edit,
-    EditValue, EngineError, Profile, RecordedSession, Registration, WechatSession,
-    account_from_mysql_row, split_identities,
+    EditValue, EngineError, IdentityRegistration, Profile, RecordedSession, Registration,
+    WechatSession, account_from_mysql_row, split_identities,
 };
 use crate::error::Error;
 
@@ -58,6 +60,11 @@ impl From<mysql::Error> for Error {
         let error = DatabaseError(EngineError::Mysql(error));
         if unavailable { Error::DatabaseUnavailable(error) } else { Error::Database(error) }
     }
+}
+
+/// Whether `error` is a unique key's refusal (ER_DUP_ENTRY).
+pub(super) fn is_duplicate(error: &DatabaseError) -> bool {
+    matches!(&error.0, EngineError::Mysql(mysql::Error::MySqlError(error)) if error.code == 1062)
 }
 
 impl From<mysql::FromValueError> for Error {
@@ -620,6 +627,171 @@ pub(super) fn register(
         }
     };
     account_by_id(connection, id)
+}
+
+/// Registers, in the transaction in progress, each registration of `batch` whose identity has
+/// no account yet and whose WeChat session gave no unionid an account has: one new account and
+/// its identity each, with multi-row statements, so that a batch costs its transaction about as
+/// much as one registration does. The account as written for each, by position; `None` for those
+/// left to `register` (an identity with an account, a unionid to join, the same identity or
+/// unionid twice in the batch). A statement that fails (a unique key another instance took
+/// meanwhile, a deadlock) fails the batch, which the caller rolls back and hands to `register`.
+///
+/// The unionids' rows of `unionid_joins` are locked first, as `account_to_adopt` does, so that a
+/// first login of the same person through another app, on any instance, waits for this
+/// transaction and then joins its account. Rows go in (appid, openid) order, so that two batches
+/// lock what they share in the same order.
+pub(super) fn register_new(
+    connection: &Connection,
+    batch: &[IdentityRegistration],
+) -> Result<Vec<Option<Account>>, Error> {
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    let identity = |index: &usize| (batch[*index].appid.as_str(), batch[*index].openid.as_str());
+    order.sort_by(|a, b| identity(a).cmp(&identity(b)));
+    order.dedup_by(|later, first| identity(later) == identity(first));
+    let (condition, values) = identities_condition("appid", "openid", &order, batch);
+    let found: Vec<(u8, String, String, Option<String>)> = connection.with(|conn| {
+        Ok(conn.exec(
+            format!(
+                "SELECT 0, appid, openid, NULL FROM identities WHERE {condition}
+                 UNION ALL
+                 SELECT 1, appid, openid, unionid FROM wechat_sessions
+                 WHERE ({condition}) AND unionid IS NOT NULL"
+            ),
+            [values.clone(), values.clone()].concat(),
+        )?)
+    })?;
+    // The unionid each registration's WeChat session gave, by position.
+    let mut unionids: Vec<Option<String>> = vec![None; batch.len()];
+    for (kind, appid, openid, unionid) in found {
+        let key = (appid.as_str(), openid.as_str());
+        if kind == 0 {
+            order.retain(|index| identity(index) != key);
+        } else if let Some(index) = order.iter().find(|index| identity(index) == key) {
+            unionids[*index] = unionid;
+        }
+    }
+    let unionid_of = |index: &usize| unionids[*index].as_deref();
+    let mut joining: Vec<&str> = order.iter().filter_map(unionid_of).collect();
+    joining.sort_unstable();
+    joining.dedup();
+    if !joining.is_empty() {
+        let taken: Vec<String> = connection.with(|conn| {
+            conn.exec_drop(
+                format!(
+                    "INSERT INTO unionid_joins (unionid) VALUES {}
+                     ON DUPLICATE KEY UPDATE unionid = unionid",
+                    placeholders(joining.len(), "(?)")
+                ),
+                joining.clone(),
+            )?;
+            Ok(conn.exec(
+                format!(
+                    "SELECT DISTINCT wx_unionid FROM accounts WHERE wx_unionid IN ({})",
+                    placeholders(joining.len(), "?")
+                ),
+                joining.clone(),
+            )?)
+        })?;
+        let mut seen = taken;
+        order.retain(|index| match unionid_of(index) {
+            None => true,
+            Some(unionid) if seen.iter().any(|taken| taken == unionid) => false,
+            Some(unionid) => {
+                seen.push(unionid.to_string());
+                true
+            }
+        });
+    }
+    let mut written = vec![None; batch.len()];
+    if order.is_empty() {
+        return Ok(written);
+    }
+    let mut values = Vec::with_capacity(order.len() * 12);
+    for index in &order {
+        let IdentityRegistration { appid, openid, ip, now, registration } = &batch[*index];
+        let Registration { phone, username, wx_nickname, birthday, wx_gender } = registration;
+        values.extend([
+            Value::from(username.as_str()),
+            Value::from(appid.as_str()),
+            Value::from(openid.as_str()),
+            Value::from(unionid_of(index)),
+            Value::from(ip.as_str()),
+            Value::from(*now),
+            Value::from(ip.as_str()),
+            Value::from(*now),
+            Value::from(phone.as_str()),
+            Value::from(wx_nickname.as_deref()),
+            Value::from(birthday.as_deref()),
+            Value::from(wx_gender.unwrap_or(0)),
+        ]);
+    }
+    let (condition, keys) = identities_condition("wx_appid", "wx_openid", &order, batch);
+    let rows: Vec<Row> = connection.with(|conn| {
+        conn.exec_drop(
+            format!(
+                "INSERT INTO accounts (username, wx_appid, wx_openid, wx_unionid, join_ip, \
+                 date_joined, last_ip, last_login, phone, is_register, wx_nickname, birthday, \
+                 wx_gender) VALUES {}",
+                placeholders(order.len(), "(?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)")
+            ),
+            values.clone(),
+        )?;
+        Ok(conn.exec(
+            format!("SELECT {} FROM accounts WHERE {condition}", account_columns!()),
+            keys.clone(),
+        )?)
+    })?;
+    for row in rows {
+        let account = account_from_mysql_row(row)?;
+        let key = (account.wx_appid.as_str(), account.wx_openid.as_str());
+        if let Some(index) = order.iter().find(|index| identity(index) == key) {
+            written[*index] = Some(account);
+        }
+    }
+    let mut identities = Vec::with_capacity(order.len() * 3);
+    for index in &order {
+        let account = written[*index].as_ref().ok_or_else(|| {
+            Error::Internal("database: an account just inserted was not read back".into())
+        })?;
+        let (appid, openid) = identity(index);
+        identities.extend([Value::from(appid), Value::from(openid), Value::from(account.id)]);
+    }
+    connection.with(|conn| {
+        Ok(conn.exec_drop(
+            format!(
+                "INSERT INTO identities (appid, openid, account_id) VALUES {}",
+                placeholders(order.len(), "(?, ?, ?)")
+            ),
+            identities.clone(),
+        )?)
+    })?;
+    Ok(written)
+}
+
+/// `count` copies of `each`, separated by commas.
+fn placeholders(count: usize, each: &str) -> String {
+    vec![each; count].join(", ")
+}
+
+/// The condition that matches the identities of `batch` at `order` (sorted by appid) in columns
+/// `appid` and `openid`: `(appid = ? AND openid IN (?, …)) OR …`, one term per appid, which each
+/// server reads as ranges of the key that starts with those columns; and its values.
+fn identities_condition(
+    appid: &str,
+    openid: &str,
+    order: &[usize],
+    batch: &[IdentityRegistration],
+) -> (String, Vec<Value>) {
+    let mut terms = Vec::new();
+    let mut values = Vec::with_capacity(order.len() + 1);
+    for same_app in order.chunk_by(|a, b| batch[*a].appid == batch[*b].appid) {
+        terms
+            .push(format!("({appid} = ? AND {openid} IN ({}))", placeholders(same_app.len(), "?")));
+        values.push(Value::from(batch[same_app[0]].appid.as_str()));
+        values.extend(same_app.iter().map(|index| Value::from(batch[*index].openid.as_str())));
+    }
+    (terms.join(" OR "), values)
 }
 
 pub(super) fn revoke_tokens(connection: &Connection, id: i64) -> Result<bool, Error> {

@@ -8,6 +8,12 @@
 //! its row locks only for its own statements, so two instances' writers never wait on each
 //! other's whole groups (nor deadlock across them). The writer thread then only writes the login
 //! bookkeeping, in groups, each account's row in id order.
+//!
+//! Registrations of new identities are the exception (`Writer::register`): on a shared database
+//! they go to two `registrations` threads that take turns, each creating the accounts of the
+//! registrations waiting in one transaction of a few multi-row statements. A registration alone
+//! is about ten round trips and a commit of its own, and a commit waits for the server's log
+//! flush, which the server shares only among the commits that arrive during one.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -61,6 +67,9 @@ pub(crate) struct Writer {
     logins: Logins,
     /// For a database several instances share: where each write runs in its own transaction.
     direct: Option<Arc<SharedDatabase>>,
+    /// For a database several instances share: the batches registrations of new identities go in
+    /// (`register`).
+    batches: Option<mpsc::SyncSender<Pending>>,
 }
 
 /// Login bookkeeping not yet written: the newest login per account, its time and address. Every
@@ -106,13 +115,14 @@ impl Writer {
     pub(crate) fn start(connection: Connection) -> (Writer, thread::JoinHandle<()>) {
         let (jobs, queue) = mpsc::sync_channel(QUEUE_DEPTH);
         let direct = SharedDatabase::of(&connection).map(Arc::new);
+        let batches = direct.as_ref().map(start_batches);
         let logins = Logins::default();
         let waiting = logins.clone();
         let handle = thread::Builder::new()
             .name("writer".into())
             .spawn(move || write_loop(connection, queue, waiting))
             .expect("cannot start the writer thread");
-        (Writer { jobs, logins, direct }, handle)
+        (Writer { jobs, logins, direct, batches }, handle)
     }
 
     /// Runs `write` in the writer's transaction and returns its result once it is committed and
@@ -153,6 +163,48 @@ impl Writer {
         answer.recv().map_err(|_| Error::Internal("the writer dropped a write".into()))?
     }
 
+    /// Registers the account `known_id` (a token's), or else the account of the identity of
+    /// `registration` (`store::register`), and returns it as written and let through by `admit`
+    /// (the API's last checks: a refusal undoes the write), once it is committed and on disk, as
+    /// `run` does.
+    ///
+    /// On a database several instances share, a registration of an identity by itself goes to
+    /// a batch (`SharedDatabase::register_new`): the registrations waiting when a batch thread
+    /// is free, up to `MAX_BATCH`, create their accounts in one transaction with a few multi-row
+    /// statements, where one registration alone takes about ten statements and its own commit.
+    /// What a batch leaves (an identity that has an account, a unionid to join, a batch that
+    /// failed as a whole) runs alone, in a transaction of its own on this thread.
+    pub(crate) fn register(
+        &self,
+        known_id: Option<i64>,
+        registration: IdentityRegistration,
+        admit: impl Fn(Account) -> Result<Account, Error> + Send + Sync + 'static,
+    ) -> Result<Account, Error> {
+        let admit: Admit = Arc::new(admit);
+        let mut registration = registration;
+        if let (None, Some(batches)) = (known_id, &self.batches) {
+            let (reply, answer) = mpsc::sync_channel(1);
+            let pending = Pending { registration, admit: admit.clone(), reply };
+            registration = match batches.send(pending) {
+                Err(mpsc::SendError(pending)) => pending.registration,
+                Ok(()) => match answer.recv() {
+                    Ok(Ok(account)) => return Ok(account),
+                    Ok(Err(left)) => left,
+                    Err(_) => return Err(Error::Internal("a registration batch was lost".into())),
+                },
+            };
+        }
+        self.run(move |connection| {
+            let IdentityRegistration { appid, openid, ip, now, registration } = &registration;
+            register(connection, known_id, appid, openid, ip, *now, registration)?
+                .ok_or_else(|| match known_id {
+                    Some(id) => Error::Internal(format!("register: account {id} vanished")),
+                    None => Error::Internal("register: the account written is not there".into()),
+                })
+                .and_then(|account| admit(account))
+        })
+    }
+
     /// Records a login's bookkeeping (`touch_login`) without waiting for it: it is written first
     /// in the next group commit, so every write queued after it sees it, and fsynced with the
     /// next synced commit or checkpoint, like `run_visible`. Of several logins of one account
@@ -191,6 +243,76 @@ impl Writer {
             self.jobs.send(Job { durability, run: Some(run) })
         {
             run(None)(Err(&Error::Internal("the writer has stopped".into())));
+        }
+    }
+}
+
+/// The most registrations one batch takes (`Writer::register`).
+const MAX_BATCH: usize = 64;
+
+/// Threads that run batches of registrations on a shared database, taking turns (`batch_loop`):
+/// one batch's statements run while the other's commit waits for the server's log flush.
+const BATCH_THREADS: usize = 2;
+
+/// The API's last checks of a registered account (`Writer::register`).
+type Admit = Arc<dyn Fn(Account) -> Result<Account, Error> + Send + Sync>;
+
+/// A registration waiting for a batch, and where its outcome goes: the account, or the
+/// registration back when the batch left it.
+struct Pending {
+    registration: IdentityRegistration,
+    admit: Admit,
+    reply: mpsc::SyncSender<Result<Account, IdentityRegistration>>,
+}
+
+/// Starts the batch threads of `database`; they stop once every `Writer` handle is gone.
+fn start_batches(database: &Arc<SharedDatabase>) -> mpsc::SyncSender<Pending> {
+    let (batches, queue) = mpsc::sync_channel(QUEUE_DEPTH);
+    let queue = Arc::new(Mutex::new(queue));
+    for _ in 0..BATCH_THREADS {
+        let (database, queue) = (database.clone(), queue.clone());
+        thread::Builder::new()
+            .name("registrations".into())
+            .spawn(move || batch_loop(&database, &queue))
+            .expect("cannot start a registration batch thread");
+    }
+    batches
+}
+
+/// Runs batches of registrations and answers each registration, until the queue is closed. A
+/// thread holds the queue from gathering its batch (the registrations waiting, at least one, up
+/// to `MAX_BATCH`) until the batch's statements are done, and lets go before its commit: the
+/// commit, which waits for the server's log flush, is the longest part, and meanwhile the other
+/// thread gathers what arrived and runs its statements. (On 2 cores against MariaDB, 16 workers:
+/// 3,076 and 3,370 registrations a second so, against 2,782 and 2,929 with one thread and 2,532
+/// and 2,409 with two that each hold the queue only while gathering, whose batches were smaller.)
+fn batch_loop(database: &SharedDatabase, queue: &Mutex<mpsc::Receiver<Pending>>) {
+    let mut registrations = Vec::with_capacity(MAX_BATCH);
+    let mut waiting = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let turn = queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut next = turn.recv().ok();
+        while let Some(Pending { registration, admit, reply }) = next {
+            registrations.push(registration);
+            waiting.push((admit, reply));
+            next = if registrations.len() < MAX_BATCH { turn.try_recv().ok() } else { None };
+        }
+        if registrations.is_empty() {
+            return;
+        }
+        let written = database.register_new(
+            &registrations,
+            |index, account| {
+                catch_unwind(AssertUnwindSafe(|| (waiting[index].0)(account))).unwrap_or_else(
+                    |_| Err(Error::Internal("a registration check panicked".into())),
+                )
+            },
+            || drop(turn),
+        );
+        for ((registration, (_, reply)), account) in
+            registrations.drain(..).zip(waiting.drain(..)).zip(written)
+        {
+            let _ = reply.send(account.ok_or(registration));
         }
     }
 }

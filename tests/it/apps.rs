@@ -216,6 +216,115 @@ fn racing_first_logins_through_two_apps_make_one_account_per_person() {
     assert_eq!(count(&server, "SELECT count(DISTINCT wx_unionid) FROM accounts"), PEOPLE as i64);
 }
 
+/// Registrations of every kind racing at once (on MySQL, those of new identities go in batches
+/// with multi-row statements: `Writer::register`) end as each would alone: a new person gets one
+/// registered account, also when registering through both apps at once or twice in one app; an
+/// existing account, or one loaded behind the server's back without its identity row, is
+/// registered in place; a known person's first registration through the other app joins that
+/// person's account; a disabled person is refused and nothing of theirs is written.
+#[test]
+fn racing_registrations_of_every_kind_end_as_each_would_alone() {
+    const MAIN: &str = "/miniprog/wx_auth/";
+    const SHOP_APP: &str = "/shop/wx_auth/";
+    let server = Arc::new(Wxauth::start(&[SHOP, ("WXAUTH_OPENID_LOGIN", "open")]));
+    let exchange = |prefix: &str, name: &str| {
+        let code = fresh_code(name);
+        let path = format!("get_openid_by_code?code={code}");
+        let exchanged = call(&server, "GET", prefix, &path, None, None);
+        exchanged.result()["openid"].as_str().unwrap().to_string()
+    };
+    // (person, prefix, openid, the account id it must get when known beforehand)
+    let mut registrations: Vec<(String, &str, String, Option<i64>)> = Vec::new();
+    for index in 0..8 {
+        let person = format!("new{index}");
+        registrations.push((person.clone(), MAIN, exchange(MAIN, &person), None));
+    }
+    for (kind, prefix) in [("known", MAIN), ("joiner", SHOP_APP)] {
+        for index in 0..4 {
+            let person = format!("{kind}{index}");
+            let (_, login) = login_through(&server, MAIN, &person);
+            let id = login["account"]["id"].as_i64();
+            let openid = exchange(prefix, &person);
+            registrations.push((person, prefix, openid, id));
+        }
+    }
+    for index in 0..4 {
+        let person = format!("both{index}");
+        for prefix in [MAIN, SHOP_APP] {
+            registrations.push((person.clone(), prefix, exchange(prefix, &person), None));
+        }
+    }
+    for index in 0..2 {
+        let person = format!("twice{index}");
+        let openid = exchange(MAIN, &person);
+        for _ in 0..2 {
+            registrations.push((person.clone(), MAIN, openid.clone(), None));
+        }
+    }
+    let loaded = "oWxauthLoadedWithoutIdentity01";
+    server.execute(&format!(
+        "INSERT INTO accounts (username, wx_appid, wx_openid, date_joined)
+         VALUES ('{loaded}', 'wxdemo', '{loaded}', 0)"
+    ));
+    let loaded_id =
+        count(&server, &format!("SELECT id FROM accounts WHERE wx_openid = '{loaded}'"));
+    registrations.push(("loaded".into(), MAIN, loaded.into(), Some(loaded_id)));
+    let (_, login) = login_through(&server, MAIN, "disabled");
+    let disabled_id = login["account"]["id"].as_i64().unwrap();
+    run_on(&server, &["users", "disable", &disabled_id.to_string()]).success();
+    let disabled_openid = exchange(SHOP_APP, "disabled");
+
+    let barrier = Arc::new(Barrier::new(registrations.len() + 1));
+    let racers: Vec<_> = registrations
+        .iter()
+        .enumerate()
+        .map(|(index, (_, prefix, openid, _))| {
+            let (server, barrier) = (server.clone(), barrier.clone());
+            let (prefix, openid) = (prefix.to_string(), openid.clone());
+            std::thread::spawn(move || {
+                let phone = format!("138{index:08}");
+                barrier.wait();
+                let body = json!({"openid": openid, "phone": phone});
+                (phone, call(&server, "POST", &prefix, "register", Some(&body), None))
+            })
+        })
+        .collect();
+    let refused = {
+        let (server, barrier) = (server.clone(), barrier.clone());
+        std::thread::spawn(move || {
+            barrier.wait();
+            let body = json!({"openid": disabled_openid, "phone": "13900000000"});
+            call(&server, "POST", SHOP_APP, "register", Some(&body), None)
+        })
+    };
+    let mut ids: std::collections::HashMap<String, i64> = Default::default();
+    for (racer, (person, _, openid, known)) in racers.into_iter().zip(&registrations) {
+        let (phone, answer) = racer.join().unwrap();
+        let account = &answer.result()["account"];
+        let id = account["id"].as_i64().unwrap();
+        assert_eq!(account["is_register"], true, "{person}: {account}");
+        assert_eq!(account["phone"], json!(phone), "{person}: the account as it wrote it");
+        assert_eq!(account["wx_openid"], json!(openid), "{person}: its app's openid");
+        if let Some(known) = known {
+            assert_eq!(id, *known, "{person}: registered in place");
+        }
+        assert_eq!(*ids.entry(person.clone()).or_insert(id), id, "{person}: one account");
+    }
+    refused.join().unwrap().assert_error(403, "account_disabled");
+
+    let people = ids.len() as i64 + 1;
+    assert_eq!(people, 24);
+    let distinct: std::collections::HashSet<_> = ids.values().collect();
+    assert_eq!(distinct.len(), ids.len(), "one account per person");
+    assert_eq!(count(&server, "SELECT count(*) FROM accounts"), people);
+    assert_eq!(count(&server, "SELECT count(*) FROM accounts WHERE is_register = 1"), people - 1);
+    // new 8, known 4, joiner 4 × 2 apps, both 4 × 2, twice 2, loaded 1, disabled 1 (main only).
+    assert_eq!(count(&server, "SELECT count(*) FROM identities"), 32);
+    let disabled_identities =
+        format!("SELECT count(*) FROM identities WHERE account_id = {disabled_id}");
+    assert_eq!(count(&server, &disabled_identities), 1, "no identity for the refused app");
+}
+
 /// A token carries its app's audience: the other app refuses it as any bad token, `verify`
 /// under either prefix accepts it and names its app, and logout through one app revokes the
 /// person's tokens of every app.
