@@ -1,8 +1,9 @@
 //! Several wxauth instances on one MySQL (MariaDB) database, and that database going away: what
 //! needs a real server and more than one process. A target of its own with `test = false`:
 //! `cargo test` leaves it out, `cargo test --test mysql` runs it and FAILS unless
-//! `WXAUTH_TEST_MYSQL` (and `WXAUTH_TEST_MYSQL_DIR` for the restart) name a server that
-//! `.ci/mariadb start` made, so it can never pass by doing nothing.
+//! `WXAUTH_TEST_MYSQL` (and `WXAUTH_TEST_MYSQL_DIR` and `WXAUTH_TEST_MYSQL_CTL` for the restart)
+//! name a server that `.ci/mariadb start` or `.ci/mysql start` made, so it can never pass by doing
+//! nothing.
 
 #[allow(dead_code)]
 #[path = "it/harness.rs"]
@@ -30,16 +31,19 @@ struct Resume<'a>(&'a str);
 
 impl Drop for Resume<'_> {
     fn drop(&mut self) {
-        let _ = mariadb("resume", self.0);
+        let _ = server_control("resume", self.0);
     }
 }
 
-fn mariadb(action: &str, dir: &str) -> bool {
-    std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/mariadb"))
-        .args([action, dir])
-        .status()
-        .unwrap()
-        .success()
+/// Runs `action` (`pause`, `resume`) of the script that started the server: the one
+/// `WXAUTH_TEST_MYSQL_CTL` names (`.ci/mysql` or `.ci/mariadb`, which print it), else
+/// `.ci/mariadb`.
+fn server_control(action: &str, dir: &str) -> bool {
+    let script = std::env::var("WXAUTH_TEST_MYSQL_CTL")
+        .ok()
+        .filter(|script| !script.is_empty())
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/mariadb").to_string());
+    std::process::Command::new(script).args([action, dir]).status().unwrap().success()
 }
 
 /// Registers `openid` with a typed phone through `url`: the answer, or `None` when none came
@@ -65,7 +69,8 @@ fn try_register(agent: &ureq::Agent, url: &str, openid: &str) -> Option<harness:
 
 fn mysql() -> Mysql {
     Mysql::from_env().expect(
-        "WXAUTH_TEST_MYSQL is not set: start a server with `eval \"$(.ci/mariadb start)\"` first",
+        "WXAUTH_TEST_MYSQL is not set: start a server with `eval \"$(.ci/mariadb start)\"` (or \
+         `.ci/mysql start`) first",
     )
 }
 
@@ -248,8 +253,9 @@ fn a_killed_instance_loses_no_acknowledged_registration() {
 
 #[test]
 fn a_database_restart_under_load_recovers_without_restarting_wxauth() {
-    let dir = std::env::var("WXAUTH_TEST_MYSQL_DIR")
-        .expect("WXAUTH_TEST_MYSQL_DIR: the directory `.ci/mariadb start` made");
+    let dir = std::env::var("WXAUTH_TEST_MYSQL_DIR").expect(
+        "WXAUTH_TEST_MYSQL_DIR: the directory `.ci/mariadb start` (`.ci/mysql start`) made",
+    );
     let _alone = SERVER.write().unwrap_or_else(|poisoned| poisoned.into_inner());
     let (first, _second) = two_instances(None, &[]);
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
@@ -277,7 +283,7 @@ fn a_database_restart_under_load_recovers_without_restarting_wxauth() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    assert!(mariadb("pause", &dir));
+    assert!(server_control("pause", &dir));
     let resume = Resume(&dir);
     // Down: what needs the database is refused with 503, the rest answers.
     first.get("is_openid_registered?openid=anyone").assert_error(503, "database_unavailable");
@@ -395,8 +401,8 @@ fn instances_starting_together_apply_the_schema_once_and_share_one_jwt_secret() 
     drop(dir);
 }
 
-/// `?ssl-mode=REQUIRED` makes the connections TLS: the server's `wxauth_tls` user (`.ci/mariadb`)
-/// may connect only so, and a server without the parameter cannot start as that user.
+/// `?ssl-mode=REQUIRED` makes the connections TLS: the server's `wxauth_tls` user (`.ci/mariadb`,
+/// `.ci/mysql`) may connect only so, and a server without the parameter cannot start as that user.
 #[test]
 fn a_url_asking_for_tls_connects_over_tls() {
     let _shared = shared_server();
