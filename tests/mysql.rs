@@ -429,3 +429,60 @@ fn a_url_asking_for_tls_connects_over_tls() {
         harness::send(&harness::agent(), "GET", &format!("{}/readyz", server.base), &[], None);
     assert_eq!(ready.status, 200, "{ready:?}");
 }
+
+/// What wxauth sends draws no warning from the server but for the duplicates `INSERT IGNORE`
+/// skips by design: no SQL the server has deprecated, and no session setting it warns about
+/// (MySQL warns, 3135, at a `sql_mode` that names some but not all of NO_ZERO_DATE,
+/// NO_ZERO_IN_DATE and ERROR_FOR_DIVISION_BY_ZERO, which it is merging into strict mode). Read
+/// from the server's statement digests for this test's database (performance_schema, which
+/// `.ci/mariadb` and `.ci/mysql` turn on), after the schema, code exchanges, one person's logins
+/// through two apps (the second joins the first's account by the unionid), a registration and a
+/// logout on two instances.
+#[test]
+fn what_wxauth_sends_draws_no_warning_but_for_skipped_duplicates() {
+    use mysql::prelude::Queryable;
+    let _shared = shared_server();
+    let mut conn = mysql().connect(None);
+    let enabled: Option<i64> = conn.query_first("SELECT @@performance_schema").unwrap();
+    assert_eq!(enabled, Some(1), "the server needs performance_schema on (.ci/mysql, .ci/mariadb)");
+    // Earlier tests' digests could fill the table, and this test's would then go uncounted.
+    conn.query_drop("TRUNCATE TABLE performance_schema.events_statements_summary_by_digest")
+        .unwrap();
+    let fake = FakeProcess::start();
+    let (first, second) = two_instances(
+        Some(&fake),
+        &[("WXAUTH_APPS_SHOP_APPID", "wxshopapp"), ("WXAUTH_APPS_SHOP_SECRET", "shop-app-secret")],
+    );
+    let (openid, login) = first.login_as("warnings");
+    let registered = second.post("register", &json!({ "openid": openid, "phone": "13800138000" }));
+    assert_eq!(registered.result()["account"]["id"], login["account"]["id"]);
+    let shop = |endpoint: &str, body: Option<&[u8]>| {
+        let method = if body.is_some() { "POST" } else { "GET" };
+        let url = format!("{}/shop/wx_auth/{endpoint}", second.base);
+        harness::send(&harness::agent(), method, &url, &[], body)
+    };
+    let exchanged = shop(&format!("get_openid_by_code?code={}", fresh_code("warnings")), None);
+    let shop_openid = exchanged.result()["openid"].as_str().unwrap().to_string();
+    let joined = shop("login", Some(json!({ "openid": shop_openid }).to_string().as_bytes()));
+    assert_eq!(joined.result()["account"]["id"], login["account"]["id"], "{joined:?}");
+    let authorization = format!("jwt {}", login["token"].as_str().unwrap());
+    first.post_with("logout", &json!({}), &[("Authorization", &authorization)]).result();
+
+    let digests: Vec<(String, i64)> = conn
+        .exec(
+            "SELECT DIGEST_TEXT, SUM_WARNINGS
+             FROM performance_schema.events_statements_summary_by_digest
+             WHERE SCHEMA_NAME = ? AND DIGEST_TEXT IS NOT NULL",
+            (first.dir.database_name(),),
+        )
+        .unwrap();
+    assert!(
+        digests.iter().any(|(text, _)| text.contains("sql_mode")),
+        "the session setup is among the digests: {digests:#?}"
+    );
+    let warned: Vec<_> = digests
+        .iter()
+        .filter(|(text, warnings)| *warnings > 0 && !text.contains("INSERT IGNORE"))
+        .collect();
+    assert!(warned.is_empty(), "statements that drew warnings: {warned:#?}");
+}
