@@ -6,7 +6,7 @@
 //! the `Writer` (`writer.rs`), whose jobs get the writer's `Connection`. A connection holds its
 //! engine in an enum, `Engine`, and each function matches on it and calls that engine's function
 //! of the same name: `sqlite.rs`, with its files in `sqlite/` (opening, SQLite's settings,
-//! `schema.sql` by version, backups and restores), and `mysql.rs` with `mysql/` (MySQL 8.0 or
+//! `schema.sql` by version, backups and restores), and `mysql.rs` with `mysql/` (MySQL or
 //! MariaDB through the blocking `mysql` crate, for several instances on one database; `database`
 //! picks it with a `mysql://` URL). Another engine is one more variant and one more file set: the
 //! compiler then points at each `match` that needs its arm (the openers, `open_writer` and the

@@ -1,7 +1,7 @@
-//! The MySQL engine (MySQL 8.0, MariaDB >= 10.6), through the blocking `mysql` crate: the
-//! queries, one function per query, in SQL both servers accept; the transaction plumbing
-//! (`step`); and beside it in `mysql/`, opening (the URL, the pool, `schema.sql` by version under
-//! a lock: `open.rs`) and the schema (`schema.sql`).
+//! The MySQL engine (MySQL >= 8.0, MariaDB >= 10.6; `.ci/run` tests MySQL 9.7 and MariaDB 10.11),
+//! through the blocking `mysql` crate: the queries, one function per query, in SQL both servers
+//! accept; the transaction plumbing (`step`); and beside it in `mysql/`, opening (the URL, the
+//! pool, `schema.sql` by version under a lock: `open.rs`) and the schema (`schema.sql`).
 //!
 //! A `Connection` is the process's pool for the database, and, inside a transaction, the pooled
 //! connection that transaction runs on (taken at `Step::Begin`, given back at its end); outside

@@ -77,10 +77,10 @@ impl TempDir {
     }
 }
 
-/// The MySQL (MariaDB) server the suite runs against when `WXAUTH_TEST_MYSQL` names one
+/// The MySQL (or MariaDB) server the suite runs against when `WXAUTH_TEST_MYSQL` names one
 /// (`mysql://USER@HOST:PORT/ANY`, the password in `WXAUTH_TEST_MYSQL_PASSWORD`): every test gets
 /// a database of its own, created when its first server starts and dropped with its directory.
-/// `.ci/mariadb` starts such a server.
+/// `.ci/mariadb` (MariaDB) and `.ci/mysql` (MySQL) start such a server.
 pub struct Mysql {
     /// `mysql://USER@HOST:PORT`, without a database.
     pub server: String,

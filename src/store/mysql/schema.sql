@@ -1,4 +1,4 @@
--- wxauth's schema for MySQL 8.0 and MariaDB >= 10.6, applied by version, in SQL both accept.
+-- wxauth's schema for MySQL >= 8.0 and MariaDB >= 10.6, applied by version, in SQL both accept.
 --
 -- Each section starts with a `-- version: N` line; store/mysql/open.rs applies every section
 -- above the version in `meta` (key `schema_version`), under `GET_LOCK('wxauth_schema')` so that
