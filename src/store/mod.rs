@@ -606,25 +606,32 @@ impl SharedDatabase {
         Connection(Engine::Mysql(self.mysql()))
     }
 
+    /// A connection outside any transaction whose transactions all run on one connection of the
+    /// pool, kept between them: one thread's own (`mysql::Connection::pinned`).
+    pub(crate) fn pinned_connection(&self) -> Connection {
+        Connection(Engine::Mysql(mysql::Connection::pinned(self.0.clone())))
+    }
+
     fn mysql(&self) -> mysql::Connection {
         mysql::Connection::new(self.0.clone())
     }
 
-    /// Registers the new identities of `batch` in one transaction of their own
-    /// (`mysql::register_new`), each account as written passed through `admit` (the API's last
+    /// Registers the new identities of `batch` in one transaction of their own on `connection`
+    /// (this database's, `pinned_connection`; `mysql::register_new`), each account as written passed through `admit` (the API's last
     /// checks) before the commit; `statements_done` is called once the statements have run (or
     /// failed), before that commit. The admitted account for each, by position, once committed;
     /// `None` for each registration the batch left, and for all of them when any statement,
     /// check or the commit failed (the transaction is then rolled back): those are for
     /// `register`, one transaction each, which also says what went wrong.
     pub(crate) fn register_new(
-        &self,
+        connection: &Connection,
         batch: &[IdentityRegistration],
         admit: impl Fn(usize, Account) -> Result<Account, Error>,
         statements_done: impl FnOnce(),
     ) -> Vec<Option<Account>> {
-        let connection = self.connection();
-        let Connection(Engine::Mysql(mysql)) = &connection else { unreachable!() };
+        let Connection(Engine::Mysql(mysql)) = connection else {
+            panic!("a batch of registrations on a database that is not shared")
+        };
         let mut statements_done = Some(statements_done);
         let written = connection.step(writer::Step::Begin).and_then(|()| {
             let written = mysql::register_new(mysql, batch);

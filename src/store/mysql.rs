@@ -78,11 +78,23 @@ impl From<mysql::FromValueError> for Error {
 pub(super) struct Connection {
     pool: Pool,
     held: Mutex<Option<PooledConn>>,
+    /// For a connection one thread keeps (`pinned`): the pooled connection between its
+    /// transactions.
+    kept: Option<Mutex<Option<PooledConn>>>,
 }
 
 impl Connection {
     pub(super) fn new(pool: Pool) -> Connection {
-        Connection { pool, held: Mutex::new(None) }
+        Connection { pool, held: Mutex::new(None), kept: None }
+    }
+
+    /// A connection whose transactions all run on one pooled connection, kept between them
+    /// (another is taken when the server dropped it): one thread's own, so that its statements
+    /// are prepared on that connection alone. The registration batches' statements differ by
+    /// batch size, and a prepared multi-row insert keeps a description of each parameter: run
+    /// on whichever connection the pool gives, they fill the statement cache of every one.
+    pub(super) fn pinned(pool: Pool) -> Connection {
+        Connection { pool, held: Mutex::new(None), kept: Some(Mutex::new(None)) }
     }
 
     /// The pool, for another connection to the same database.
@@ -91,7 +103,7 @@ impl Connection {
     }
 
     fn held(&self) -> MutexGuard<'_, Option<PooledConn>> {
-        self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.held)
     }
 
     fn take(&self) -> Result<PooledConn, Error> {
@@ -127,6 +139,10 @@ impl Connection {
     }
 }
 
+fn lock(conn: &Mutex<Option<PooledConn>>) -> MutexGuard<'_, Option<PooledConn>> {
+    conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Gives a connection whose query failed for want of the server back to the pool so that the pool
 /// keeps it only if it still works: the pool resets it first (one round trip), and a dead one
 /// fails that and is dropped, rather than handed to the next query.
@@ -141,7 +157,11 @@ pub(super) fn step(connection: &Connection, step: Step) -> Result<(), Error> {
     let sql = match step {
         Step::Synced | Step::Unsynced | Step::Checkpoint => return Ok(()),
         Step::Begin => {
-            let mut conn = connection.take()?;
+            let kept = connection.kept.as_ref().and_then(|kept| lock(kept).take());
+            let mut conn = match kept {
+                Some(conn) => conn,
+                None => connection.take()?,
+            };
             if let Err(error) = conn.query_drop("START TRANSACTION") {
                 discard(conn);
                 return Err(error.into());
@@ -158,8 +178,10 @@ pub(super) fn step(connection: &Connection, step: Step) -> Result<(), Error> {
             };
             let sql = if step == Step::Commit { "COMMIT" } else { "ROLLBACK" };
             let result = conn.query_drop(sql);
-            if result.is_err() {
-                discard(conn);
+            match (&result, &connection.kept) {
+                (Err(_), _) => discard(conn),
+                (Ok(()), Some(kept)) => *lock(kept) = Some(conn),
+                (Ok(()), None) => {}
             }
             return Ok(result?);
         }

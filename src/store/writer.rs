@@ -287,6 +287,7 @@ fn start_batches(database: &Arc<SharedDatabase>) -> mpsc::SyncSender<Pending> {
 /// 3,076 and 3,370 registrations a second so, against 2,782 and 2,929 with one thread and 2,532
 /// and 2,409 with two that each hold the queue only while gathering, whose batches were smaller.)
 fn batch_loop(database: &SharedDatabase, queue: &Mutex<mpsc::Receiver<Pending>>) {
+    let connection = database.pinned_connection();
     let mut registrations = Vec::with_capacity(MAX_BATCH);
     let mut waiting = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -300,7 +301,8 @@ fn batch_loop(database: &SharedDatabase, queue: &Mutex<mpsc::Receiver<Pending>>)
         if registrations.is_empty() {
             return;
         }
-        let written = database.register_new(
+        let written = SharedDatabase::register_new(
+            &connection,
             &registrations,
             |index, account| {
                 catch_unwind(AssertUnwindSafe(|| (waiting[index].0)(account))).unwrap_or_else(
