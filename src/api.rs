@@ -25,7 +25,8 @@ use crate::error::Error;
 use crate::jwt;
 use crate::ratelimit::RateLimiter;
 use crate::store::{
-    self, Account, Connection, IdentityRegistration, Profile, Registration, WechatSession, Writer,
+    self, Account, AccountChange, Connection, IdentityWrite, Profile, Registration, WechatSession,
+    Writer,
 };
 use crate::wechat::WeChat;
 use crate::wxcrypt;
@@ -300,34 +301,31 @@ impl Ctx<'_> {
     }
 
     /// In one durable write: the account `known_id`, or the one for `openid` (created if absent),
-    /// gets `change` and this login's bookkeeping; the answer is the account as committed, with
-    /// a token. The account is read back in the write, from pages the writer has just changed and
-    /// still holds: read on the worker's connection after the commit it would cost a new read
-    /// transaction, which empties that connection's page cache after every commit and reads the
-    /// pages again from the file (`store::register` reads back in its write the same way).
+    /// gets `change` (a registration, or a login's profile fields) and this login's bookkeeping;
+    /// the answer is the account as committed, with a token (`Writer::write_account`). The
+    /// account is read back in the write, from pages the writer has just changed and still holds:
+    /// read on the worker's connection after the commit it would cost a new read transaction,
+    /// which empties that connection's page cache after every commit and reads the pages again
+    /// from the file.
     ///
     /// `sign_in` is what let the request in: the write refuses the login if the account has
     /// logged out since (`admitted`).
-    fn login_write(
+    fn write_account(
         &self,
         known_id: Option<i64>,
         openid: String,
         sign_in: SignIn,
-        change: impl FnOnce(&Connection, i64) -> Result<(), Error> + Send + 'static,
+        change: AccountChange,
     ) -> Result<SessionAnswer, Error> {
-        let (appid, ip, now) = (self.appid().to_string(), self.client_ip(), self.now);
-        let account = self.writer.run(move |connection| {
-            let id = match known_id {
-                Some(id) => {
-                    store::touch_login(connection, id, &ip, now)?;
-                    id
-                }
-                None => store::login_account(connection, &appid, &openid, &ip, now)?,
-            };
-            change(connection, id)?;
-            let account = store::account_by_id(connection, id)?
-                .ok_or_else(|| Error::Internal(format!("account {id} vanished")))?;
-            admitted(account, openid, sign_in)
+        let write = IdentityWrite {
+            appid: self.appid().to_string(),
+            openid: openid.clone(),
+            ip: self.client_ip(),
+            now: self.now,
+            change,
+        };
+        let account = self.writer.write_account(known_id, write, move |account| {
+            admitted(account, openid.clone(), sign_in)
         })?;
         let token = self.issue_token(&account);
         Ok(SessionAnswer { account, token })
@@ -504,19 +502,17 @@ pub(crate) fn login(
             return Ok(SessionAnswer { account, token });
         }
         let openid = account.wx_openid.clone();
-        return ctx.login_write(
+        return ctx.write_account(
             Some(account.id),
             openid,
             SignIn::Token(account.token_version),
-            move |connection, id| store::update_profile(connection, id, &profile),
+            AccountChange::Login(profile),
         );
     }
     let openid = openid.ok_or(Error::NotAuthenticated)?;
     let sign_in = SignIn::by_openid(ctx.check_openid_login(&openid, session_key.as_deref())?);
     ctx.rate_limit()?;
-    ctx.login_write(None, openid, sign_in, move |connection, id| {
-        store::update_profile(connection, id, &profile)
-    })
+    ctx.write_account(None, openid, sign_in, AccountChange::Login(profile))
 }
 
 /// The answer of `logout`.
@@ -701,18 +697,7 @@ pub(crate) fn register(
     let registration =
         Registration { phone, username: openid.clone(), wx_nickname, birthday, wx_gender };
     let known_id = token_account.map(|account| account.id);
-    let registration = IdentityRegistration {
-        appid: ctx.appid().to_string(),
-        openid: openid.clone(),
-        ip: ctx.client_ip(),
-        now: ctx.now,
-        registration,
-    };
-    let account = ctx.writer.register(known_id, registration, move |account| {
-        admitted(account, openid.clone(), sign_in)
-    })?;
-    let token = ctx.issue_token(&account);
-    Ok(SessionAnswer { account, token })
+    ctx.write_account(known_id, openid, sign_in, AccountChange::Register(registration))
 }
 
 /// The token of `Authorization: jwt|JWT|Bearer <token>` (scheme case-insensitive, one space).

@@ -36,9 +36,10 @@
 //! MySQL).
 //!
 //! On a database several instances share (MySQL, `SharedDatabase`), each write runs in a
-//! transaction of its own on the worker that asks, committed before it is answered, but for
-//! registrations of new identities, which go in batches of many to one transaction
-//! (`Writer::register`, `SharedDatabase::register_new`); accounts and identities are created
+//! transaction of its own on the worker that asks, committed before it is answered, but for the
+//! accounts of new identities (first logins, registrations), which are made in batches of many
+//! to one transaction (`Writer::write_account`, `SharedDatabase::create_accounts`); accounts and
+//! identities are created
 //! race-free across instances, the unique keys deciding and two new identities of one unionid
 //! taking turns (see `mysql.rs`); the answers of repeated codes are kept there too
 //! (`SharedDatabase::claim_code`), for `codes.rs`.
@@ -331,16 +332,26 @@ pub(crate) struct Registration {
     pub(crate) wx_gender: Option<i64>,
 }
 
-/// A registration of the account of a WeChat identity (rather than of a token's account), with
-/// this login's bookkeeping: what `Writer::register` hands to a batch on a shared database
-/// (`SharedDatabase::register_new`).
+/// A write that gives an account its login, with this login's bookkeeping: the account of a
+/// token (`Writer::write_account`'s `known_id`), or else of the WeChat identity (appid, openid),
+/// which gets one if it has none. What a batch on a shared database takes
+/// (`SharedDatabase::create_accounts`).
 #[derive(Debug, Clone)]
-pub(crate) struct IdentityRegistration {
+pub(crate) struct IdentityWrite {
     pub(crate) appid: String,
     pub(crate) openid: String,
     pub(crate) ip: String,
     pub(crate) now: i64,
-    pub(crate) registration: Registration,
+    pub(crate) change: AccountChange,
+}
+
+/// What an `IdentityWrite` writes onto the account.
+#[derive(Debug, Clone)]
+pub(crate) enum AccountChange {
+    /// `register`: the phone and the optional fields (`store::register`).
+    Register(Registration),
+    /// `login`: the profile fields sent, if any (`store::login_account`, `update_profile`).
+    Login(Profile),
 }
 
 /// How many accounts exist, and how many of them completed registration.
@@ -616,25 +627,26 @@ impl SharedDatabase {
         mysql::Connection::new(self.0.clone())
     }
 
-    /// Registers the new identities of `batch` in one transaction of their own on `connection`
-    /// (this database's, `pinned_connection`; `mysql::register_new`), each account as written passed through `admit` (the API's last
-    /// checks) before the commit; `statements_done` is called once the statements have run (or
-    /// failed), before that commit. The admitted account for each, by position, once committed;
-    /// `None` for each registration the batch left, and for all of them when any statement,
-    /// check or the commit failed (the transaction is then rolled back): those are for
-    /// `register`, one transaction each, which also says what went wrong.
-    pub(crate) fn register_new(
+    /// Creates the accounts of the new identities of `batch` in one transaction of their own on
+    /// `connection` (this database's `pinned_connection`; `mysql::create_accounts`), each
+    /// account as written passed through `admit` (the API's last checks) before the commit;
+    /// `statements_done` is called once the statements have run (or failed), before that commit.
+    /// The admitted account for each, by position, once committed; `None` for each write the
+    /// batch left, and for all of them when any statement, check or the commit failed (the
+    /// transaction is then rolled back): those are for `Writer::write_account` to run one
+    /// transaction each, which also says what went wrong.
+    pub(crate) fn create_accounts(
         connection: &Connection,
-        batch: &[IdentityRegistration],
+        batch: &[IdentityWrite],
         admit: impl Fn(usize, Account) -> Result<Account, Error>,
         statements_done: impl FnOnce(),
     ) -> Vec<Option<Account>> {
         let Connection(Engine::Mysql(mysql)) = connection else {
-            panic!("a batch of registrations on a database that is not shared")
+            panic!("a batch of new accounts on a database that is not shared")
         };
         let mut statements_done = Some(statements_done);
         let written = connection.step(writer::Step::Begin).and_then(|()| {
-            let written = mysql::register_new(mysql, batch);
+            let written = mysql::create_accounts(mysql, batch);
             if let Some(done) = statements_done.take() {
                 done();
             }
@@ -658,7 +670,7 @@ impl SharedDatabase {
                 || matches!(&error, Error::Database(error) if !mysql::is_duplicate(error))
             {
                 crate::log::warn(&format!(
-                    "a batch of {} registrations failed, each runs alone: {error}",
+                    "a batch of {} new accounts failed, each is written alone: {error}",
                     batch.len()
                 ));
             }

@@ -17,11 +17,12 @@
 //! `ON DUPLICATE KEY UPDATE` and read back, so the row that got there first names the account. A
 //! new identity whose WeChat session gave a unionid first locks that unionid's row of
 //! `unionid_joins` for the rest of its transaction: two instances' first logins of one person
-//! through two apps take turns, and the second joins the account the first made. Registrations
-//! of identities without an account are also made many at a time (`register_new`): multi-row
-//! inserts in one transaction, which give way to `register` on any race. A connection the
-//! server dropped (a restart) fails its query with `database_unavailable`; a query outside a
-//! transaction is tried once more on a new connection (`Connection::with`).
+//! through two apps take turns, and the second joins the account the first made. The accounts of
+//! identities without one (first logins, registrations) are also made many at a time
+//! (`create_accounts`): multi-row inserts in one transaction, which give way on any race to
+//! `login_account` and `register`, one write each. A connection the server dropped (a restart)
+//! fails its query with `database_unavailable`; a query outside a transaction is tried once more
+//! on a new connection (`Connection::with`).
 
 mod open;
 
@@ -35,9 +36,9 @@ pub(super) use open::{is_url, open_reader, open_writer, set_password};
 
 use super::writer::Step;
 use super::{
-    Account, AccountCounts, AccountQuery, CodeAnswer, CodeClaim, ColumnValue, DatabaseError, Edit,
-    EditValue, EngineError, IdentityRegistration, Profile, RecordedSession, Registration,
-    WechatSession, account_from_mysql_row, split_identities,
+    Account, AccountChange, AccountCounts, AccountQuery, CodeAnswer, CodeClaim, ColumnValue,
+    DatabaseError, Edit, EditValue, EngineError, IdentityWrite, Profile, RecordedSession,
+    Registration, WechatSession, account_from_mysql_row, split_identities,
 };
 use crate::error::Error;
 
@@ -651,21 +652,22 @@ pub(super) fn register(
     account_by_id(connection, id)
 }
 
-/// Registers, in the transaction in progress, each registration of `batch` whose identity has
-/// no account yet and whose WeChat session gave no unionid an account has: one new account and
-/// its identity each, with multi-row statements, so that a batch costs its transaction about as
-/// much as one registration does. The account as written for each, by position; `None` for those
-/// left to `register` (an identity with an account, a unionid to join, the same identity or
-/// unionid twice in the batch). A statement that fails (a unique key another instance took
-/// meanwhile, a deadlock) fails the batch, which the caller rolls back and hands to `register`.
+/// Creates, in the transaction in progress, the account of each write of `batch` whose identity
+/// has no account yet and whose WeChat session gave no unionid an account has: one new account,
+/// registered or logged in as its write says, and its identity each, with multi-row statements,
+/// so that a batch costs its transaction about as much as one new account does. The account as
+/// written for each, by position; `None` for those left to be written alone (`register`,
+/// `login_account`: an identity with an account, a unionid to join, the same identity or unionid
+/// twice in the batch). A statement that fails (a unique key another instance took meanwhile, a
+/// deadlock) fails the batch, which the caller rolls back and writes each alone.
 ///
 /// The unionids' rows of `unionid_joins` are locked first, as `account_to_adopt` does, so that a
 /// first login of the same person through another app, on any instance, waits for this
 /// transaction and then joins its account. Rows go in (appid, openid) order, so that two batches
 /// lock what they share in the same order.
-pub(super) fn register_new(
+pub(super) fn create_accounts(
     connection: &Connection,
-    batch: &[IdentityRegistration],
+    batch: &[IdentityWrite],
 ) -> Result<Vec<Option<Account>>, Error> {
     let mut order: Vec<usize> = (0..batch.len()).collect();
     let identity = |index: &usize| (batch[*index].appid.as_str(), batch[*index].openid.as_str());
@@ -729,12 +731,34 @@ pub(super) fn register_new(
     if order.is_empty() {
         return Ok(written);
     }
-    let mut values = Vec::with_capacity(order.len() * 12);
+    let mut values = Vec::with_capacity(order.len() * 17);
     for index in &order {
-        let IdentityRegistration { appid, openid, ip, now, registration } = &batch[*index];
-        let Registration { phone, username, wx_nickname, birthday, wx_gender } = registration;
+        let IdentityWrite { appid, openid, ip, now, change } = &batch[*index];
+        let (username, is_register, phone, nickname, gender, birthday, profile) = match change {
+            AccountChange::Register(registration) => (
+                registration.username.as_str(),
+                1,
+                Some(registration.phone.as_str()),
+                registration.wx_nickname.as_deref(),
+                registration.wx_gender,
+                registration.birthday.as_deref(),
+                None,
+            ),
+            AccountChange::Login(profile) => (
+                openid.as_str(),
+                0,
+                profile.phone.as_deref(),
+                profile.wx_nickname.as_deref(),
+                profile.wx_gender,
+                None,
+                Some(profile),
+            ),
+        };
+        let from_profile = |field: fn(&Profile) -> &Option<String>| {
+            Value::from(profile.and_then(|profile| field(profile).as_deref()))
+        };
         values.extend([
-            Value::from(username.as_str()),
+            Value::from(username),
             Value::from(appid.as_str()),
             Value::from(openid.as_str()),
             Value::from(unionid_of(index)),
@@ -742,10 +766,15 @@ pub(super) fn register_new(
             Value::from(*now),
             Value::from(ip.as_str()),
             Value::from(*now),
-            Value::from(phone.as_str()),
-            Value::from(wx_nickname.as_deref()),
-            Value::from(birthday.as_deref()),
-            Value::from(wx_gender.unwrap_or(0)),
+            Value::from(phone),
+            Value::from(is_register),
+            Value::from(nickname),
+            Value::from(birthday),
+            Value::from(gender.unwrap_or(0)),
+            from_profile(|profile| &profile.wx_avatar),
+            from_profile(|profile| &profile.wx_country),
+            from_profile(|profile| &profile.wx_province),
+            from_profile(|profile| &profile.wx_city),
         ]);
     }
     let (condition, keys) = identities_condition("wx_appid", "wx_openid", &order, batch);
@@ -754,8 +783,8 @@ pub(super) fn register_new(
             format!(
                 "INSERT INTO accounts (username, wx_appid, wx_openid, wx_unionid, join_ip, \
                  date_joined, last_ip, last_login, phone, is_register, wx_nickname, birthday, \
-                 wx_gender) VALUES {}",
-                placeholders(order.len(), "(?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)")
+                 wx_gender, wx_avatar, wx_country, wx_province, wx_city) VALUES {}",
+                placeholders(order.len(), "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
             ),
             values.clone(),
         )?;
@@ -803,7 +832,7 @@ fn identities_condition(
     appid: &str,
     openid: &str,
     order: &[usize],
-    batch: &[IdentityRegistration],
+    batch: &[IdentityWrite],
 ) -> (String, Vec<Value>) {
     let mut terms = Vec::new();
     let mut values = Vec::with_capacity(order.len() + 1);

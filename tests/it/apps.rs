@@ -216,14 +216,15 @@ fn racing_first_logins_through_two_apps_make_one_account_per_person() {
     assert_eq!(count(&server, "SELECT count(DISTINCT wx_unionid) FROM accounts"), PEOPLE as i64);
 }
 
-/// Registrations of every kind racing at once (on MySQL, those of new identities go in batches
-/// with multi-row statements: `Writer::register`) end as each would alone: a new person gets one
-/// registered account, also when registering through both apps at once or twice in one app; an
-/// existing account, or one loaded behind the server's back without its identity row, is
-/// registered in place; a known person's first registration through the other app joins that
-/// person's account; a disabled person is refused and nothing of theirs is written.
+/// Registrations and first logins of every kind racing at once (on MySQL, the accounts of new
+/// identities are made in batches with multi-row statements: `Writer::write_account`) end as
+/// each would alone: a new person gets one account, registered or logged in with the profile
+/// sent, also when through both apps at once or twice in one app; an existing account, or one
+/// loaded behind the server's back without its identity row, is registered in place; a known
+/// person's first registration through the other app joins that person's account; a disabled
+/// person is refused and nothing of theirs is written.
 #[test]
-fn racing_registrations_of_every_kind_end_as_each_would_alone() {
+fn racing_registrations_and_first_logins_end_as_each_would_alone() {
     const MAIN: &str = "/miniprog/wx_auth/";
     const SHOP_APP: &str = "/shop/wx_auth/";
     let server = Arc::new(Wxauth::start(&[SHOP, ("WXAUTH_OPENID_LOGIN", "open")]));
@@ -273,8 +274,18 @@ fn racing_registrations_of_every_kind_end_as_each_would_alone() {
     let disabled_id = login["account"]["id"].as_i64().unwrap();
     run_on(&server, &["users", "disable", &disabled_id.to_string()]).success();
     let disabled_openid = exchange(SHOP_APP, "disabled");
+    // First logins, with profile fields, racing beside them: new people, and one through both
+    // apps at once.
+    let mut logins: Vec<(String, &str, String)> = Vec::new();
+    for index in 0..4 {
+        let person = format!("firstlogin{index}");
+        logins.push((person.clone(), MAIN, exchange(MAIN, &person)));
+    }
+    for prefix in [MAIN, SHOP_APP] {
+        logins.push(("loginboth".into(), prefix, exchange(prefix, "loginboth")));
+    }
 
-    let barrier = Arc::new(Barrier::new(registrations.len() + 1));
+    let barrier = Arc::new(Barrier::new(registrations.len() + logins.len() + 1));
     let racers: Vec<_> = registrations
         .iter()
         .enumerate()
@@ -286,6 +297,18 @@ fn racing_registrations_of_every_kind_end_as_each_would_alone() {
                 barrier.wait();
                 let body = json!({"openid": openid, "phone": phone});
                 (phone, call(&server, "POST", &prefix, "register", Some(&body), None))
+            })
+        })
+        .collect();
+    let login_racers: Vec<_> = logins
+        .iter()
+        .map(|(person, prefix, openid)| {
+            let (server, barrier) = (server.clone(), barrier.clone());
+            let (prefix, openid, person) = (prefix.to_string(), openid.clone(), person.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let body = json!({"openid": openid, "wx_nickname": person, "wx_city": "杭州"});
+                call(&server, "POST", &prefix, "login", Some(&body), None)
             })
         })
         .collect();
@@ -310,22 +333,37 @@ fn racing_registrations_of_every_kind_end_as_each_would_alone() {
         }
         assert_eq!(*ids.entry(person.clone()).or_insert(id), id, "{person}: one account");
     }
+    for (racer, (person, _, openid)) in login_racers.into_iter().zip(&logins) {
+        let answer = racer.join().unwrap();
+        let account = &answer.result()["account"];
+        let id = account["id"].as_i64().unwrap();
+        assert_eq!(account["is_register"], false, "{person}: {account}");
+        assert_eq!(account["phone"], Value::Null, "{person}: {account}");
+        assert_eq!(
+            (&account["wx_nickname"], &account["wx_city"]),
+            (&json!(person), &json!("杭州")),
+            "{person}: the profile sent"
+        );
+        assert_eq!(account["wx_openid"], json!(openid), "{person}: its app's openid");
+        assert_eq!(*ids.entry(person.clone()).or_insert(id), id, "{person}: one account");
+    }
     refused.join().unwrap().assert_error(403, "account_disabled");
 
     let people = ids.len() as i64 + 1;
-    assert_eq!(people, 24);
+    assert_eq!(people, 29);
     let distinct: std::collections::HashSet<_> = ids.values().collect();
     assert_eq!(distinct.len(), ids.len(), "one account per person");
     assert_eq!(count(&server, "SELECT count(*) FROM accounts"), people);
-    assert_eq!(count(&server, "SELECT count(*) FROM accounts WHERE is_register = 1"), people - 1);
-    // new 8, known 4, joiner 4 × 2 apps, both 4 × 2, twice 2, loaded 1, disabled 1 (main only).
-    assert_eq!(count(&server, "SELECT count(*) FROM identities"), 32);
+    assert_eq!(count(&server, "SELECT count(*) FROM accounts WHERE is_register = 1"), 23);
+    // new 8, known 4, joiner 4 × 2 apps, both 4 × 2, twice 2, loaded 1, disabled 1 (main only);
+    // first logins 4, and one through both apps 2.
+    assert_eq!(count(&server, "SELECT count(*) FROM identities"), 38);
     let disabled_identities =
         format!("SELECT count(*) FROM identities WHERE account_id = {disabled_id}");
     assert_eq!(count(&server, &disabled_identities), 1, "no identity for the refused app");
     // A batch gives way to a race silently; any other failure of one is logged.
     let log = server.stderr();
-    assert!(!log.contains("registrations failed"), "{log}");
+    assert!(!log.contains("new accounts failed"), "{log}");
 }
 
 /// A token carries its app's audience: the other app refuses it as any bad token, `verify`
