@@ -623,6 +623,14 @@ impl SharedDatabase {
         Connection(Engine::Mysql(mysql::Connection::pinned(self.0.clone())))
     }
 
+    /// Gives the pooled connections `connection` holds back reset, after a panic left its
+    /// transaction in a state nobody knows (`mysql::Connection::abandon`).
+    pub(crate) fn abandon(connection: &Connection) {
+        if let Connection(Engine::Mysql(mysql)) = connection {
+            mysql.abandon();
+        }
+    }
+
     fn mysql(&self) -> mysql::Connection {
         mysql::Connection::new(self.0.clone())
     }
@@ -645,30 +653,41 @@ impl SharedDatabase {
             panic!("a batch of new accounts on a database that is not shared")
         };
         let mut statements_done = Some(statements_done);
-        let written = connection.step(writer::Step::Begin).and_then(|()| {
-            let written = mysql::create_accounts(mysql, batch);
-            if let Some(done) = statements_done.take() {
-                done();
+        let mut attempt = || {
+            let written = connection.step(writer::Step::Begin).and_then(|()| {
+                let written = mysql::create_accounts(mysql, batch);
+                if let Some(done) = statements_done.take() {
+                    done();
+                }
+                let admitted = written?
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, account)| {
+                        account.map(|account| admit(index, account)).transpose()
+                    })
+                    .collect::<Result<Vec<_>, Error>>()?;
+                connection.step(writer::Step::Commit)?;
+                Ok(admitted)
+            });
+            if written.is_err() {
+                let _ = connection.step(writer::Step::Rollback);
             }
-            let admitted = written?
-                .into_iter()
-                .enumerate()
-                .map(|(index, account)| account.map(|account| admit(index, account)).transpose())
-                .collect::<Result<Vec<_>, Error>>()?;
-            connection.step(writer::Step::Commit)?;
-            Ok(admitted)
-        });
+            written
+        };
+        // A unique key taken meanwhile is an account another transaction was making (the other
+        // batch thread's, another instance's): once more, the lookup finds it committed and leaves
+        // its write out of the batch.
+        let written = match attempt() {
+            Err(Error::Database(error)) if mysql::is_duplicate(&error) => attempt(),
+            written => written,
+        };
         if let Some(done) = statements_done.take() {
             done();
         }
         written.unwrap_or_else(|error| {
-            let _ = connection.step(writer::Step::Rollback);
-            // A unique key another instance took meanwhile is the race the batch gives way in,
-            // and an unavailable server or a refused login is what each then hears alone; the
-            // rest is worth the operator's eye.
-            if matches!(&error, Error::Internal(_))
-                || matches!(&error, Error::Database(error) if !mysql::is_duplicate(error))
-            {
+            // An unavailable server, a lock waited for too long or a refused login is what each
+            // write then hears alone; the rest is worth the operator's eye.
+            if matches!(&error, Error::Internal(_) | Error::Database(_)) {
                 crate::log::warn(&format!(
                     "a batch of {} new accounts failed, each is written alone: {error}",
                     batch.len()

@@ -98,6 +98,16 @@ impl Connection {
         Connection { pool, held: Mutex::new(None), kept: Some(Mutex::new(None)) }
     }
 
+    /// Gives the connections this one holds back to the pool reset (`discard`: the server rolls
+    /// back their transaction and forgets their session), after a panic in a transaction left
+    /// them in a state nobody knows.
+    pub(super) fn abandon(&self) {
+        let kept = self.kept.as_ref().and_then(|kept| lock(kept).take());
+        for conn in [self.held().take(), kept].into_iter().flatten() {
+            discard(conn);
+        }
+    }
+
     /// The pool, for another connection to the same database.
     pub(super) fn pool(&self) -> Pool {
         self.pool.clone()
@@ -140,6 +150,12 @@ impl Connection {
     }
 }
 
+/// What a pinned connection's session sets first: a row lock it waits for more than 2 s (another
+/// instance's transaction holding an identity or a unionid) fails its batch, which the writes then
+/// leave for one transaction each, rather than hold up every batch behind it for InnoDB's default
+/// 50 s.
+const PINNED_SETUP: &str = "SET SESSION innodb_lock_wait_timeout = 2";
+
 fn lock(conn: &Mutex<Option<PooledConn>>) -> MutexGuard<'_, Option<PooledConn>> {
     conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -161,6 +177,14 @@ pub(super) fn step(connection: &Connection, step: Step) -> Result<(), Error> {
             let kept = connection.kept.as_ref().and_then(|kept| lock(kept).take());
             let mut conn = match kept {
                 Some(conn) => conn,
+                None if connection.kept.is_some() => {
+                    let mut conn = connection.take()?;
+                    if let Err(error) = conn.query_drop(PINNED_SETUP) {
+                        discard(conn);
+                        return Err(error.into());
+                    }
+                    conn
+                }
                 None => connection.take()?,
             };
             if let Err(error) = conn.query_drop("START TRANSACTION") {
@@ -657,8 +681,8 @@ pub(super) fn register(
 /// registered or logged in as its write says, and its identity each, with multi-row statements,
 /// so that a batch costs its transaction about as much as one new account does. The account as
 /// written for each, by position; `None` for those left to be written alone (`register`,
-/// `login_account`: an identity with an account, a unionid to join, the same identity or unionid
-/// twice in the batch). A statement that fails (a unique key another instance took meanwhile, a
+/// `login_account`: an identity with an account, or an account made with it that lacks its
+/// identity row, a unionid to join, the same identity or unionid twice in the batch). A statement that fails (a unique key another instance took meanwhile, a
 /// deadlock) fails the batch, which the caller rolls back and writes each alone.
 ///
 /// The unionids' rows of `unionid_joins` are locked first, as `account_to_adopt` does, so that a
@@ -674,15 +698,18 @@ pub(super) fn create_accounts(
     order.sort_by(|a, b| identity(a).cmp(&identity(b)));
     order.dedup_by(|later, first| identity(later) == identity(first));
     let (condition, values) = identities_condition("appid", "openid", &order, batch);
+    let (made_with, _) = identities_condition("wx_appid", "wx_openid", &order, batch);
     let found: Vec<(u8, String, String, Option<String>)> = connection.with(|conn| {
         Ok(conn.exec(
             format!(
                 "SELECT 0, appid, openid, NULL FROM identities WHERE {condition}
                  UNION ALL
+                 SELECT 0, wx_appid, wx_openid, NULL FROM accounts WHERE {made_with}
+                 UNION ALL
                  SELECT 1, appid, openid, unionid FROM wechat_sessions
                  WHERE ({condition}) AND unionid IS NOT NULL"
             ),
-            [values.clone(), values.clone()].concat(),
+            [values.clone(), values.clone(), values.clone()].concat(),
         )?)
     })?;
     // The unionid each registration's WeChat session gave, by position.

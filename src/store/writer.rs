@@ -335,15 +335,24 @@ fn batch_loop(database: &SharedDatabase, queue: &Mutex<mpsc::Receiver<Pending>>)
         if writes.is_empty() {
             return;
         }
-        let written = SharedDatabase::create_accounts(
-            &connection,
-            &writes,
-            |index, account| {
-                catch_unwind(AssertUnwindSafe(|| (waiting[index].0)(account)))
-                    .unwrap_or_else(|_| Err(Error::Internal("an account's checks panicked".into())))
-            },
-            || drop(turn),
-        );
+        let batch = || {
+            SharedDatabase::create_accounts(
+                &connection,
+                &writes,
+                |index, account| {
+                    catch_unwind(AssertUnwindSafe(|| (waiting[index].0)(account))).unwrap_or_else(
+                        |_| Err(Error::Internal("an account's checks panicked".into())),
+                    )
+                },
+                || drop(turn),
+            )
+        };
+        // A panic costs the batch, never the thread: each write is then written alone.
+        let written = catch_unwind(AssertUnwindSafe(batch)).unwrap_or_else(|_| {
+            crate::log::error("a batch of new accounts panicked; each is written alone");
+            SharedDatabase::abandon(&connection);
+            vec![None; writes.len()]
+        });
         for ((write, (_, reply)), account) in writes.drain(..).zip(waiting.drain(..)).zip(written) {
             let _ = reply.send(account.ok_or(write));
         }
