@@ -91,9 +91,10 @@ impl Connection {
 
     /// A connection whose transactions all run on one pooled connection, kept between them
     /// (another is taken when the server dropped it): one thread's own, so that its statements
-    /// are prepared on that connection alone. The registration batches' statements differ by
-    /// batch size, and a prepared multi-row insert keeps a description of each parameter: run
-    /// on whichever connection the pool gives, they fill the statement cache of every one.
+    /// are prepared on that connection alone. The account batches' statements differ by batch
+    /// size, and a prepared multi-row insert keeps a description of each parameter: run on
+    /// whichever connection the pool gives, they fill the statement cache of every one. Its
+    /// session waits at most 2 s for a row lock (`PINNED_SETUP`).
     pub(super) fn pinned(pool: Pool) -> Connection {
         Connection { pool, held: Mutex::new(None), kept: Some(Mutex::new(None)) }
     }
@@ -682,8 +683,10 @@ pub(super) fn register(
 /// so that a batch costs its transaction about as much as one new account does. The account as
 /// written for each, by position; `None` for those left to be written alone (`register`,
 /// `login_account`: an identity with an account, or an account made with it that lacks its
-/// identity row, a unionid to join, the same identity or unionid twice in the batch). A statement that fails (a unique key another instance took meanwhile, a
-/// deadlock) fails the batch, which the caller rolls back and writes each alone.
+/// identity row, a unionid to join, the same identity or unionid twice in the batch). A statement
+/// that fails (a unique key another transaction took meanwhile, a lock waited for too long, a
+/// deadlock) fails the batch, which the caller rolls back and then runs once more (a unique key)
+/// or leaves to be written alone.
 ///
 /// The unionids' rows of `unionid_joins` are locked first, as `account_to_adopt` does, so that a
 /// first login of the same person through another app, on any instance, waits for this
@@ -712,7 +715,7 @@ pub(super) fn create_accounts(
             [values.clone(), values.clone(), values.clone()].concat(),
         )?)
     })?;
-    // The unionid each registration's WeChat session gave, by position.
+    // The unionid each write's WeChat session gave, by position.
     let mut unionids: Vec<Option<String>> = vec![None; batch.len()];
     for (kind, appid, openid, unionid) in found {
         let key = (appid.as_str(), openid.as_str());
