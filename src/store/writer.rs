@@ -317,9 +317,10 @@ fn start_batches(database: &Arc<SharedDatabase>) -> mpsc::SyncSender<Pending> {
 /// thread holds the queue from gathering its batch (the writes waiting, at least one, up to
 /// `MAX_BATCH`) until the batch's statements are done, and lets go before its commit: the
 /// commit, which waits for the server's log flush, is the longest part, and meanwhile the other
-/// thread gathers what arrived and runs its statements. (On 2 cores against MariaDB, 16 workers:
-/// 3,076 and 3,370 registrations a second so, against 2,782 and 2,929 with one thread and 2,532
-/// and 2,409 with two that each hold the queue only while gathering, whose batches were smaller.)
+/// thread gathers what arrived and runs its statements. (`BENCH_MYSQL=… bench/compare` against
+/// MariaDB, 16 workers, three pairs: 4,806, 4,035 and 5,420 registrations a second so, against
+/// 3,733, 3,577 and 4,474 with one thread; two threads that each held the queue only while
+/// gathering made smaller batches and did worse than one.)
 fn batch_loop(database: &SharedDatabase, queue: &Mutex<mpsc::Receiver<Pending>>) {
     let connection = database.pinned_connection();
     let mut writes = Vec::with_capacity(MAX_BATCH);
