@@ -13,13 +13,14 @@
 //! accounts are created by a lookup, then an `INSERT … ON DUPLICATE KEY UPDATE` that, when another
 //! instance created the identity's account in between, takes the winner's row (its id, with this
 //! login's bookkeeping) instead of failing; such a race spends one AUTO_INCREMENT id, an ordinary
-//! login none. An identity (appid, openid) is the primary key of `identities`, inserted with
+//! login none (a rolled-back batch, below, the ids of its accounts). An identity (appid, openid) is the primary key of `identities`, inserted with
 //! `ON DUPLICATE KEY UPDATE` and read back, so the row that got there first names the account. A
 //! new identity whose WeChat session gave a unionid first locks that unionid's row of
 //! `unionid_joins` for the rest of its transaction: two instances' first logins of one person
 //! through two apps take turns, and the second joins the account the first made. The accounts of
 //! identities without one (first logins, registrations) are also made many at a time
-//! (`create_accounts`): multi-row inserts in one transaction, which give way on any race to
+//! (`create_accounts`): multi-row inserts in one transaction, run once more when another
+//! transaction made one of its accounts meanwhile, and on any other failure left to
 //! `login_account` and `register`, one write each. A connection the server dropped (a restart)
 //! fails its query with `database_unavailable`; a query outside a transaction is tried once more
 //! on a new connection (`Connection::with`).
