@@ -317,6 +317,75 @@ fn a_database_restart_under_load_recovers_without_restarting_wxauth() {
     }
 }
 
+/// A statement that outlives the 30 s read timeout (here a logout waiting for a row lock that an
+/// operator's session holds) fails its request with 503 and leaves the tokens as they were, and
+/// its reply, when it comes late, is never read as the answer to another request's statement:
+/// every request after it gets its own account. The lock is let go between the timeout and the
+/// server's own lock wait timeout (50 s), so that the late reply reaches the connection the
+/// timed-out request was using while wxauth still reads from it.
+#[test]
+fn a_statement_cut_off_by_the_read_timeout_answers_no_later_request() {
+    use mysql::prelude::Queryable;
+    let _shared = shared_server();
+    let mysql = mysql();
+    let dir = TempDir::new();
+    let database = dir.database_name();
+    mysql.create_database(&database);
+    let server = Wxauth::start_in(dir, &[("WXAUTH_OPENID_LOGIN", "open")]);
+    let people: Vec<(String, String)> = (0..5)
+        .map(|index| {
+            let openid = format!("timeout-{index}");
+            let body = json!({ "openid": openid, "phone": format!("1380013800{index}") });
+            let token = server.post("register", &body).result()["token"].as_str().unwrap().into();
+            (openid, token)
+        })
+        .collect();
+    let me = |token: &str| {
+        let authorization = format!("jwt {token}");
+        harness::send(
+            &harness::agent(),
+            "GET",
+            &server.url("me"),
+            &[("Authorization", &authorization)],
+            None,
+        )
+    };
+    let mut operator = mysql.connect(Some(&database));
+    operator.query_drop("START TRANSACTION").unwrap();
+    operator
+        .query_drop("SELECT id FROM accounts WHERE wx_openid = 'timeout-0' FOR UPDATE")
+        .unwrap();
+    let started = Instant::now();
+    let logout = std::thread::scope(|scope| {
+        let logout = scope.spawn(|| {
+            let agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(90)))
+                .build()
+                .new_agent();
+            let authorization = format!("jwt {}", people[0].1);
+            harness::send(
+                &agent,
+                "POST",
+                &server.url("logout"),
+                &[("Authorization", &authorization)],
+                Some(b"{}"),
+            )
+        });
+        std::thread::sleep(Duration::from_secs(34).saturating_sub(started.elapsed()));
+        operator.query_drop("COMMIT").unwrap();
+        logout.join().unwrap()
+    });
+    logout.assert_error(503, "database_unavailable");
+    for round in 0..20 {
+        for (openid, token) in &people {
+            let answer = me(token);
+            assert_eq!(answer.status, 200, "round {round}, {openid}: {answer:?}");
+            assert_eq!(answer.result()["wx_openid"], openid.as_str(), "round {round}: {answer:?}");
+        }
+    }
+}
+
 /// A MySQL database of schema version 5 (before several mini-programs): its accounts become the
 /// default app's identities, keeping their ids, and new accounts still get ids after them.
 #[test]

@@ -44,14 +44,13 @@ use super::{
 use crate::error::Error;
 
 /// MySQL's errors are the store's database errors, kept whole; those that mean the server cannot
-/// be reached (a connection refused, dropped or timed out, a server shutting down or out of
-/// connections) are `DatabaseUnavailable`.
+/// be reached (a connection refused, dropped, timed out or out of step, `lost_in_the_stream`; a
+/// server shutting down or out of connections; a lock wait timed out, a deadlock) are
+/// `DatabaseUnavailable`.
 impl From<mysql::Error> for Error {
     fn from(error: mysql::Error) -> Self {
         let unavailable = match &error {
-            mysql::Error::IoError(_)
-            | mysql::Error::CodecError(_)
-            | mysql::Error::DriverError(_) => true,
+            error if lost_in_the_stream(error) => true,
             // ER_CON_COUNT_ERROR, ER_SERVER_SHUTDOWN, ER_CONNECTION_KILLED (MariaDB),
             // ER_CLIENT_INTERACTION_TIMEOUT (MySQL), ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK.
             mysql::Error::MySqlError(error) => {
@@ -100,12 +99,12 @@ impl Connection {
         Connection { pool, held: Mutex::new(None), kept: Some(Mutex::new(None)) }
     }
 
-    /// Gives the connections this one holds back to the pool reset (`discard`: the server rolls
-    /// back their transaction and forgets their session), after a panic in a transaction left
-    /// them in a state nobody knows.
+    /// Closes the connections this one holds (`sever`, `discard`: the server rolls back their
+    /// transaction), after a panic in a transaction left them in a state nobody knows.
     pub(super) fn abandon(&self) {
         let kept = self.kept.as_ref().and_then(|kept| lock(kept).take());
         for conn in [self.held().take(), kept].into_iter().flatten() {
+            sever(&conn);
             discard(conn);
         }
     }
@@ -133,15 +132,18 @@ impl Connection {
     fn with<T>(&self, query: impl Fn(&mut PooledConn) -> Result<T, Error>) -> Result<T, Error> {
         let mut held = self.held();
         if let Some(conn) = held.as_mut() {
-            return query(conn);
+            let result = query(conn);
+            return sever_if_lost(conn, result);
         }
         drop(held);
         let mut conn = self.take()?;
-        match query(&mut conn) {
+        let result = query(&mut conn);
+        match sever_if_lost(&conn, result) {
             Err(Error::DatabaseUnavailable(_)) => {
                 discard(conn);
                 let mut conn = self.take()?;
                 let result = query(&mut conn);
+                let result = sever_if_lost(&conn, result);
                 if let Err(Error::DatabaseUnavailable(_)) = result {
                     discard(conn);
                 }
@@ -164,9 +166,60 @@ fn lock(conn: &Mutex<Option<PooledConn>>) -> MutexGuard<'_, Option<PooledConn>> 
 
 /// Gives a connection whose query failed for want of the server back to the pool so that the pool
 /// keeps it only if it still works: the pool resets it first (one round trip), and a dead one
-/// fails that and is dropped, rather than handed to the next query.
+/// (or one `sever`ed) fails that and is dropped, rather than handed to the next query.
 fn discard(mut conn: PooledConn) {
     conn.reset_connection(true);
+}
+
+/// `discard`s `conn`, whose last statement failed with `error`, `sever`ed first when that left it
+/// out of step with the server.
+fn discard_after(conn: PooledConn, error: &mysql::Error) {
+    if lost_in_the_stream(error) {
+        sever(&conn);
+    }
+    discard(conn);
+}
+
+/// Whether `error` leaves unknown where `conn`'s conversation with the server stands: a read or
+/// write that timed out or broke off, a reply that did not parse. A server's refusal (an error
+/// packet, read whole) and a value of the wrong type leave it in step.
+fn lost_in_the_stream(error: &mysql::Error) -> bool {
+    match error {
+        mysql::Error::IoError(_)
+        | mysql::Error::CodecError(_)
+        | mysql::Error::DriverError(_)
+        | mysql::Error::TlsError(_) => true,
+        mysql::Error::MySqlError(_)
+        | mysql::Error::UrlError(_)
+        | mysql::Error::FromValueError(_)
+        | mysql::Error::FromRowError(_) => false,
+    }
+}
+
+/// `sever`s `conn` when `result` failed in a way that leaves it out of step with the server
+/// (`lost_in_the_stream`).
+fn sever_if_lost<T>(conn: &PooledConn, result: Result<T, Error>) -> Result<T, Error> {
+    if let Err(Error::DatabaseUnavailable(DatabaseError(EngineError::Mysql(error)))) = &result
+        && lost_in_the_stream(error)
+    {
+        sever(conn);
+    }
+    result
+}
+
+/// Ends `conn`'s traffic for good: every later read or write on it fails at once, so the pool
+/// drops it (`discard`) and nothing is ever read from it again. A statement cut off by the read
+/// timeout (30 s) is still running on the server, and its reply, when it comes, would otherwise
+/// be read as the reply to the connection's next statement, and that one's to the one after: a
+/// request would get another's rows, or the answer to the reset meant to clear it.
+fn sever(conn: &PooledConn) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is `conn`'s open socket for as long as `conn` is borrowed here;
+    // shutdown(2) ends its traffic and leaves closing it to `conn`. (Writes to it then fail with
+    // EPIPE, without SIGPIPE: std sends with MSG_NOSIGNAL.)
+    unsafe {
+        libc::shutdown(conn.as_raw_fd(), libc::SHUT_RDWR);
+    }
 }
 
 /// Runs one step of the transaction plumbing. Durability is the server's (InnoDB with
@@ -182,7 +235,7 @@ pub(super) fn step(connection: &Connection, step: Step) -> Result<(), Error> {
                 None if connection.kept.is_some() => {
                     let mut conn = connection.take()?;
                     if let Err(error) = conn.query_drop(PINNED_SETUP) {
-                        discard(conn);
+                        discard_after(conn, &error);
                         return Err(error.into());
                     }
                     conn
@@ -190,7 +243,7 @@ pub(super) fn step(connection: &Connection, step: Step) -> Result<(), Error> {
                 None => connection.take()?,
             };
             if let Err(error) = conn.query_drop("START TRANSACTION") {
-                discard(conn);
+                discard_after(conn, &error);
                 return Err(error.into());
             }
             *connection.held() = Some(conn);
@@ -206,7 +259,7 @@ pub(super) fn step(connection: &Connection, step: Step) -> Result<(), Error> {
             let sql = if step == Step::Commit { "COMMIT" } else { "ROLLBACK" };
             let result = conn.query_drop(sql);
             match (&result, &connection.kept) {
-                (Err(_), _) => discard(conn),
+                (Err(error), _) => discard_after(conn, error),
                 (Ok(()), Some(kept)) => *lock(kept) = Some(conn),
                 (Ok(()), None) => {}
             }
@@ -946,15 +999,26 @@ pub(super) fn each_account(
     // `visit` writes out what it is handed and runs no query, so the transaction's connection
     // (if any) stays locked while the rows stream.
     let mut held = connection.held();
-    let mut own;
+    let mut own = None;
     let conn = match held.as_mut() {
         Some(conn) => conn,
-        None => {
-            own = connection.take()?;
-            &mut own
-        }
+        None => own.insert(connection.take()?),
     };
-    let limit = limit.unwrap_or(u64::MAX >> 1);
+    let result = stream_accounts(conn, limit.unwrap_or(u64::MAX >> 1), offset, &mut visit);
+    let result = sever_if_lost(conn, result);
+    if let (Some(conn), Err(Error::DatabaseUnavailable(_))) = (own, &result) {
+        discard(conn);
+    }
+    result
+}
+
+/// `each_account`'s statements, on `conn`.
+fn stream_accounts(
+    conn: &mut PooledConn,
+    limit: u64,
+    offset: u64,
+    visit: &mut impl FnMut(Account, Vec<(String, String)>) -> Result<(), Error>,
+) -> Result<(), Error> {
     conn.query_drop("SET SESSION group_concat_max_len = 1073741824")?;
     let rows = conn.exec_iter(
         concat!(
