@@ -10,8 +10,10 @@
 --                             before: oB<TAG>t<thread>n<counter>
 --   openid PREFIX TAG         POST PREFIXlogin with an openid never sent before, which creates
 --                             its account: oL<TAG>t<thread>n<counter>
---   code PREFIX TAG           GET PREFIXget_openid_by_code?code=bench.<TAG>.<thread>.<counter>,
---                             a code never sent before (the fake WeChat's codes are single-use)
+--   code PREFIX TAG           GET PREFIXget_openid_by_code?code=c<TAG>t<thread>n<counter>.bench,
+--                             a code never sent before (the fake WeChat's codes are single-use),
+--                             each a person of its own (the fake's openid comes from what
+--                             precedes the first dot), as the codes of many users are
 --
 -- done() prints one machine-readable line for bench/run:
 --   BENCH requests=N seconds=S p50_us=N p99_us=N non2xx=N connect=N read=N write=N timeout=N
@@ -76,8 +78,8 @@ function request()
       local body = '{"openid":"oL' .. argument .. "t" .. thread_number .. "n" .. counter .. '"}'
       return post_head .. #body .. "\r\n\r\n" .. body
    else
-      return get_head .. prefix .. "get_openid_by_code?code=bench." .. argument .. "."
-         .. thread_number .. "." .. counter .. get_tail
+      return get_head .. prefix .. "get_openid_by_code?code=c" .. argument .. "t" .. thread_number
+         .. "n" .. counter .. ".bench" .. get_tail
    end
 end
 
