@@ -317,9 +317,10 @@ fn a_database_restart_under_load_recovers_without_restarting_wxauth() {
     }
 }
 
-/// A statement that outlives the 30 s read timeout (here a logout waiting for a row lock that an
-/// operator's session holds) fails its request with 503 and leaves the tokens as they were, and
-/// its reply, when it comes late, is never read as the answer to another request's statement:
+/// A statement that outlives the 30 s read timeout (here a logout, and an operator's `users
+/// revoke` over TLS, waiting for a row lock another session holds) fails with 503, or with the
+/// command's one-line error (not a silent death by SIGPIPE), and leaves the tokens as they were;
+/// and its reply, when it comes late, is never read as the answer to another request's statement:
 /// every request after it gets its own account. The lock is let go between the timeout and the
 /// server's own lock wait timeout (50 s), so that the late reply reaches the connection the
 /// timed-out request was using while wxauth still reads from it.
@@ -350,13 +351,26 @@ fn a_statement_cut_off_by_the_read_timeout_answers_no_later_request() {
             None,
         )
     };
+    let id = me(&people[0].1).result()["id"].to_string();
+    let tls = mysql.server.replacen("mysql://wxauth@", "mysql://wxauth_tls@", 1);
+    let tls = format!("{tls}/{database}?ssl-mode=REQUIRED");
+    let elsewhere = TempDir::new();
     let mut operator = mysql.connect(Some(&database));
     operator.query_drop("START TRANSACTION").unwrap();
     operator
         .query_drop("SELECT id FROM accounts WHERE wx_openid = 'timeout-0' FOR UPDATE")
         .unwrap();
-    let started = Instant::now();
-    let logout = std::thread::scope(|scope| {
+    let (logout, revoke) = std::thread::scope(|scope| {
+        let revoke = scope.spawn(|| {
+            std::process::Command::new(harness::binary())
+                .args(["users", "revoke", &id])
+                .current_dir(&elsewhere.0)
+                .env_clear()
+                .env("WXAUTH_DATABASE", &tls)
+                .env("WXAUTH_DATABASE_PASSWORD", &mysql.password)
+                .output()
+                .unwrap()
+        });
         let logout = scope.spawn(|| {
             let agent = ureq::Agent::config_builder()
                 .http_status_as_error(false)
@@ -372,11 +386,27 @@ fn a_statement_cut_off_by_the_read_timeout_answers_no_later_request() {
                 Some(b"{}"),
             )
         });
-        std::thread::sleep(Duration::from_secs(34).saturating_sub(started.elapsed()));
+        // The clock starts once both statements run (and wait for the lock), whatever the
+        // machine's pace.
+        let mut watcher = mysql.connect(Some(&database));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let waiting = format!(
+            "SELECT count(*) FROM information_schema.processlist
+             WHERE db = '{database}' AND info LIKE 'UPDATE accounts SET token_version%'"
+        );
+        while watcher.query_first::<i64, _>(&waiting).unwrap() != Some(2) {
+            assert!(Instant::now() < deadline, "the logout and the revoke never waited");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_secs(34));
         operator.query_drop("COMMIT").unwrap();
-        logout.join().unwrap()
+        (logout.join().unwrap(), revoke.join().unwrap())
     });
     logout.assert_error(503, "database_unavailable");
+    let stderr = String::from_utf8_lossy(&revoke.stderr);
+    assert_eq!(revoke.status.code(), Some(1), "{revoke:?}");
+    assert!(stderr.starts_with("wxauth: ") && stderr.contains("database unavailable"), "{stderr}");
+    assert!(!stderr.contains(&mysql.password), "the password is never shown");
     for round in 0..20 {
         for (openid, token) in &people {
             let answer = me(token);

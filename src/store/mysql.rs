@@ -28,10 +28,10 @@
 mod open;
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use mysql::prelude::{FromValue, Queryable};
-use mysql::{Params, Pool, PooledConn, Row, Value, params};
+use mysql::prelude::{AsStatement, FromRow, FromValue, Protocol, Queryable};
+use mysql::{Params, Pool, PooledConn, QueryResult, Row, Value, params};
 
 pub(super) use open::{is_url, open_reader, open_writer, set_password};
 
@@ -124,7 +124,9 @@ impl Connection {
 
     /// Runs `query` on the transaction's connection, or on one from the pool. Outside a
     /// transaction, a query that failed for want of the server (its connection dead since a
-    /// restart, a lock wait timed out, a deadlock) runs once more on a new one. Those run so are
+    /// restart, a lock wait timed out, a deadlock) runs once more on a new one; one the read
+    /// timeout cut off does not, as it may still be running on the server (where it may yet
+    /// complete) and another try would most likely wait as long again. Those run so are
     /// reads or writes that may run twice (`INSERT IGNORE`, updates to the same values), with one
     /// exception: should `claim_code`'s reply be lost after its insert was done, the second try
     /// finds the claim the first made and answers `Pending`, and the request waits for a claim of
@@ -139,6 +141,10 @@ impl Connection {
         let mut conn = self.take()?;
         let result = query(&mut conn);
         match sever_if_lost(&conn, result) {
+            Err(error) if timed_out(&error) => {
+                discard(conn);
+                Err(error)
+            }
             Err(Error::DatabaseUnavailable(_)) => {
                 discard(conn);
                 let mut conn = self.take()?;
@@ -196,6 +202,15 @@ fn lost_in_the_stream(error: &mysql::Error) -> bool {
     }
 }
 
+/// Whether `error` is a read or write the timeout cut off (`open::READ_TIMEOUT`).
+fn timed_out(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::DatabaseUnavailable(DatabaseError(EngineError::Mysql(mysql::Error::IoError(error))))
+            if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+    )
+}
+
 /// `sever`s `conn` when `result` failed in a way that leaves it out of step with the server
 /// (`lost_in_the_stream`).
 fn sever_if_lost<T>(conn: &PooledConn, result: Result<T, Error>) -> Result<T, Error> {
@@ -207,18 +222,34 @@ fn sever_if_lost<T>(conn: &PooledConn, result: Result<T, Error>) -> Result<T, Er
     result
 }
 
-/// Ends `conn`'s traffic for good: every later read or write on it fails at once, so the pool
-/// drops it (`discard`) and nothing is ever read from it again. A statement cut off by the read
-/// timeout (30 s) is still running on the server, and its reply, when it comes, would otherwise
-/// be read as the reply to the connection's next statement, and that one's to the one after: a
-/// request would get another's rows, or the answer to the reset meant to clear it.
+/// Ends `conn`'s traffic for good (`sever_socket`).
 fn sever(conn: &PooledConn) {
     use std::os::fd::AsRawFd;
-    // SAFETY: the descriptor is `conn`'s open socket for as long as `conn` is borrowed here;
-    // shutdown(2) ends its traffic and leaves closing it to `conn`. (Writes to it then fail with
-    // EPIPE, without SIGPIPE: std sends with MSG_NOSIGNAL.)
+    sever_socket(conn.as_raw_fd());
+}
+
+/// Puts /dev/null in the place of the socket `fd` (a connection's, plain or under TLS): the
+/// socket closes (the server sees the connection end, and rolls back its transaction), and the
+/// connection it belonged to then reads only an end of file, which fails its next command, so the
+/// pool drops it (`discard`), and nothing is ever read from that socket again. A statement cut off
+/// by the read timeout (30 s) is still running on the server, and its reply, when it comes, would
+/// otherwise be read as the reply to the connection's next command, and that one's to the one
+/// after: a request would get another's rows, or the answer to the reset meant to clear it. Writes
+/// go nowhere without an error or a signal: rustls writes with writev(2), which a shut-down socket
+/// would answer with SIGPIPE, and the operator's commands end on SIGPIPE (main.rs).
+fn sever_socket(fd: std::os::fd::RawFd) {
+    use std::os::fd::AsRawFd;
+    static DEV_NULL: OnceLock<Option<std::fs::File>> = OnceLock::new();
+    let dev_null = DEV_NULL
+        .get_or_init(|| std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").ok());
+    // SAFETY: `fd` is a connection's open socket, which its owner closes later; dup2(2) only
+    // swaps what that descriptor refers to, atomically. Without /dev/null (a chroot without it),
+    // shutdown(2) still ends the traffic, though a write under TLS then raises SIGPIPE.
     unsafe {
-        libc::shutdown(conn.as_raw_fd(), libc::SHUT_RDWR);
+        match dev_null {
+            Some(file) => libc::dup2(file.as_raw_fd(), fd),
+            None => libc::shutdown(fd, libc::SHUT_RDWR),
+        };
     }
 }
 
@@ -269,6 +300,40 @@ pub(super) fn step(connection: &Connection, step: Step) -> Result<(), Error> {
     connection.with(|conn| Ok(conn.query_drop(sql)?))
 }
 
+/// The first row `stmt` gives, as `T`, once the rest of its reply is read. The `mysql` crate's
+/// own `exec_first` reads the rest as it drops the result, and drops a failure to read it too,
+/// which would leave the connection out of step unseen (`sever`).
+fn exec_first<T: FromRow>(
+    conn: &mut PooledConn,
+    stmt: impl AsStatement,
+    params: impl Into<Params>,
+) -> Result<Option<T>, mysql::Error> {
+    first_row(conn.exec_iter(stmt, params)?)
+}
+
+/// `exec_first` for a statement sent as text.
+fn query_first<T: FromRow>(
+    conn: &mut PooledConn,
+    sql: impl AsRef<str>,
+) -> Result<Option<T>, mysql::Error> {
+    first_row(conn.query_iter(sql)?)
+}
+
+fn first_row<T: FromRow>(
+    rows: QueryResult<'_, '_, '_, impl Protocol>,
+) -> Result<Option<T>, mysql::Error> {
+    let mut first = None;
+    for row in rows {
+        let row = row?;
+        if first.is_none() {
+            first = Some(
+                mysql::from_row_opt(row).map_err(|error| mysql::Error::FromRowError(error.0))?,
+            );
+        }
+    }
+    Ok(first)
+}
+
 /// Column `index` of `row`, as `T`.
 pub(super) fn column<T: FromValue>(row: &mut Row, index: usize) -> Result<T, Error> {
     match row.take_opt::<T, usize>(index) {
@@ -283,7 +348,7 @@ fn first_account(
     params: Params,
 ) -> Result<Option<Account>, Error> {
     connection.with(|conn| {
-        let row: Option<Row> = conn.exec_first(sql, params.clone())?;
+        let row: Option<Row> = exec_first(conn, sql, params.clone())?;
         row.map(account_from_mysql_row).transpose()
     })
 }
@@ -312,7 +377,7 @@ pub(super) fn jwt_secret_or_insert(
             (generated,),
         )?;
         let secret: Option<String> =
-            conn.query_first("SELECT value FROM meta WHERE `key` = 'jwt_secret'")?;
+            query_first(conn, "SELECT value FROM meta WHERE `key` = 'jwt_secret'")?;
         secret.ok_or_else(|| Error::Internal("database: the JWT secret was not kept".into()))
     })
 }
@@ -347,7 +412,8 @@ pub(super) fn is_registered(
     openid: &str,
 ) -> Result<Option<bool>, Error> {
     connection.with(|conn| {
-        Ok(conn.exec_first(
+        Ok(exec_first(
+            conn,
             "SELECT is_register FROM accounts
              WHERE id = (SELECT account_id FROM identities WHERE appid = ? AND openid = ?)",
             (appid, openid),
@@ -379,7 +445,8 @@ pub(super) fn wechat_session(
     openid: &str,
 ) -> Result<Option<RecordedSession>, Error> {
     connection.with(|conn| {
-        let row: Option<Row> = conn.exec_first(
+        let row: Option<Row> = exec_first(
+            conn,
             concat!(
                 "SELECT unionid, session_key, created_at, token_version, ",
                 identity_token_version!("wechat_sessions.unionid"),
@@ -491,7 +558,8 @@ pub(super) fn login_account(
 /// The id of the account of a WeChat identity, if it has one.
 fn account_id_of(connection: &Connection, appid: &str, openid: &str) -> Result<Option<i64>, Error> {
     connection.with(|conn| {
-        Ok(conn.exec_first(
+        Ok(exec_first(
+            conn,
             "SELECT account_id FROM identities WHERE appid = ? AND openid = ?",
             (appid, openid),
         )?)
@@ -505,7 +573,8 @@ fn session_unionid(
     openid: &str,
 ) -> Result<Option<String>, Error> {
     connection.with(|conn| {
-        let unionid: Option<Option<String>> = conn.exec_first(
+        let unionid: Option<Option<String>> = exec_first(
+            conn,
             "SELECT unionid FROM wechat_sessions WHERE appid = ? AND openid = ?",
             (appid, openid),
         )?;
@@ -535,13 +604,15 @@ fn account_to_adopt(
                 (unionid,),
             )?;
         }
-        let made_with: Option<i64> = conn.exec_first(
+        let made_with: Option<i64> = exec_first(
+            conn,
             "SELECT id FROM accounts WHERE wx_appid = ? AND wx_openid = ? FOR UPDATE",
             (appid, openid),
         )?;
         match (made_with, unionid) {
             (Some(id), _) => Ok(Some(id)),
-            (None, Some(unionid)) => Ok(conn.exec_first(
+            (None, Some(unionid)) => Ok(exec_first(
+                conn,
                 "SELECT id FROM accounts WHERE wx_unionid = ? ORDER BY id LIMIT 1 FOR UPDATE",
                 (unionid,),
             )?),
@@ -559,7 +630,8 @@ fn add_identity(connection: &Connection, appid: &str, openid: &str, id: i64) -> 
              ON DUPLICATE KEY UPDATE account_id = account_id",
             (appid, openid, id),
         )?;
-        let owner: Option<i64> = conn.exec_first(
+        let owner: Option<i64> = exec_first(
+            conn,
             "SELECT account_id FROM identities WHERE appid = ? AND openid = ?",
             (appid, openid),
         )?;
@@ -574,7 +646,8 @@ pub(super) fn openid_in_app(
     appid: &str,
 ) -> Result<Option<String>, Error> {
     connection.with(|conn| {
-        Ok(conn.exec_first(
+        Ok(exec_first(
+            conn,
             "SELECT openid FROM identities WHERE account_id = ? AND appid = ?
              ORDER BY openid LIMIT 1",
             (id, appid),
@@ -958,7 +1031,8 @@ fn execute(connection: &Connection, sql: &str, params: impl Into<Params>) -> Res
 
 pub(super) fn account_counts(connection: &Connection) -> Result<AccountCounts, Error> {
     connection.with(|conn| {
-        let row: Option<(i64, i64)> = conn.query_first(
+        let row: Option<(i64, i64)> = query_first(
+            conn,
             "SELECT count(*), CAST(coalesce(sum(is_register), 0) AS SIGNED) FROM accounts",
         )?;
         let (accounts, registered) = row.unwrap_or((0, 0));
@@ -1006,7 +1080,7 @@ pub(super) fn each_account(
     };
     let result = stream_accounts(conn, limit.unwrap_or(u64::MAX >> 1), offset, &mut visit);
     let result = sever_if_lost(conn, result);
-    if let (Some(conn), Err(Error::DatabaseUnavailable(_))) = (own, &result) {
+    if let (Some(conn), Err(_)) = (own, &result) {
         discard(conn);
     }
     result
@@ -1019,6 +1093,8 @@ fn stream_accounts(
     offset: u64,
     visit: &mut impl FnMut(Account, Vec<(String, String)>) -> Result<(), Error>,
 ) -> Result<(), Error> {
+    use std::os::fd::AsRawFd;
+    let fd = conn.as_raw_fd();
     conn.query_drop("SET SESSION group_concat_max_len = 1073741824")?;
     let rows = conn.exec_iter(
         concat!(
@@ -1034,8 +1110,15 @@ fn stream_accounts(
     for row in rows {
         let mut row = row?;
         let last = row.len() - 1;
-        let identities = split_identities(column(&mut row, last)?);
-        visit(account_from_mysql_row(row)?, identities)?;
+        let visited = column(&mut row, last)
+            .map(split_identities)
+            .and_then(|identities| visit(account_from_mysql_row(row)?, identities));
+        if let Err(error) = visited {
+            // The rest of the rows are not read: dropping `rows` would read them all first, and
+            // a failure meanwhile would go unseen. The connection is closed instead.
+            sever_socket(fd);
+            return Err(error);
+        }
     }
     Ok(())
 }
@@ -1205,7 +1288,8 @@ pub(super) fn claim_code(
         if conn.affected_rows() == 1 {
             return Ok(CodeClaim::Claimed);
         }
-        let row: Option<Row> = conn.exec_first(
+        let row: Option<Row> = exec_first(
+            conn,
             "SELECT expires_at, claimed_at, openid, unionid, session_key, token_version
              FROM code_answers WHERE code_key = ?",
             (key,),

@@ -20,8 +20,11 @@ const WAIT_FOR_CONNECTION: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long an instance waits for another that is applying schema versions.
+/// How long an instance waits for another that is applying schema versions: in waits of
+/// `SCHEMA_LOCK_STEP_SECONDS`, each shorter than `READ_TIMEOUT`, which would otherwise cut the
+/// wait off.
 const SCHEMA_LOCK_SECONDS: u32 = 60;
+const SCHEMA_LOCK_STEP_SECONDS: u32 = 20;
 
 /// Statements every connection runs first: READ COMMITTED, so that a statement sees what other
 /// instances committed before it (an account a racing instance created is found at once), and
@@ -192,7 +195,8 @@ pub(in crate::store) fn schema_versions() -> Vec<(u32, Vec<String>)> {
 
 /// The version recorded in `meta`, 0 for a database without wxauth's tables.
 pub(in crate::store) fn recorded_version(conn: &mut mysql::PooledConn) -> mysql::Result<u32> {
-    let tables: Option<i64> = conn.query_first(
+    let tables: Option<i64> = super::query_first(
+        conn,
         "SELECT count(*) FROM information_schema.tables \
          WHERE table_schema = DATABASE() AND table_name = 'meta'",
     )?;
@@ -200,18 +204,28 @@ pub(in crate::store) fn recorded_version(conn: &mut mysql::PooledConn) -> mysql:
         return Ok(0);
     }
     let version: Option<String> =
-        conn.query_first("SELECT value FROM meta WHERE `key` = 'schema_version'")?;
+        super::query_first(conn, "SELECT value FROM meta WHERE `key` = 'schema_version'")?;
     Ok(version.and_then(|version| version.parse().ok()).unwrap_or(0))
 }
 
 fn migrate(conn: &mut mysql::PooledConn) -> Result<Vec<u32>, Error> {
     let current = super::super::current_version();
-    let locked: Option<Option<i64>> =
-        conn.exec_first("SELECT GET_LOCK('wxauth_schema', ?)", (SCHEMA_LOCK_SECONDS,))?;
-    if locked.flatten() != Some(1) {
-        return Err(Error::Internal(format!(
-            "database: another instance held the schema lock for {SCHEMA_LOCK_SECONDS} s"
-        )));
+    let mut waited = 0;
+    loop {
+        let locked: Option<Option<i64>> = super::exec_first(
+            conn,
+            "SELECT GET_LOCK('wxauth_schema', ?)",
+            (SCHEMA_LOCK_STEP_SECONDS,),
+        )?;
+        if locked.flatten() == Some(1) {
+            break;
+        }
+        waited += SCHEMA_LOCK_STEP_SECONDS;
+        if waited >= SCHEMA_LOCK_SECONDS {
+            return Err(Error::Internal(format!(
+                "database: another instance held the schema lock for {waited} s"
+            )));
+        }
     }
     let result = (|| {
         let found = recorded_version(conn)?;
@@ -242,8 +256,11 @@ fn migrate(conn: &mut mysql::PooledConn) -> Result<Vec<u32>, Error> {
         }
         Ok(applied)
     })();
-    let _ = conn.query_drop("DO RELEASE_LOCK('wxauth_schema')");
-    result
+    // A release that failed fails a migration that succeeded: `with` then discards the connection
+    // (the lock goes with it) and, when the server was out of reach, migrates once more, which
+    // finds the versions applied. (A migration that failed ends start-up with its own error.)
+    let released = conn.query_drop("DO RELEASE_LOCK('wxauth_schema')").map_err(Error::from);
+    result.and_then(|applied| released.map(|()| applied))
 }
 
 #[cfg(test)]
