@@ -23,12 +23,13 @@
 //! transaction made one of its accounts meanwhile, and on any other failure left to
 //! `login_account` and `register`, one write each. A connection the server dropped (a restart)
 //! fails its query with `database_unavailable`; a query outside a transaction is tried once more
-//! on a new connection (`Connection::with`).
+//! on a new connection (`Connection::with`), unless the read timeout cut it off. A connection
+//! whose statement failed that way, or whose stream broke, is never read again (`sever`).
 
 mod open;
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 
 use mysql::prelude::{AsStatement, FromRow, FromValue, Protocol, Queryable};
 use mysql::{Params, Pool, PooledConn, QueryResult, Row, Value, params};
@@ -202,18 +203,26 @@ fn lost_in_the_stream(error: &mysql::Error) -> bool {
     }
 }
 
-/// Whether `error` is a read or write the timeout cut off (`open::READ_TIMEOUT`).
+/// Whether `error` is a read or write the timeout cut off (`open::READ_TIMEOUT`): the socket's
+/// EAGAIN, which reaches wxauth through the crate's packet codec.
 fn timed_out(error: &Error) -> bool {
-    matches!(
-        error,
-        Error::DatabaseUnavailable(DatabaseError(EngineError::Mysql(mysql::Error::IoError(error))))
-            if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
-    )
+    let Error::DatabaseUnavailable(DatabaseError(EngineError::Mysql(error))) = error else {
+        return false;
+    };
+    let io = match error {
+        mysql::Error::IoError(io) => Some(io),
+        mysql::Error::CodecError(codec) => std::error::Error::source(codec)
+            .and_then(|source| source.downcast_ref::<std::io::Error>()),
+        _ => None,
+    };
+    io.is_some_and(|io| {
+        matches!(io.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+    })
 }
 
 /// `sever`s `conn` when `result` failed in a way that leaves it out of step with the server
 /// (`lost_in_the_stream`).
-fn sever_if_lost<T>(conn: &PooledConn, result: Result<T, Error>) -> Result<T, Error> {
+fn sever_if_lost<T>(conn: &mysql::Conn, result: Result<T, Error>) -> Result<T, Error> {
     if let Err(Error::DatabaseUnavailable(DatabaseError(EngineError::Mysql(error)))) = &result
         && lost_in_the_stream(error)
     {
@@ -223,7 +232,7 @@ fn sever_if_lost<T>(conn: &PooledConn, result: Result<T, Error>) -> Result<T, Er
 }
 
 /// Ends `conn`'s traffic for good (`sever_socket`).
-fn sever(conn: &PooledConn) {
+fn sever(conn: &mysql::Conn) {
     use std::os::fd::AsRawFd;
     sever_socket(conn.as_raw_fd());
 }
@@ -239,17 +248,19 @@ fn sever(conn: &PooledConn) {
 /// would answer with SIGPIPE, and the operator's commands end on SIGPIPE (main.rs).
 fn sever_socket(fd: std::os::fd::RawFd) {
     use std::os::fd::AsRawFd;
-    static DEV_NULL: OnceLock<Option<std::fs::File>> = OnceLock::new();
-    let dev_null = DEV_NULL
-        .get_or_init(|| std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").ok());
-    // SAFETY: `fd` is a connection's open socket, which its owner closes later; dup2(2) only
-    // swaps what that descriptor refers to, atomically. Without /dev/null (a chroot without it),
-    // shutdown(2) still ends the traffic, though a write under TLS then raises SIGPIPE.
+    let dev_null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null");
+    // SAFETY: `fd` is a connection's open socket, which its owner closes later; dup3(2) only
+    // swaps what that descriptor refers to, atomically, keeping it close-on-exec. Should that
+    // fail (no /dev/null, no descriptor left), shutdown(2) still ends the traffic, though a write
+    // under TLS then raises SIGPIPE.
     unsafe {
-        match dev_null {
-            Some(file) => libc::dup2(file.as_raw_fd(), fd),
-            None => libc::shutdown(fd, libc::SHUT_RDWR),
+        let swapped = match &dev_null {
+            Ok(file) => libc::dup3(file.as_raw_fd(), fd, libc::O_CLOEXEC) == fd,
+            Err(_) => false,
         };
+        if !swapped {
+            libc::shutdown(fd, libc::SHUT_RDWR);
+        }
     }
 }
 
@@ -304,7 +315,7 @@ pub(super) fn step(connection: &Connection, step: Step) -> Result<(), Error> {
 /// own `exec_first` reads the rest as it drops the result, and drops a failure to read it too,
 /// which would leave the connection out of step unseen (`sever`).
 fn exec_first<T: FromRow>(
-    conn: &mut PooledConn,
+    conn: &mut impl Queryable,
     stmt: impl AsStatement,
     params: impl Into<Params>,
 ) -> Result<Option<T>, mysql::Error> {
@@ -313,7 +324,7 @@ fn exec_first<T: FromRow>(
 
 /// `exec_first` for a statement sent as text.
 fn query_first<T: FromRow>(
-    conn: &mut PooledConn,
+    conn: &mut impl Queryable,
     sql: impl AsRef<str>,
 ) -> Result<Option<T>, mysql::Error> {
     first_row(conn.query_iter(sql)?)
@@ -324,14 +335,9 @@ fn first_row<T: FromRow>(
 ) -> Result<Option<T>, mysql::Error> {
     let mut first = None;
     for row in rows {
-        let row = row?;
-        if first.is_none() {
-            first = Some(
-                mysql::from_row_opt(row).map_err(|error| mysql::Error::FromRowError(error.0))?,
-            );
-        }
+        first.get_or_insert(row?);
     }
-    Ok(first)
+    Ok(first.map(mysql::from_row_opt).transpose()?)
 }
 
 /// Column `index` of `row`, as `T`.
@@ -1347,4 +1353,33 @@ pub(super) fn release_code(connection: &Connection, key: &[u8]) -> Result<(), Er
         conn.exec_drop("DELETE FROM code_answers WHERE code_key = ? AND openid IS NULL", (key,))?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_cut_off_by_the_timeout_is_told_from_other_failures() {
+        let io = |kind: std::io::ErrorKind| std::io::Error::from(kind);
+        // What a read past the socket's timeout gives: EAGAIN, through the packet codec.
+        let cut_off =
+            Error::from(mysql::Error::CodecError(io(std::io::ErrorKind::WouldBlock).into()));
+        assert!(timed_out(&cut_off));
+        assert!(timed_out(&Error::from(mysql::Error::IoError(io(std::io::ErrorKind::TimedOut)))));
+        // A connection the server closed, a refused connection, a server's own error: not cut off.
+        let closed =
+            Error::from(mysql::Error::CodecError(io(std::io::ErrorKind::BrokenPipe).into()));
+        assert!(!timed_out(&closed));
+        assert!(matches!(closed, Error::DatabaseUnavailable(_)));
+        assert!(!timed_out(&Error::from(mysql::Error::IoError(io(
+            std::io::ErrorKind::ConnectionRefused
+        )))));
+        let refused = mysql::Error::MySqlError(mysql::MySqlError {
+            state: "HY000".into(),
+            message: "Lock wait timeout exceeded".into(),
+            code: 1205,
+        });
+        assert!(!timed_out(&Error::from(refused)));
+    }
 }

@@ -20,11 +20,13 @@ const WAIT_FOR_CONNECTION: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long an instance waits for another that is applying schema versions: in waits of
-/// `SCHEMA_LOCK_STEP_SECONDS`, each shorter than `READ_TIMEOUT`, which would otherwise cut the
-/// wait off.
+/// How long an instance waits for another that is applying schema versions.
 const SCHEMA_LOCK_SECONDS: u32 = 60;
-const SCHEMA_LOCK_STEP_SECONDS: u32 = 20;
+
+/// How long the connection that applies schema versions waits for the server to answer: a
+/// version that builds an index or copies every account takes minutes on millions of them, and
+/// waiting for another instance's takes up to `SCHEMA_LOCK_SECONDS`, both past `READ_TIMEOUT`.
+const MIGRATION_READ_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Statements every connection runs first: READ COMMITTED, so that a statement sees what other
 /// instances committed before it (an account a racing instance created is found at once), and
@@ -163,8 +165,19 @@ pub(in crate::store) fn wait_for_connection() -> Duration {
 /// lock `wxauth_schema` (one instance applies them; the others wait and then find them applied).
 pub(in crate::store) fn open_writer(url: &str) -> Result<(Connection, Vec<u32>), Error> {
     let connection = Connection::new(pool(url)?);
-    let applied = connection.with(migrate)?;
+    let applied = migrate_on_a_connection_of_its_own(url)?;
     Ok((connection, applied))
+}
+
+/// `migrate` on a connection outside the pool that waits `MIGRATION_READ_TIMEOUT` for each reply,
+/// closed when done (and with it the schema lock, should releasing it have failed).
+fn migrate_on_a_connection_of_its_own(url: &str) -> Result<Vec<u32>, Error> {
+    let options = options(url)?
+        .read_timeout(Some(MIGRATION_READ_TIMEOUT))
+        .write_timeout(Some(MIGRATION_READ_TIMEOUT));
+    let mut conn = mysql::Conn::new(options)?;
+    let result = migrate(&mut conn);
+    super::sever_if_lost(&conn, result)
 }
 
 pub(in crate::store) fn open_reader(url: &str) -> Result<Connection, Error> {
@@ -194,7 +207,7 @@ pub(in crate::store) fn schema_versions() -> Vec<(u32, Vec<String>)> {
 }
 
 /// The version recorded in `meta`, 0 for a database without wxauth's tables.
-pub(in crate::store) fn recorded_version(conn: &mut mysql::PooledConn) -> mysql::Result<u32> {
+pub(in crate::store) fn recorded_version(conn: &mut impl Queryable) -> mysql::Result<u32> {
     let tables: Option<i64> = super::query_first(
         conn,
         "SELECT count(*) FROM information_schema.tables \
@@ -208,24 +221,14 @@ pub(in crate::store) fn recorded_version(conn: &mut mysql::PooledConn) -> mysql:
     Ok(version.and_then(|version| version.parse().ok()).unwrap_or(0))
 }
 
-fn migrate(conn: &mut mysql::PooledConn) -> Result<Vec<u32>, Error> {
+fn migrate(conn: &mut mysql::Conn) -> Result<Vec<u32>, Error> {
     let current = super::super::current_version();
-    let mut waited = 0;
-    loop {
-        let locked: Option<Option<i64>> = super::exec_first(
-            conn,
-            "SELECT GET_LOCK('wxauth_schema', ?)",
-            (SCHEMA_LOCK_STEP_SECONDS,),
-        )?;
-        if locked.flatten() == Some(1) {
-            break;
-        }
-        waited += SCHEMA_LOCK_STEP_SECONDS;
-        if waited >= SCHEMA_LOCK_SECONDS {
-            return Err(Error::Internal(format!(
-                "database: another instance held the schema lock for {waited} s"
-            )));
-        }
+    let locked: Option<Option<i64>> =
+        super::exec_first(conn, "SELECT GET_LOCK('wxauth_schema', ?)", (SCHEMA_LOCK_SECONDS,))?;
+    if locked.flatten() != Some(1) {
+        return Err(Error::Internal(format!(
+            "database: another instance held the schema lock for {SCHEMA_LOCK_SECONDS} s"
+        )));
     }
     let result = (|| {
         let found = recorded_version(conn)?;
@@ -256,11 +259,8 @@ fn migrate(conn: &mut mysql::PooledConn) -> Result<Vec<u32>, Error> {
         }
         Ok(applied)
     })();
-    // A release that failed fails a migration that succeeded: `with` then discards the connection
-    // (the lock goes with it) and, when the server was out of reach, migrates once more, which
-    // finds the versions applied. (A migration that failed ends start-up with its own error.)
-    let released = conn.query_drop("DO RELEASE_LOCK('wxauth_schema')").map_err(Error::from);
-    result.and_then(|applied| released.map(|()| applied))
+    let _ = conn.query_drop("DO RELEASE_LOCK('wxauth_schema')");
+    result
 }
 
 #[cfg(test)]
