@@ -187,8 +187,8 @@ fn discard_after(conn: PooledConn, error: &mysql::Error) {
     discard(conn);
 }
 
-/// Whether `error` leaves unknown where `conn`'s conversation with the server stands: a read or
-/// write that timed out or broke off, a reply that did not parse. A server's refusal (an error
+/// Whether `error` leaves unknown where its connection's conversation with the server stands: a
+/// read or write that timed out or broke off, a reply that did not parse. A server's refusal (an error
 /// packet, read whole) and a value of the wrong type leave it in step.
 fn lost_in_the_stream(error: &mysql::Error) -> bool {
     match error {
