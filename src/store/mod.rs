@@ -37,12 +37,11 @@
 //!
 //! On a database several instances share (MySQL, `SharedDatabase`), each write runs in a
 //! transaction of its own on the worker that asks, committed before it is answered, but for the
-//! accounts of new identities (first logins, registrations), which are made in batches of many
-//! to one transaction (`Writer::write_account`, `SharedDatabase::create_accounts`); accounts and
-//! identities are created
-//! race-free across instances, the unique keys deciding and two new identities of one unionid
-//! taking turns (see `mysql.rs`); the answers of repeated codes are kept there too
-//! (`SharedDatabase::claim_code`), for `codes.rs`.
+//! accounts of new identities (first logins, registrations), which are made in batches of many to
+//! one transaction (`Writer::write_account`, `SharedDatabase::create_accounts`); accounts and
+//! identities are created race-free across instances, the unique keys deciding and two new
+//! identities of one unionid taking turns (see `mysql.rs`); the answers of repeated codes are kept
+//! there too (`SharedDatabase::claim_code`), for `codes.rs`.
 //!
 //! With SQLite, a connection that writes opens only a file that is safely wxauth's
 //! (`open_read_write`): a regular file of its user, writable by nobody else, reached through no
@@ -623,8 +622,8 @@ impl SharedDatabase {
         Connection(Engine::Mysql(mysql::Connection::pinned(self.0.clone())))
     }
 
-    /// Gives the pooled connections `connection` holds back reset, after a panic left its
-    /// transaction in a state nobody knows (`mysql::Connection::abandon`).
+    /// Closes the pooled connections `connection` holds, after a panic left its transaction in a
+    /// state nobody knows (`mysql::Connection::abandon`).
     pub(crate) fn abandon(connection: &Connection) {
         if let Connection(Engine::Mysql(mysql)) = connection {
             mysql.abandon();

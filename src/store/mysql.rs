@@ -13,18 +13,18 @@
 //! accounts are created by a lookup, then an `INSERT … ON DUPLICATE KEY UPDATE` that, when another
 //! instance created the identity's account in between, takes the winner's row (its id, with this
 //! login's bookkeeping) instead of failing; such a race spends one AUTO_INCREMENT id, an ordinary
-//! login none (a rolled-back batch, below, the ids of its accounts). An identity (appid, openid) is the primary key of `identities`, inserted with
-//! `ON DUPLICATE KEY UPDATE` and read back, so the row that got there first names the account. A
-//! new identity whose WeChat session gave a unionid first locks that unionid's row of
-//! `unionid_joins` for the rest of its transaction: two instances' first logins of one person
-//! through two apps take turns, and the second joins the account the first made. The accounts of
-//! identities without one (first logins, registrations) are also made many at a time
-//! (`create_accounts`): multi-row inserts in one transaction, run once more when another
-//! transaction made one of its accounts meanwhile, and on any other failure left to
-//! `login_account` and `register`, one write each. A connection the server dropped (a restart)
-//! fails its query with `database_unavailable`; a query outside a transaction is tried once more
-//! on a new connection (`Connection::with`), unless the read timeout cut it off. A connection
-//! whose statement failed that way, or whose stream broke, is never read again (`sever`).
+//! login none (a rolled-back batch, below, the ids of its accounts). An identity (appid, openid) is
+//! the primary key of `identities`, inserted with `ON DUPLICATE KEY UPDATE` and read back, so the
+//! row that got there first names the account. A new identity whose WeChat session gave a unionid
+//! first locks that unionid's row of `unionid_joins` for the rest of its transaction: two
+//! instances' first logins of one person through two apps take turns, and the second joins the
+//! account the first made. The accounts of identities without one (first logins, registrations) are
+//! also made many at a time (`create_accounts`): multi-row inserts in one transaction, run once
+//! more when another transaction made one of its accounts meanwhile, and on any other failure left
+//! to `login_account` and `register`, one write each. A connection the server dropped (a restart)
+//! fails its query with `database_unavailable`; a query outside a transaction is tried once more on
+//! a new connection (`Connection::with`), unless the read timeout cut it off. A connection whose
+//! statement failed that way, or whose stream broke, is never read again (`sever`).
 
 mod open;
 
@@ -188,8 +188,8 @@ fn discard_after(conn: PooledConn, error: &mysql::Error) {
 }
 
 /// Whether `error` leaves unknown where its connection's conversation with the server stands: a
-/// read or write that timed out or broke off, a reply that did not parse. A server's refusal (an error
-/// packet, read whole) and a value of the wrong type leave it in step.
+/// read or write that timed out or broke off, a reply that did not parse. A server's refusal (an
+/// error packet, read whole) and a value of the wrong type leave it in step.
 fn lost_in_the_stream(error: &mysql::Error) -> bool {
     match error {
         mysql::Error::IoError(_)
@@ -271,18 +271,19 @@ pub(super) fn step(connection: &Connection, step: Step) -> Result<(), Error> {
     let sql = match step {
         Step::Synced | Step::Unsynced | Step::Checkpoint => return Ok(()),
         Step::Begin => {
-            let kept = connection.kept.as_ref().and_then(|kept| lock(kept).take());
-            let mut conn = match kept {
-                Some(conn) => conn,
-                None if connection.kept.is_some() => {
-                    let mut conn = connection.take()?;
-                    if let Err(error) = conn.query_drop(PINNED_SETUP) {
-                        discard_after(conn, &error);
-                        return Err(error.into());
-                    }
-                    conn
-                }
+            let mut conn = match &connection.kept {
                 None => connection.take()?,
+                Some(kept) => match lock(kept).take() {
+                    Some(conn) => conn,
+                    None => {
+                        let mut conn = connection.take()?;
+                        if let Err(error) = conn.query_drop(PINNED_SETUP) {
+                            discard_after(conn, &error);
+                            return Err(error.into());
+                        }
+                        conn
+                    }
+                },
             };
             if let Err(error) = conn.query_drop("START TRANSACTION") {
                 discard_after(conn, &error);
@@ -834,6 +835,7 @@ pub(super) fn create_accounts(
     order.sort_by(|a, b| identity(a).cmp(&identity(b)));
     order.dedup_by(|later, first| identity(later) == identity(first));
     let (condition, values) = identities_condition("appid", "openid", &order, batch);
+    // The same terms on the accounts' columns, which take the same values as `condition`.
     let (made_with, _) = identities_condition("wx_appid", "wx_openid", &order, batch);
     let found: Vec<(u8, String, String, Option<String>)> = connection.with(|conn| {
         Ok(conn.exec(
@@ -863,7 +865,7 @@ pub(super) fn create_accounts(
     joining.sort_unstable();
     joining.dedup();
     if !joining.is_empty() {
-        let taken: Vec<String> = connection.with(|conn| {
+        let mut seen: Vec<String> = connection.with(|conn| {
             conn.exec_drop(
                 format!(
                     "INSERT INTO unionid_joins (unionid) VALUES {}
@@ -880,7 +882,6 @@ pub(super) fn create_accounts(
                 joining.clone(),
             )?)
         })?;
-        let mut seen = taken;
         order.retain(|index| match unionid_of(index) {
             None => true,
             Some(unionid) if seen.iter().any(|taken| taken == unionid) => false,
@@ -1375,11 +1376,11 @@ mod tests {
         assert!(!timed_out(&Error::from(mysql::Error::IoError(io(
             std::io::ErrorKind::ConnectionRefused
         )))));
-        let refused = mysql::Error::MySqlError(mysql::MySqlError {
+        let lock_wait = mysql::Error::MySqlError(mysql::MySqlError {
             state: "HY000".into(),
             message: "Lock wait timeout exceeded".into(),
             code: 1205,
         });
-        assert!(!timed_out(&Error::from(refused)));
+        assert!(!timed_out(&Error::from(lock_wait)));
     }
 }

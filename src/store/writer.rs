@@ -179,16 +179,14 @@ impl Writer {
     pub(crate) fn write_account(
         &self,
         known_id: Option<i64>,
-        write: IdentityWrite,
+        mut write: IdentityWrite,
         admit: impl Fn(Account) -> Result<Account, Error> + Send + Sync + 'static,
     ) -> Result<Account, Error> {
         let admit: Admit = Arc::new(admit);
-        let mut write = write;
         // A login by openid is mostly a returning user's, whose identity has an account: such a
         // write goes alone at once, rather than wait for a batch that leaves it. A registration is
         // mostly a new identity's, and one read more before each costs more than the few that a
-        // batch leaves (bench/run, MariaDB, 16 workers, two runs: registrations 0.42x the bare
-        // INSERT when each read first, 0.69x when none did).
+        // batch leaves (bench/run on MariaDB; commit e40286a has the figures).
         let returning = |direct: &SharedDatabase| match &write.change {
             AccountChange::Login(_) => {
                 is_registered(&direct.connection(), &write.appid, &write.openid)
@@ -317,10 +315,9 @@ fn start_batches(database: &Arc<SharedDatabase>) -> mpsc::SyncSender<Pending> {
 /// thread holds the queue from gathering its batch (the writes waiting, at least one, up to
 /// `MAX_BATCH`) until the batch's statements are done, and lets go before its commit: the
 /// commit, which waits for the server's log flush, is the longest part, and meanwhile the other
-/// thread gathers what arrived and runs its statements. (`BENCH_MYSQL=… bench/compare` against
-/// MariaDB, 16 workers, three pairs: 4,806, 4,035 and 5,420 registrations a second so, against
-/// 3,733, 3,577 and 4,474 with one thread; two threads that each held the queue only while
-/// gathering made smaller batches and did worse than one.)
+/// thread gathers what arrived and runs its statements. Two threads so do more registrations a
+/// second than one (`BENCH_MYSQL=… bench/compare`, bench/README.md); two that each held the
+/// queue only while gathering made smaller batches and did worse than one.
 fn batch_loop(database: &SharedDatabase, queue: &Mutex<mpsc::Receiver<Pending>>) {
     let connection = database.pinned_connection();
     let mut writes = Vec::with_capacity(MAX_BATCH);

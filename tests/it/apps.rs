@@ -361,7 +361,8 @@ fn racing_registrations_and_first_logins_end_as_each_would_alone() {
     let disabled_identities =
         format!("SELECT count(*) FROM identities WHERE account_id = {disabled_id}");
     assert_eq!(count(&server, &disabled_identities), 1, "no identity for the refused app");
-    // A new account holds what one write at a time gives it (on MySQL, a batch made these).
+    // A new account holds what one write at a time gives it (on MySQL, a batch made these unless
+    // it gave way; the columns are the same either way).
     let made = |openid: &str| {
         server
             .database()
@@ -397,8 +398,9 @@ fn racing_registrations_and_first_logins_end_as_each_would_alone() {
         (true, local.clone(), local, true, 0, None, true, false, Some("杭州".into())),
         "a new person's first login"
     );
-    // A batch that fails as a whole is logged: none may here, not even the one with the account
-    // loaded without its identity row, which the batch's lookup leaves to be written alone.
+    // A batch that fails on a database error (not an unavailable server, a lock wait or a refused
+    // check, which each write then hears alone) is logged: none may here, not even the one with
+    // the account loaded without its identity row, which the batch's lookup leaves alone.
     let log = server.stderr();
     assert!(!log.contains("new accounts failed"), "{log}");
 }
