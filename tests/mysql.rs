@@ -317,13 +317,13 @@ fn a_database_restart_under_load_recovers_without_restarting_wxauth() {
     }
 }
 
-/// A statement that outlives the 30 s read timeout (here a logout, and an operator's `users
-/// revoke` over TLS, waiting for a row lock another session holds) fails with 503, or with the
-/// command's one-line error (not a silent death by SIGPIPE), and leaves the tokens as they were;
-/// and its reply, when it comes late, is never read as the answer to another request's statement:
-/// every request after it gets its own account. The lock is let go between the timeout and the
-/// server's own lock wait timeout (50 s), so that the late reply reaches the connection the
-/// timed-out request was using while wxauth still reads from it.
+/// A statement that outlives the 30 s read timeout (here a logout's, and an operator's `users
+/// revoke` over TLS, whose update waits for a table another session has locked for reading: a
+/// wait that, unlike a row lock's, no lock wait timeout ends) fails with 503, or with the command's one-line error (not a
+/// silent death by SIGPIPE), and leaves the tokens as they were; and its reply, when it comes
+/// late, is never read as the answer to another request's statement: every request after it gets
+/// its own account. The lock is let go soon after the timeout, so that the late reply reaches the
+/// connection the timed-out request was using while wxauth still reads from it.
 #[test]
 fn a_statement_cut_off_by_the_read_timeout_answers_no_later_request() {
     use mysql::prelude::Queryable;
@@ -356,10 +356,7 @@ fn a_statement_cut_off_by_the_read_timeout_answers_no_later_request() {
     let tls = format!("{tls}/{database}?ssl-mode=REQUIRED");
     let elsewhere = TempDir::new();
     let mut operator = mysql.connect(Some(&database));
-    operator.query_drop("START TRANSACTION").unwrap();
-    operator
-        .query_drop("SELECT id FROM accounts WHERE wx_openid = 'timeout-0' FOR UPDATE")
-        .unwrap();
+    operator.query_drop("LOCK TABLES accounts READ").unwrap();
     let (logout, revoke) = std::thread::scope(|scope| {
         let revoke = scope.spawn(|| {
             std::process::Command::new(harness::binary())
@@ -399,7 +396,7 @@ fn a_statement_cut_off_by_the_read_timeout_answers_no_later_request() {
             std::thread::sleep(Duration::from_millis(50));
         }
         std::thread::sleep(Duration::from_secs(34));
-        operator.query_drop("COMMIT").unwrap();
+        operator.query_drop("UNLOCK TABLES").unwrap();
         (logout.join().unwrap(), revoke.join().unwrap())
     });
     logout.assert_error(503, "database_unavailable");
@@ -414,6 +411,45 @@ fn a_statement_cut_off_by_the_read_timeout_answers_no_later_request() {
             assert_eq!(answer.result()["wx_openid"], openid.as_str(), "round {round}: {answer:?}");
         }
     }
+}
+
+/// A write that waits for a row lock another session holds (an operator's open transaction) past
+/// wxauth's lock wait of 10 s fails with 503 `database_unavailable`, logged with the server's
+/// reason rather than as a connection cut off by the 30 s read timeout, and leaves the account as
+/// it was; once the lock is let go, the same write goes through.
+#[test]
+fn a_row_lock_held_elsewhere_fails_the_write_waiting_for_it_with_503() {
+    use mysql::prelude::Queryable;
+    let _shared = shared_server();
+    let mysql = mysql();
+    let dir = TempDir::new();
+    let database = dir.database_name();
+    mysql.create_database(&database);
+    let server = Wxauth::start_in(dir, &[("WXAUTH_OPENID_LOGIN", "open")]);
+    let body = json!({ "openid": "locked-0", "phone": "13800138000" });
+    let token = server.post("register", &body).result()["token"].as_str().unwrap().to_string();
+    let authorization = format!("jwt {token}");
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(90)))
+        .build()
+        .new_agent();
+    let send = |method: &str, path: &str, body: Option<&[u8]>| {
+        harness::send(&agent, method, &server.url(path), &[("Authorization", &authorization)], body)
+    };
+    let mut operator = mysql.connect(Some(&database));
+    operator.query_drop("START TRANSACTION").unwrap();
+    operator.query_drop("SELECT id FROM accounts WHERE wx_openid = 'locked-0' FOR UPDATE").unwrap();
+    send("POST", "logout", Some(b"{}")).assert_error(503, "database_unavailable");
+    let log = server.log_containing("Lock wait timeout exceeded");
+    let line = log.lines().find(|line| line.contains("Lock wait timeout exceeded")).unwrap();
+    assert!(line.contains("/logout") && line.contains("503"), "{line}");
+    operator.query_drop("COMMIT").unwrap();
+    let me = send("GET", "me", None);
+    assert_eq!(me.status, 200, "the token is still valid: {me:?}");
+    assert_eq!(me.result()["wx_openid"], "locked-0");
+    assert_eq!(send("POST", "logout", Some(b"{}")).status, 200);
+    send("GET", "me", None).assert_error(403, "token_revoked");
 }
 
 /// A MySQL database of schema version 5 (before several mini-programs): its accounts become the

@@ -125,9 +125,9 @@ impl Connection {
 
     /// Runs `query` on the transaction's connection, or on one from the pool. Outside a
     /// transaction, a query that failed for want of the server (its connection dead since a
-    /// restart, a lock wait timed out, a deadlock) runs once more on a new one; one the read
-    /// timeout cut off does not, as it may still be running on the server (where it may yet
-    /// complete) and another try would most likely wait as long again. Those run so are
+    /// restart, a deadlock) runs once more on a new one; one that waited too long does not
+    /// (`waited_too_long`), as another try would most likely wait as long again, and one the
+    /// read timeout cut off may still be running on the server. Those run so are
     /// reads or writes that may run twice (`INSERT IGNORE`, updates to the same values), with one
     /// exception: should `claim_code`'s reply be lost after its insert was done, the second try
     /// finds the claim the first made and answers `Pending`, and the request waits for a claim of
@@ -142,7 +142,7 @@ impl Connection {
         let mut conn = self.take()?;
         let result = query(&mut conn);
         match sever_if_lost(&conn, result) {
-            Err(error) if timed_out(&error) => {
+            Err(error) if waited_too_long(&error) => {
                 discard(conn);
                 Err(error)
             }
@@ -163,8 +163,8 @@ impl Connection {
 
 /// What a pinned connection's session sets first: a row lock it waits for more than 2 s (another
 /// instance's transaction holding an identity or a unionid) fails its batch, which the writes then
-/// leave for one transaction each, rather than hold up every batch behind it for InnoDB's default
-/// 50 s.
+/// leave for one transaction each, rather than hold up every batch behind it for the 10 s other
+/// connections wait (`open::LOCK_WAIT`).
 const PINNED_SETUP: &str = "SET SESSION innodb_lock_wait_timeout = 2";
 
 fn lock(conn: &Mutex<Option<PooledConn>>) -> MutexGuard<'_, Option<PooledConn>> {
@@ -203,9 +203,10 @@ fn lost_in_the_stream(error: &mysql::Error) -> bool {
     }
 }
 
-/// Whether `error` is a read or write the timeout cut off (`open::READ_TIMEOUT`): the socket's
-/// EAGAIN, which reaches wxauth through the crate's packet codec.
-fn timed_out(error: &Error) -> bool {
+/// Whether `error` is a wait given up: a read or write the timeout cut off (`open::READ_TIMEOUT`;
+/// the socket's EAGAIN, which reaches wxauth through the crate's packet codec), or a row lock the
+/// server stopped waiting for (ER_LOCK_WAIT_TIMEOUT, after `open::LOCK_WAIT`).
+fn waited_too_long(error: &Error) -> bool {
     let Error::DatabaseUnavailable(DatabaseError(EngineError::Mysql(error))) = error else {
         return false;
     };
@@ -213,6 +214,7 @@ fn timed_out(error: &Error) -> bool {
         mysql::Error::IoError(io) => Some(io),
         mysql::Error::CodecError(codec) => std::error::Error::source(codec)
             .and_then(|source| source.downcast_ref::<std::io::Error>()),
+        mysql::Error::MySqlError(error) => return error.code == 1205,
         _ => None,
     };
     io.is_some_and(|io| {
@@ -1361,26 +1363,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_read_cut_off_by_the_timeout_is_told_from_other_failures() {
+    fn a_wait_given_up_is_told_from_other_failures() {
         let io = |kind: std::io::ErrorKind| std::io::Error::from(kind);
         // What a read past the socket's timeout gives: EAGAIN, through the packet codec.
         let cut_off =
             Error::from(mysql::Error::CodecError(io(std::io::ErrorKind::WouldBlock).into()));
-        assert!(timed_out(&cut_off));
-        assert!(timed_out(&Error::from(mysql::Error::IoError(io(std::io::ErrorKind::TimedOut)))));
-        // A connection the server closed, a refused connection, a server's own error: not cut off.
+        assert!(waited_too_long(&cut_off));
+        assert!(waited_too_long(&Error::from(mysql::Error::IoError(io(
+            std::io::ErrorKind::TimedOut
+        )))));
+        // A connection the server closed, a refused connection: not cut off.
         let closed =
             Error::from(mysql::Error::CodecError(io(std::io::ErrorKind::BrokenPipe).into()));
-        assert!(!timed_out(&closed));
+        assert!(!waited_too_long(&closed));
         assert!(matches!(closed, Error::DatabaseUnavailable(_)));
-        assert!(!timed_out(&Error::from(mysql::Error::IoError(io(
+        assert!(!waited_too_long(&Error::from(mysql::Error::IoError(io(
             std::io::ErrorKind::ConnectionRefused
         )))));
+        // Of the server's own errors, a lock wait it gave up is one; a deadlock is not.
         let lock_wait = mysql::Error::MySqlError(mysql::MySqlError {
             state: "HY000".into(),
             message: "Lock wait timeout exceeded".into(),
             code: 1205,
         });
-        assert!(!timed_out(&Error::from(lock_wait)));
+        assert!(waited_too_long(&Error::from(lock_wait)));
+        let deadlock = mysql::Error::MySqlError(mysql::MySqlError {
+            state: "40001".into(),
+            message: "Deadlock found when trying to get lock".into(),
+            code: 1213,
+        });
+        assert!(!waited_too_long(&Error::from(deadlock)));
     }
 }

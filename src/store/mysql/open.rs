@@ -39,6 +39,15 @@ const SESSION_SETUP: [&str; 2] = [
      ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION'",
 ];
 
+/// What a pooled connection's session also sets: a statement waits at most 10 s for a row lock
+/// another session holds (an operator's open transaction, another instance's, an import), then
+/// fails with ER_LOCK_WAIT_TIMEOUT and its request with `database_unavailable`. That answer comes
+/// on a connection still in step with the server, before `READ_TIMEOUT` would cut the statement
+/// off and before a proxy's own timeout answers for wxauth (nginx's `proxy_read_timeout` of 15 s
+/// in `contrib/nginx.conf`), where InnoDB's default is 50 s. The connection that applies schema
+/// versions keeps the server's default.
+const LOCK_WAIT: &str = "SET SESSION innodb_lock_wait_timeout = 10";
+
 /// The password for the databases this process opens (`database_password`), set once by main
 /// from the configuration before any is opened.
 static PASSWORD: OnceLock<String> = OnceLock::new();
@@ -151,7 +160,8 @@ pub(in crate::store) fn pool(url: &str) -> Result<Pool, Error> {
     if let Some(pool) = pools.get(url) {
         return Ok(pool.clone());
     }
-    let pool = Pool::new(options(url)?)?;
+    let setup: Vec<&str> = SESSION_SETUP.iter().copied().chain([LOCK_WAIT]).collect();
+    let pool = Pool::new(options(url)?.init(setup))?;
     pools.insert(url.to_string(), pool.clone());
     Ok(pool)
 }
