@@ -530,6 +530,10 @@ queries! {
     fn revoke_tokens(id: i64) -> bool;
     /// Login bookkeeping: when and from where.
     fn touch_login(id: i64, ip: &str, now: i64) -> ();
+    /// Of accounts `ids` (in id order), those no other transaction holds, locked for the rest of
+    /// this one, and those another holds, each in id order (an account that does not exist is in
+    /// neither): what login bookkeeping writes now, without waiting, and what it leaves for later.
+    fn accounts_free_to_write(ids: &[i64]) -> (Vec<i64>, Vec<i64>);
     /// Counts accounts, for the metrics gauges and `wxauth users list`.
     fn account_counts() -> AccountCounts;
     /// Every account with this openid, whatever its appid, by id.

@@ -23,8 +23,9 @@
 //! more when another transaction made one of its accounts meanwhile, and on any other failure left
 //! to `login_account` and `register`, one write each. A connection the server dropped (a restart)
 //! fails its query with `database_unavailable`; a query outside a transaction is tried once more on
-//! a new connection (`Connection::with`), unless the read timeout cut it off. A connection whose
-//! statement failed that way, or whose stream broke, is never read again (`sever`).
+//! a new connection (`Connection::with`), unless it waited too long (for a row lock, or past the
+//! read timeout). A connection whose statement the read timeout cut off, or whose stream broke, is
+//! never read again (`sever`).
 
 mod open;
 
@@ -1028,6 +1029,41 @@ pub(super) fn touch_login(
     )?;
     Ok(())
 }
+
+/// Of accounts `ids`, those no other transaction holds (an operator's open transaction, another
+/// instance's), locked for the rest of this one, and those another holds, each in id order: the
+/// held ones are skipped rather than waited for, and told from accounts that are gone by a read
+/// that takes no lock (needed only when some were skipped). The ids go in lists of at most
+/// `IDS_AT_ONCE`, sent as text with the ids written out, so that lists of every length share no
+/// prepared statement and fill no statement cache.
+pub(super) fn accounts_free_to_write(
+    connection: &Connection,
+    ids: &[i64],
+) -> Result<(Vec<i64>, Vec<i64>), Error> {
+    let (mut free, mut held) = (Vec::new(), Vec::new());
+    for chunk in ids.chunks(IDS_AT_ONCE) {
+        let list = |ids: &[i64]| ids.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "SELECT id FROM accounts WHERE id IN ({}) ORDER BY id FOR UPDATE SKIP LOCKED",
+            list(chunk)
+        );
+        let locked: Vec<i64> = connection.with(|conn| Ok(conn.query(&sql)?))?;
+        if locked.len() < chunk.len() {
+            let skipped: Vec<i64> =
+                chunk.iter().copied().filter(|id| locked.binary_search(id).is_err()).collect();
+            let sql =
+                format!("SELECT id FROM accounts WHERE id IN ({}) ORDER BY id", list(&skipped));
+            held.extend(connection.with(|conn| Ok(conn.query::<i64, _>(&sql)?))?);
+        }
+        free.extend(locked);
+    }
+    Ok((free, held))
+}
+
+/// The most ids `accounts_free_to_write` names in one statement: MariaDB reads an IN list of
+/// 1,000 values or more (`in_predicate_conversion_threshold`) as a join with a table of them,
+/// which may read, and lock, more of `accounts` than the rows named.
+const IDS_AT_ONCE: usize = 500;
 
 /// Runs one statement; whether it matched exactly one row.
 fn execute(connection: &Connection, sql: &str, params: impl Into<Params>) -> Result<bool, Error> {

@@ -73,40 +73,67 @@ pub(crate) struct Writer {
     batches: Option<mpsc::SyncSender<Pending>>,
 }
 
-/// Login bookkeeping not yet written: the newest login per account, its time and address. Every
-/// group commit writes all of it first, in a savepoint of its own. Whoever finds it empty also
-/// queues an empty job, so that a group follows; everyone else finds that group on its way, and a
-/// token login wakes the writer only when nothing is waiting.
+/// Login bookkeeping not yet written. Every group commit writes all of it first, in a savepoint
+/// of its own. A login that finds no group called for it also queues an empty job, so that one
+/// follows; every other finds that group on its way, and a token login wakes the writer only
+/// when no group is called.
 #[derive(Clone, Default)]
-struct Logins(Arc<Mutex<HashMap<i64, (String, i64)>>>);
+struct Logins(Arc<Mutex<Waiting>>);
+
+#[derive(Default)]
+struct Waiting {
+    /// The newest login per account not yet written: its time and address.
+    logins: HashMap<i64, (String, i64)>,
+    /// Whether an empty job is queued that no group has taken yet.
+    called: bool,
+}
 
 impl Logins {
-    fn lock(&self) -> MutexGuard<'_, HashMap<i64, (String, i64)>> {
+    fn lock(&self) -> MutexGuard<'_, Waiting> {
         self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Takes what is waiting, in one write, and logs its failure. Runs in the group's transaction
     /// (`None`: there is none, and what was waiting is lost, as a failed group's writes are).
+    ///
+    /// An account another transaction holds (on MySQL: an operator's, another instance's) is
+    /// not waited for, which would hold up the others' bookkeeping each round while the lock is
+    /// held and lose it all when the wait gives up: its login waits here again, unless a newer
+    /// one came meanwhile, for the next group, which the next login calls.
     fn write(&self, connection: Option<&Connection>) {
-        let waiting = std::mem::take(&mut *self.lock());
+        let waiting = {
+            let mut waiting = self.lock();
+            waiting.called = false;
+            std::mem::take(&mut waiting.logins)
+        };
         if waiting.is_empty() {
             return;
         }
-        // In id order: two instances writing bookkeeping of the same accounts lock their rows in
-        // the same order, so neither waits for the other in a cycle.
         let mut waiting: Vec<_> = waiting.into_iter().collect();
         waiting.sort_unstable_by_key(|(id, _)| *id);
+        let ids: Vec<i64> = waiting.iter().map(|(id, _)| *id).collect();
         let result = run_in_savepoint(connection, |connection| {
+            let (free, held) = accounts_free_to_write(connection, &ids)?;
             for (id, (ip, now)) in &waiting {
-                touch_login(connection, *id, ip, *now)?;
+                if free.binary_search(id).is_ok() {
+                    touch_login(connection, *id, ip, *now)?;
+                }
             }
-            Ok(())
+            Ok(held)
         });
-        if let Err(error) = result {
-            crate::log::error(&format!(
+        match result {
+            Ok(held) => {
+                let mut again = self.lock();
+                for (id, login) in
+                    waiting.into_iter().filter(|(id, _)| held.binary_search(id).is_ok())
+                {
+                    again.logins.entry(id).or_insert(login);
+                }
+            }
+            Err(error) => crate::log::error(&format!(
                 "login bookkeeping of {} accounts failed: {error}",
                 waiting.len()
-            ));
+            )),
         }
     }
 }
@@ -243,10 +270,11 @@ impl Writer {
     /// waiting for that commit, the last one recorded is written; failures are logged.
     pub(crate) fn note_login(&self, id: i64, ip: String, now: i64) {
         let mut waiting = self.logins.lock();
-        let first = waiting.is_empty();
-        waiting.insert(id, (ip, now));
+        let call = !waiting.called;
+        waiting.called = true;
+        waiting.logins.insert(id, (ip, now));
         drop(waiting);
-        if first {
+        if call {
             // Taken by the group this job is in, or by an earlier one; either way it is written.
             // The writer has stopped only once every handle is gone, and this is one.
             let _ = self.jobs.send(Job { durability: Durability::Visible, run: None });
@@ -578,7 +606,7 @@ mod tests {
         let account = account_by_id(&reader, second).unwrap().unwrap();
         assert_eq!(account.last_login, Some(249));
         assert!(account.last_ip.as_deref().is_some_and(|ip| ip.ends_with(".49")), "{account:?}");
-        assert!(writer.logins.lock().is_empty(), "nothing left waiting");
+        assert!(writer.logins.lock().logins.is_empty(), "nothing left waiting");
         // Noted with nothing queued after it, a login is still written by itself.
         writer.note_login(first, "192.0.2.3".into(), 400);
         let deadline = Instant::now() + Duration::from_secs(10);
