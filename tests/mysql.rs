@@ -459,7 +459,8 @@ fn a_row_lock_held_elsewhere_fails_the_write_waiting_for_it_with_503() {
 
 /// Login bookkeeping skips an account another session holds locked rather than wait for it: the
 /// last logins of the other accounts in its group are written at once, and the locked account's
-/// is kept for the first round after the lock is let go (which another account's login calls).
+/// is kept for a round after the lock is let go, which comes by itself on an idle server; a login
+/// so kept never replaces a later one written meanwhile.
 #[test]
 fn login_bookkeeping_skips_an_account_locked_elsewhere() {
     use mysql::prelude::Queryable;
@@ -474,9 +475,9 @@ fn login_bookkeeping_skips_an_account_locked_elsewhere() {
         })
         .collect();
     let mut reader = mysql.connect(Some(&database));
-    reader.query_drop("UPDATE accounts SET last_login = 0").unwrap();
-    let mut last_login = |index: usize| -> i64 {
-        let sql = format!("SELECT last_login FROM accounts WHERE wx_openid = 'noted-{index}'");
+    let mut noted = |index: usize| -> (i64, String) {
+        let sql =
+            format!("SELECT last_login, last_ip FROM accounts WHERE wx_openid = 'noted-{index}'");
         reader.query_first(sql).unwrap().unwrap()
     };
     let login = |token: &str| {
@@ -484,34 +485,47 @@ fn login_bookkeeping_skips_an_account_locked_elsewhere() {
         let answer = server.post_with("login", &json!({}), &[("Authorization", &authorization)]);
         assert_eq!(answer.status, 200, "{answer:?}");
     };
+    let wait_for = |what: &str, done: &mut dyn FnMut() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: {}", server.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
     let mut operator = mysql.connect(Some(&database));
+    operator.query_drop("UPDATE accounts SET last_login = 0, last_ip = 'before'").unwrap();
     let id: i64 = operator
         .query_first("SELECT id FROM accounts WHERE wx_openid = 'noted-0'")
         .unwrap()
         .unwrap();
     // By its id: a lock by a column without an index of its own would lock every row it scans.
+    let hold = format!("SELECT id FROM accounts WHERE id = {id} FOR UPDATE");
     operator.query_drop("START TRANSACTION").unwrap();
-    operator.query_drop(format!("SELECT id FROM accounts WHERE id = {id} FOR UPDATE")).unwrap();
+    operator.query_drop(&hold).unwrap();
     for token in &tokens {
         login(token);
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while last_login(1) == 0 || last_login(2) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the others' bookkeeping waited for the locked account: {}",
-            server.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(last_login(0), 0, "the locked account was skipped");
+    wait_for("the others' bookkeeping waited for the locked account", &mut || {
+        noted(1).0 != 0 && noted(2).0 != 0
+    });
+    assert_eq!(noted(0), (0, "before".to_string()), "the locked account was skipped");
+    // Let go, with nothing else to write: the kept login is written all the same.
     operator.query_drop("COMMIT").unwrap();
+    wait_for("the locked account's login was lost", &mut || noted(0).0 != 0);
+    // Held again while its login waits, and given a later one meanwhile (here by the holder):
+    // the round that writes the kept login (the same as another account's) leaves it as it is.
+    operator.query_drop("START TRANSACTION").unwrap();
+    operator.query_drop(&hold).unwrap();
+    login(&tokens[0]);
+    std::thread::sleep(Duration::from_millis(200));
+    let later =
+        format!("UPDATE accounts SET last_login = 4102444800, last_ip = 'later' WHERE id = {id}");
+    operator.query_drop(later).unwrap();
+    operator.query_drop("COMMIT").unwrap();
+    operator.query_drop("UPDATE accounts SET last_login = 0 WHERE wx_openid = 'noted-1'").unwrap();
     login(&tokens[1]);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while last_login(0) == 0 {
-        assert!(Instant::now() < deadline, "the locked account's login was lost");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("the other account's login was never written", &mut || noted(1).0 != 0);
+    assert_eq!(noted(0), (4102444800, "later".to_string()), "a later login stays");
 }
 
 /// A MySQL database of schema version 5 (before several mini-programs): its accounts become the

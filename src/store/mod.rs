@@ -528,7 +528,7 @@ queries! {
     fn identities_of(id: i64) -> Vec<(String, String)>;
     /// Revokes every token issued to the account so far; false when there is no such account.
     fn revoke_tokens(id: i64) -> bool;
-    /// Login bookkeeping: when and from where.
+    /// Login bookkeeping: when and from where, unless a later login is recorded already.
     fn touch_login(id: i64, ip: &str, now: i64) -> ();
     /// Of accounts `ids` (in id order), those no other transaction holds, locked for the rest of
     /// this one, and those another holds, each in id order (an account that does not exist is in

@@ -1024,8 +1024,9 @@ pub(super) fn touch_login(
 ) -> Result<(), Error> {
     execute(
         connection,
-        "UPDATE accounts SET last_login = ?, last_ip = ? WHERE id = ?",
-        (now, ip, id),
+        "UPDATE accounts SET last_login = ?, last_ip = ?
+         WHERE id = ? AND (last_login IS NULL OR last_login <= ?)",
+        (now, ip, id, now),
     )?;
     Ok(())
 }

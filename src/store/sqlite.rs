@@ -422,7 +422,8 @@ pub(super) fn revoke_tokens(connection: &Connection, id: i64) -> Result<bool, Er
     Ok(changed == 1)
 }
 
-/// Login bookkeeping: when and from where.
+/// Login bookkeeping: when and from where, unless a later login is recorded already (one written
+/// meanwhile by another write, or by another instance, while this one waited).
 pub(super) fn touch_login(
     connection: &Connection,
     id: i64,
@@ -430,7 +431,10 @@ pub(super) fn touch_login(
     now: i64,
 ) -> Result<(), Error> {
     connection
-        .prepare_cached("UPDATE accounts SET last_login = ?2, last_ip = ?3 WHERE id = ?1")?
+        .prepare_cached(
+            "UPDATE accounts SET last_login = ?2, last_ip = ?3
+             WHERE id = ?1 AND (last_login IS NULL OR last_login <= ?2)",
+        )?
         .execute(params![id, now, ip])?;
     Ok(())
 }

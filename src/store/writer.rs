@@ -37,6 +37,10 @@ const QUEUE_DEPTH: usize = 4096;
 /// login, thousands a second, cost both for writes nobody waits for.
 const BOOKKEEPING_EVERY: Duration = Duration::from_millis(20);
 
+/// How long login bookkeeping left for later (`Logins::write`) waits for a group when no job
+/// calls one: the lock that held it back is tried again about once a second.
+const RETRY_LEFT: Duration = Duration::from_secs(1);
+
 /// A write waiting for the writer: runs inside the group's transaction (or, given `None`, learns
 /// that no transaction could be started) and returns what to do once the group's commit has
 /// succeeded or failed.
@@ -73,10 +77,10 @@ pub(crate) struct Writer {
     batches: Option<mpsc::SyncSender<Pending>>,
 }
 
-/// Login bookkeeping not yet written. Every group commit writes all of it first, in a savepoint
-/// of its own. A login that finds no group called for it also queues an empty job, so that one
-/// follows; every other finds that group on its way, and a token login wakes the writer only
-/// when no group is called.
+/// Login bookkeeping not yet written. Every group commit writes all of it first, in a savepoint of
+/// its own (but for accounts another transaction holds, `Logins::write`). A login that finds no
+/// group called for it also queues an empty job, so that one follows; every other finds that group
+/// on its way, and a token login wakes the writer only when no group is called.
 #[derive(Clone, Default)]
 struct Logins(Arc<Mutex<Waiting>>);
 
@@ -99,7 +103,8 @@ impl Logins {
     /// An account another transaction holds (on MySQL: an operator's, another instance's) is
     /// not waited for, which would hold up the others' bookkeeping each round while the lock is
     /// held and lose it all when the wait gives up: its login waits here again, unless a newer
-    /// one came meanwhile, for the next group, which the next login calls.
+    /// one came meanwhile, for the next group, which the next login calls, or `write_loop` after
+    /// `RETRY_LEFT`. A login written late never replaces a later one (`touch_login`).
     fn write(&self, connection: Option<&Connection>) {
         let waiting = {
             let mut waiting = self.lock();
@@ -266,7 +271,8 @@ impl Writer {
 
     /// Records a login's bookkeeping (`touch_login`) without waiting for it: it is written first
     /// in the next group commit, so every write queued after it sees it, and fsynced with the
-    /// next synced commit or checkpoint, like `run_visible`. Of several logins of one account
+    /// next synced commit or checkpoint, like `run_visible`; on MySQL, an account another
+    /// transaction holds, in a later one (`Logins::write`). Of several logins of one account
     /// waiting for that commit, the last one recorded is written; failures are logged.
     pub(crate) fn note_login(&self, id: i64, ip: String, now: i64) {
         let mut waiting = self.logins.lock();
@@ -452,8 +458,20 @@ fn write_loop(connection: Connection, queue: mpsc::Receiver<Job>, logins: Logins
     // When the last group committed. A group of nothing but login bookkeeping waits until
     // BOOKKEEPING_EVERY after it, and goes at once when a write that is waited for arrives.
     let mut committed_at: Option<Instant> = None;
-    while let Ok(first) = queue.recv() {
-        group.push(first);
+    loop {
+        // Logins left for later (their accounts held by another transaction) get a group of
+        // their own after RETRY_LEFT, when no job calls one sooner.
+        let first = if logins.lock().logins.is_empty() {
+            queue.recv().map(Some).map_err(|_| ())
+        } else {
+            match queue.recv_timeout(RETRY_LEFT) {
+                Ok(job) => Ok(Some(job)),
+                Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
+                Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
+            }
+        };
+        let Ok(first) = first else { break };
+        group.extend(first);
         take_waiting(&queue, &mut group);
         if let Some(at) = committed_at {
             let until = at + BOOKKEEPING_EVERY;
@@ -509,6 +527,12 @@ fn write_loop(connection: Connection, queue: mpsc::Receiver<Job>, logins: Logins
                 }
             }
         }
+    }
+    let left = logins.lock().logins.len();
+    if left > 0 {
+        crate::log::warn(&format!(
+            "login bookkeeping of {left} accounts held by another transaction is not written"
+        ));
     }
     // Every handle is gone: fold the WAL back into the database so the file stands alone (the
     // checkpoint fsyncs whatever was committed without a sync).
