@@ -517,6 +517,8 @@ fn login_bookkeeping_skips_an_account_locked_elsewhere() {
     operator.query_drop("START TRANSACTION").unwrap();
     operator.query_drop(&hold).unwrap();
     login(&tokens[0]);
+    // Time for its round to find it held and keep it; a round that came after the COMMIT below
+    // would meet the later login all the same.
     std::thread::sleep(Duration::from_millis(200));
     let later =
         format!("UPDATE accounts SET last_login = 4102444800, last_ip = 'later' WHERE id = {id}");

@@ -211,16 +211,17 @@ fn waited_too_long(error: &Error) -> bool {
     let Error::DatabaseUnavailable(DatabaseError(EngineError::Mysql(error))) = error else {
         return false;
     };
-    let io = match error {
-        mysql::Error::IoError(io) => Some(io),
-        mysql::Error::CodecError(codec) => std::error::Error::source(codec)
-            .and_then(|source| source.downcast_ref::<std::io::Error>()),
-        mysql::Error::MySqlError(error) => return error.code == 1205,
-        _ => None,
-    };
-    io.is_some_and(|io| {
+    let cut_off = |io: &std::io::Error| {
         matches!(io.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
-    })
+    };
+    match error {
+        mysql::Error::MySqlError(error) => error.code == 1205,
+        mysql::Error::IoError(io) => cut_off(io),
+        mysql::Error::CodecError(codec) => std::error::Error::source(codec)
+            .and_then(|source| source.downcast_ref::<std::io::Error>())
+            .is_some_and(cut_off),
+        _ => false,
+    }
 }
 
 /// `sever`s `conn` when `result` failed in a way that leaves it out of step with the server
@@ -1041,9 +1042,9 @@ pub(super) fn accounts_free_to_write(
     connection: &Connection,
     ids: &[i64],
 ) -> Result<(Vec<i64>, Vec<i64>), Error> {
+    let list = |ids: &[i64]| ids.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
     let (mut free, mut held) = (Vec::new(), Vec::new());
     for chunk in ids.chunks(IDS_AT_ONCE) {
-        let list = |ids: &[i64]| ids.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
         let sql = format!(
             "SELECT id FROM accounts WHERE id IN ({}) ORDER BY id FOR UPDATE SKIP LOCKED",
             list(chunk)

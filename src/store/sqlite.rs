@@ -422,8 +422,8 @@ pub(super) fn revoke_tokens(connection: &Connection, id: i64) -> Result<bool, Er
     Ok(changed == 1)
 }
 
-/// Login bookkeeping: when and from where, unless a later login is recorded already (one written
-/// meanwhile by another write, or by another instance, while this one waited).
+/// Login bookkeeping: when and from where, unless a later login is recorded already (the
+/// interface's rule, which MySQL's bookkeeping needs: here only a clock set back meets it).
 pub(super) fn touch_login(
     connection: &Connection,
     id: i64,

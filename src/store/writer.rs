@@ -97,22 +97,23 @@ impl Logins {
         self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Takes what is waiting, in one write, and logs its failure. Runs in the group's transaction
-    /// (`None`: there is none, and what was waiting is lost, as a failed group's writes are).
+    /// Takes what is waiting, in one write, and logs its failure; whether it left logins waiting.
+    /// Runs in the group's transaction (`None`: there is none, and what was waiting is lost, as a
+    /// failed group's writes are).
     ///
     /// An account another transaction holds (on MySQL: an operator's, another instance's) is
     /// not waited for, which would hold up the others' bookkeeping each round while the lock is
     /// held and lose it all when the wait gives up: its login waits here again, unless a newer
     /// one came meanwhile, for the next group, which the next login calls, or `write_loop` after
     /// `RETRY_LEFT`. A login written late never replaces a later one (`touch_login`).
-    fn write(&self, connection: Option<&Connection>) {
+    fn write(&self, connection: Option<&Connection>) -> bool {
         let waiting = {
             let mut waiting = self.lock();
             waiting.called = false;
             std::mem::take(&mut waiting.logins)
         };
         if waiting.is_empty() {
-            return;
+            return false;
         }
         let mut waiting: Vec<_> = waiting.into_iter().collect();
         waiting.sort_unstable_by_key(|(id, _)| *id);
@@ -134,11 +135,15 @@ impl Logins {
                 {
                     again.logins.entry(id).or_insert(login);
                 }
+                !held.is_empty()
             }
-            Err(error) => crate::log::error(&format!(
-                "login bookkeeping of {} accounts failed: {error}",
-                waiting.len()
-            )),
+            Err(error) => {
+                crate::log::error(&format!(
+                    "login bookkeeping of {} accounts failed: {error}",
+                    waiting.len()
+                ));
+                false
+            }
         }
     }
 }
@@ -458,19 +463,22 @@ fn write_loop(connection: Connection, queue: mpsc::Receiver<Job>, logins: Logins
     // When the last group committed. A group of nothing but login bookkeeping waits until
     // BOOKKEEPING_EVERY after it, and goes at once when a write that is waited for arrives.
     let mut committed_at: Option<Instant> = None;
+    // Whether the last group left logins waiting (their accounts held by another transaction):
+    // they get a group of their own after RETRY_LEFT, when no job calls one sooner.
+    let mut left_waiting = false;
     loop {
-        // Logins left for later (their accounts held by another transaction) get a group of
-        // their own after RETRY_LEFT, when no job calls one sooner.
-        let first = if logins.lock().logins.is_empty() {
-            queue.recv().map(Some).map_err(|_| ())
-        } else {
+        let first = if left_waiting {
             match queue.recv_timeout(RETRY_LEFT) {
-                Ok(job) => Ok(Some(job)),
-                Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
-                Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
+                Ok(job) => Some(job),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match queue.recv() {
+                Ok(job) => Some(job),
+                Err(_) => break,
             }
         };
-        let Ok(first) = first else { break };
         group.extend(first);
         take_waiting(&queue, &mut group);
         if let Some(at) = committed_at {
@@ -501,7 +509,7 @@ fn write_loop(connection: Connection, queue: mpsc::Receiver<Job>, logins: Logins
         match outcome {
             Ok(()) => {
                 // Before the jobs: a job queued after a login was recorded sees that login.
-                logins.write(Some(&connection));
+                left_waiting = logins.write(Some(&connection));
                 finishers.extend(
                     group.drain(..).filter_map(|job| job.run).map(|run| run(Some(&connection))),
                 );
@@ -520,7 +528,7 @@ fn write_loop(connection: Connection, queue: mpsc::Receiver<Job>, logins: Logins
             }
             Err(error) => {
                 crate::log::error(&format!("cannot begin a write transaction: {error}"));
-                logins.write(None);
+                left_waiting = logins.write(None);
                 // The jobs do not run; each still gets its answer (the error).
                 for run in group.drain(..).filter_map(|job| job.run) {
                     answer(run(None), Err(&error));
